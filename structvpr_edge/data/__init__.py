@@ -1,0 +1,1 @@
+"""Datasets: the SynthCity generator and loaders for the standard VPR folder layout."""

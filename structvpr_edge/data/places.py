@@ -1,0 +1,59 @@
+"""Place-grouped training view: which images show the same place.
+
+Place-balanced P x K batches need groups of images of one place. SynthCity's metadata names
+the place of every image; for gsv-style real data, places come from UTM (and heading)
+clustering, as in CosPlace / GSV-Cities.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DatasetError
+from .dataset import VPRDataset
+
+
+@dataclass
+class PlaceGroups:
+    """Images of a split (database then queries) grouped by place."""
+
+    paths: list  # list[Path], database images first, then queries
+    label_paths: list | None
+    places: list[np.ndarray]  # per place, indices into ``paths``
+
+    def __len__(self) -> int:
+        return len(self.places)
+
+
+def cluster_utm(utm: np.ndarray, headings: np.ndarray, cell_m: float = 10.0, heading_bins: int = 8) -> np.ndarray:
+    """Place id per image from a UTM grid cell of ``cell_m`` metres and a heading sector."""
+    if cell_m <= 0:
+        raise DatasetError(f"cell_m must be > 0, got {cell_m}")
+    cells = np.floor(utm / cell_m).astype(np.int64)
+    sector = np.where(np.isnan(headings), 0, np.floor((np.nan_to_num(headings) % 360) / (360 / heading_bins)))
+    keys = np.column_stack([cells, sector.astype(np.int64)])
+    _, place = np.unique(keys, axis=0, return_inverse=True)
+    return place.reshape(-1)
+
+
+def place_groups(dataset: VPRDataset, min_images: int = 4, cell_m: float = 10.0) -> PlaceGroups:
+    """Group the split's images by place (metadata ``place_id`` if present, else UTM clustering)."""
+    subsets = (dataset.database, dataset.queries)
+    paths = [p for s in subsets for p in s.paths]
+    ids = [s.column("place_id") for s in subsets]
+    if all(column is not None for column in ids):
+        place = np.array([int(v) for column in ids for v in column], dtype=np.int64)
+    else:
+        utm = np.concatenate([s.utm for s in subsets])
+        headings = np.concatenate([s.headings for s in subsets])
+        place = cluster_utm(utm, headings, cell_m)
+    order = np.argsort(place, kind="stable")
+    boundaries = np.flatnonzero(np.diff(place[order])) + 1
+    groups = [g for g in np.split(order, boundaries) if len(g) >= min_images]
+    if not groups:
+        raise DatasetError(f"{dataset!r}: no place has >= {min_images} images")
+    labels = None
+    if dataset.has_labels:
+        labels = [p for s in subsets for p in s.label_paths]
+    return PlaceGroups(paths=paths, label_paths=labels, places=groups)

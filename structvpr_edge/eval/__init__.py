@@ -1,0 +1,1 @@
+"""Evaluation: Recall@N, built-in reference descriptors, plots."""

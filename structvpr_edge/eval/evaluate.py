@@ -1,0 +1,109 @@
+"""Evaluate a descriptor on a VPR dataset split: Recall@N overall and per query condition."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from ..data.dataset import VPRDataset
+from ..errors import ConfigError, DatasetError
+from .recall import RECALL_NS, per_group_recall, recall_at_n, retrieve
+
+
+class Extractor(Protocol):
+    """Anything that turns a batch of images (or label maps) into descriptors."""
+
+    input_kind: str  # "rgb": (B,H,W,3) uint8 RGB; "labels": (B,H,W) uint8 class ids
+    image_size: tuple[int, int] | None  # (W, H) to resize to; None keeps the dataset's size
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def read_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DatasetError(f"cannot read image {path}")
+    if size is not None and (image.shape[1], image.shape[0]) != size:
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_label(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if label is None or label.ndim != 2 or label.dtype != np.uint8:
+        raise DatasetError(f"{path} is not a single-channel uint8 label PNG")
+    if size is not None and (label.shape[1], label.shape[0]) != size:
+        label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
+    return label
+
+
+def extract(extractor: Extractor, paths: list[Path], batch_size: int = 32, desc: str = "describe") -> np.ndarray:
+    """Descriptors of ``paths`` in order; images are read and resized on a thread pool."""
+    read = read_label if extractor.input_kind == "labels" else read_rgb
+    size = extractor.image_size
+    if size is None:  # one size per run: take the first image's
+        first = read(paths[0], None)
+        size = (first.shape[1], first.shape[0])
+    chunks = []
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", leave=False):
+            batch = np.stack(list(pool.map(lambda p: read(p, size), paths[start : start + batch_size])))
+            chunks.append(np.asarray(extractor(batch), dtype=np.float32))
+    return np.concatenate(chunks)
+
+
+@dataclass
+class EvalResult:
+    """Recalls as fractions, plus the retrievals for plots."""
+
+    recall: dict[str, float]
+    per_condition: dict[str, dict[str, float]]
+    num_queries: int
+    num_database: int
+    num_queries_without_positive: int
+    predictions: np.ndarray  # (Q, max N) database indices, best first
+    scores: np.ndarray
+
+    def to_json(self) -> dict:
+        return {
+            "recall": self.recall,
+            "per_condition": self.per_condition,
+            "num_queries": self.num_queries,
+            "num_database": self.num_database,
+            "num_queries_without_positive": self.num_queries_without_positive,
+        }
+
+
+def _subset_inputs(extractor: Extractor, dataset: VPRDataset) -> tuple[list[Path], list[Path]]:
+    if extractor.input_kind == "rgb":
+        return dataset.database.paths, dataset.queries.paths
+    if extractor.input_kind == "labels":
+        if not dataset.has_labels:
+            raise DatasetError(f"{dataset!r} has no label maps; this model needs labels/ (synthetic data only)")
+        return dataset.database.label_paths, dataset.queries.label_paths
+    raise ConfigError(f"unknown extractor input kind {extractor.input_kind!r}")
+
+
+def evaluate(extractor: Extractor, dataset: VPRDataset, ns: tuple[int, ...] = RECALL_NS, batch_size: int = 32) -> EvalResult:
+    """Describe database and queries, retrieve with exact inner product, and score."""
+    db_paths, q_paths = _subset_inputs(extractor, dataset)
+    db = extract(extractor, db_paths, batch_size, desc="database")
+    q = extract(extractor, q_paths, batch_size, desc="queries")
+    scores, predictions = retrieve(db, q, max(ns))
+    positives = dataset.positives
+    conditions = dataset.queries.column("condition")
+    return EvalResult(
+        recall=recall_at_n(predictions, positives, ns),
+        per_condition=per_group_recall(predictions, positives, conditions, ns) if conditions else {},
+        num_queries=len(q),
+        num_database=len(db),
+        num_queries_without_positive=sum(len(p) == 0 for p in positives),
+        predictions=predictions,
+        scores=scores,
+    )

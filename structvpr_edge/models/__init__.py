@@ -1,0 +1,1 @@
+"""Models (torch): backbones, aggregators, teacher and student."""

