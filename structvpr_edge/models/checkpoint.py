@@ -1,0 +1,120 @@
+"""Checkpoints: weights plus everything needed to use them without the training config.
+
+A checkpoint holds the model type and config, the state dict, the descriptor layout, the
+label-group map, the input normalisation and the full training config. The shipped models
+(``structvprpp``, ``baseline``) are such checkpoints with float16 weights inside the package.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import ModelError
+from ..labels import CLASS_TO_GROUP, LABEL_GROUPS
+from ..layout import DescriptorLayout
+from .efficientnet_lite import MEAN_RGB, STD_RGB
+from .global_student import GlobalStudent, GlobalStudentConfig
+from .student import StructVPRStudent, StudentConfig
+from .teacher import SegTeacher, TeacherConfig
+
+FORMAT = "structvpr-edge/checkpoint/1"
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
+SHIPPED = {"structvprpp": "structvprpp.pt", "baseline": "baseline.pt"}
+MODEL_TYPES = {
+    "teacher": (SegTeacher, TeacherConfig),
+    "structvpr++": (StructVPRStudent, StudentConfig),
+    "global": (GlobalStudent, GlobalStudentConfig),
+}
+
+
+def model_type_of(model: nn.Module) -> str:
+    for name, (cls, _) in MODEL_TYPES.items():
+        if isinstance(model, cls):
+            return name
+    raise ModelError(f"not a structvpr-edge model: {type(model).__name__}")
+
+
+def layout_of(model: nn.Module) -> DescriptorLayout:
+    conf = model.conf
+    if isinstance(model, GlobalStudent):
+        return DescriptorLayout.single(conf.dim)
+    return DescriptorLayout.aligned(conf.global_dim, conf.group_dim, LABEL_GROUPS)
+
+
+def build_model(model_type: str, model_config: dict, imagenet: bool = False) -> nn.Module:
+    """Instantiate a model; ``imagenet`` False skips loading weights that a state dict will replace."""
+    if model_type not in MODEL_TYPES:
+        raise ModelError(f"unknown model type {model_type!r}; known: {sorted(MODEL_TYPES)}")
+    cls, conf_cls = MODEL_TYPES[model_type]
+    known = {f.name for f in dataclasses.fields(conf_cls)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in model_config.items() if k in known}
+    if "imagenet" in known:
+        values["imagenet"] = imagenet
+    return cls(conf_cls(**values))
+
+
+def input_spec(model: nn.Module, image_size: tuple[int, int]) -> dict:
+    """How to feed the model: the runtime and exporters read this."""
+    if isinstance(model, SegTeacher):
+        return {"kind": "labels", "size": list(model.conf.input_size)}
+    return {"kind": "rgb", "size": list(image_size), "colour": "RGB", "mean": list(MEAN_RGB), "std": list(STD_RGB), "scale": 255.0}
+
+
+def save_checkpoint(path: Path, model: nn.Module, image_size: tuple[int, int], train_config: dict, extra: dict | None = None, half: bool = False) -> Path:
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "version": __version__,
+        "model_type": model_type_of(model),
+        "model_config": dataclasses.asdict(model.conf),
+        "state_dict": state,
+        "layout": layout_of(model).to_dict(),
+        "label_groups": list(LABEL_GROUPS),
+        "class_to_group": dict(CLASS_TO_GROUP),
+        "input": input_spec(model, image_size),
+        "train_config": train_config,
+        **(extra or {}),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    torch.save(payload, partial)
+    partial.rename(path)  # a crash mid-write never leaves a truncated checkpoint behind
+    return path
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """A path, or the name of a shipped model."""
+    if str(name_or_path) in SHIPPED:
+        path = SHIPPED_DIR / SHIPPED[str(name_or_path)]
+        if not path.exists():
+            raise ModelError(f"shipped model {name_or_path!r} is missing from the installed package ({path})")
+        return path
+    path = Path(name_or_path)
+    if not path.exists():
+        raise ModelError(f"checkpoint {path} not found (shipped models: {sorted(SHIPPED)})")
+    return path
+
+
+def load_checkpoint(name_or_path: str | Path) -> tuple[nn.Module, dict]:
+    """(model in eval mode with float32 weights, checkpoint metadata without the state dict)."""
+    path = resolve_checkpoint(name_or_path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise ModelError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelError(f"{path} is not a structvpr-edge checkpoint (format {FORMAT})")
+    model = build_model(payload["model_type"], payload["model_config"])
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: weights do not fit the model config: {exc}") from exc
+    meta = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer")}
+    meta["path"] = str(path)
+    return model.eval(), meta

@@ -1,0 +1,68 @@
+"""A plain RGB student: backbone + one aggregator + L2 norm (the baseline and StructVPR-style)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from .efficientnet_lite import EfficientNetLite0
+from .gem import GeM
+from .teacher import AlignedOutput
+
+
+@dataclass
+class GlobalStudentConfig:
+    backbone_stride: int = 16
+    frozen_blocks: int = 8
+    aggregator: str = "gem"  # gem | mixvpr | netvlad
+    dim: int = 1024
+    aggregator_args: dict = field(default_factory=dict)
+    feature_hw: tuple[int, int] = (8, 10)  # (H, W) of backbone features; MixVPR needs it fixed
+    imagenet: bool = True
+
+
+class GeMHead(nn.Module):
+    """GeM pooling then a linear projection to the descriptor size."""
+
+    def __init__(self, in_channels: int, out_dim: int, **kwargs) -> None:
+        super().__init__()
+        self.pool = GeM(**kwargs)
+        self.proj = nn.Linear(in_channels, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.pool(x))
+
+
+def build_aggregator(conf: GlobalStudentConfig, in_channels: int) -> nn.Module:
+    if conf.aggregator == "gem":
+        return GeMHead(in_channels, conf.dim, **conf.aggregator_args)
+    if conf.aggregator == "mixvpr":
+        from .mixvpr import MixVPR
+
+        return MixVPR(in_channels, conf.dim, tuple(conf.feature_hw), **conf.aggregator_args)
+    if conf.aggregator == "netvlad":
+        from .netvlad import NetVLAD
+
+        return NetVLAD(in_channels, conf.dim, **conf.aggregator_args)
+    raise ConfigError(f"unknown aggregator {conf.aggregator!r}; choose gem, mixvpr or netvlad")
+
+
+class GlobalStudent(nn.Module):
+    def __init__(self, conf: GlobalStudentConfig | None = None) -> None:
+        super().__init__()
+        self.conf = conf = conf or GlobalStudentConfig()
+        self.backbone = EfficientNetLite0(conf.backbone_stride, conf.frozen_blocks)
+        if conf.imagenet:
+            self.backbone.load_imagenet()
+        self.aggregator = build_aggregator(conf, self.backbone.out_channels)
+
+    def forward_parts(self, x: torch.Tensor, from_frozen: bool = False) -> AlignedOutput:
+        trunk = self.backbone.forward_trainable(x) if from_frozen else self.backbone(x)
+        descriptor = F.normalize(self.aggregator(trunk), dim=1)
+        return AlignedOutput(descriptor, descriptor, descriptor[:, None, :0], descriptor[:, :0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_parts(x).descriptor

@@ -1,0 +1,1 @@
+"""Training (torch): data, samplers, losses, sample weights, the two-stage trainer."""

@@ -1,0 +1,113 @@
+"""Training configuration: dataclass defaults, merged with a user's YAML (unknown keys are errors)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+from ..models.global_student import GlobalStudentConfig
+from ..models.student import StudentConfig
+from ..models.teacher import TeacherConfig
+from .losses import MultiSimilarityConfig
+from .weights import SampleWeightConfig
+
+MODES = ("teacher", "baseline", "structvpr", "structvpr++")
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 3000
+    places_per_batch: int = 16
+    images_per_place: int = 4
+    lr: float = 1e-3  # heads
+    backbone_lr: float = 2e-4  # trainable backbone blocks
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    loss: str = "multi_similarity"  # multi_similarity | triplet
+    multi_similarity: MultiSimilarityConfig = field(default_factory=MultiSimilarityConfig)
+    triplet_margin: float = 0.1
+    time_budget_min: float | None = None  # stop early once training has run this long
+    log_every: int = 20
+    val_every: int = 250
+    checkpoint_every: int = 500
+
+
+@dataclass
+class DistillConfig:
+    weight: float = 1.0
+    temperature: float = 0.1
+    per_group: bool = True  # also match each label group's similarity structure (the "label split")
+    group_weight: float = 1.0
+    samples: SampleWeightConfig = field(default_factory=SampleWeightConfig)
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "structvpr++"
+    dataset: str = "data/synthcity-bench"
+    val_split: str = "val"
+    image_size: tuple[int, int] = (160, 120)  # (W, H) of the RGB student input
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    cache_dir: str = "runs/cache"
+    teacher_checkpoint: str | None = None  # for structvpr / structvpr++ when the teacher stage is skipped
+    mask_loss_weight: float = 0.5
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    global_student: GlobalStudentConfig = field(default_factory=GlobalStudentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    teacher_optim: OptimConfig = field(default_factory=OptimConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def validate(self) -> "TrainConfig":
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.optim.loss not in ("multi_similarity", "triplet"):
+            raise ConfigError(f"optim.loss must be multi_similarity or triplet, got {self.optim.loss!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        return self
+
+
+def merge(instance: Any, updates: dict, where: str = "config") -> Any:
+    """A copy of dataclass ``instance`` with ``updates`` applied recursively; unknown keys raise."""
+    if not isinstance(updates, dict):
+        raise ConfigError(f"{where} must be a mapping, got {updates!r}")
+    fields = {f.name: f for f in dataclasses.fields(instance)}
+    changes = {}
+    for key, value in updates.items():
+        if key not in fields:
+            raise ConfigError(f"unknown option {where}.{key}; known: {sorted(fields)}")
+        current = getattr(instance, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = merge(current, value, f"{where}.{key}")
+        elif isinstance(current, tuple) and isinstance(value, list):
+            changes[key] = tuple(value)
+        else:
+            changes[key] = value
+    return dataclasses.replace(instance, **changes)
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
+    """Defaults <- YAML file <- overrides."""
+    config = TrainConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} not found")
+        config = merge(config, yaml.safe_load(path.read_text()) or {})
+    if overrides:
+        config = merge(config, overrides)
+    return config.validate()
+
+
+def config_to_dict(config: TrainConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    return merge(TrainConfig(), data)

@@ -1,0 +1,137 @@
+"""Training inputs: place-balanced batches, label-group fractions and cached frozen features.
+
+On a 2-core CPU the frozen ImageNet part of the backbone dominates a training step, and its
+output never changes: it is computed once per (images, size, frozen blocks) and cached as a
+float16 array on disk, shared by every run of a results table.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..errors import DatasetError
+from ..eval.evaluate import read_label, read_rgb
+from ..labels import NUM_GROUPS, classes_to_groups
+from ..models.efficientnet_lite import MEAN_RGB, STD_RGB
+
+
+def label_fractions(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (K, H, W): per label group, 255 x the fraction of each cell of a (W, H) grid it covers."""
+    groups = classes_to_groups(label)
+    planes = [cv2.resize((groups == k).astype(np.float32), size, interpolation=cv2.INTER_AREA) for k in range(NUM_GROUPS)]
+    return np.round(np.stack(planes) * 255).astype(np.uint8)
+
+
+def normalize_images(images: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 RGB -> (B, 3, H, W) float normalised as the backbone expects."""
+    mean = np.array(MEAN_RGB, dtype=np.float32) * 255
+    std = np.array(STD_RGB, dtype=np.float32) * 255
+    return torch.from_numpy((images.astype(np.float32) - mean) / std).permute(0, 3, 1, 2).contiguous()
+
+
+def _cache_path(cache_dir: Path, kind: str, paths: list[Path], params: str) -> Path:
+    digest = hashlib.sha256()
+    for p in paths:
+        digest.update(str(Path(p).resolve()).encode())
+    digest.update(params.encode())
+    return cache_dir / f"{kind}-{digest.hexdigest()[:20]}.npy"
+
+
+def cached_array(
+    cache_dir: Path, kind: str, paths: list[Path], params: str, compute: Callable[[list[Path]], np.ndarray], batch_size: int = 64
+) -> np.ndarray:
+    """Compute ``compute(batch_of_paths)`` for all paths once, keep it as a .npy, memory-map it after."""
+    target = _cache_path(Path(cache_dir), kind, paths, params)
+    if target.exists():
+        return np.load(target, mmap_mode="r")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    first = compute(paths[:1])
+    partial = target.with_suffix(f".partial-{os.getpid()}.npy")
+    out = np.lib.format.open_memmap(partial, mode="w+", dtype=first.dtype, shape=(len(paths), *first.shape[1:]))
+    for start in tqdm(range(0, len(paths), batch_size), desc=f"cache {kind}", unit="batch"):
+        out[start : start + batch_size] = compute(paths[start : start + batch_size])
+    out.flush()
+    del out
+    partial.rename(target)  # whole file or nothing: an interrupted run leaves only the partial
+    return np.load(target, mmap_mode="r")
+
+
+def read_many(read: Callable, paths: list[Path], size: tuple[int, int]) -> np.ndarray:
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return np.stack(list(pool.map(lambda p: read(p, size), paths)))
+
+
+def fraction_array(label_paths: list[Path], size: tuple[int, int], cache_dir: Path) -> np.ndarray:
+    def compute(batch: list[Path]) -> np.ndarray:
+        return np.stack([label_fractions(read_label(p, None), size) for p in batch])
+
+    return cached_array(cache_dir, "fractions", label_paths, f"{size}", compute)
+
+
+def frozen_feature_array(backbone: torch.nn.Module, paths: list[Path], image_size: tuple[int, int], cache_dir: Path) -> np.ndarray:
+    """float16 output of the frozen ImageNet blocks; the raw uint8 images when nothing is frozen."""
+    if not backbone.frozen_blocks:
+        return cached_array(cache_dir, "images", paths, f"{image_size}", lambda b: read_many(read_rgb, b, image_size))
+
+    @torch.inference_mode()
+    def compute(batch: list[Path]) -> np.ndarray:
+        was_training = backbone.training
+        backbone.eval()
+        features = backbone.forward_frozen(normalize_images(read_many(read_rgb, batch, image_size)))
+        backbone.train(was_training)
+        return features.numpy().astype(np.float16)
+
+    return cached_array(cache_dir, "frozen", paths, f"{image_size}-{backbone.frozen_blocks}-imagenet", compute)
+
+
+def to_model_input(array: np.ndarray, indices: np.ndarray) -> torch.Tensor:
+    """Rows of a cache as a float tensor (images are normalised, features converted)."""
+    rows = np.asarray(array[indices])
+    if rows.dtype == np.uint8:
+        return normalize_images(rows)
+    return torch.from_numpy(rows.astype(np.float32))
+
+
+class PlaceBatchSampler:
+    """Endless P places x K images batches; with ``world`` ranks each rank gets its own P places.
+
+    Every epoch shuffles the places; a batch never repeats a place, and K images of a place are
+    drawn without replacement when the place has that many.
+    """
+
+    def __init__(self, places: list[np.ndarray], places_per_batch: int, images_per_place: int, seed: int = 0, rank: int = 0, world: int = 1) -> None:
+        if places_per_batch * world > len(places):
+            raise DatasetError(f"{places_per_batch} places per batch x {world} ranks > {len(places)} places")
+        if images_per_place < 2:
+            raise DatasetError("images_per_place must be >= 2: a place needs a positive pair")
+        self.places, self.p, self.k = places, places_per_batch, images_per_place
+        self.seed, self.rank, self.world = seed, rank, world
+
+    def batches_per_epoch(self) -> int:
+        return len(self.places) // (self.p * self.world)
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Yields (epoch, image indices, place labels)."""
+        epoch = 0
+        while True:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(len(self.places))
+            span = self.p * self.world
+            for start in range(0, self.batches_per_epoch() * span, span):
+                chosen = order[start + self.rank * self.p : start + (self.rank + 1) * self.p]
+                indices, labels = [], []
+                for place in chosen:
+                    members = self.places[place]
+                    pick = rng.choice(members, size=self.k, replace=len(members) < self.k)
+                    indices.append(pick)
+                    labels.append(np.full(self.k, place))
+                yield epoch, np.concatenate(indices), np.concatenate(labels)
+            epoch += 1

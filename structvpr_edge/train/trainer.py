@@ -1,0 +1,316 @@
+"""The two-stage trainer.
+
+Stage ``teacher``: the segmentation teacher learns place recognition from label maps alone.
+Stage ``student``: an RGB student learns with the metric loss; in the ``structvpr`` and
+``structvpr++`` modes it is also distilled from the frozen teacher, sample by sample weighted by
+how reliable the teacher is (see weights.py); ``structvpr++`` adds the mask loss and
+per-group distillation. ``baseline`` is the metric loss alone.
+Runs on CPU, or CUDA with bfloat16 autocast; ``torchrun`` gives distributed data parallel.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from ..data.dataset import load_dataset
+from ..data.places import place_groups
+from ..errors import ConfigError, DatasetError
+from ..eval.recall import recall_at_n, retrieve
+from ..models.checkpoint import build_model, load_checkpoint, save_checkpoint
+from ..models.student import StructVPRStudent
+from .config import OptimConfig, TrainConfig, config_to_dict
+from .curves import plot_training_curves
+from .data import PlaceBatchSampler, fraction_array, frozen_feature_array, to_model_input
+from .losses import mask_loss, multi_similarity_loss, relational_kd, triplet_margin_loss
+from .weights import GROUPS, group_weights, sample_groups
+
+
+@dataclass
+class Context:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def setup_context(device: str) -> Context:
+    """Single process, or one rank of a ``torchrun`` job (gloo on CPU, nccl on CUDA)."""
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but CUDA is not available")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return Context(rank, world, torch.device("cuda", local))
+    return Context(rank, world, torch.device("cpu"))
+
+
+class PartsModule(nn.Module):
+    """Routes ``forward`` to ``forward_parts`` so DistributedDataParallel syncs its gradients."""
+
+    def __init__(self, model: nn.Module, from_frozen: bool) -> None:
+        super().__init__()
+        self.model, self.from_frozen = model, from_frozen
+
+    def forward(self, x: torch.Tensor):
+        if self.from_frozen:
+            return self.model.forward_parts(x, from_frozen=True)
+        return self.model.forward_parts(x)
+
+
+def aligned_group_sims(parts, alignment: nn.Module) -> torch.Tensor:
+    """(K, B, B): each group's presence-weighted similarity, the terms of the aligned similarity."""
+    vecs = torch.nn.functional.normalize(parts.group_vecs, dim=2)
+    scale = alignment.group_scale(parts.presence)
+    return torch.einsum("bkd,ckd->kbc", vecs, vecs) * torch.einsum("bk,ck->kbc", scale, scale)
+
+
+def make_optimizer(model: nn.Module, optim: OptimConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    backbone = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")]
+    heads = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+    groups = [{"params": heads, "lr": optim.lr}] + ([{"params": backbone, "lr": optim.backbone_lr}] if backbone else [])
+    optimizer = torch.optim.AdamW(groups, weight_decay=optim.weight_decay)
+
+    def schedule(step: int) -> float:  # linear warm-up, then cosine to zero
+        if step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        progress = (step - optim.warmup_steps) / max(1, optim.steps - optim.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+class Stage:
+    """One training stage: its data, model, losses, validation, logs and checkpoints."""
+
+    def __init__(self, config: TrainConfig, stage: str, out: Path, ctx: Context, teacher_path: Path | None) -> None:
+        self.config, self.stage, self.out, self.ctx = config, stage, out, ctx
+        self.mode = "teacher" if stage == "teacher" else config.mode
+        self.optim = config.teacher_optim if stage == "teacher" else config.optim
+        torch.manual_seed(config.seed)
+        self.model = self._build_model()
+        self.teacher = self._load_teacher(teacher_path) if self.mode in ("structvpr", "structvpr++") else None
+        train = load_dataset(config.dataset, "train")
+        self.groups = place_groups(train, min_images=2)
+        self.needs_fractions = self.mode in ("teacher", "structvpr", "structvpr++")
+        if self.needs_fractions and self.groups.label_paths is None:
+            raise DatasetError(f"mode {self.mode!r} needs label maps, and {train!r} has none; train mode 'baseline' instead")
+        self.inputs, self.fractions = self._arrays(self.groups.paths, self.groups.label_paths)
+        self.val = self._load_val()
+        from_frozen = self.mode != "teacher" and self.model.backbone.frozen_blocks > 0
+        self.parts = PartsModule(self.model, from_frozen)
+
+    def _build_model(self) -> nn.Module:
+        if self.mode == "teacher":
+            model = build_model("teacher", config_to_dict(self.config)["teacher"])
+        elif self.mode == "structvpr++":
+            model = build_model("structvpr++", config_to_dict(self.config)["student"], imagenet=self.config.student.imagenet)
+        else:
+            model = build_model("global", config_to_dict(self.config)["global_student"], imagenet=self.config.global_student.imagenet)
+        return model.to(self.ctx.device)
+
+    def _load_teacher(self, path: Path | None) -> nn.Module:
+        if path is None:
+            raise ConfigError(f"mode {self.mode!r} distils from a teacher: run the teacher stage or set teacher_checkpoint")
+        teacher, meta = load_checkpoint(path)
+        if meta["model_type"] != "teacher":
+            raise ConfigError(f"{path} is a {meta['model_type']} checkpoint, not a teacher")
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher.to(self.ctx.device).eval()
+
+    def _arrays(self, paths: list[Path], label_paths: list[Path] | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Model inputs and label fractions, built by rank 0 and memory-mapped by every rank."""
+        cache = Path(self.config.cache_dir)
+        arrays: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+        for turn in ("build", "load"):
+            if (turn == "build") == self.ctx.is_main:
+                fractions = fraction_array(label_paths, self.config.teacher.input_size, cache) if self.needs_fractions else None
+                inputs = None if self.mode == "teacher" else frozen_feature_array(self.model.backbone, paths, self.config.image_size, cache)
+                arrays = (inputs, fractions)
+            self.ctx.barrier()
+        return arrays
+
+    def _load_val(self):
+        root = Path(self.config.dataset)
+        if not (root / "images" / self.config.val_split).is_dir():
+            return None
+        val = load_dataset(root, self.config.val_split)
+        paths = val.database.paths + val.queries.paths
+        labels = (val.database.label_paths + val.queries.label_paths) if val.has_labels else None
+        if self.mode == "teacher" and labels is None:
+            return None
+        inputs, fractions = self._arrays(paths, labels)
+        return val, inputs, fractions
+
+    def model_input(self, inputs: np.ndarray | None, fractions: np.ndarray | None, indices: np.ndarray) -> torch.Tensor:
+        if self.mode == "teacher":
+            return self.fraction_tensor(fractions, indices)
+        return to_model_input(inputs, indices).to(self.ctx.device)
+
+    def fraction_tensor(self, fractions: np.ndarray, indices: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(fractions[indices]).astype(np.float32) / 255).to(self.ctx.device)
+
+    def metric_loss(self, descriptors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.optim.loss == "triplet":
+            return triplet_margin_loss(descriptors, labels, self.optim.triplet_margin)
+        return multi_similarity_loss(descriptors, labels, self.optim.multi_similarity)
+
+    def losses(self, net: nn.Module, indices: np.ndarray, labels: torch.Tensor) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+        """Total loss, its terms for the log, and the sample groups of this batch (None without a teacher)."""
+        parts = net(self.model_input(self.inputs, self.fractions, indices))
+        metric = self.metric_loss(parts.descriptor.float(), labels)
+        terms, total, sample_group = {"metric": metric.item()}, metric, None
+        if self.mode == "structvpr++" and self.config.mask_loss_weight > 0:
+            aux = mask_loss(parts.mask_logits.float(), self.fraction_tensor(self.fractions, indices))
+            total = total + self.config.mask_loss_weight * aux
+            terms["mask"] = aux.item()
+        if self.teacher is not None:
+            distill = self.config.distill
+            with torch.no_grad():
+                teacher = self.teacher.forward_parts(self.fraction_tensor(self.fractions, indices))
+            student_sim = parts.descriptor.float() @ parts.descriptor.float().T
+            teacher_sim = teacher.descriptor @ teacher.descriptor.T
+            sample_group = sample_groups(teacher_sim, student_sim.detach(), labels, distill.samples)
+            kd = relational_kd(student_sim, teacher_sim, distill.temperature)
+            if distill.per_group and isinstance(self.model, StructVPRStudent):
+                student_groups = aligned_group_sims(parts, self.model.alignment)
+                teacher_groups = aligned_group_sims(teacher, self.teacher.alignment)
+                per_group = torch.stack([relational_kd(s, t, distill.temperature) for s, t in zip(student_groups.float(), teacher_groups)])
+                kd = kd + distill.group_weight * per_group.mean(dim=0)
+            weighted = (group_weights(sample_group, distill.samples) * kd).mean()
+            total = total + distill.weight * weighted
+            terms["distill"] = weighted.item()
+        terms["loss"] = total.item()
+        return total, terms, sample_group
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        """Recall@1 on the validation split (main rank only)."""
+        if self.val is None:
+            return None
+        val, inputs, fractions = self.val
+        self.model.eval()
+        descs = []
+        for start in range(0, len(val.database) + len(val.queries), 128):
+            idx = np.arange(start, min(start + 128, len(val.database) + len(val.queries)))
+            descs.append(self.parts(self.model_input(inputs, fractions, idx)).descriptor.float().cpu().numpy())
+        self.model.train()
+        descs = np.concatenate(descs)
+        _, predictions = retrieve(descs[: len(val.database)], descs[len(val.database) :], 1)
+        return recall_at_n(predictions, val.positives, (1,))["1"]
+
+    def run(self, resume: bool) -> Path:
+        ctx, optim, out = self.ctx, self.optim, self.out
+        out.mkdir(parents=True, exist_ok=True)
+        optimizer, scheduler = make_optimizer(self.model, optim)
+        start = 0
+        last = out / "last.pt"
+        if resume and last.exists():
+            state = torch.load(last, map_location="cpu", weights_only=False)
+            self.model.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start = state["step"]
+        net: nn.Module = self.parts
+        if ctx.world > 1:
+            net = nn.parallel.DistributedDataParallel(self.parts, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        sampler = PlaceBatchSampler(self.groups.places, optim.places_per_batch, optim.images_per_place, self.config.seed, ctx.rank, ctx.world)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else nullcontext()
+        log = (out / "log.jsonl").open("a") if ctx.is_main else None
+        shares: Counter = Counter()
+        current_epoch, began = None, time.time()
+        self.model.train()
+        batches = iter(sampler)
+        progress = tqdm(range(start, optim.steps), desc=f"{self.stage} ({self.mode})", disable=not ctx.is_main, initial=start, total=optim.steps)
+        for step in progress:
+            epoch, indices, place_labels = next(batches) if step >= start else (0, None, None)
+            if current_epoch is not None and epoch != current_epoch and shares and log:
+                total = sum(shares.values())
+                log.write(json.dumps({"epoch": current_epoch, "step": step, "group_shares": {g: shares[g] / total for g in GROUPS}}) + "\n")
+                shares.clear()
+            current_epoch = epoch
+            labels = torch.from_numpy(place_labels).to(ctx.device)
+            with autocast:
+                loss, terms, sample_group = self.losses(net, indices, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if sample_group is not None:
+                shares.update(GROUPS[g] for g in sample_group.tolist())
+            elapsed = time.time() - began
+            if log and (step % optim.log_every == 0 or step == optim.steps - 1):
+                log.write(json.dumps({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], "time_s": round(elapsed, 1), **terms}) + "\n")
+                log.flush()
+                progress.set_postfix(loss=f"{terms['loss']:.3f}")
+            out_of_time = optim.time_budget_min is not None and elapsed > optim.time_budget_min * 60
+            done = step == optim.steps - 1 or out_of_time
+            if ctx.is_main and ((step + 1) % optim.val_every == 0 or done):
+                recall = self.validate()
+                if recall is not None:
+                    log.write(json.dumps({"step": step, "val_recall@1": recall}) + "\n")
+                    log.flush()
+            if ctx.is_main and ((step + 1) % optim.checkpoint_every == 0 or done):
+                torch.save({"state_dict": self.model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step + 1}, last)
+            if out_of_time:
+                if log:
+                    log.write(json.dumps({"step": step, "stopped": "time budget", "time_s": round(elapsed, 1)}) + "\n")
+                break
+        final = out / "model.pt"
+        if ctx.is_main:
+            log.close()
+            save_checkpoint(final, self.model.cpu(), self.config.image_size, config_to_dict(self.config), {"stage": self.stage, "steps_done": step + 1})
+            plot_training_curves(out / "log.jsonl", out / "curves.png")
+        ctx.barrier()
+        return final
+
+
+def default_stages(config: TrainConfig) -> list[str]:
+    if config.mode == "teacher":
+        return ["teacher"]
+    if config.mode in ("structvpr", "structvpr++") and config.teacher_checkpoint is None:
+        return ["teacher", "student"]
+    return ["student"]
+
+
+def train(config: TrainConfig, out: str | Path, stages: list[str] | None = None, resume: bool = False) -> Path:
+    """Run the selected stages into ``out`` (the teacher goes to ``out/teacher``); returns the last model."""
+    out = Path(out)
+    stages = stages or default_stages(config)
+    unknown = set(stages) - {"teacher", "student"}
+    if unknown:
+        raise ConfigError(f"unknown stages {sorted(unknown)}; use teacher and/or student")
+    ctx = setup_context(config.device)
+    teacher_path = Path(config.teacher_checkpoint) if config.teacher_checkpoint else None
+    result = None
+    if "teacher" in stages:
+        teacher_path = result = Stage(config, "teacher", out / "teacher" if config.mode != "teacher" else out, ctx, None).run(resume)
+    if "student" in stages and config.mode != "teacher":
+        result = Stage(config, "student", out, ctx, teacher_path).run(resume)
+    if ctx.world > 1:
+        dist.destroy_process_group()
+    return result

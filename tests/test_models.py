@@ -1,0 +1,83 @@
+import torch
+import torch.nn.functional as F
+
+from structvpr_edge.labels import LABEL_GROUPS
+from structvpr_edge.layout import DescriptorLayout
+from structvpr_edge.models.alignment import SemanticAlignment
+from structvpr_edge.models.checkpoint import layout_of, load_checkpoint, save_checkpoint
+from structvpr_edge.models.student import StructVPRStudent, StudentConfig
+from structvpr_edge.models.teacher import SegTeacher, TeacherConfig
+from structvpr_edge.errors import ModelError
+import pytest
+
+
+def test_one_inner_product_is_the_aligned_similarity():
+    torch.manual_seed(0)
+    alignment = SemanticAlignment(3)
+    alignment.importance_logit.data = torch.randn(4)
+    g, d, p = torch.randn(2, 5), torch.randn(2, 3, 4), torch.softmax(torch.randn(2, 3), dim=1)
+    descriptor = alignment(g, d, p)
+    w = alignment.importance()
+    gn, dn = F.normalize(g, dim=1), F.normalize(d, dim=2)
+
+    def aligned(a: int, b: int) -> torch.Tensor:
+        return w[0] * gn[a] @ gn[b] + sum(w[k + 1] * (p[a, k] * p[b, k]).sqrt() * dn[a, k] @ dn[b, k] for k in range(3))
+
+    expected = aligned(0, 1) / (aligned(0, 0) * aligned(1, 1)).sqrt()
+    assert torch.allclose(descriptor[0] @ descriptor[1], expected, atol=1e-6)
+
+
+def test_absent_group_does_not_contribute():
+    alignment = SemanticAlignment(2)
+    g = torch.randn(2, 4)
+    d = torch.randn(2, 2, 3)
+    p = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    changed = d.clone()
+    changed[1, 1] = -d[0, 1]  # the absent group disagrees completely
+    assert torch.allclose(alignment(g, d, p)[0] @ alignment(g, d, p)[1], alignment(g, changed, p)[0] @ alignment(g, changed, p)[1], atol=1e-5)
+
+
+def test_student_shapes_and_layout():
+    model = StructVPRStudent(StudentConfig(imagenet=False, global_dim=64, group_dim=32)).eval()
+    parts = model.forward_parts(torch.randn(2, 3, 48, 64))
+    assert parts.descriptor.shape == (2, 64 + 32 * len(LABEL_GROUPS))
+    assert parts.mask_logits.shape == (2, len(LABEL_GROUPS), 3, 4)
+    assert torch.allclose(parts.presence.sum(dim=1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(parts.descriptor.norm(dim=1), torch.ones(2), atol=1e-5)
+    layout = layout_of(model)
+    assert layout.dim == 64 + 32 * 6 and [s.name for s in layout.segments] == ["global", *LABEL_GROUPS]
+    assert DescriptorLayout.from_dict(layout.to_dict()).hash() == layout.hash()
+
+
+def test_cached_frozen_path_equals_full_forward():
+    model = StructVPRStudent(StudentConfig(imagenet=False, frozen_blocks=5)).eval()
+    x = torch.randn(2, 3, 48, 64)
+    with torch.no_grad():
+        full = model(x)
+        cached = model.forward_parts(model.backbone.forward_frozen(x), from_frozen=True).descriptor
+    assert torch.allclose(full, cached, atol=1e-6)
+
+
+def test_teacher_presence_from_label_fractions():
+    teacher = SegTeacher(TeacherConfig()).eval()
+    fractions = torch.zeros(1, 6, 48, 64)
+    fractions[:, 4, :24] = 1  # sky on top
+    fractions[:, 2, 24:] = 1  # ground below
+    parts = teacher.forward_parts(fractions)
+    assert parts.presence[0].tolist() == pytest.approx([0, 0, 0.5, 0, 0.5, 0])
+
+
+def test_checkpoint_roundtrip_half_and_errors(tmp_path):
+    model = StructVPRStudent(StudentConfig(imagenet=False)).eval()
+    path = save_checkpoint(tmp_path / "m.pt", model, (64, 48), {"mode": "structvpr++"}, half=True)
+    loaded, meta = load_checkpoint(path)
+    x = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        assert F.cosine_similarity(model(x), loaded(x)).item() > 0.999
+    assert meta["layout"] == layout_of(model).to_dict() and meta["input"]["size"] == [64, 48]
+    assert meta["label_groups"] == list(LABEL_GROUPS)
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(ModelError):
+        load_checkpoint(tmp_path / "missing.pt")
