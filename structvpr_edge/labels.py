@@ -3,12 +3,16 @@
 SynthCity writes its label PNGs directly in the 19 Cityscapes *train ids*, so one table maps
 both SynthCity and any Cityscapes-trained segmentation model to our label groups.
 Pixels that belong to no class carry ``IGNORE`` (255).
+
+Label PNGs always hold Cityscapes train ids. Maps from an ADE20K-trained model are converted
+once, each ADE20K class to a representative train id of its group (``GROUP_TO_CITYSCAPES``),
+so the rest of the code reads one format.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .errors import DatasetError
+from .errors import ConfigError, DatasetError
 
 IGNORE = 255
 
@@ -48,8 +52,99 @@ CITYSCAPES_TO_GROUP: np.ndarray = _lookup_table()
 """uint8[256] lookup: Cityscapes train id (or SynthCity class id) -> label group id."""
 
 
+# ADE20K SceneParsing 150 classes, ids 0..149 in the order of ``objectInfo150`` (what
+# ADE20K-trained models output). The raw annotation PNGs of the benchmark are 1-based with
+# 0 = "other": subtract 1 before using them here. Ten a line, so line k holds ids 10k..10k+9.
+ADE20K_CLASSES: tuple[str, ...] = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
+    "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair",
+    "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field",
+    "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion",
+    "base", "box", "column", "signboard", "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace",
+    "refrigerator", "grandstand", "path", "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway",
+    "river", "bridge", "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench",
+    "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel",
+    "bus", "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver",
+    "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet",
+    "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool",
+    "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball",
+    "food", "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher",
+    "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan",
+    "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+)
+ADE20K_ID: dict[str, int] = {name: i for i, name in enumerate(ADE20K_CLASSES)}
+
+# The ADE20K classes of each group, chosen as Cityscapes groups them (walls, fences and
+# awnings are building; terrain is vegetation). Indoor objects, water and rocks are ignored.
+ADE20K_GROUP_CLASSES: dict[str, tuple[str, ...]] = {
+    "building": (
+        "wall", "building", "ceiling", "windowpane", "door", "house", "fence", "railing", "column",
+        "skyscraper", "grandstand", "stairs", "screen door", "stairway", "bridge", "hovel", "tower",
+        "awning", "booth", "bannister", "canopy", "step",
+    ),
+    "vegetation": (
+        "tree", "grass", "earth", "mountain", "plant", "field", "sand", "flower", "hill", "palm", "land",
+    ),
+    "ground": ("floor", "road", "sidewalk", "path", "runway", "dirt track"),
+    "pole_sign": ("signboard", "streetlight", "pole", "trade name", "traffic light"),
+    "sky": ("sky",),
+    "dynamic": (
+        "person", "car", "boat", "bus", "truck", "airplane", "van", "ship", "minibike", "animal", "bicycle",
+    ),
+}
+# The Cityscapes class that stands for each group in our label PNGs.
+GROUP_TO_CITYSCAPES: dict[str, str] = {
+    "building": "building", "vegetation": "vegetation", "ground": "road",
+    "pole_sign": "pole", "sky": "sky", "dynamic": "car",
+}
+
+
+def _ade20k_to_cityscapes_table() -> np.ndarray:
+    table = np.full(256, IGNORE, dtype=np.uint8)
+    for group, names in ADE20K_GROUP_CLASSES.items():
+        for name in names:
+            table[ADE20K_ID[name]] = CLASS_ID[GROUP_TO_CITYSCAPES[group]]
+    return table
+
+
+ADE20K_TO_CITYSCAPES: np.ndarray = _ade20k_to_cityscapes_table()
+"""uint8[256] lookup: ADE20K class id -> Cityscapes train id of its group (255 = ignore)."""
+ADE20K_TO_GROUP: np.ndarray = CITYSCAPES_TO_GROUP[ADE20K_TO_CITYSCAPES]
+"""uint8[256] lookup: ADE20K class id -> label group id (255 = ignore)."""
+
+SCHEMES: tuple[str, ...] = ("cityscapes", "ade20k")
+_TO_CITYSCAPES = {"cityscapes": np.arange(256, dtype=np.uint8), "ade20k": ADE20K_TO_CITYSCAPES}
+_TO_GROUP = {"cityscapes": CITYSCAPES_TO_GROUP, "ade20k": ADE20K_TO_GROUP}
+
+
+def check_scheme(scheme: str) -> None:
+    """Raise ConfigError unless ``scheme`` names a class-id scheme we can map (see SCHEMES)."""
+    if scheme not in SCHEMES:
+        raise ConfigError(f"unknown label scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
+
+
+def _lookup(tables: dict[str, np.ndarray], class_map: np.ndarray, scheme: str) -> np.ndarray:
+    check_scheme(scheme)
+    if class_map.dtype != np.uint8:
+        raise DatasetError(f"label map must be uint8 class ids, got {class_map.dtype}")
+    return tables[scheme][class_map]
+
+
+def to_groups(class_map: np.ndarray, scheme: str) -> np.ndarray:
+    """Map a uint8 class-id image of ``scheme`` ("cityscapes" train ids or "ade20k") to label-group ids."""
+    return _lookup(_TO_GROUP, class_map, scheme)
+
+
+def to_cityscapes(class_map: np.ndarray, scheme: str) -> np.ndarray:
+    """Class ids of ``scheme`` -> the Cityscapes train ids our label PNGs hold (Cityscapes: unchanged)."""
+    return _lookup(_TO_CITYSCAPES, class_map, scheme)
+
+
+def ade20k_to_cityscapes(class_map: np.ndarray) -> np.ndarray:
+    """ADE20K class ids -> a representative Cityscapes train id per group (255 = ignore)."""
+    return to_cityscapes(class_map, "ade20k")
+
+
 def classes_to_groups(label_map: np.ndarray) -> np.ndarray:
     """Map a uint8 class-id image (Cityscapes train ids) to label-group ids (255 = ignore)."""
-    if label_map.dtype != np.uint8:
-        raise DatasetError(f"label map must be uint8 class ids, got {label_map.dtype}")
-    return CITYSCAPES_TO_GROUP[label_map]
+    return to_groups(label_map, "cityscapes")

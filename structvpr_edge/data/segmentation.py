@@ -1,0 +1,189 @@
+"""Label maps for real data from your own segmentation model, in the format the SDK reads.
+
+The dataset loader looks for ``ROOT/labels/SPLIT/.../name.png`` next to each
+``ROOT/images/SPLIT/.../name.jpg``, holding Cityscapes train ids (see ``labels.py``). For the
+standard VPR layout pass the two roots, and every split and subset is covered:
+
+    structvpr-edge labels --images ROOT/images --out ROOT/labels --onnx seg.onnx --scheme ade20k
+    structvpr-edge labels --images ROOT/images --out ROOT/labels --pngs PREDICTIONS --scheme ade20k
+
+Label PNGs already written are kept (a cache): segmenting a dataset on a CPU takes long, and a
+rerun after an interruption carries on where it stopped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import BackendError, ConfigError, DatasetError, ModelError
+from ..eval.evaluate import read_rgb
+from ..labels import check_scheme, to_cityscapes
+from .dataset import IMAGE_EXTENSIONS
+
+# What most segmentation models (mmseg, torchvision, SegFormer) were trained with, RGB in [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+@dataclass
+class SegmentSummary:
+    written: int  # label PNGs written by this run
+    cached: int  # label PNGs that were already there and were kept
+
+
+def label_path(image: Path, images_root: Path, labels_root: Path) -> Path:
+    """Where the label map of ``image`` lives: same relative path under ``labels_root``, .png."""
+    return labels_root / image.relative_to(images_root).with_suffix(".png")
+
+
+def _files_under(root: Path, extensions: tuple[str, ...], out: Path) -> list[Path]:
+    """Files under ``root``, sorted, minus our own output when ``out`` sits inside ``root``."""
+    if not root.is_dir():
+        raise DatasetError(f"missing folder {root}")
+    root_abs, out_abs = root.resolve(), out.resolve()
+    if out_abs == root_abs:
+        raise ConfigError(f"write label maps to their own folder, not into the input folder {root}")
+    nested = out_abs.is_relative_to(root_abs)
+    files = sorted(
+        p for p in root.rglob("*")
+        if p.suffix.lower() in extensions and not (nested and p.resolve().is_relative_to(out_abs))
+    )
+    if not files:
+        raise DatasetError(f"no {'/'.join(extensions)} files under {root}")
+    return files
+
+
+def missing_labels(images_root: Path, labels_root: Path) -> list[Path]:
+    """Images under ``images_root`` without a label map (the loader needs one for every image)."""
+    images = _files_under(images_root, IMAGE_EXTENSIONS, labels_root)
+    return [p for p in images if not label_path(p, images_root, labels_root).exists()]
+
+
+def _as_uint8(ids: np.ndarray, error: type[Exception], source: str) -> np.ndarray:
+    """Class ids as uint8 (what a label PNG holds), refusing ids that would wrap around."""
+    if ids.size and (ids.min() < 0 or ids.max() > 255):
+        raise error(f"{source} has class ids outside 0..255 (min {ids.min()}, max {ids.max()})")
+    return ids.astype(np.uint8)
+
+
+def _write_png(path: Path, label: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), label):
+        raise DatasetError(f"cannot write label map {path}")
+
+
+def convert_label_pngs(src_dir: Path, out_dir: Path, scheme: str) -> int:
+    """Convert predicted class-id PNGs of ``scheme`` to Cityscapes-train-id PNGs at the same paths.
+
+    For predictions made elsewhere (e.g. on a GPU box); returns the number of PNGs written.
+    """
+    check_scheme(scheme)
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    pngs = _files_under(src_dir, (".png",), out_dir)
+    for src in tqdm(pngs, desc="convert", unit="image", leave=False):
+        ids = cv2.imread(str(src), cv2.IMREAD_UNCHANGED)
+        if ids is None or ids.ndim != 2:
+            raise DatasetError(f"{src} is not a single-channel class-id PNG")
+        ids = _as_uint8(ids, DatasetError, str(src))
+        _write_png(out_dir / src.relative_to(src_dir), to_cityscapes(ids, scheme))
+    return len(pngs)
+
+
+def _open_model(path: Path):  # -> onnxruntime.InferenceSession, imported lazily
+    if not path.is_file():
+        raise ModelError(f"segmentation model not found: {path}")
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise BackendError("an ONNX segmentation model needs onnxruntime (pip install onnxruntime)") from exc
+    available = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    try:
+        session = ort.InferenceSession(str(path), providers=providers)
+    except Exception as exc:  # onnxruntime raises its own, unexported exception types
+        raise ModelError(f"cannot load ONNX model {path}: {exc}") from exc
+    inputs = session.get_inputs()
+    shape = inputs[0].shape if len(inputs) == 1 else []
+    if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
+        raise ModelError(f"{path} must take one RGB batch (B, 3, H, W), takes {[(i.name, i.shape) for i in inputs]}")
+    if inputs[0].type not in _INPUT_DTYPES:
+        raise ModelError(f"{path} must take a float input, takes {inputs[0].type}")
+    return session
+
+
+def _class_ids(output: np.ndarray, batch: int, model: Path) -> np.ndarray:
+    """(B, h, w) uint8 class ids from logits (B, C, h, w) or ids (B, h, w)."""
+    if output.ndim == 4 and output.shape[0] == batch:
+        output = output.argmax(axis=1)
+    elif not (output.ndim == 3 and output.shape[0] == batch and np.issubdtype(output.dtype, np.integer)):
+        raise ModelError(
+            f"{model} must output logits (B, C, h, w) or integer class ids (B, h, w); "
+            f"got {output.dtype} {output.shape} for a batch of {batch}"
+        )
+    return _as_uint8(output, ModelError, str(model))
+
+
+def _preprocess(rgb: np.ndarray, size: tuple[int, int], mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (3, h, w) float32 normalised, at the network's (w, h)."""
+    if (rgb.shape[1], rgb.shape[0]) != size:
+        shrink = size[0] < rgb.shape[1]
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return ((rgb.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)
+
+
+def segment_folder(
+    images_root: Path,
+    onnx_model: Path,
+    out_root: Path,
+    scheme: str,
+    input_size: tuple[int, int] | None = None,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    batch_size: int = 4,
+    overwrite: bool = False,
+) -> SegmentSummary:
+    """Segment every image under ``images_root`` and write Cityscapes-train-id PNGs under ``out_root``.
+
+    The model takes (B, 3, H, W) float RGB normalised as ``(x / 255 - mean) / std`` and outputs
+    logits (B, C, h, w) or class ids (B, h, w) of ``scheme``; ids are resized to each image's
+    size with nearest neighbour. The network input is ``input_size`` (W, H), else the model's
+    fixed input size, else the first image's size. A model exported with a fixed batch runs at
+    that batch. Existing label PNGs are kept unless ``overwrite``.
+    """
+    check_scheme(scheme)
+    if batch_size <= 0:
+        raise ConfigError(f"batch_size must be positive, got {batch_size}")
+    images_root, onnx_model, out_root = Path(images_root), Path(onnx_model), Path(out_root)
+    images = _files_under(images_root, IMAGE_EXTENSIONS, out_root)
+    session = _open_model(onnx_model)
+    model_input = session.get_inputs()[0]
+    batch_dim, _, height, width = model_input.shape
+    fixed_size = (width, height) if isinstance(width, int) and isinstance(height, int) else None
+    if input_size is not None and fixed_size is not None and tuple(input_size) != fixed_size:
+        raise ConfigError(
+            f"{onnx_model} takes a fixed {fixed_size[0]}x{fixed_size[1]} input, not {input_size[0]}x{input_size[1]}"
+        )
+    size = tuple(input_size) if input_size is not None else fixed_size
+    if isinstance(batch_dim, int):
+        batch_size = batch_dim
+    mean_, std_ = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    todo = [p for p in images if overwrite or not label_path(p, images_root, out_root).exists()]
+    with tqdm(total=len(todo), desc="segment", unit="image", leave=False) as progress:
+        for start in range(0, len(todo), batch_size):
+            paths = todo[start : start + batch_size]
+            rgbs = [read_rgb(p, None) for p in paths]
+            size = size or (rgbs[0].shape[1], rgbs[0].shape[0])
+            batch = np.stack([_preprocess(rgb, size, mean_, std_) for rgb in rgbs])
+            if isinstance(batch_dim, int) and len(batch) < batch_size:  # a fixed-batch model: pad the last one
+                batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch), axis=0)])
+            output = session.run(None, {model_input.name: batch.astype(_INPUT_DTYPES[model_input.type])})[0]
+            for path, rgb, ids in zip(paths, rgbs, _class_ids(output, len(batch), onnx_model)):
+                ids = cv2.resize(ids, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
+                _write_png(label_path(path, images_root, out_root), to_cityscapes(ids, scheme))
+            progress.update(len(paths))
+    return SegmentSummary(written=len(todo), cached=len(images) - len(todo))
