@@ -1,0 +1,1 @@
+"""Deployment toolchain: ONNX export, INT8 calibration, TensorRT and ONNX Runtime engines."""
