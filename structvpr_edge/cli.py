@@ -81,6 +81,44 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"model written to {train(config, Path(args.out), stages=stages, resume=args.resume)}")
 
 
+def cmd_build_map(args: argparse.Namespace) -> None:
+    from .runtime.edgevpr import EdgeVPR
+    from .runtime.mapping import build_map
+
+    with EdgeVPR(args.model, backend=args.backend, threads=args.threads, max_batch=16) as vpr:
+        place_map = build_map(vpr, args.images, args.out, index_type=args.index, append=args.append, split=args.split)
+    print(f"map with {len(place_map)} places ({place_map.factory}) written to {args.out}")
+
+
+def cmd_calibrate_threshold(args: argparse.Namespace) -> None:
+    from .runtime.edgevpr import EdgeVPR
+    from .runtime.mapping import calibrate_threshold
+
+    with EdgeVPR(args.model, backend=args.backend, threads=args.threads, max_batch=16) as vpr:
+        threshold = calibrate_threshold(vpr, args.map, args.val, args.precision, split=args.split)
+    print(json.dumps(threshold.__dict__, indent=2))
+
+
+def cmd_localize(args: argparse.Namespace) -> None:
+    import cv2
+
+    from .runtime.edgevpr import EdgeVPR
+    from .errors import DatasetError
+
+    with EdgeVPR(args.model, map=args.map, backend=args.backend, top_k=args.top_k, threads=args.threads, temporal=args.temporal) as vpr:
+        for path in args.frames:
+            frame = cv2.imread(path, cv2.IMREAD_COLOR)
+            if frame is None:
+                raise DatasetError(f"cannot read image {path}")
+            print(json.dumps({"frame": path, **vpr.localize(frame).to_json()}), flush=True)
+
+
+def _runtime_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="engine, ONNX file, checkpoint or shipped name (structvprpp, baseline)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
+    parser.add_argument("--threads", type=int, default=None, help="inference threads (CPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="structvpr-edge", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -116,6 +154,31 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=None, help="override the config's seed")
     tr.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     tr.set_defaults(func=cmd_train)
+
+    bm = commands.add_parser("build-map", help="describe geo-tagged reference images into a FAISS map")
+    _runtime_options(bm)
+    bm.add_argument("--images", required=True, help="dataset root (its --split database) or a folder of @east@north@... images")
+    bm.add_argument("--out", required=True, help="map folder")
+    bm.add_argument("--split", default="test")
+    bm.add_argument("--index", default="auto", choices=["auto", "flat", "hnsw", "ivf"])
+    bm.add_argument("--append", action="store_true", help="add the images to the existing map in --out")
+    bm.set_defaults(func=cmd_build_map)
+
+    ct = commands.add_parser("calibrate-threshold", help="pick the confidence threshold reaching a target precision")
+    _runtime_options(ct)
+    ct.add_argument("--map", required=True)
+    ct.add_argument("--val", required=True, help="dataset whose --split queries lie in the map's area")
+    ct.add_argument("--split", default="test")
+    ct.add_argument("--precision", type=float, default=0.99)
+    ct.set_defaults(func=cmd_calibrate_threshold)
+
+    lo = commands.add_parser("localize", help="localize image files against a map; one JSON line per frame")
+    _runtime_options(lo)
+    lo.add_argument("--map", required=True)
+    lo.add_argument("--top-k", type=int, default=5)
+    lo.add_argument("--temporal", action="store_true", help="frames are a sequence: apply the temporal filter")
+    lo.add_argument("frames", nargs="+")
+    lo.set_defaults(func=cmd_localize)
 
     labels = commands.add_parser("labels", help="label maps for a dataset from your own segmentation model")
     labels.add_argument("--images", required=True, help="images root, e.g. ROOT/images (walked recursively)")

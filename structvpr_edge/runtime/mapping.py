@@ -1,0 +1,109 @@
+"""Build maps from geo-tagged images and calibrate the confidence threshold; torch-free."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from ..data.dataset import list_images, load_dataset
+from ..data.names import parse_name
+from ..errors import DatasetError, MapError
+from .edgevpr import EdgeVPR, margin_to_other_places
+from .map import Place, PlaceMap, Threshold
+
+
+def reference_images(source: str | Path, split: str = "test", subset: str = "database") -> list[Path]:
+    """A dataset root (its ``split``/``subset`` images) or any folder of ``@east@north@...`` images."""
+    source = Path(source)
+    if (source / "images").is_dir():
+        dataset = load_dataset(source, split)
+        return getattr(dataset, subset).paths
+    if not source.is_dir():
+        raise DatasetError(f"{source} is neither a dataset nor a folder of images")
+    return list_images(source)
+
+
+def place_of(path: Path, root: Path) -> Place:
+    name = parse_name(path)
+    return Place(
+        id=name.pano_id or path.stem,
+        east=name.east,
+        north=name.north,
+        heading=float("nan") if name.heading is None else name.heading,
+        timestamp=name.timestamp,
+        source=str(path.relative_to(root)) if path.is_relative_to(root) else str(path),
+    )
+
+
+def read_frames(paths: list[Path]) -> list[np.ndarray]:
+    frames = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
+    for path, frame in zip(paths, frames):
+        if frame is None:
+            raise DatasetError(f"cannot read image {path}")
+    return frames
+
+
+def describe_paths(vpr: EdgeVPR, paths: list[Path], batch_size: int = 16, desc: str = "describe") -> np.ndarray:
+    chunks = [vpr.describe_batch(read_frames(paths[i : i + batch_size])) for i in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch")]
+    return np.concatenate(chunks)
+
+
+def build_map(vpr: EdgeVPR, source: str | Path, out: str | Path | None = None, index_type: str = "auto", append: bool = False, split: str = "test") -> PlaceMap:
+    """Describe every reference image and store it with its pose; ``append`` adds to an existing map."""
+    paths = reference_images(source, split)
+    if not paths:
+        raise DatasetError(f"no images in {source}")
+    if append:
+        if out is None:
+            raise MapError("append needs the map folder to add to")
+        place_map = PlaceMap.load(out)
+        place_map.check_compatible(vpr.info.layout.hash(), vpr.info.checkpoint_sha256)
+    else:
+        place_map = PlaceMap(vpr.info.layout.dim, vpr.info.layout.hash(), vpr.info.checkpoint_sha256, index_type, expected_size=len(paths))
+    root = Path(source)
+    place_map.add(describe_paths(vpr, paths, desc="map"), [place_of(p, root) for p in paths])
+    if out is not None:
+        place_map.save(out)
+    return place_map
+
+
+def threshold_for_precision(scores: np.ndarray, margins: np.ndarray, correct: np.ndarray, precision: float) -> Threshold:
+    """The (score, margin) rule with the most confident queries whose precision reaches the target."""
+    best = None
+    for margin in np.unique(np.concatenate([[0.0], np.quantile(margins, np.linspace(0, 0.9, 10))])):
+        keep_margin = margins >= margin
+        order = np.argsort(-scores)
+        hits = np.cumsum((correct & keep_margin)[order])
+        kept = np.cumsum(keep_margin[order])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            running = np.where(kept > 0, hits / kept, 0)
+        ok = np.flatnonzero(running >= precision)
+        if len(ok):
+            i = ok[-1]
+            found = Threshold(float(scores[order][i]), float(margin), float(running[i]), float(hits[i] / len(correct)))
+            if best is None or found.recall > best.recall:
+                best = found
+    if best is None:  # nothing reaches the target: a rule no query passes
+        best = Threshold(float("inf"), 0.0, precision, 0.0)
+    return best
+
+
+def calibrate_threshold(vpr: EdgeVPR, map_dir: str | Path, val: str | Path, precision: float = 0.99, split: str = "val", radius: float = 25.0) -> Threshold:
+    """Pick the threshold on validation queries and store it in the map's manifest."""
+    if not 0 < precision <= 1:
+        raise MapError(f"precision must be in (0, 1], got {precision}")
+    place_map = PlaceMap.load(map_dir)
+    vpr.set_map(place_map)
+    dataset = load_dataset(val, split, positive_radius=radius)
+    frames_paths = dataset.queries.paths
+    descriptors = describe_paths(vpr, frames_paths, desc="queries")
+    scores, rows = place_map.search(descriptors, max(vpr.top_k, 10))
+    top = place_map.poses[rows[:, 0], :2]
+    correct = np.linalg.norm(top - dataset.queries.utm, axis=1) <= radius
+    margins = np.array([margin_to_other_places(s, r, place_map.poses) for s, r in zip(scores, rows)])
+    threshold = threshold_for_precision(scores[:, 0], margins, correct, precision)
+    place_map.manifest.threshold = threshold
+    place_map.save(map_dir)
+    return threshold

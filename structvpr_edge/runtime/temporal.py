@@ -1,0 +1,46 @@
+"""Temporal filter for a moving vehicle: a discrete Bayes filter over map places.
+
+The state is a belief over map entries, kept sparse on the candidates retrieved for recent
+frames. Motion model: from place i the vehicle moves to any place within ``max_move_m`` metres
+(uniform), elsewhere with a small ``teleport`` probability so the filter recovers from a wrong
+lock. Observation: ``exp((similarity - best) / temperature)`` over the frame's candidates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class TemporalConfig:
+    max_move_m: float = 25.0
+    temperature: float = 0.02
+    teleport: float = 1e-3
+
+
+class PlaceFilter:
+    def __init__(self, poses: np.ndarray, config: TemporalConfig | None = None) -> None:
+        self.poses = poses[:, :2]  # (N, 2) east, north of every map entry
+        self.config = config or TemporalConfig()
+        self.rows = np.zeros(0, dtype=np.int64)
+        self.belief = np.zeros(0)
+
+    def reset(self) -> None:
+        self.rows, self.belief = np.zeros(0, dtype=np.int64), np.zeros(0)
+
+    def update(self, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Fold in one frame's candidates (best first); returns the posterior over ``rows``."""
+        valid = rows >= 0
+        rows, scores = rows[valid], scores[valid]
+        likelihood = np.exp((scores - scores.max()) / self.config.temperature)
+        if len(self.rows):
+            distance = np.linalg.norm(self.poses[rows][:, None] - self.poses[self.rows][None], axis=2)
+            reachable = (distance <= self.config.max_move_m).astype(np.float64)
+            prior = reachable @ self.belief + self.config.teleport
+        else:
+            prior = np.ones(len(rows))
+        posterior = prior * likelihood
+        posterior /= posterior.sum()
+        self.rows, self.belief = rows, posterior
+        return posterior
