@@ -1,0 +1,194 @@
+"""EdgeVPR, the place map and the runtime commands, on a tiny exported student."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from structvpr_edge import EdgeVPR
+from structvpr_edge.cli import main
+from structvpr_edge.data.dataset import load_dataset
+from structvpr_edge.errors import ConfigError, MapError
+from structvpr_edge.runtime.map import Place, PlaceMap, index_string
+from structvpr_edge.runtime.mapping import build_map, threshold_for_precision
+from structvpr_edge.runtime.temporal import PlaceFilter, TemporalConfig
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A checkpoint (ImageNet init, untrained heads) and its float and uint8-input ONNX exports."""
+    import torch
+
+    from structvpr_edge.deploy.export import export_onnx
+    from structvpr_edge.models.checkpoint import save_checkpoint
+    from structvpr_edge.models.student import StructVPRStudent, StudentConfig
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("exported")
+    checkpoint = save_checkpoint(out / "student.pt", StructVPRStudent(StudentConfig()).eval(), (64, 48), {})
+    export_onnx(checkpoint, out / "float.onnx", batch="dynamic")
+    export_onnx(checkpoint, out / "uint8.onnx", uint8_input=True)
+    return out
+
+
+def frames_of(dataset_root: Path, subset: str = "queries") -> list[np.ndarray]:
+    paths = getattr(load_dataset(dataset_root), subset).paths
+    return [cv2.imread(str(p)) for p in paths]
+
+
+def test_backends_agree(exported, place_dataset):
+    frames = frames_of(place_dataset)[:4]
+    descriptors = {}
+    for name, backend in (("float.onnx", "onnxruntime"), ("uint8.onnx", "onnxruntime"), ("student.pt", "torch")):
+        with EdgeVPR(exported / name, backend=backend) as vpr:
+            descriptors[name] = np.stack([vpr.describe(f) for f in frames])
+    np.testing.assert_allclose(np.linalg.norm(descriptors["float.onnx"], axis=1), 1, atol=1e-4)
+    for name in ("uint8.onnx", "student.pt"):
+        cosine = (descriptors[name] * descriptors["float.onnx"]).sum(axis=1)
+        assert cosine.min() > 0.9999, name
+
+
+def test_rgb_frames_and_bad_frames(exported, place_dataset):
+    frame = frames_of(place_dataset)[0]
+    with EdgeVPR(exported / "float.onnx") as bgr, EdgeVPR(exported / "float.onnx", colour="RGB") as rgb:
+        assert float(bgr.describe(frame) @ rgb.describe(frame[..., ::-1].copy())) > 0.9999
+        with pytest.raises(ConfigError, match="HxWx3 uint8"):
+            bgr.describe(frame.astype(np.float32))
+        with pytest.raises(MapError, match="no map"):
+            bgr.localize(frame)
+    with pytest.raises(ConfigError):
+        EdgeVPR(exported / "float.onnx", colour="YUV")
+
+
+def test_map_build_localize_save_append(exported, place_dataset, tmp_path):
+    with EdgeVPR(exported / "float.onnx", max_batch=4) as vpr:
+        built = build_map(vpr, place_dataset, tmp_path / "map")
+        assert len(built) == 6 and built.manifest.index_string == "Flat"
+        vpr.set_map(tmp_path / "map")
+        queries = frames_of(place_dataset)
+        results = vpr.localize_batch(queries)
+        assert len(results) == len(queries)
+        first = results[0]
+        assert len(first.matches) == 5 and first.matches[0].similarity >= first.matches[-1].similarity
+        assert set(first.timing_ms) == {"preprocess", "inference", "search", "total"}
+        assert not first.confident  # no threshold calibrated yet
+        assert (first.east, first.north) == (first.matches[0].east, first.matches[0].north)
+        build_map(vpr, place_dataset, tmp_path / "map", append=True)
+    assert len(PlaceMap.load(tmp_path / "map")) == 12
+
+
+def test_map_refuses_other_layout_and_corruption(exported, place_dataset, tmp_path):
+    with EdgeVPR(exported / "float.onnx") as vpr:
+        build_map(vpr, place_dataset, tmp_path / "map")
+    place_map = PlaceMap.load(tmp_path / "map")
+    with pytest.raises(MapError, match="layout"):
+        place_map.check_compatible("0" * 16)
+    with pytest.raises(MapError, match="rebuild"):
+        place_map.check_compatible(place_map.manifest.layout_hash, "f" * 64)
+    with (tmp_path / "map" / "places.sqlite").open("ab") as handle:
+        handle.write(b"garbage")
+    with pytest.raises(MapError, match="checksum"):
+        PlaceMap.load(tmp_path / "map")
+    with pytest.raises(MapError, match="no manifest"):
+        PlaceMap.load(tmp_path)
+
+
+def test_map_rejects_bad_descriptors():
+    place_map = PlaceMap(4, "h", "s")
+    with pytest.raises(MapError, match="normalised"):
+        place_map.add(np.ones((1, 4)), [Place("a", 0, 0)])
+    with pytest.raises(MapError, match=r"\(N, 4\)"):
+        place_map.add(np.ones((1, 3)) / np.sqrt(3), [Place("a", 0, 0)])
+    with pytest.raises(MapError, match="empty"):
+        place_map.search(np.ones((1, 4)), 1)
+    with pytest.raises(MapError):
+        index_string("kdtree", 10, 4)
+    assert index_string("auto", 10, 4) == "Flat" and index_string("auto", 10**6, 4).startswith("IVF")
+
+
+def test_approximate_index_agrees_with_exact_on_clustered_data(tmp_path):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(400, 32))
+    data = centres[rng.integers(0, 400, 8000)] + 0.3 * rng.normal(size=(8000, 32))
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    places = [Place(str(i), float(i), 0.0) for i in range(len(data))]
+    exact, approx = PlaceMap(32, "h", "s", "flat"), PlaceMap(32, "h", "s", "ivf", expected_size=len(data))
+    for place_map in (exact, approx):
+        place_map.add(data.astype(np.float32), places)
+    approx.set_search_effort(nprobe=32)
+    queries = (data[:500] + 0.05 * rng.normal(size=(500, 32))).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    agreement = np.mean(exact.search(queries, 1)[1][:, 0] == approx.search(queries, 1)[1][:, 0])
+    assert agreement >= 0.95
+    approx.save(tmp_path / "ivf")
+    assert np.array_equal(PlaceMap.load(tmp_path / "ivf").search(queries, 3)[1], approx.search(queries, 3)[1])
+
+
+def test_threshold_reaches_target_precision():
+    rng = np.random.default_rng(0)
+    correct = rng.random(1000) < 0.7
+    scores = np.where(correct, rng.normal(0.8, 0.05, 1000), rng.normal(0.6, 0.08, 1000))
+    margins = rng.random(1000) * 0.1
+    threshold = threshold_for_precision(scores, margins, correct, 0.99)
+    kept = (scores >= threshold.score) & (margins >= threshold.margin)
+    assert correct[kept].mean() >= 0.99 and threshold.recall == pytest.approx(correct[kept].sum() / 1000)
+    assert 0.2 < threshold.recall < 0.7
+    impossible = threshold_for_precision(scores, margins, np.zeros(1000, bool), 0.99)
+    assert impossible.recall == 0 and impossible.score == float("inf")
+
+
+def test_temporal_filter_fixes_isolated_mistakes():
+    poses = np.column_stack([np.arange(100) * 5.0, np.zeros(100), np.zeros(100)])
+    place_filter = PlaceFilter(poses, TemporalConfig(max_move_m=12, temperature=0.05))
+    single, filtered = 0, 0
+    rng = np.random.default_rng(1)
+    for t in range(60):
+        true = t
+        rows = np.array([true, rng.integers(0, 100), rng.integers(0, 100)])
+        scores = np.array([0.8, 0.7, 0.6])
+        if t % 5 == 4:  # a distractor wins this frame
+            scores = np.array([0.78, 0.82, 0.6])
+        order = np.argsort(-scores)
+        rows, scores = rows[order], scores[order]
+        single += rows[0] == true
+        posterior = place_filter.update(rows, scores)
+        filtered += place_filter.rows[np.argmax(posterior)] == true
+    assert filtered > single and filtered >= 56
+
+
+def test_runtime_imports_without_torch(exported, place_dataset):
+    """An edge device installs only what it runs: the ONNX Runtime path must not import torch."""
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, Block())
+import cv2
+from structvpr_edge import EdgeVPR
+from structvpr_edge.runtime.mapping import build_map
+with EdgeVPR({str(exported / 'uint8.onnx')!r}) as vpr:
+    build_map(vpr, {str(place_dataset)!r}, None)
+    print(vpr.describe(cv2.imread({str(frames_path(place_dataset))!r})).shape)
+assert "torch" not in sys.modules
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def frames_path(root: Path) -> Path:
+    return load_dataset(root).queries.paths[0]
+
+
+def test_localize_command_prints_json_lines(exported, place_dataset, tmp_path, capsys):
+    assert main(["build-map", "--model", str(exported / "uint8.onnx"), "--images", str(place_dataset), "--out", str(tmp_path / "m")]) == 0
+    paths = [str(p) for p in load_dataset(place_dataset).queries.paths[:2]]
+    capsys.readouterr()
+    assert main(["localize", "--model", str(exported / "uint8.onnx"), "--map", str(tmp_path / "m"), *paths]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["frame"] for line in lines] == paths and all(len(line["matches"]) == 5 for line in lines)
+    assert main(["localize", "--model", str(exported / "uint8.onnx"), "--map", str(tmp_path / "m"), str(tmp_path / "nope.jpg")]) == 2
