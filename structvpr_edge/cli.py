@@ -119,6 +119,44 @@ def _runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="inference threads (CPU)")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from .data.dataset import list_images
+    from .deploy.export import export_onnx, read_parity_images
+    from .deploy.trt_check import check_trt_friendly
+
+    images = read_parity_images(list_images(Path(args.parity_images))) if args.parity_images else None
+    report = export_onnx(
+        args.model, args.out, width=args.width, height=args.height, batch=args.batch, opset=args.opset,
+        uint8_input=args.uint8_input, parity_images=images,
+    )
+    print(f"ONNX written to {report.path} (input {report.input_shape}, simplified with {report.simplifier})")
+    print(f"parity over {report.parity_images} frames: min cosine {report.parity_min_cosine:.7f}, max abs diff {report.parity_max_abs_diff:.3g}")
+    print(check_trt_friendly(report.path).summary())
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from .deploy.calibration import CalibrationConfig, calibrate
+
+    report = calibrate(CalibrationConfig(
+        model=args.model, images=args.images, out=args.out, num=args.num, method=args.method,
+        max_recall_drop=args.max_recall_drop, val=args.val, val_split=args.val_split, reselect=args.reselect, threads=args.threads,
+    ))
+    print(report.markdown())
+    print(f"calibration written to {args.out} in {report.seconds:.1f} s")
+
+
+def cmd_build_engine(args: argparse.Namespace) -> None:
+    from .deploy.engine import EngineBuildConfig, build_engine
+
+    manifest = build_engine(EngineBuildConfig(
+        onnx=args.onnx, precision=args.precision, out=args.out, min_batch=args.min_batch, opt_batch=args.opt_batch,
+        max_batch=args.max_batch, workspace_mb=args.workspace, timing_cache=args.timing_cache, dla_core=args.dla_core,
+        calibration=args.calibration,
+    ))
+    print(f"engine written to {args.out} ({manifest['plan']['why']}; TensorRT {manifest['tensorrt_version']}, "
+          f"{manifest['gpu_name']}, {manifest['build_seconds']:.0f} s); manifest beside it")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="structvpr-edge", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -136,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.set_defaults(func=cmd_synth_preview)
 
     ev = commands.add_parser("eval", help="Recall@N of a model on a dataset split")
-    ev.add_argument("--model", required=True, help="pixels | imagenet-gem | label-oracle | structvprpp | baseline | CKPT.pt")
+    ev.add_argument("--model", required=True, help="pixels | imagenet-gem | label-oracle | structvprpp | baseline | CKPT.pt | MODEL.onnx | NAME.engine")
     ev.add_argument("--dataset", required=True, help="dataset root (standard VPR layout)")
     ev.add_argument("--split", default="test")
     ev.add_argument("--radius", type=float, default=25.0, help="positive radius in metres")
@@ -193,6 +231,43 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--batch-size", type=int, default=4)
     labels.add_argument("--overwrite", action="store_true", help="redo label maps that already exist")
     labels.set_defaults(func=cmd_labels)
+
+    export = commands.add_parser("export", help="checkpoint -> ONNX with metadata, parity and TensorRT checks")
+    export.add_argument("--model", required=True, help="checkpoint (.pt) or shipped model name")
+    export.add_argument("--out", required=True, help="output .onnx")
+    export.add_argument("--width", type=int, default=None, help="input width (default: the checkpoint's)")
+    export.add_argument("--height", type=int, default=None, help="input height (default: the checkpoint's)")
+    export.add_argument("--batch", choices=("1", "dynamic"), default="1")
+    export.add_argument("--opset", type=int, default=17, help="17 is the newest TensorRT 8.6 parses")
+    export.add_argument("--uint8-input", action="store_true", help="fold BGR->RGB and (x/255-mean)/std into the graph")
+    export.add_argument("--parity-images", help="folder of real images for the parity check (besides random frames)")
+    export.set_defaults(func=cmd_export)
+
+    cal = commands.add_parser("calibrate", help="INT8 (CPU and TensorRT forms) and FP16 variants of an FP32 ONNX, with an accuracy gate")
+    cal.add_argument("--model", required=True, help="FP32 ONNX from `export`")
+    cal.add_argument("--images", required=True, help="image folder, or dataset root (its train split)")
+    cal.add_argument("--out", required=True, help="calibration folder, e.g. calibration/NAME")
+    cal.add_argument("--num", type=int, default=512, help="calibration images, chosen by greedy k-center")
+    cal.add_argument("--method", choices=("entropy", "minmax", "percentile"), default="entropy")
+    cal.add_argument("--max-recall-drop", type=float, default=None, help="Recall@1 points INT8 may lose; keeps sensitive layers in FP32 until met")
+    cal.add_argument("--val", default=None, help="validation dataset root for cosine and Recall@1/5")
+    cal.add_argument("--val-split", default="val")
+    cal.add_argument("--reselect", action="store_true", help="choose new images even if OUT/manifest.json exists")
+    cal.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    cal.set_defaults(func=cmd_calibrate)
+
+    eng = commands.add_parser("build-engine", help="TensorRT engine (8.6, 10.x, 11.x) plus its JSON manifest")
+    eng.add_argument("--onnx", required=True, help="FP32 ONNX (or the FP16 / Q/DQ graph from calibrate)")
+    eng.add_argument("--precision", choices=("fp32", "fp16", "int8"), required=True)
+    eng.add_argument("--min-batch", type=int, default=None)
+    eng.add_argument("--opt-batch", type=int, default=None)
+    eng.add_argument("--max-batch", type=int, default=None, help="profile of a dynamic-batch ONNX (default 1/1/8)")
+    eng.add_argument("--workspace", type=int, default=1024, help="workspace memory pool in MB")
+    eng.add_argument("--timing-cache", default=None, help="timing cache file, read if present and written back")
+    eng.add_argument("--dla-core", type=int, default=None, help="build for this DLA core (Jetson), GPU fallback on")
+    eng.add_argument("--calibration", default=None, help="calibration/NAME folder (FP16/Q-DQ graphs, TensorRT cache)")
+    eng.add_argument("--out", required=True, help="engines/NAME.engine (manifest written to NAME.engine.json)")
+    eng.set_defaults(func=cmd_build_engine)
     return parser
 
 

@@ -2,8 +2,12 @@
 and the descriptor layout. Stored as ONNX metadata props and in engine manifests; torch-free."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
 
 from .errors import ModelError
 from .layout import DescriptorLayout
@@ -66,3 +70,19 @@ def read_onnx_info(path) -> ModelInfo:
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ModelError(f"cannot load ONNX model {path}: {exc}") from exc
     return ModelInfo.from_props(session.get_modelmeta().custom_metadata_map)
+
+
+def normalize_for(info: ModelInfo, bgr: np.ndarray) -> np.ndarray:
+    """(B, H, W, 3) uint8 BGR frames -> what the model's input expects."""
+    if info.uint8_input:
+        return np.ascontiguousarray(bgr if info.colour == "BGR" else bgr[..., ::-1])
+    rgb = bgr[..., ::-1].astype(np.float32) / 255
+    return np.ascontiguousarray(((rgb - np.array(info.mean, np.float32)) / np.array(info.std, np.float32)).transpose(0, 3, 1, 2))
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

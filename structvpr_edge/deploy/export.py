@@ -6,7 +6,6 @@ only resizes a camera frame into a preallocated buffer.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from torch import nn
 from .. import __version__
 from ..errors import ConfigError, ModelError
 from ..layout import DescriptorLayout
-from ..modelinfo import ModelInfo
+from ..modelinfo import ModelInfo, normalize_for, sha256_file
 from ..models.checkpoint import load_checkpoint, resolve_checkpoint
 
 PARITY_MIN_COSINE = 0.99999
@@ -37,14 +36,6 @@ class Uint8Input(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         rgb = pixels.flip(-1).permute(0, 3, 1, 2).float()
         return self.model(rgb * self.scale - self.offset)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def simplify(model_proto):
@@ -78,6 +69,15 @@ class ExportReport:
         return json.dumps(asdict(self), indent=2)
 
 
+def read_parity_images(paths: list[Path], limit: int = 16) -> list[np.ndarray]:
+    """Up to ``limit`` real BGR frames (spread over the list) for the parity check."""
+    import cv2  # noqa: PLC0415
+
+    step = max(1, len(paths) // limit)
+    images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths[::step][:limit]]
+    return [im for im in images if im is not None]
+
+
 def model_info(meta: dict, width: int, height: int, uint8_input: bool, checkpoint_sha: str) -> ModelInfo:
     spec = meta["input"]
     if spec["kind"] != "rgb":
@@ -100,14 +100,6 @@ def model_info(meta: dict, width: int, height: int, uint8_input: bool, checkpoin
 def example_input(info: ModelInfo, batch: int, rng: np.random.Generator) -> np.ndarray:
     pixels = rng.integers(0, 256, (batch, info.height, info.width, 3), dtype=np.uint8)
     return pixels if info.uint8_input else normalize_for(info, pixels)
-
-
-def normalize_for(info: ModelInfo, bgr: np.ndarray) -> np.ndarray:
-    """(B, H, W, 3) uint8 BGR frames -> what the model's input expects."""
-    if info.uint8_input:
-        return np.ascontiguousarray(bgr if info.colour == "BGR" else bgr[..., ::-1])
-    rgb = bgr[..., ::-1].astype(np.float32) / 255
-    return np.ascontiguousarray(((rgb - np.array(info.mean, np.float32)) / np.array(info.std, np.float32)).transpose(0, 3, 1, 2))
 
 
 def export_onnx(

@@ -1,15 +1,18 @@
 """Resolve the ``--model`` argument of every command to an extractor.
 
 Accepted: a built-in reference (``pixels``, ``imagenet-gem``, ``label-oracle``), a shipped model
-name (``structvprpp``, ``baseline``) or a checkpoint path.
+name (``structvprpp``, ``baseline``), a checkpoint path, an exported ONNX file of any precision
+(run by ONNX Runtime) or a TensorRT engine, so every artifact is measured by the same command.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
+from ..modelinfo import ModelInfo, normalize_for
 from .references import REFERENCE_MODELS
 
 
@@ -39,15 +42,64 @@ class CheckpointExtractor:
             return self.model(x).numpy()
 
 
+class DeployedExtractor:
+    """An exported model (ONNX file or TensorRT engine) behind the Extractor protocol; torch-free.
+
+    ``run`` maps the model's input array to descriptors; batches larger than ``max_batch`` (a
+    static batch of 1, or an engine's profile) are cut into pieces.
+    """
+
+    input_kind = "rgb"
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], info: ModelInfo, max_batch: int | None, name: str,
+                 image_size: tuple[int, int] | None = None) -> None:
+        size = (info.width, info.height)
+        if image_size is not None and tuple(image_size) != size:
+            raise ConfigError(f"{name} was exported for {size[0]}x{size[1]} input; re-export it for {image_size[0]}x{image_size[1]}")
+        self.run, self.info, self.max_batch, self.image_size = run, info, max_batch, size
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = normalize_for(self.info, batch[..., ::-1])  # evaluation batches are RGB; normalize_for takes BGR frames
+        step = self.max_batch or len(x)
+        return np.concatenate([self.run(x[start : start + step]) for start in range(0, len(x), step)])
+
+
+def onnx_extractor(path: str | Path, image_size: tuple[int, int] | None = None, threads: int | None = None) -> DeployedExtractor:
+    """An exported ONNX file of any precision, run by ONNX Runtime (best provider present)."""
+    from ..runtime.ort_session import create_session  # noqa: PLC0415
+
+    session = create_session(path, threads=threads)
+    info = ModelInfo.from_props(session.get_modelmeta().custom_metadata_map)
+    batch = session.get_inputs()[0].shape[0]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run([info.output_name], {info.input_name: x})[0]
+
+    return DeployedExtractor(run, info, batch if isinstance(batch, int) else None, str(path), image_size)
+
+
+def engine_extractor(path: str | Path, image_size: tuple[int, int] | None = None) -> DeployedExtractor:
+    """A TensorRT engine built by ``structvpr-edge build-engine`` (tensorrt and pycuda imported here)."""
+    from ..deploy.engine import TensorRTRunner  # noqa: PLC0415
+
+    runner = TensorRTRunner(path)
+    return DeployedExtractor(runner, runner.info, runner.max_batch, str(path), image_size)
+
+
 def load_extractor(model: str, image_size: tuple[int, int] | None = None):
-    """Reference name, shipped model name or checkpoint path -> extractor."""
+    """Reference name, shipped model name, checkpoint, ONNX file or TensorRT engine -> extractor."""
     if model in REFERENCE_MODELS:
         return REFERENCE_MODELS[model](image_size=image_size)
+    suffix = Path(model).suffix
+    if suffix == ".onnx":
+        return onnx_extractor(model, image_size)
+    if suffix == ".engine":
+        return engine_extractor(model, image_size)
     from ..models.checkpoint import SHIPPED  # noqa: PLC0415
 
-    if model in SHIPPED or Path(model).suffix == ".pt":
+    if model in SHIPPED or suffix == ".pt":
         return CheckpointExtractor(model, image_size)
     raise ModelError(
-        f"unknown model {model!r}; use a checkpoint (.pt), a shipped model {sorted(SHIPPED)} "
-        f"or a built-in reference {sorted(REFERENCE_MODELS)}"
+        f"unknown model {model!r}; use a checkpoint (.pt), an ONNX file (.onnx), a TensorRT engine (.engine), "
+        f"a shipped model {sorted(SHIPPED)} or a built-in reference {sorted(REFERENCE_MODELS)}"
     )

@@ -1,0 +1,340 @@
+"""TensorRT engines: build (``structvpr-edge build-engine``), describe in a manifest, check, run.
+
+An engine only runs on the TensorRT version and GPU it was built on, so every engine file
+``NAME.engine`` (plain serialized plan, loadable by ``trtexec --loadEngine``) has a manifest
+``NAME.engine.json`` beside it: TensorRT/CUDA versions, GPU and compute capability, precision,
+profile shapes, hashes of the ONNX and calibration, the build command. Loading checks it and
+says how to rebuild. Which builder calls are made depends on the detected API
+(:mod:`structvpr_edge.trt_compat`). Torch-free; tensorrt and pycuda are imported lazily.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendError, ConfigError, ModelError
+from ..modelinfo import PREFIX, ModelInfo, sha256_file
+from ..trt_compat import TrtApi, detect, import_tensorrt, require
+from .calibration import FP16, MANIFEST, TRT_CACHE, TRT_INT8
+
+MANIFEST_FORMAT = "structvpr-edge/engine/1"
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_MAX_BATCH = 8
+
+
+@dataclass
+class EngineBuildConfig:
+    onnx: Path
+    precision: str
+    out: Path
+    min_batch: int | None = None  # None: 1, 1 and DEFAULT_MAX_BATCH for a dynamic-batch graph
+    opt_batch: int | None = None
+    max_batch: int | None = None
+    workspace_mb: int = 1024
+    timing_cache: Path | None = None
+    dla_core: int | None = None
+    calibration: Path | None = None  # calibration/NAME: FP16 and Q/DQ graphs, TensorRT cache
+
+    def __post_init__(self) -> None:
+        self.onnx, self.out = Path(self.onnx), Path(self.out)
+        self.timing_cache = Path(self.timing_cache) if self.timing_cache else None
+        self.calibration = Path(self.calibration) if self.calibration else None
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.dla_core is not None and self.precision == "fp32":
+            raise ConfigError("DLA runs FP16 or INT8 only; use --precision fp16 or int8 with --dla-core")
+
+    def command(self) -> str:
+        """The build-engine command line that rebuilds this engine."""
+        args = ["structvpr-edge", "build-engine", "--onnx", str(self.onnx), "--precision", self.precision, "--workspace", str(self.workspace_mb)]
+        for flag, value in (
+            ("--min-batch", self.min_batch), ("--opt-batch", self.opt_batch), ("--max-batch", self.max_batch),
+            ("--timing-cache", self.timing_cache), ("--dla-core", self.dla_core), ("--calibration", self.calibration),
+        ):
+            if value is not None:
+                args += [flag, str(value)]
+        return shlex.join([*args, "--out", str(self.out)])
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    compute_capability: str  # "8.7"
+    cuda_version: str  # CUDA version pycuda was built against
+    driver_version: int
+
+
+def gpu_info() -> GpuInfo:
+    """The current CUDA device, through pycuda (creates the CUDA context)."""
+    try:
+        import pycuda.autoinit as autoinit  # noqa: PLC0415
+        import pycuda.driver as cuda  # noqa: PLC0415
+    except ImportError as exc:
+        raise BackendError("pycuda is needed for TensorRT engines: pip install 'structvpr-edge[gpu]'") from exc
+    device = autoinit.device
+    major, minor = device.compute_capability()
+    return GpuInfo(device.name(), f"{major}.{minor}", ".".join(map(str, cuda.get_version())), cuda.get_driver_version())
+
+
+def _onnx_props(path: Path) -> dict[str, str]:
+    import onnx  # noqa: PLC0415
+
+    if not path.is_file():
+        raise ModelError(f"ONNX model {path} not found")
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def find_graphs(config: EngineBuildConfig) -> dict[str, Path]:
+    """precision tag -> ONNX: ``--onnx`` under the tag calibrate stamped on it, plus the FP16 and
+    Q/DQ graphs of ``--calibration``."""
+    tag = ModelInfo.from_props(_onnx_props(config.onnx)).extra.get("precision", "fp32")
+    if tag == "int8-cpu":
+        raise ModelError(f"{config.onnx} is the ONNX Runtime CPU form (u8 activations); TensorRT builds from {TRT_INT8}")
+    graphs = {tag: config.onnx}
+    if config.calibration is not None:
+        if not (config.calibration / MANIFEST).is_file():
+            raise ConfigError(f"{config.calibration} is not a calibration folder (no {MANIFEST}); run `structvpr-edge calibrate`")
+        for name, key in ((FP16, "fp16"), (TRT_INT8, "int8-trt")):
+            if (config.calibration / name).is_file():
+                graphs.setdefault(key, config.calibration / name)
+    return graphs
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Which graph TensorRT parses and how precision is asked for; chosen from the detected API."""
+
+    onnx: Path
+    flags: tuple[str, ...]  # BuilderFlag names to set
+    strongly_typed: bool  # create the network with NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    explicit_batch: bool  # create the network with NetworkDefinitionCreationFlag.EXPLICIT_BATCH (8.x)
+    calibration_cache: Path | None  # INT8 through an entropy calibrator reading this cache (TensorRT < 10)
+    why: str
+
+
+def plan_build(api: TrtApi, precision: str, graphs: dict[str, Path], calibration: Path | None) -> BuildPlan:
+    """11.x takes precision only from the graph; 10.x prefers the graph (strongly typed) and
+    falls back to flags; 8.6 uses flags and, for INT8, the calibrator with the cache."""
+    graph_typed = api.opt_in_strong_typing or api.strongly_typed_only
+
+    def plan(key: str, flags: tuple[str, ...] = (), cache: Path | None = None, why: str = "") -> BuildPlan:
+        if key not in graphs:
+            raise ConfigError(f"--precision {precision} on TensorRT {api.version} needs the {key} ONNX; got {sorted(graphs)}")
+        return BuildPlan(graphs[key], flags, api.opt_in_strong_typing and not flags, api.explicit_batch_flag, cache, why)
+
+    if precision == "fp32":
+        return plan("fp32", why="FP32 graph")
+    if precision == "fp16":
+        if graph_typed and "fp16" in graphs:
+            return plan("fp16", why="FP16 graph, strongly typed")
+        if api.precision_flags:
+            return plan("fp32", ("FP16",), why="FP32 graph + FP16 builder flag")
+        raise BackendError(
+            f"TensorRT {api.version} has no FP16 builder flag: it builds FP16 from {FP16}; "
+            "run `structvpr-edge calibrate` and pass its folder with --calibration"
+        )
+    if graph_typed and "int8-trt" in graphs:
+        return plan("int8-trt", why="Q/DQ graph (explicit quantization), strongly typed")
+    cache = calibration / TRT_CACHE if calibration is not None else None
+    if api.precision_flags and api.calibrators and cache is not None and cache.is_file():
+        return plan("fp32", ("INT8",), cache, why="FP32 graph + INT8 builder flag + entropy calibrator reading the calibration cache")
+    raise BackendError(
+        f"INT8 on TensorRT {api.version} needs "
+        + ("the Q/DQ graph" if not api.calibrators else f"the Q/DQ graph or {TRT_CACHE}")
+        + " from `structvpr-edge calibrate`: pass its folder with --calibration"
+    )
+
+
+def _profile_shapes(shape: tuple, config: EngineBuildConfig) -> dict[str, list[int]]:
+    """Optimization profile shapes of the batch; a static-batch graph allows only its own batch."""
+    given = (config.min_batch, config.opt_batch, config.max_batch)
+    if shape[0] > 0:
+        if any(b not in (None, shape[0]) for b in given):
+            raise ConfigError(f"{config.onnx} has a static batch of {shape[0]}; export it with --batch dynamic for a batch range")
+        return {k: list(shape) for k in ("min", "opt", "max")}
+    low, opt, high = (b or default for b, default in zip(given, (1, 1, DEFAULT_MAX_BATCH), strict=True))
+    if not 1 <= low <= opt <= high:
+        raise ConfigError(f"need 1 <= min-batch <= opt-batch <= max-batch, got {low}, {opt}, {high}")
+    return {k: [b, *shape[1:]] for k, b in (("min", low), ("opt", opt), ("max", high))}
+
+
+def _parse(trt, builder, logger, plan: BuildPlan):
+    """Network definition of ``plan.onnx``, created with the flags the API generation needs."""
+    flags = 0
+    if plan.explicit_batch:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if plan.strongly_typed:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(plan.onnx.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BackendError(f"TensorRT cannot parse {plan.onnx}: {errors}")
+    return network
+
+
+def _configure(trt, api: TrtApi, builder, config: EngineBuildConfig, plan: BuildPlan, tensor, shapes: dict):
+    """Builder config: workspace, precision flags, profiles, calibrator, timing cache, DLA."""
+    from .calibration import make_entropy_calibrator  # noqa: PLC0415
+
+    builder_config = builder.create_builder_config()
+    builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_mb << 20)
+    for flag in plan.flags:
+        builder_config.set_flag(getattr(trt.BuilderFlag, flag))
+    dynamic = tensor.shape[0] <= 0
+    if dynamic:
+        profile = builder.create_optimization_profile()
+        profile.set_shape(tensor.name, shapes["min"], shapes["opt"], shapes["max"])
+        builder_config.add_optimization_profile(profile)
+    if plan.calibration_cache is not None:
+        info = ModelInfo.from_props(_onnx_props(plan.onnx))
+        builder_config.int8_calibrator = make_entropy_calibrator(trt, plan.calibration_cache, config.calibration / MANIFEST, info)
+        if dynamic and api.calibration_profile:  # the calibrator feeds single images
+            single = [1, *shapes["opt"][1:]]
+            calibration_profile = builder.create_optimization_profile()
+            calibration_profile.set_shape(tensor.name, single, single, single)
+            builder_config.set_calibration_profile(calibration_profile)
+    if config.timing_cache is not None and api.timing_cache:
+        blob = config.timing_cache.read_bytes() if config.timing_cache.is_file() else b""
+        builder_config.set_timing_cache(builder_config.create_timing_cache(blob), False)
+    if config.dla_core is not None:
+        builder_config.default_device_type = trt.DeviceType.DLA
+        builder_config.DLA_core = config.dla_core
+        builder_config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    return builder_config
+
+
+def build_engine(config: EngineBuildConfig, trt=None, gpu: GpuInfo | None = None) -> dict:
+    """Build, write ``config.out`` and its manifest; returns the manifest. ``trt`` and ``gpu`` are
+    injectable so the version gating is testable without a GPU."""
+    from .trt_check import check_trt_friendly  # noqa: PLC0415
+
+    trt = trt or import_tensorrt()
+    api = detect(trt)
+    require(api, "serialized_build", "named_tensors", "memory_pool_limit")
+    plan = plan_build(api, config.precision, find_graphs(config), config.calibration)
+    check_trt_friendly(plan.onnx)
+    gpu = gpu or gpu_info()
+    start = time.perf_counter()
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = _parse(trt, builder, logger, plan)
+    tensor = network.get_input(0)
+    shapes = _profile_shapes(tuple(tensor.shape), config)
+    builder_config = _configure(trt, api, builder, config, plan, tensor, shapes)
+    serialized = builder.build_serialized_network(network, builder_config)
+    if serialized is None:
+        raise BackendError(f"TensorRT failed to build an engine from {plan.onnx} (see the TensorRT log above)")
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    with config.out.open("wb") as handle:
+        handle.write(serialized)
+    if config.timing_cache is not None and api.timing_cache:
+        config.timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        with config.timing_cache.open("wb") as handle:
+            handle.write(builder_config.get_timing_cache().serialize())
+
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "engine": config.out.name,
+        "engine_sha256": sha256_file(config.out),
+        "tensorrt_version": api.version,
+        "cuda_version": gpu.cuda_version,
+        "cuda_driver_version": gpu.driver_version,
+        "gpu_name": gpu.name,
+        "compute_capability": gpu.compute_capability,
+        "precision": config.precision,
+        "plan": {"onnx": str(plan.onnx), "flags": list(plan.flags), "strongly_typed": plan.strongly_typed,
+                 "explicit_batch": plan.explicit_batch, "entropy_calibrator": plan.calibration_cache is not None, "why": plan.why},
+        "input": tensor.name,
+        "profile": shapes,
+        "onnx_sha256": sha256_file(plan.onnx),
+        "calibration_manifest_sha256": sha256_file(config.calibration / MANIFEST) if config.calibration else None,
+        "build_seconds": round(time.perf_counter() - start, 3),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": config.command(),
+        "model_info": {k: v for k, v in _onnx_props(plan.onnx).items() if k.startswith(PREFIX)},
+    }
+    manifest_path(config.out).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def manifest_path(engine: Path) -> Path:
+    return Path(f"{engine}.json")
+
+
+def load_engine_manifest(path: str | Path) -> dict:
+    """The manifest of ``NAME.engine`` (pass the engine or the manifest itself)."""
+    path = Path(path)
+    path = path if path.suffix == ".json" else manifest_path(path)
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"cannot read engine manifest {path}: {exc}; rebuild the engine with `structvpr-edge build-engine`") from exc
+    missing = {"format", "tensorrt_version", "gpu_name", "compute_capability", "command", "model_info"} - set(manifest)
+    if manifest.get("format") != MANIFEST_FORMAT or missing:
+        raise BackendError(f"{path} is not a structvpr-edge engine manifest (missing {sorted(missing)}); rebuild the engine")
+    return manifest
+
+
+def check_engine_compatible(manifest: dict, running_trt_version: str, gpu_name: str, compute_capability: str) -> None:
+    """BackendError unless the engine was built for this exact TensorRT version and GPU."""
+    mismatches = [
+        f"{what}: built with {built}, running {running}"
+        for what, built, running in (
+            ("TensorRT", manifest["tensorrt_version"], running_trt_version),
+            ("GPU", manifest["gpu_name"], gpu_name),
+            ("compute capability", manifest["compute_capability"], compute_capability),
+        )
+        if str(built) != str(running)
+    ]
+    if mismatches:
+        raise BackendError(
+            f"engine {manifest.get('engine', '?')} does not match this machine ({'; '.join(mismatches)}). "
+            f"TensorRT engines are tied to one TensorRT version and GPU; rebuild it here with:\n  {manifest['command']}"
+        )
+
+
+class TensorRTRunner:
+    """Runs an engine through the name-based tensor API (identical on 8.6, 10.x and 11.x)."""
+
+    def __init__(self, engine: str | Path, trt=None) -> None:
+        trt = trt or import_tensorrt()
+        require(detect(trt), "named_tensors")
+        manifest = load_engine_manifest(engine)
+        gpu = gpu_info()
+        import pycuda.driver as cuda  # noqa: PLC0415 - gpu_info() has checked it is there
+
+        check_engine_compatible(manifest, trt.__version__, gpu.name, gpu.compute_capability)
+        self.info = ModelInfo.from_props(manifest["model_info"])
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(engine).read_bytes())
+        if self.engine is None:
+            raise BackendError(f"TensorRT could not deserialize {engine}; rebuild it with:\n  {manifest['command']}")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output = next(n for n in names if n != self.input)
+        self.max_batch = manifest["profile"]["max"][0]
+        self.cuda, self.stream = cuda, cuda.Stream()
+        out_dims = list(self.engine.get_tensor_shape(self.output))[1:]
+        in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input)))
+        self.device_in = cuda.mem_alloc(int(np.prod(manifest["profile"]["max"])) * in_dtype.itemsize)
+        self.device_out = cuda.mem_alloc(self.max_batch * int(np.prod(out_dims)) * 4)
+        self.context.set_tensor_address(self.input, int(self.device_in))
+        self.context.set_tensor_address(self.output, int(self.device_out))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x)
+        self.context.set_input_shape(self.input, x.shape)
+        result = np.empty(tuple(self.context.get_tensor_shape(self.output)), np.float32)
+        self.cuda.memcpy_htod_async(self.device_in, x, self.stream)
+        if not self.context.execute_async_v3(self.stream.handle):
+            raise BackendError("TensorRT execution failed")
+        self.cuda.memcpy_dtoh_async(result, self.device_out, self.stream)
+        self.stream.synchronize()
+        return result

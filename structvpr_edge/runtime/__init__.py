@@ -1,0 +1,1 @@
+"""Torch-free runtime: what an edge device imports to run an exported model."""

@@ -1,0 +1,164 @@
+"""The calibrate workflow: k-center selection, manifest, both INT8 forms, TensorRT cache, FP16, accuracy gate."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from structvpr_edge.cli import main
+from structvpr_edge.deploy import quantize as q
+from structvpr_edge.deploy.calibration import (
+    CPU_INT8, FP16, MANIFEST, RANGES, TRT_CACHE, TRT_INT8, CalibrationConfig, calibrate, k_center, load_manifest, write_manifest,
+)
+from structvpr_edge.errors import ConfigError, DatasetError, ModelError
+from structvpr_edge.modelinfo import ModelInfo, normalize_for, read_onnx_info
+from tests.test_export import student_checkpoint, student_onnx  # noqa: F401 - shared session fixtures
+
+
+@pytest.fixture(scope="session")
+def calibration_dir(student_onnx, place_dataset, tmp_path_factory) -> Path:
+    """A calibration of the tiny student through the CLI, with the validation gate (budget 100 pp)."""
+    out = tmp_path_factory.mktemp("calibration") / "tiny"
+    args = ["calibrate", "--model", str(student_onnx[0]), "--images", str(place_dataset), "--out", str(out), "--num", "12",
+            "--val", str(place_dataset), "--max-recall-drop", "100", "--threads", "1"]
+    assert main(args) == 0
+    return out
+
+
+def _load(path: Path):
+    return onnx.load(str(path))
+
+
+def test_k_center_covers_every_cluster():
+    rng = np.random.default_rng(0)
+    centres = np.eye(8)[:3]
+    sizes = (200, 10, 3)  # a common condition and two rare ones
+    points = np.concatenate([c + 0.01 * rng.normal(size=(n, 8)) for c, n in zip(centres, sizes, strict=True)])
+    cluster = np.repeat(np.arange(3), sizes)
+    assert sorted(cluster[k_center(points, 3)]) == [0, 1, 2]
+    assert sorted(k_center(points, 500)) == list(range(len(points)))  # k beyond N picks everything once
+    assert sorted(k_center(np.ones((5, 4)), 3)) == sorted(set(k_center(np.ones((5, 4)), 3)))  # no repeats among duplicates
+
+
+def test_manifest_detects_a_changed_image(place_dataset, student_onnx, tmp_path):
+    root = tmp_path / "frames"
+    root.mkdir()
+    images = sorted((place_dataset / "images" / "train" / "database").glob("*.jpg"))[:4]
+    copies = [Path(shutil.copy(p, root / p.name)) for p in images]
+    (tmp_path / "cal").mkdir()
+    write_manifest(tmp_path / "cal" / MANIFEST, root, copies, student_onnx[0], 4)
+    manifest, paths = load_manifest(tmp_path / "cal")
+    assert paths == copies and len(manifest["images"]) == 4
+    copies[2].write_bytes(copies[2].read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(DatasetError, match=re.escape(copies[2].name) + ".*changed"):
+        load_manifest(tmp_path / "cal" / MANIFEST)
+    with pytest.raises(DatasetError, match="--reselect"):  # reusing the calibration folder checks the hashes first
+        calibrate(CalibrationConfig(model=student_onnx[0], images=root, out=tmp_path / "cal", num=4))
+
+
+def test_calibration_folder_and_manifest(calibration_dir, place_dataset):
+    for name in (MANIFEST, RANGES, TRT_CACHE, CPU_INT8, TRT_INT8, FP16, "report.json", "report.md"):
+        assert (calibration_dir / name).is_file(), name
+    manifest, paths = load_manifest(calibration_dir)
+    assert len(paths) == 12 and manifest["candidates"] == 96  # 24 train places x 4 views; never test images
+    assert all("/train/" in p.as_posix() for p in paths)
+
+
+def test_both_int8_artifacts_have_the_right_quantization(calibration_dir):
+    cpu, trt = (q.quantization_types(_load(calibration_dir / name)) for name in (CPU_INT8, TRT_INT8))
+    assert cpu["activation_dtypes"] == ["uint8"] and not cpu["zero_points_all_zero"]  # asymmetric u8
+    assert trt["activation_dtypes"] == ["int8"] and trt["zero_points_all_zero"]  # symmetric s8, zero points 0
+    assert read_onnx_info(calibration_dir / CPU_INT8).extra["precision"] == "int8-cpu"
+    assert read_onnx_info(calibration_dir / TRT_INT8).extra["precision"] == "int8-trt"
+
+
+def test_trt_cache_format_matches_the_ranges(calibration_dir):
+    text = (calibration_dir / TRT_CACHE).read_text()
+    lines = text.splitlines()
+    assert lines[0] == "TRT-8601-EntropyCalibration2"
+    assert all(re.fullmatch(r".+: [0-9a-f]{8}", line) for line in lines[1:])
+    version, scales = q.parse_trt_calibration_cache(text)
+    ranges = q.load_ranges(calibration_dir / RANGES)
+    assert version == 8601 and set(scales) == set(ranges.keys()) and "images" in scales
+    low, high = ranges["images"].range_value
+    assert scales["images"] == pytest.approx(max(abs(float(low)), abs(float(high))) / 127, rel=1e-6)
+    assert q.retarget_cache(text, "10.3.0").splitlines()[0] == "TRT-100300-EntropyCalibration2"
+
+
+def test_fp16_model_keeps_float32_io_and_close_outputs(calibration_dir, student_onnx):
+    import onnxruntime as ort
+
+    proto = _load(calibration_dir / FP16)
+    assert [v.type.tensor_type.elem_type for v in (*proto.graph.input, *proto.graph.output)] == [onnx.TensorProto.FLOAT] * 2
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in proto.graph.initializer)
+    info = read_onnx_info(student_onnx[0])
+    x = normalize_for(info, np.random.default_rng(0).integers(0, 256, (4, info.height, info.width, 3), dtype=np.uint8))
+    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0] for p in (student_onnx[0], calibration_dir / FP16))
+    assert b.dtype == np.float32
+    assert ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min() > 0.999
+
+
+def test_report_has_cosine_and_recall(calibration_dir):
+    report = json.loads((calibration_dir / "report.json").read_text())
+    assert set(report["cosine"]) == {"INT8 cpu", "INT8 trt", "FP16"}
+    assert 0.99 < report["cosine"]["INT8 cpu"]["min"] <= report["cosine"]["INT8 cpu"]["mean"] <= 1 + 1e-6
+    assert set(report["recall_fp32"]) == {"1", "5"} and set(report["recall"]["INT8 cpu"]) == {"1", "5"}
+    assert report["within_budget"] is True and report["fp32_groups"] == [] and len(report["gate"]) == 1
+    assert "Recall@1" in (calibration_dir / "report.md").read_text()
+
+
+def test_gate_keeps_sensitive_groups_in_fp32(student_onnx, place_dataset, tmp_path):
+    out = tmp_path / "strict"
+    config = CalibrationConfig(model=student_onnx[0], images=place_dataset, out=out, num=6, method="minmax", val=place_dataset, max_recall_drop=-1.0)
+    with pytest.raises(ModelError, match="even with first conv, last projection, normalization, GeM power in FP32"):
+        calibrate(config)  # a negative budget cannot be met: every group is tried, one at a time
+    report = json.loads((out / "report.json").read_text())
+    assert [step["fp32_groups"] for step in report["gate"]] == [
+        [], ["first conv"], ["first conv", "last projection"], ["first conv", "last projection", "normalization"],
+        ["first conv", "last projection", "normalization", "GeM power"],
+    ]
+    kept = ModelInfo.from_props({p.key: p.value for p in _load(out / CPU_INT8).metadata_props}).extra["fp32_nodes"]
+    assert "/global_proj/Gemm" in kept and "/pool/Pow" in kept and kept == report["fp32_nodes"]
+    quantized_inputs = {n.input[0] for n in _load(out / TRT_INT8).graph.node if n.op_type == "QuantizeLinear"}
+    assert "/pool/Pow_1_output_0" not in quantized_inputs  # the Gemm's input stays float
+    assert "NOT within budget" in (out / "report.md").read_text()
+    cache = (out / TRT_CACHE).read_text()
+    assert "/global_proj/Gemm_output_0:" not in cache and "images:" in cache
+
+
+@pytest.mark.parametrize("method", q.METHODS)
+def test_every_method_collects_ranges_for_every_float_tensor(method, student_onnx):
+    info = read_onnx_info(student_onnx[0])
+    frames = np.random.default_rng(1).integers(0, 256, (5, info.height, info.width, 3), dtype=np.uint8)
+    ranges = q.collect_ranges(student_onnx[0], (normalize_for(info, f[None]) for f in frames), method, chunk=2)
+    low, high = ranges["images"].range_value
+    assert np.min(low) < 0 < np.max(high) and "descriptor" in ranges and len(ranges.keys()) > 100
+
+
+def test_sensitive_groups_of_the_student(student_onnx):
+    groups = dict(q.sensitive_groups(_load(student_onnx[0])))
+    assert list(groups) == ["first conv", "last projection", "normalization", "GeM power"]
+    assert len(groups["first conv"]) == 1 and groups["first conv"][0].endswith("Conv")
+    assert {"/global_proj/Gemm", "/group_proj/MatMul"} <= set(groups["last projection"])
+    assert groups["normalization"][-1] == "/alignment/Div_2"
+    assert {"/pool/Pow", "/pool/Clip"} <= set(groups["GeM power"])
+
+
+def test_bad_options_are_config_errors(student_onnx, calibration_dir, tmp_path):
+    with pytest.raises(ConfigError, match="--val"):
+        calibrate(CalibrationConfig(model=student_onnx[0], images=tmp_path, out=tmp_path / "x", max_recall_drop=0.5))
+    with pytest.raises(ConfigError, match="holds 12 images but --num is 5; pass --reselect"):
+        calibrate(CalibrationConfig(model=student_onnx[0], images=tmp_path, out=calibration_dir, num=5))
+    with pytest.raises(ConfigError, match="already int8-cpu"):
+        calibrate(CalibrationConfig(model=calibration_dir / CPU_INT8, images=tmp_path, out=tmp_path / "y"))
+
+
+def test_eval_cli_on_int8_onnx(calibration_dir, place_dataset, tmp_path):
+    out = tmp_path / "int8.json"
+    assert main(["eval", "--model", str(calibration_dir / CPU_INT8), "--dataset", str(place_dataset), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["num_queries"] == 18

@@ -1,0 +1,115 @@
+"""ONNX export: parity figures, metadata round trip, uint8 folding, the CLI, and `eval` on an ONNX file."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from structvpr_edge.cli import main
+from structvpr_edge.deploy.export import PARITY_MIN_COSINE, export_onnx
+from structvpr_edge.modelinfo import normalize_for, read_onnx_info, sha256_file
+from structvpr_edge.models.checkpoint import load_checkpoint, save_checkpoint
+from structvpr_edge.models.student import StructVPRStudent, StudentConfig
+
+SIZE = (64, 48)
+
+
+@pytest.fixture(scope="session")
+def student_checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = StructVPRStudent(StudentConfig(imagenet=False))
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "student.pt", model, SIZE, {})
+
+
+@pytest.fixture(scope="session")
+def student_onnx(student_checkpoint, tmp_path_factory):
+    """(path, ExportReport) of the tiny student, dynamic batch, float input."""
+    out = tmp_path_factory.mktemp("onnx") / "student.onnx"
+    return out, export_onnx(student_checkpoint, out, batch="dynamic")
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+
+
+def test_parity_report_values(student_onnx):
+    path, report = student_onnx
+    assert report.path == str(path) and report.input_shape == [1, 3, SIZE[1], SIZE[0]]
+    assert PARITY_MIN_COSINE <= report.parity_min_cosine <= 1 + 1e-6
+    assert 0 <= report.parity_max_abs_diff < 1e-4
+    assert report.parity_images == 4  # random frames only
+    assert report.simplifier in ("onnxsim", "onnxslim")
+
+
+def test_metadata_round_trip(student_onnx, student_checkpoint):
+    path, _ = student_onnx
+    info = read_onnx_info(path)
+    _, meta = load_checkpoint(student_checkpoint)
+    assert (info.width, info.height, info.uint8_input, info.colour) == (*SIZE, False, "RGB")
+    assert info.mean == tuple(meta["input"]["mean"]) and info.std == tuple(meta["input"]["std"])
+    assert info.layout.to_dict() == meta["layout"] and info.label_groups == tuple(meta["label_groups"])
+    assert info.checkpoint_sha256 == sha256_file(student_checkpoint)
+    assert _run(path, normalize_for(info, np.zeros((3, *SIZE[::-1], 3), np.uint8))).shape == (3, info.layout.dim)
+
+
+def test_uint8_input_equals_float_input(student_onnx, student_checkpoint, tmp_path):
+    float_path, _ = student_onnx
+    u8_path = tmp_path / "u8.onnx"
+    report = export_onnx(student_checkpoint, u8_path, uint8_input=True)
+    assert report.input_shape == [1, SIZE[1], SIZE[0], 3]
+    float_info, u8_info = read_onnx_info(float_path), read_onnx_info(u8_path)
+    assert u8_info.uint8_input and u8_info.colour == "BGR"
+    frames = np.random.default_rng(3).integers(0, 256, (2, SIZE[1], SIZE[0], 3), dtype=np.uint8)
+    for frame in frames:
+        a = _run(float_path, normalize_for(float_info, frame[None]))
+        b = _run(u8_path, normalize_for(u8_info, frame[None]))
+        assert np.abs(a - b).max() < 1e-5
+
+
+def test_export_cli_prints_parity_and_trt_check(student_checkpoint, place_dataset, tmp_path, capsys):
+    out = tmp_path / "cli.onnx"
+    assert main(["export", "--model", str(student_checkpoint), "--out", str(out), "--parity-images", str(place_dataset / "images" / "test")]) == 0
+    printed = capsys.readouterr().out
+    assert "min cosine" in printed and "max abs diff" in printed and "TensorRT check passed" in printed
+    assert "parity over 20 frames" in printed  # 4 random + 16 real images
+
+
+def test_export_cli_rejects_bad_size(student_checkpoint, tmp_path, capsys):
+    assert main(["export", "--model", str(student_checkpoint), "--out", str(tmp_path / "x.onnx"), "--width", "50"]) == 2
+    assert "multiple of 16" in capsys.readouterr().err
+
+
+def test_eval_cli_on_onnx_matches_checkpoint(student_onnx, student_checkpoint, place_dataset, tmp_path):
+    path, _ = student_onnx
+    reports = {}
+    for name, model in (("onnx", path), ("pt", student_checkpoint)):
+        out = tmp_path / f"{name}.json"
+        assert main(["eval", "--model", str(model), "--dataset", str(place_dataset), "--split", "test", "--json", str(out)]) == 0
+        reports[name] = json.loads(out.read_text())
+    assert reports["onnx"]["num_queries"] == 18 and set(reports["onnx"]["recall"]) == {"1", "5", "10", "20"}
+    assert reports["onnx"]["recall"] == reports["pt"]["recall"]
+
+
+def test_onnx_runtime_path_imports_without_torch(student_onnx):
+    """The deployed-model code must run on a device without torch."""
+    path, _ = student_onnx
+    code = f"""
+import sys
+sys.modules["torch"] = None  # any `import torch` now fails
+import numpy as np
+import structvpr_edge.trt_compat, structvpr_edge.runtime.ort_session, structvpr_edge.deploy.engine
+import structvpr_edge.deploy.trt_check, structvpr_edge.deploy.calibration, structvpr_edge.deploy.quantize
+from structvpr_edge.eval.models import load_extractor
+extractor = load_extractor({str(path)!r})
+print(extractor(np.zeros((3, {SIZE[1]}, {SIZE[0]}, 3), np.uint8)).shape)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=Path(__file__).parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(3, 1024)"

@@ -1,0 +1,173 @@
+"""TensorRT engine building: version gating against the recording stand-in, manifests, real-TensorRT checks (skipped here)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from structvpr_edge.cli import main
+from structvpr_edge.deploy.calibration import CPU_INT8, FP16, MANIFEST, TRT_INT8
+from structvpr_edge.deploy.engine import (
+    EngineBuildConfig, GpuInfo, build_engine, check_engine_compatible, load_engine_manifest, manifest_path,
+)
+from structvpr_edge.errors import BackendError, ConfigError, DatasetError, ModelError
+from structvpr_edge.modelinfo import sha256_file
+from structvpr_edge.trt_compat import detect
+from tests.test_calibration import calibration_dir  # noqa: F401 - shared session fixtures
+from tests.test_export import student_checkpoint, student_onnx  # noqa: F401
+from tests.trt_standin import make_tensorrt
+
+GPU = GpuInfo("Stand-in Orin", "8.7", "12.6", 12060)
+
+
+def _build(variant, precision, onnx, out_dir, calibration=None, **options):
+    trt = make_tensorrt(variant)
+    config = EngineBuildConfig(onnx=onnx, precision=precision, out=out_dir / f"{variant}-{precision}.engine", calibration=calibration, **options)
+    return trt, build_engine(config, trt=trt, gpu=GPU)
+
+
+def _calls(trt, name):
+    return [c[1:] for c in trt.calls if c[0] == name]
+
+
+def _parsed_precision(trt):
+    (extra,) = _calls(trt, "parse")
+    return json.loads(extra[0]).get("precision", "fp32")
+
+
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [
+        ("8.6", dict(precision_flags=True, calibrators=True, explicit_batch_flag=True, strongly_typed_flag=False)),
+        ("10", dict(precision_flags=True, calibrators=True, explicit_batch_flag=False, strongly_typed_flag=True)),
+        ("11", dict(precision_flags=False, calibrators=False, explicit_batch_flag=False, strongly_typed_flag=True)),
+    ],
+)
+def test_feature_detection(variant, expected):
+    api = detect(make_tensorrt(variant))
+    assert {k: getattr(api, k) for k in expected} == expected
+    assert api.serialized_build and api.named_tensors and api.memory_pool_limit and api.timing_cache
+    assert api.strongly_typed_only == (variant == "11") and api.opt_in_strong_typing == (variant == "10")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_trt11_takes_precision_from_the_graph_only(precision, student_onnx, calibration_dir, tmp_path):
+    trt, manifest = _build("11", precision, student_onnx[0], tmp_path, calibration_dir)
+    assert _parsed_precision(trt) == {"fp16": "fp16", "int8": "int8-trt"}[precision]
+    assert _calls(trt, "set_flag") == [] and _calls(trt, "config.int8_calibrator") == []
+    assert _calls(trt, "create_network") == [((),)]  # always strongly typed; the deprecated flag is not passed
+    assert manifest["plan"]["flags"] == [] and not manifest["plan"]["entropy_calibrator"]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_trt11_without_calibration_says_what_to_run(precision, student_onnx, tmp_path):
+    with pytest.raises(BackendError, match="structvpr-edge calibrate"):
+        _build("11", precision, student_onnx[0], tmp_path)
+
+
+def test_trt10_prefers_the_qdq_graph_strongly_typed(student_onnx, calibration_dir, tmp_path):
+    trt, manifest = _build("10", "int8", student_onnx[0], tmp_path, calibration_dir)
+    assert _parsed_precision(trt) == "int8-trt"
+    assert _calls(trt, "create_network") == [(("STRONGLY_TYPED",),)]
+    assert _calls(trt, "set_flag") == [] and _calls(trt, "config.int8_calibrator") == []
+    assert manifest["onnx_sha256"] == sha256_file(calibration_dir / TRT_INT8)
+
+
+def test_trt10_falls_back_to_the_fp16_flag_without_an_fp16_graph(student_onnx, tmp_path):
+    trt, _ = _build("10", "fp16", student_onnx[0], tmp_path)
+    assert _parsed_precision(trt) == "fp32" and _calls(trt, "set_flag") == [("FP16",)]
+    assert _calls(trt, "create_network") == [((),)]  # weakly typed, as the flag requires
+
+
+def test_trt86_uses_int8_flag_and_entropy_calibrator_with_the_cache(student_onnx, calibration_dir, tmp_path):
+    trt, manifest = _build("8.6", "int8", student_onnx[0], tmp_path, calibration_dir, min_batch=1, opt_batch=2, max_batch=4)
+    assert _parsed_precision(trt) == "fp32"
+    assert _calls(trt, "create_network") == [(("EXPLICIT_BATCH",),)]
+    assert _calls(trt, "set_flag") == [("INT8",)]
+    (calibrator,) = [c[0] for c in _calls(trt, "config.int8_calibrator")]
+    assert isinstance(calibrator, trt.IInt8EntropyCalibrator2) and calibrator.get_batch_size() == 1
+    cache = calibrator.read_calibration_cache()
+    assert cache.startswith(b"TRT-8601-EntropyCalibration2\n") and b"images: " in cache
+    assert _calls(trt, "set_calibration_profile") == [()]
+    assert _calls(trt, "set_shape")[0] == ("images", (1, 3, 48, 64), (2, 3, 48, 64), (4, 3, 48, 64))
+    assert manifest["profile"] == {"min": [1, 3, 48, 64], "opt": [2, 3, 48, 64], "max": [4, 3, 48, 64]}
+    assert manifest["plan"]["entropy_calibrator"] and manifest["onnx_sha256"] == sha256_file(student_onnx[0])
+
+
+def test_trt86_calibrator_checks_images_only_when_asked_for_batches(student_onnx, calibration_dir, tmp_path):
+    copy = tmp_path / "copied_calibration"
+    shutil.copytree(calibration_dir, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["root"] = str(tmp_path / "images_not_copied")
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    trt, _ = _build("8.6", "int8", student_onnx[0], tmp_path, copy)  # a folder copied without its images still builds
+    (calibrator,) = [c[0] for c in _calls(trt, "config.int8_calibrator")]
+    with pytest.raises(DatasetError, match="is missing"):  # only when TensorRT rejects the cache and asks for batches
+        calibrator.get_batch(["images"])
+
+
+def test_manifest_records_the_build(student_onnx, calibration_dir, tmp_path):
+    cache_file = tmp_path / "timing.cache"
+    cache_file.write_bytes(b"earlier timings")
+    trt, manifest = _build("10", "fp16", student_onnx[0], tmp_path, calibration_dir, timing_cache=cache_file)
+    engine = tmp_path / "10-fp16.engine"
+    assert engine.read_bytes() == b"stand-in serialized plan" and manifest_path(engine).is_file()
+    assert _calls(trt, "create_timing_cache") == [(b"earlier timings",)] and cache_file.read_bytes() == b"stand-in timing cache"
+    loaded = load_engine_manifest(engine)
+    assert loaded == manifest
+    assert (loaded["tensorrt_version"], loaded["gpu_name"], loaded["compute_capability"], loaded["cuda_version"]) == ("10.3.0", GPU.name, "8.7", "12.6")
+    assert loaded["precision"] == "fp16" and loaded["onnx_sha256"] == sha256_file(calibration_dir / FP16)
+    assert loaded["calibration_manifest_sha256"] == sha256_file(calibration_dir / MANIFEST)
+    assert loaded["model_info"]["structvpr.width"] == "64" and loaded["build_seconds"] >= 0
+    assert "--timing-cache" in loaded["command"] and loaded["command"].startswith("structvpr-edge build-engine --onnx ")
+
+
+def test_engine_compatibility_check_says_how_to_rebuild(student_onnx, tmp_path):
+    _, manifest = _build("10", "fp32", student_onnx[0], tmp_path)
+    check_engine_compatible(manifest, "10.3.0", GPU.name, "8.7")
+    with pytest.raises(BackendError, match=r"TensorRT: built with 10.3.0, running 10.13.0(.|\n)*structvpr-edge build-engine --onnx"):
+        check_engine_compatible(manifest, "10.13.0", GPU.name, "8.7")
+    with pytest.raises(BackendError, match=r"GPU: built with Stand-in Orin, running NVIDIA H100.*compute capability: built with 8\.7, running 9\.0"):
+        check_engine_compatible(manifest, "10.3.0", "NVIDIA H100", "9.0")
+    with pytest.raises(BackendError, match="cannot read engine manifest"):
+        load_engine_manifest(tmp_path / "missing.engine")
+
+
+def test_options_are_checked(student_onnx, calibration_dir, tmp_path):
+    with pytest.raises(ModelError, match="CPU form"):
+        _build("10", "int8", calibration_dir / CPU_INT8, tmp_path)
+    with pytest.raises(ConfigError, match="min-batch <= opt-batch"):
+        _build("10", "fp32", student_onnx[0], tmp_path, min_batch=4, opt_batch=2)
+    with pytest.raises(ConfigError, match="DLA runs FP16 or INT8"):
+        _build("10", "fp32", student_onnx[0], tmp_path, dla_core=0)
+    with pytest.raises(ConfigError, match="--precision"):
+        EngineBuildConfig(onnx=student_onnx[0], precision="int4", out=tmp_path / "x.engine")
+
+
+def test_dla_core_and_gpu_fallback(student_onnx, calibration_dir, tmp_path):
+    trt, _ = _build("8.6", "fp16", student_onnx[0], tmp_path, calibration_dir, dla_core=1)
+    assert [c[0].name for c in _calls(trt, "config.default_device_type")] == ["DLA"]
+    assert _calls(trt, "config.DLA_core") == [(1,)] and ("GPU_FALLBACK",) in _calls(trt, "set_flag")
+
+
+def test_eval_of_an_engine_without_tensorrt_is_a_clear_error(tmp_path, place_dataset, capsys):
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    assert main(["eval", "--model", str(tmp_path / "student.engine"), "--dataset", str(place_dataset)]) == 2
+    assert "TensorRT is not installed" in capsys.readouterr().err
+
+
+@pytest.mark.tensorrt
+def test_real_tensorrt_engine_matches_onnx_runtime(student_onnx, tmp_path):
+    """On a machine with TensorRT, pycuda and a GPU: build FP32 and compare with ONNX Runtime."""
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed here (JetPack or NVIDIA's index provide it)")
+    pytest.importorskip("pycuda", reason="pycuda is not installed (pip install 'structvpr-edge[gpu]')")
+    from structvpr_edge.eval.models import engine_extractor, onnx_extractor
+
+    engine = tmp_path / "student.engine"
+    build_engine(EngineBuildConfig(onnx=student_onnx[0], precision="fp32", out=engine, max_batch=4))
+    batch = np.random.default_rng(0).integers(0, 256, (3, 48, 64, 3), dtype=np.uint8)
+    np.testing.assert_allclose(engine_extractor(engine)(batch), onnx_extractor(student_onnx[0])(batch), atol=1e-3)
