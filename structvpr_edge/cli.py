@@ -73,10 +73,13 @@ def cmd_labels(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .train.config import load_config
+    from .train.config import dotted_overrides, load_config
     from .train.trainer import train
 
-    config = load_config(args.config, {"seed": args.seed} if args.seed is not None else None)
+    overrides = dotted_overrides(args.set)
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    config = load_config(args.config, overrides)
     stages = args.stages.split(",") if args.stages else None
     print(f"model written to {train(config, Path(args.out), stages=stages, resume=args.resume)}")
 
@@ -191,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--stages", help="comma-separated subset of teacher,student (default: what the mode needs)")
     tr.add_argument("--seed", type=int, default=None, help="override the config's seed")
     tr.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set distill.samples.enabled=false (repeatable)")
     tr.set_defaults(func=cmd_train)
 
     bm = commands.add_parser("build-map", help="describe geo-tagged reference images into a FAISS map")

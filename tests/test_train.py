@@ -107,3 +107,15 @@ def test_distributed_two_cpu_processes(trained, place_dataset):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (trained / "ddp" / "model.pt").exists()
+
+
+def test_dotted_overrides_and_shipped_configs():
+    from structvpr_edge.train.config import dotted_overrides
+
+    overrides = dotted_overrides(["distill.samples.enabled=false", "optim.steps=10", "mode=baseline"])
+    assert overrides == {"distill": {"samples": {"enabled": False}}, "optim": {"steps": 10}, "mode": "baseline"}
+    with pytest.raises(ConfigError):
+        dotted_overrides(["steps"])
+    configs = Path(__file__).resolve().parents[1] / "structvpr_edge" / "configs"
+    modes = {path.stem: load_config(path).mode for path in configs.glob("*.yaml")}
+    assert modes["structvprpp"] == "structvpr++" and modes["teacher"] == "teacher" and modes["gpu"] == "structvpr++"

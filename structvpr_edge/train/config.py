@@ -92,6 +92,21 @@ def merge(instance: Any, updates: dict, where: str = "config") -> Any:
     return dataclasses.replace(instance, **changes)
 
 
+def dotted_overrides(assignments: list[str]) -> dict:
+    """['optim.steps=10', 'mode=baseline'] -> nested dict; values parsed as YAML scalars."""
+    result: dict = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {assignment!r}")
+        *parents, leaf = key.split(".")
+        node = result
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return result
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
     """Defaults <- YAML file <- overrides."""
     config = TrainConfig()
