@@ -18,7 +18,7 @@ class GlobalStudentConfig:
     backbone_stride: int = 16
     frozen_blocks: int = 8
     aggregator: str = "gem"  # gem | mixvpr | netvlad
-    dim: int = 1024
+    dim: int = 512
     aggregator_args: dict = field(default_factory=dict)
     feature_hw: tuple[int, int] = (8, 10)  # (H, W) of backbone features; MixVPR needs it fixed
     imagenet: bool = True

@@ -24,8 +24,8 @@ class TeacherConfig:
     input_size: tuple[int, int] = (64, 48)  # (W, H) of the label-fraction grid
     channels: tuple[int, ...] = (32, 64, 128, 256)
     strides: tuple[int, ...] = (2, 2, 2, 1)
-    global_dim: int = 256
-    group_dim: int = 128
+    global_dim: int = 128
+    group_dim: int = 64
     presence_power: float = 0.5
 
 

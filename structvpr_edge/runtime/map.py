@@ -93,6 +93,7 @@ class PlaceMap:
         import faiss  # noqa: PLC0415
 
         self.faiss = faiss
+        self.search_threads = 1
         self.index_type = index_type
         self.factory = index_string(index_type, expected_size, dim)
         self.index = faiss.index_factory(dim, self.factory, faiss.METRIC_INNER_PRODUCT)
@@ -153,6 +154,8 @@ class PlaceMap:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise MapError(f"queries must be (B, {self.dim}), got {queries.shape}")
+        # One query per frame: OpenMP fan-out costs more than it saves and fights the inference threads.
+        self.faiss.omp_set_num_threads(self.search_threads if len(queries) < 64 else max(1, os.cpu_count() or 1))
         return self.index.search(queries, min(k, len(self)))
 
     def to_gpu(self, float16: bool = True) -> bool:
@@ -214,6 +217,7 @@ class PlaceMap:
                 raise MapError(f"{directory}: {name} does not match its checksum; the map is corrupt, rebuild it")
         self = cls.__new__(cls)
         self.faiss = faiss
+        self.search_threads = 1
         self.index = faiss.read_index(str(directory / "index.faiss"))
         self.manifest, self.index_type, self.factory = manifest, manifest.index_type, manifest.index_string
         with sqlite3.connect(directory / "places.sqlite") as db:
