@@ -85,9 +85,10 @@ def frozen_feature_array(backbone: torch.nn.Module, paths: list[Path], image_siz
     def compute(batch: list[Path]) -> np.ndarray:
         was_training = backbone.training
         backbone.eval()
-        features = backbone.forward_frozen(normalize_images(read_many(read_rgb, batch, image_size)))
+        device = next(backbone.parameters()).device
+        features = backbone.forward_frozen(normalize_images(read_many(read_rgb, batch, image_size)).to(device))
         backbone.train(was_training)
-        return features.numpy().astype(np.float16)
+        return features.float().cpu().numpy().astype(np.float16)
 
     return cached_array(cache_dir, "frozen", paths, f"{image_size}-{backbone.frozen_blocks}-imagenet", compute)
 
