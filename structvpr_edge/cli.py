@@ -116,6 +116,18 @@ def cmd_localize(args: argparse.Namespace) -> None:
             print(json.dumps({"frame": path, **vpr.localize(frame).to_json()}), flush=True)
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    summary = run_demo(args.out, model=args.model, places=args.places, threads=args.threads)
+    latency = summary["latency_ms"]
+    print(f"\nRecall@1 of {summary['places']} night/winter frames: {100 * summary['recall@1']:.1f}% single frame, "
+          f"{100 * summary['recall@1_temporal']:.1f}% with the temporal filter")
+    print("latency p50 (ms): " + ", ".join(f"{stage} {latency[stage]['p50']:.2f}" for stage in latency))
+    print(f"queries beside their matches: {summary['figure']}  ({summary['seconds']:.0f} s in all)")
+    Path(args.out, "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def _runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="engine, ONNX file, checkpoint or shipped name (structvprpp, baseline)")
     parser.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
@@ -163,6 +175,13 @@ def cmd_build_engine(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="structvpr-edge", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="generate a route, map it, localize a night/winter drive with the shipped model")
+    demo.add_argument("--out", default="demo-output")
+    demo.add_argument("--model", default="structvprpp", help="shipped name, checkpoint or ONNX file")
+    demo.add_argument("--places", type=int, default=120)
+    demo.add_argument("--threads", type=int, default=None)
+    demo.set_defaults(func=cmd_demo)
 
     synth = commands.add_parser("synth", help="generate a SynthCity VPR benchmark")
     synth.add_argument("--out", required=True, help="output dataset folder")
