@@ -112,4 +112,4 @@ print(extractor(np.zeros((3, {SIZE[1]}, {SIZE[0]}, 3), np.uint8)).shape)
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=Path(__file__).parents[1])
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "(3, 1024)"
+    assert result.stdout.strip() == f"(3, {StudentConfig().global_dim + 6 * StudentConfig().group_dim})"

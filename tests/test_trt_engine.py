@@ -10,9 +10,8 @@ import pytest
 
 from structvpr_edge.cli import main
 from structvpr_edge.deploy.calibration import CPU_INT8, FP16, MANIFEST, TRT_INT8
-from structvpr_edge.deploy.engine import (
-    EngineBuildConfig, GpuInfo, build_engine, check_engine_compatible, load_engine_manifest, manifest_path,
-)
+from structvpr_edge.deploy.engine import EngineBuildConfig, build_engine
+from structvpr_edge.runtime.tensorrt_backend import GpuInfo, check_engine_compatible, load_engine_manifest, manifest_path
 from structvpr_edge.errors import BackendError, ConfigError, DatasetError, ModelError
 from structvpr_edge.modelinfo import sha256_file
 from structvpr_edge.trt_compat import detect

@@ -19,10 +19,10 @@ import numpy as np
 
 from ..errors import BackendError, ConfigError, ModelError
 from ..modelinfo import PREFIX, ModelInfo, sha256_file
+from ..runtime.tensorrt_backend import MANIFEST_FORMAT, GpuInfo, gpu_info, manifest_path
 from ..trt_compat import TrtApi, detect, import_tensorrt, require
 from .calibration import FP16, MANIFEST, TRT_CACHE, TRT_INT8
 
-MANIFEST_FORMAT = "structvpr-edge/engine/1"
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_MAX_BATCH = 8
 
@@ -59,26 +59,6 @@ class EngineBuildConfig:
             if value is not None:
                 args += [flag, str(value)]
         return shlex.join([*args, "--out", str(self.out)])
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    name: str
-    compute_capability: str  # "8.7"
-    cuda_version: str  # CUDA version pycuda was built against
-    driver_version: int
-
-
-def gpu_info() -> GpuInfo:
-    """The current CUDA device, through pycuda (creates the CUDA context)."""
-    try:
-        import pycuda.autoinit as autoinit  # noqa: PLC0415
-        import pycuda.driver as cuda  # noqa: PLC0415
-    except ImportError as exc:
-        raise BackendError("pycuda is needed for TensorRT engines: pip install 'structvpr-edge[gpu]'") from exc
-    device = autoinit.device
-    major, minor = device.compute_capability()
-    return GpuInfo(device.name(), f"{major}.{minor}", ".".join(map(str, cuda.get_version())), cuda.get_driver_version())
 
 
 def _onnx_props(path: Path) -> dict[str, str]:
@@ -264,77 +244,3 @@ def build_engine(config: EngineBuildConfig, trt=None, gpu: GpuInfo | None = None
     return manifest
 
 
-def manifest_path(engine: Path) -> Path:
-    return Path(f"{engine}.json")
-
-
-def load_engine_manifest(path: str | Path) -> dict:
-    """The manifest of ``NAME.engine`` (pass the engine or the manifest itself)."""
-    path = Path(path)
-    path = path if path.suffix == ".json" else manifest_path(path)
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise BackendError(f"cannot read engine manifest {path}: {exc}; rebuild the engine with `structvpr-edge build-engine`") from exc
-    missing = {"format", "tensorrt_version", "gpu_name", "compute_capability", "command", "model_info"} - set(manifest)
-    if manifest.get("format") != MANIFEST_FORMAT or missing:
-        raise BackendError(f"{path} is not a structvpr-edge engine manifest (missing {sorted(missing)}); rebuild the engine")
-    return manifest
-
-
-def check_engine_compatible(manifest: dict, running_trt_version: str, gpu_name: str, compute_capability: str) -> None:
-    """BackendError unless the engine was built for this exact TensorRT version and GPU."""
-    mismatches = [
-        f"{what}: built with {built}, running {running}"
-        for what, built, running in (
-            ("TensorRT", manifest["tensorrt_version"], running_trt_version),
-            ("GPU", manifest["gpu_name"], gpu_name),
-            ("compute capability", manifest["compute_capability"], compute_capability),
-        )
-        if str(built) != str(running)
-    ]
-    if mismatches:
-        raise BackendError(
-            f"engine {manifest.get('engine', '?')} does not match this machine ({'; '.join(mismatches)}). "
-            f"TensorRT engines are tied to one TensorRT version and GPU; rebuild it here with:\n  {manifest['command']}"
-        )
-
-
-class TensorRTRunner:
-    """Runs an engine through the name-based tensor API (identical on 8.6, 10.x and 11.x)."""
-
-    def __init__(self, engine: str | Path, trt=None) -> None:
-        trt = trt or import_tensorrt()
-        require(detect(trt), "named_tensors")
-        manifest = load_engine_manifest(engine)
-        gpu = gpu_info()
-        import pycuda.driver as cuda  # noqa: PLC0415 - gpu_info() has checked it is there
-
-        check_engine_compatible(manifest, trt.__version__, gpu.name, gpu.compute_capability)
-        self.info = ModelInfo.from_props(manifest["model_info"])
-        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(engine).read_bytes())
-        if self.engine is None:
-            raise BackendError(f"TensorRT could not deserialize {engine}; rebuild it with:\n  {manifest['command']}")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-        self.output = next(n for n in names if n != self.input)
-        self.max_batch = manifest["profile"]["max"][0]
-        self.cuda, self.stream = cuda, cuda.Stream()
-        out_dims = list(self.engine.get_tensor_shape(self.output))[1:]
-        in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input)))
-        self.device_in = cuda.mem_alloc(int(np.prod(manifest["profile"]["max"])) * in_dtype.itemsize)
-        self.device_out = cuda.mem_alloc(self.max_batch * int(np.prod(out_dims)) * 4)
-        self.context.set_tensor_address(self.input, int(self.device_in))
-        self.context.set_tensor_address(self.output, int(self.device_out))
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x)
-        self.context.set_input_shape(self.input, x.shape)
-        result = np.empty(tuple(self.context.get_tensor_shape(self.output)), np.float32)
-        self.cuda.memcpy_htod_async(self.device_in, x, self.stream)
-        if not self.context.execute_async_v3(self.stream.handle):
-            raise BackendError("TensorRT execution failed")
-        self.cuda.memcpy_dtoh_async(result, self.device_out, self.stream)
-        self.stream.synchronize()
-        return result

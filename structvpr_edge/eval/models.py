@@ -80,10 +80,10 @@ def onnx_extractor(path: str | Path, image_size: tuple[int, int] | None = None, 
 
 def engine_extractor(path: str | Path, image_size: tuple[int, int] | None = None) -> DeployedExtractor:
     """A TensorRT engine built by ``structvpr-edge build-engine`` (tensorrt and pycuda imported here)."""
-    from ..deploy.engine import TensorRTRunner  # noqa: PLC0415
+    from ..runtime.tensorrt_backend import TensorRTBackend  # noqa: PLC0415
 
-    runner = TensorRTRunner(path)
-    return DeployedExtractor(runner, runner.info, runner.max_batch, str(path), image_size)
+    backend = TensorRTBackend(path, max_batch=8)
+    return DeployedExtractor(backend.infer, backend.info, backend.max_batch, str(path), image_size)
 
 
 def load_extractor(model: str, image_size: tuple[int, int] | None = None):
