@@ -66,16 +66,10 @@ class DeployedExtractor:
 
 def onnx_extractor(path: str | Path, image_size: tuple[int, int] | None = None, threads: int | None = None) -> DeployedExtractor:
     """An exported ONNX file of any precision, run by ONNX Runtime (best provider present)."""
-    from ..runtime.ort_session import create_session  # noqa: PLC0415
+    from ..runtime.backends import OnnxRuntimeBackend  # noqa: PLC0415
 
-    session = create_session(path, threads=threads)
-    info = ModelInfo.from_props(session.get_modelmeta().custom_metadata_map)
-    batch = session.get_inputs()[0].shape[0]
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return session.run([info.output_name], {info.input_name: x})[0]
-
-    return DeployedExtractor(run, info, batch if isinstance(batch, int) else None, str(path), image_size)
+    backend = OnnxRuntimeBackend(path, threads=threads, max_batch=64)
+    return DeployedExtractor(backend.infer, backend.info, backend.max_batch, str(path), image_size)
 
 
 def engine_extractor(path: str | Path, image_size: tuple[int, int] | None = None) -> DeployedExtractor:

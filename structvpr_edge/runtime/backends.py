@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import BackendError, ConfigError
-from ..modelinfo import ModelInfo, read_onnx_info
+from ..modelinfo import ModelInfo
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
@@ -31,8 +31,8 @@ class OnnxRuntimeBackend:
     def __init__(self, path: str | Path, threads: int | None = None, max_batch: int = 1) -> None:
         from .ort_session import create_session  # noqa: PLC0415
 
-        self.info = read_onnx_info(path)
         self.session = create_session(path, threads=threads)
+        self.info = ModelInfo.from_props(self.session.get_modelmeta().custom_metadata_map)
         declared = self.session.get_inputs()[0].shape[0]
         self.max_batch = declared if isinstance(declared, int) else max_batch
         self.path = Path(path)
