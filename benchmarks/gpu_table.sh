@@ -13,10 +13,14 @@ SKIP_REFERENCES=1 bash benchmarks/method_table.sh "$D" "$STEPS" 12 > "$OUT/table
 TABLE=$!
 while kill -0 $TABLE 2>/dev/null; do
   for run in runs/*/; do
-    [ -f "$run/model.pt" ] && [ ! -f "$OUT/$(basename "$run").tgz" ] && tar czf "$OUT/$(basename "$run").tgz" -C runs "$(basename "$run")" --exclude=last.pt
+    name=$(basename "$run")
+    if [ -f "$run/model.pt" ] && [ ! -f "$OUT/$name.tgz" ]; then tar czf "$OUT/$name.tgz" --exclude=last.pt -C runs "$name"; fi
   done
   sleep 5
 done
 wait $TABLE
 cp runs/method_table.json runs/method_table.png "$OUT/" 2>/dev/null || true
-for run in runs/*/; do [ -f "$OUT/$(basename "$run").tgz" ] || tar czf "$OUT/$(basename "$run").tgz" -C runs "$(basename "$run")" --exclude=last.pt; done
+for run in runs/*/; do
+  name=$(basename "$run")
+  if [ -f "$run/model.pt" ] && [ ! -f "$OUT/$name.tgz" ]; then tar czf "$OUT/$name.tgz" --exclude=last.pt -C runs "$name"; fi
+done

@@ -1,0 +1,244 @@
+"""Dataset writer: presets, the place/traversal plan per split, and parallel rendering to disk.
+
+Every image is rendered from an RNG seeded by (seed, split, traversal, place) and the condition of
+its traversal by (seed, split, traversal, street), so the output does not depend on worker count.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from multiprocessing import get_context
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from ...errors import ConfigError, DatasetError
+from ..names import ImageName, format_name
+from . import conditions as cond
+from . import render as rd
+from . import world as wd
+from .scene import render_view
+
+VERSION = "1.0"
+SPLITS = ("train", "val", "test")
+SPLIT_CODE = {"train": 1, "val": 2, "test": 3}
+ORIGIN = {"train": (500_000.0, 4_000_000.0), "val": (500_000.0, 4_000_000.0), "test": (520_000.0, 4_000_000.0)}
+COLUMNS = ("path", "label_path", "split", "subset", "place_id", "traversal", "condition", "time_of_day",
+           "season", "weather", "heading", "east", "north")
+MANIFEST = "synthcity.json"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How much to generate. Train/val share one city; test uses another (seed * 1000 + 1)."""
+
+    name: str
+    city_blocks: int
+    test_blocks: int
+    train_places: int
+    train_traversals: int
+    val_places: int
+    val_queries_per_group: int
+    test_places: int
+    test_queries_per_group: int
+    spacing: float = 4.5          # metres between places along a street
+    query_offset: float = 2.0     # max along-track offset of a query from its place
+    width: int = 320
+    height: int = 240
+    hfov: float = 80.0
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset("smoke", city_blocks=4, test_blocks=4, train_places=40, train_traversals=4, val_places=12,
+                    val_queries_per_group=3, test_places=30, test_queries_per_group=6),
+    "benchmark": Preset("benchmark", city_blocks=12, test_blocks=9, train_places=4000, train_traversals=5,
+                        val_places=500, val_queries_per_group=100, test_places=2000, test_queries_per_group=400),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown SynthCity preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def city_seed(seed: int, split: str) -> int:
+    """Train and val share the city of ``seed``; test is a different city."""
+    return seed * 1000 + 1 if split == "test" else seed
+
+
+@lru_cache(maxsize=2)
+def city(seed: int, blocks: int) -> wd.World:
+    return wd.build_world(seed, wd.CityConfig(blocks=blocks))
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One image to render: which place, in which traversal and condition group."""
+
+    split: str
+    subset: str       # database | queries
+    traversal: int
+    group: str
+    place_id: int
+    place: wd.Place
+
+
+def plan_places(seed: int, preset: Preset) -> dict[str, list[wd.Place]]:
+    """Places per split: val takes whole streets of the train city, test a different city."""
+    world = city(city_seed(seed, "train"), preset.city_blocks)
+    order = np.random.default_rng([seed, 11]).permutation(len(world.streets))
+    val: list[wd.Place] = []
+    train: list[wd.Place] = []
+    for sid in order:
+        places = wd.street_places(world.streets[sid], preset.spacing)
+        (val if len(val) < preset.val_places else train).extend(places)
+    test_world = city(city_seed(seed, "test"), preset.test_blocks)
+    test = [p for sid in np.random.default_rng([seed, 12]).permutation(len(test_world.streets))
+            for p in wd.street_places(test_world.streets[sid], preset.spacing)]
+    plan = {"train": train[:preset.train_places], "val": val[:preset.val_places], "test": test[:preset.test_places]}
+    wanted = {"train": preset.train_places, "val": preset.val_places, "test": preset.test_places}
+    for split, places in plan.items():
+        if len(places) < wanted[split]:
+            raise ConfigError(f"preset {preset.name!r}: the {split} city has only {len(places)} places, "
+                              f"{wanted[split]} requested; raise its block count")
+    return plan
+
+
+def plan_shots(seed: int, preset: Preset) -> list[Shot]:
+    """Train: every place in every traversal (0 = database). Val/test: one reference database
+    traversal, then one query traversal per condition group over a random subset of places."""
+    shots: list[Shot] = []
+    for split, places in plan_places(seed, preset).items():
+        shots += [Shot(split, "database", 0, "reference", i, p) for i, p in enumerate(places)]
+        if split == "train":
+            shots += [Shot(split, "queries", t, "", i, p)
+                      for t in range(1, preset.train_traversals) for i, p in enumerate(places)]
+            continue
+        per_group = preset.val_queries_per_group if split == "val" else preset.test_queries_per_group
+        for g, group in enumerate(cond.QUERY_GROUPS):
+            rng = np.random.default_rng([seed, SPLIT_CODE[split], 99, g])
+            for i in np.sort(rng.choice(len(places), size=min(per_group, len(places)), replace=False)):
+                shots.append(Shot(split, "queries", g + 1, group, int(i), places[i]))
+    return shots
+
+
+def traversal_look(seed: int, split: str, traversal: int, group: str, street: int) -> cond.Look:
+    """Condition and look of one traversal of one street (train queries draw their group here)."""
+    rng = np.random.default_rng([seed, SPLIT_CODE[split], traversal, street, 1])
+    if not group:
+        group = str(rng.choice(cond.QUERY_GROUPS))
+    return cond.make_look(cond.sample_condition(group, rng), rng)
+
+
+def shot_camera(shot: Shot, look: cond.Look, preset: Preset, rng: np.random.Generator) -> rd.Camera:
+    """Camera pose of a shot: the place plus along-track/lateral offsets and heading/pitch/roll jitter."""
+    db = shot.subset == "database"
+    along = rng.normal(0, 0.3) if db else rng.uniform(-preset.query_offset, preset.query_offset)
+    lateral = np.clip(rng.normal(0, 0.15 if db else 0.25), -0.6, 0.6)
+    h = np.radians(shot.place.heading)
+    x = shot.place.x + along * np.sin(h) + lateral * np.cos(h)
+    y = shot.place.y + along * np.cos(h) - lateral * np.sin(h)
+    heading = (shot.place.heading + np.clip(rng.normal(0, 0.8 if db else 1.8), -3.5, 3.5)) % 360
+    return rd.Camera(float(x), float(y), look.camera_height, float(heading),
+                     pitch=float(np.clip(rng.normal(0, 0.5), -1.5, 1.5)), roll=float(np.clip(rng.normal(0, 0.5), -1.5, 1.5)),
+                     width=preset.width, height=preset.height, hfov=preset.hfov)
+
+
+def render_shot(seed: int, preset: Preset, shot: Shot) -> tuple[np.ndarray, np.ndarray, rd.Camera, cond.Look]:
+    """Render one planned image deterministically; returns (bgr, label, camera, look)."""
+    world = city(city_seed(seed, shot.split), preset.test_blocks if shot.split == "test" else preset.city_blocks)
+    look = traversal_look(seed, shot.split, shot.traversal, shot.group, shot.place.street)
+    rng = np.random.default_rng([seed, SPLIT_CODE[shot.split], shot.traversal, shot.place_id])
+    cam = shot_camera(shot, look, preset, rng)
+    variation = SPLIT_CODE[shot.split] * 1000 + shot.traversal
+    bgr, label = render_view(world, cam, world.streets[shot.place.street], look, rng, variation)
+    return bgr, label, cam, look
+
+
+def _write_shot(out: Path, seed: int, preset: Preset, shot: Shot) -> dict:
+    bgr, label, cam, look = render_shot(seed, preset, shot)
+    east, north = ORIGIN[shot.split][0] + cam.x, ORIGIN[shot.split][1] + cam.y
+    c = look.condition
+    name = format_name(ImageName(east, north, cam.heading, pano_id=f"{shot.split}_t{shot.traversal}_p{shot.place_id}",
+                                 timestamp=f"t{shot.traversal:02d}", note=c.group))
+    rel = Path("images", shot.split, shot.subset, name)
+    rel_label = Path("labels", shot.split, shot.subset, name).with_suffix(".png")
+    cv2.imwrite(str(out / rel), bgr, [cv2.IMWRITE_JPEG_QUALITY, look.jpeg_quality])
+    cv2.imwrite(str(out / rel_label), label, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    return {"path": rel.as_posix(), "label_path": rel_label.as_posix(), "split": shot.split, "subset": shot.subset,
+            "place_id": shot.place_id, "traversal": shot.traversal, "condition": c.group,
+            "time_of_day": c.time_of_day, "season": c.season, "weather": c.weather,
+            "heading": f"{cam.heading:.2f}", "east": f"{east:.2f}", "north": f"{north:.2f}"}
+
+
+_JOB: tuple[Path, int, Preset] | None = None
+
+
+def _init_worker(out: Path, seed: int, preset: Preset) -> None:
+    global _JOB
+    cv2.setNumThreads(1)
+    _JOB = (out, seed, preset)
+
+
+def _worker(shot: Shot) -> dict:
+    assert _JOB is not None
+    return _write_shot(*_JOB, shot)
+
+
+def _prepare(out: Path) -> None:
+    """Refuse a non-empty folder unless it holds a previous SynthCity dataset (which is replaced)."""
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not (out / MANIFEST).is_file():
+            raise DatasetError(f"{out} is not empty and holds no {MANIFEST}: refusing to write a SynthCity "
+                               "dataset into it; choose an empty or new folder")
+        for sub in ("images", "labels"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for name in ("metadata.csv", MANIFEST):
+            (out / name).unlink(missing_ok=True)
+    for split in SPLITS:
+        for subset in ("database", "queries"):
+            (out / "images" / split / subset).mkdir(parents=True, exist_ok=True)
+            (out / "labels" / split / subset).mkdir(parents=True, exist_ok=True)
+
+
+def generate_dataset(out: Path, seed: int, preset: str = "benchmark", workers: int | None = None) -> Path:
+    """Write a SynthCity dataset (images, labels, metadata.csv, synthcity.json) to ``out``; returns ``out``."""
+    config = get_preset(preset)
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    out = Path(out)
+    shots = plan_shots(seed, config)
+    _prepare(out)
+    progress = dict(total=len(shots), desc=f"SynthCity {preset}", unit="img", smoothing=0.05)
+    if workers == 1:
+        rows = [_write_shot(out, seed, config, s) for s in tqdm(shots, **progress)]
+    else:
+        with get_context("spawn").Pool(workers, _init_worker, (out, seed, config)) as pool:
+            rows = list(tqdm(pool.imap(_worker, shots, chunksize=16), **progress))
+    with open(out / "metadata.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    counts: dict[str, dict[str, int]] = {}
+    for r in rows:
+        counts.setdefault(r["split"], {}).setdefault(r["subset"], 0)
+        counts[r["split"]][r["subset"]] += 1
+    manifest = {
+        "generator": "synthcity", "version": VERSION, "seed": seed, "preset": preset, "config": asdict(config),
+        "cities": {s: {"seed": city_seed(seed, s), **asdict(wd.CityConfig(
+            blocks=config.test_blocks if s == "test" else config.city_blocks))} for s in SPLITS},
+        "origin": ORIGIN, "heading": "compass degrees, 0 = north, 90 = east", "counts": counts,
+        "columns": list(COLUMNS), "query_groups": list(cond.QUERY_GROUPS),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return out

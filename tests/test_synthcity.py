@@ -1,0 +1,181 @@
+"""SynthCity: determinism, the smoke dataset's layout and metadata, and renderer geometry."""
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from structvpr_edge.data.names import parse_name
+from structvpr_edge.data.synthcity import (Camera, build_world, fixed_condition, generate_dataset, make_look,
+                                           render_view, street_places, write_preview)
+from structvpr_edge.data.synthcity import generate as gen
+from structvpr_edge.data.synthcity.render import Canvas
+from structvpr_edge.errors import ConfigError, DatasetError
+from structvpr_edge.labels import CITYSCAPES_CLASSES, CLASS_ID
+
+COLUMNS = ["path", "label_path", "split", "subset", "place_id", "traversal", "condition", "time_of_day", "season",
+           "weather", "heading", "east", "north"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    return generate_dataset(tmp_path_factory.mktemp("synth") / "smoke", seed=3, preset="smoke", workers=2)
+
+
+@pytest.fixture(scope="module")
+def rows(smoke: Path) -> list[dict]:
+    with open(smoke / "metadata.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == COLUMNS
+        return list(reader)
+
+
+def test_layout_and_label_files(smoke: Path, rows: list[dict]):
+    for split in ("train", "val", "test"):
+        for subset in ("database", "queries"):
+            assert any((smoke / "images" / split / subset).iterdir()), (split, subset)
+    assert len({r["path"] for r in rows}) == len(rows)
+    for r in rows:
+        image = cv2.imread(str(smoke / r["path"]))
+        label = cv2.imread(str(smoke / r["label_path"]), cv2.IMREAD_UNCHANGED)
+        assert r["label_path"] == "labels" + r["path"][len("images"):-len(".jpg")] + ".png"
+        assert image.shape == (240, 320, 3) and label.shape == (240, 320) and label.dtype == np.uint8
+        assert label.max() < len(CITYSCAPES_CLASSES)
+        name = parse_name(r["path"])
+        assert (name.east, name.north, name.heading) == (float(r["east"]), float(r["north"]), float(r["heading"]))
+    manifest = json.loads((smoke / "synthcity.json").read_text())
+    assert (manifest["seed"], manifest["preset"], manifest["version"]) == (3, "smoke", gen.VERSION)
+    assert manifest["config"]["train_places"] == 40
+
+
+def test_traversals_conditions_and_headings(rows: list[dict]):
+    by_place: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for r in rows:
+        by_place[r["split"], int(r["place_id"])].append(r)
+    train = [v for (split, _), v in by_place.items() if split == "train"]
+    assert len(train) == 40
+    assert all(len({int(r["traversal"]) for r in views}) >= 4 for views in train)
+    for views in by_place.values():
+        db = [r for r in views if r["subset"] == "database"]
+        assert len(db) == 1 and db[0]["traversal"] == "0"
+        for q in views:
+            dh = (float(q["heading"]) - float(db[0]["heading"]) + 180) % 360 - 180
+            dist = np.hypot(float(q["east"]) - float(db[0]["east"]), float(q["north"]) - float(db[0]["north"]))
+            assert abs(dh) < 10 and dist < 5, q["path"]
+    for split in ("val", "test"):
+        split_rows = [r for r in rows if r["split"] == split]
+        assert {r["condition"] for r in split_rows if r["subset"] == "database"} == {"reference"}
+        assert {r["condition"] for r in split_rows if r["subset"] == "queries"} == {
+            "dynamic", "night", "season", "weather", "hard"}
+    test_db = [r for r in rows if r["split"] == "test" and r["subset"] == "database"]
+    assert {(r["time_of_day"], r["season"], r["weather"]) for r in test_db} == {("day", "summer", "clear")}
+    assert len(test_db) == 30
+    # Train and test are different cities: far apart in the metric frame.
+    train_east = np.array([float(r["east"]) for r in rows if r["split"] == "train"])
+    assert np.abs(train_east.mean() - np.array([float(r["east"]) for r in test_db]).mean()) > 5000
+
+
+def test_same_seed_same_images_regardless_of_workers(smoke: Path, rows: list[dict]):
+    preset = gen.get_preset("smoke")
+    shots = gen.plan_shots(3, preset)
+    assert [(s.split, s.subset, s.place_id, s.traversal) for s in shots] == [
+        (r["split"], r["subset"], int(r["place_id"]), int(r["traversal"])) for r in rows]
+    for k in (0, 45, len(shots) // 2, len(shots) - 1):  # rendered here, single process
+        bgr, label, cam, look = gen.render_shot(3, preset, shots[k])
+        written = cv2.imread(str(smoke / rows[k]["label_path"]), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(label, written)
+        assert f"{cam.heading:.2f}" == rows[k]["heading"]
+        jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, look.jpeg_quality])[1].tobytes()
+        assert jpeg == (smoke / rows[k]["path"]).read_bytes()
+
+
+def test_different_seed_gives_a_different_city():
+    a, b, a2 = build_world(0), build_world(1), build_world(0)
+    assert [x.template for x in a.buildings] == [x.template for x in a2.buildings]
+    assert [(x.x0, x.y0) for x in a.buildings] != [(x.x0, x.y0) for x in b.buildings]
+    assert not np.array_equal(a.xs, b.xs)
+
+
+def test_bad_preset_and_foreign_folder_are_refused(tmp_path: Path):
+    with pytest.raises(ConfigError):
+        generate_dataset(tmp_path / "x", seed=0, preset="huge")
+    with pytest.raises(ConfigError):
+        generate_dataset(tmp_path / "x", seed=0, preset="smoke", workers=0)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetError, match="not empty"):
+        generate_dataset(foreign, seed=0, preset="smoke")
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_previous_dataset_is_replaced(tmp_path: Path):
+    old = tmp_path / "old"
+    (old / "images" / "train" / "database").mkdir(parents=True)
+    (old / "images" / "train" / "database" / "stale.jpg").write_bytes(b"x")
+    (old / gen.MANIFEST).write_text("{}")
+    gen._prepare(old)
+    assert not (old / "images" / "train" / "database" / "stale.jpg").exists()
+    assert not (old / gen.MANIFEST).exists() and (old / "labels" / "test" / "queries").is_dir()
+
+
+def _quad(x0: float, x1: float, y: float, z0: float, z1: float) -> np.ndarray:
+    """A wall facing south (towards a camera at the origin looking north)."""
+    return np.array([[x0, y, z0], [x1, y, z0], [x1, y, z1], [x0, y, z1]])
+
+
+def test_zbuffer_near_covers_far_in_any_draw_order():
+    cam = Camera(0.0, 0.0, 1.5, heading=0.0)
+    for near_first in (True, False):
+        canvas = Canvas(cam)
+        near = (_quad(-1, 1, 10, 0.5, 2.5), CLASS_ID["car"], (0, 0, 255))
+        far = (_quad(-5, 5, 20, 0, 6), CLASS_ID["building"], (255, 0, 0))
+        for pts, cls, colour in (near, far) if near_first else (far, near):
+            canvas.polygon(pts, cls, colour=np.array(colour, float))
+        row = canvas.label[120]
+        assert canvas.label[120, 160] == CLASS_ID["car"] and canvas.img[120, 160, 2] == 255
+        # Perspective: a 2 m wide quad at 10 m spans focal * 2 / 10 pixels; the far 10 m one at 20 m, 5x wider / 2.
+        assert abs((row == CLASS_ID["car"]).sum() - cam.focal * 0.2) <= 2
+        assert abs((row != 10).sum() - cam.focal * 0.5) <= 2
+        assert np.isclose(canvas.inv[120, 160], 0.1, rtol=1e-3)
+
+
+def test_near_plane_clipping_of_a_polygon_through_the_camera():
+    cam = Camera(0.0, 0.0, 1.5, heading=0.0)
+    canvas = Canvas(cam)
+    wall = np.array([[2.0, -5, 0], [2.0, 30, 0], [2.0, 30, 8], [2.0, -5, 8]])  # passes beside and behind us
+    canvas.polygon(wall, CLASS_ID["building"], colour=np.array([90.0, 90, 90]))
+    right = canvas.label[:, 200:] == CLASS_ID["building"]
+    assert right[:, -1].all() and not (canvas.label[:, :150] == CLASS_ID["building"]).any()
+
+
+def test_render_view_sky_on_top_ground_below_and_labels_follow_geometry():
+    world = build_world(5)
+    place = street_places(world.streets[0], 4.5)[10]
+    street = world.streets[place.street]
+    cam = Camera(place.x, place.y, 1.7, place.heading)
+    labels = {}
+    for name, cond in (("day", ("reference", "day", "summer", "clear")), ("night", ("night", "night", "summer", "clear")),
+                       ("winter", ("season", "day", "winter", "clear"))):
+        look = make_look(fixed_condition(*cond), np.random.default_rng(0))
+        bgr, labels[name] = render_view(world, cam, street, look, np.random.default_rng(1), dynamic=False)
+        assert bgr.shape == (240, 320, 3) and bgr.dtype == np.uint8
+    day = labels["day"]
+    assert (day[0] == CLASS_ID["sky"]).mean() > 0.2 or (day[0] == CLASS_ID["building"]).mean() > 0.2
+    bottom = day[-5:, 100:220]
+    assert (bottom == CLASS_ID["road"]).mean() > 0.9
+    assert np.array_equal(day, labels["night"])  # lighting never changes labels
+    veg = CLASS_ID["vegetation"]
+    assert (labels["winter"] == veg).sum() <= (day == veg).sum()
+
+
+def test_preview_contact_sheet(tmp_path: Path):
+    out = write_preview(tmp_path / "sheet.png", seed=1, size=(160, 120))
+    sheet = cv2.imread(str(out))
+    assert sheet.shape[0] >= 8 * 120 and sheet.shape[1] >= 6 * 160
+    assert sheet.std() > 20
