@@ -179,3 +179,19 @@ def test_preview_contact_sheet(tmp_path: Path):
     sheet = cv2.imread(str(out))
     assert sheet.shape[0] >= 8 * 120 and sheet.shape[1] >= 6 * 160
     assert sheet.std() > 20
+
+
+def test_route_is_a_drive_over_the_same_places(tmp_path):
+    from structvpr_edge.data.dataset import load_dataset
+    from structvpr_edge.data.synthcity.route import generate_route, route_places
+
+    places = route_places(seed=3, places=6)
+    steps = [np.hypot(b.x - a.x, b.y - a.y) for a, b in zip(places, places[1:]) if a.street == b.street]
+    assert steps and all(3 < s < 6 for s in steps)  # consecutive places, a few metres apart
+    dataset = load_dataset(generate_route(tmp_path / "route", seed=3, places=6, group="night"))
+    assert len(dataset.database) == len(dataset.queries) == 6
+    assert sorted(dataset.queries.column("place_id")) == sorted(dataset.database.column("place_id"))
+    assert set(dataset.queries.column("condition")) == {"night"} and dataset.has_labels
+    assert all(len(p) for p in dataset.positives)
+    with pytest.raises(ConfigError):
+        route_places(seed=3, places=10**6)
