@@ -114,9 +114,9 @@ def test_report_has_cosine_and_recall(calibration_dir):
 
 def test_gate_keeps_sensitive_groups_in_fp32(student_onnx, place_dataset, tmp_path):
     out = tmp_path / "strict"
-    config = CalibrationConfig(model=student_onnx[0], images=place_dataset, out=out, num=6, method="minmax", val=place_dataset, max_recall_drop=-1.0)
+    config = CalibrationConfig(model=student_onnx[0], images=place_dataset, out=out, num=6, method="minmax", val=place_dataset, max_recall_drop=-100.0)
     with pytest.raises(ModelError, match="even with first conv, last projection, normalization, GeM power in FP32"):
-        calibrate(config)  # a negative budget cannot be met: every group is tried, one at a time
+        calibrate(config)  # INT8 cannot gain 100 pp over FP32: every group is tried, one at a time
     report = json.loads((out / "report.json").read_text())
     assert [step["fp32_groups"] for step in report["gate"]] == [
         [], ["first conv"], ["first conv", "last projection"], ["first conv", "last projection", "normalization"],

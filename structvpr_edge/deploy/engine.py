@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from ..errors import BackendError, ConfigError, ModelError
 from ..modelinfo import PREFIX, ModelInfo, sha256_file
