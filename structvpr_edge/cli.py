@@ -24,7 +24,7 @@ def _size(text: str) -> tuple[int, int]:
 def cmd_synth(args: argparse.Namespace) -> None:
     from .data.synthcity import generate_dataset
 
-    out = generate_dataset(Path(args.out), seed=args.seed, preset=args.preset, workers=args.workers)
+    out = generate_dataset(Path(args.out), seed=args.seed, preset=args.preset, workers=args.workers, splits=tuple(args.splits.split(",")))
     print(f"SynthCity dataset written to {out}")
 
 
@@ -188,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--preset", default="benchmark", help="smoke | benchmark")
     synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    synth.add_argument("--splits", default="train,val,test", help="comma-separated subset of train,val,test to render")
     synth.set_defaults(func=cmd_synth)
 
     preview = commands.add_parser("synth-preview", help="PNG contact sheet of SynthCity conditions with labels")

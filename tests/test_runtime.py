@@ -192,3 +192,17 @@ def test_localize_command_prints_json_lines(exported, place_dataset, tmp_path, c
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["frame"] for line in lines] == paths and all(len(line["matches"]) == 5 for line in lines)
     assert main(["localize", "--model", str(exported / "uint8.onnx"), "--map", str(tmp_path / "m"), str(tmp_path / "nope.jpg")]) == 2
+
+
+def test_calibrate_threshold_command_stores_the_rule_used_by_localize(exported, place_dataset, tmp_path, capsys):
+    model = str(exported / "uint8.onnx")
+    assert main(["build-map", "--model", model, "--images", str(place_dataset), "--out", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    assert main(["calibrate-threshold", "--model", model, "--map", str(tmp_path / "m"), "--val", str(place_dataset), "--precision", "0.5"]) == 0
+    rule = json.loads(capsys.readouterr().out)
+    stored = PlaceMap.load(tmp_path / "m").manifest.threshold
+    assert stored is not None and stored.score == pytest.approx(rule["score"]) and stored.precision >= 0.5
+    with EdgeVPR(model, map=tmp_path / "m") as vpr:
+        results = vpr.localize_batch(frames_of(place_dataset))
+    assert all(r.confident == (r.matches[0].similarity >= stored.score and r.margin >= stored.margin) for r in results)
+    assert main(["calibrate-threshold", "--model", model, "--map", str(tmp_path / "m"), "--val", str(place_dataset), "--precision", "1.5"]) == 2

@@ -195,3 +195,15 @@ def test_route_is_a_drive_over_the_same_places(tmp_path):
     assert all(len(p) for p in dataset.positives)
     with pytest.raises(ConfigError):
         route_places(seed=3, places=10**6)
+
+
+def test_one_split_alone_matches_the_full_generation(smoke: Path, rows: list[dict], tmp_path: Path):
+    only = generate_dataset(tmp_path / "test-only", seed=3, preset="smoke", workers=1, splits=("test",))
+    with open(only / "metadata.csv", newline="") as handle:
+        alone = list(csv.DictReader(handle))
+    assert alone == [r for r in rows if r["split"] == "test"]
+    assert not any((only / "images" / "train" / "database").iterdir())
+    first = alone[0]["label_path"]
+    assert (cv2.imread(str(only / first), cv2.IMREAD_UNCHANGED) == cv2.imread(str(smoke / first), cv2.IMREAD_UNCHANGED)).all()
+    with pytest.raises(ConfigError):
+        generate_dataset(tmp_path / "bad", seed=0, preset="smoke", splits=("holdout",))

@@ -210,14 +210,21 @@ def _prepare(out: Path) -> None:
             (out / "labels" / split / subset).mkdir(parents=True, exist_ok=True)
 
 
-def generate_dataset(out: Path, seed: int, preset: str = "benchmark", workers: int | None = None) -> Path:
-    """Write a SynthCity dataset (images, labels, metadata.csv, synthcity.json) to ``out``; returns ``out``."""
+def generate_dataset(out: Path, seed: int, preset: str = "benchmark", workers: int | None = None,
+                     splits: tuple[str, ...] = SPLITS) -> Path:
+    """Write a SynthCity dataset (images, labels, metadata.csv, synthcity.json) to ``out``; returns ``out``.
+
+    ``splits`` limits what is rendered (e.g. only ``test`` to check another city's figures);
+    the images of a split do not depend on which other splits are generated."""
     config = get_preset(preset)
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
+    unknown = set(splits) - set(SPLITS)
+    if unknown or not splits:
+        raise ConfigError(f"splits must be a non-empty subset of {SPLITS}, got {splits}")
     out = Path(out)
-    shots = plan_shots(seed, config)
+    shots = [shot for shot in plan_shots(seed, config) if shot.split in splits]
     _prepare(out)
     progress = dict(total=len(shots), desc=f"SynthCity {preset}", unit="img", smoothing=0.05)
     if workers == 1:
