@@ -245,9 +245,11 @@ class Stage:
         current_epoch, began = None, time.time()
         self.model.train()
         batches = iter(sampler)
+        for _ in range(start):  # a resumed run continues the same batch sequence
+            next(batches)
         progress = tqdm(range(start, optim.steps), desc=f"{self.stage} ({self.mode})", disable=not ctx.is_main, initial=start, total=optim.steps)
         for step in progress:
-            epoch, indices, place_labels = next(batches) if step >= start else (0, None, None)
+            epoch, indices, place_labels = next(batches)
             if current_epoch is not None and epoch != current_epoch and shares and log:
                 total = sum(shares.values())
                 log.write(json.dumps({"epoch": current_epoch, "step": step, "group_shares": {g: shares[g] / total for g in GROUPS}}) + "\n")
