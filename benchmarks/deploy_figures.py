@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,6 +34,7 @@ from structvpr_edge.eval.models import onnx_extractor  # noqa: E402
 from structvpr_edge.modelinfo import normalize_for, read_onnx_info  # noqa: E402
 from structvpr_edge.models.checkpoint import load_checkpoint  # noqa: E402
 from structvpr_edge.runtime.ort_session import create_session  # noqa: E402
+from structvpr_edge.runtime.profiling import interleaved  # noqa: E402
 
 
 def latency(checkpoint: str, fp32: Path, int8: Path, frames: int, warmup: int, threads: int) -> dict[str, float]:
@@ -56,16 +56,14 @@ def latency(checkpoint: str, fp32: Path, int8: Path, frames: int, warmup: int, t
         return lambda x: session.run(None, {info.input_name: x})
 
     runners = {"torch_fp32": run_torch, **{name: run_ort(session) for name, session in sessions.items()}}
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    names = list(runners)
-    for i in tqdm(range(warmup + frames), desc="latency", unit="frame"):
-        x = inputs[i % len(inputs)]
-        for name in names[i % 3 :] + names[: i % 3]:  # rotate who goes first
-            start = time.perf_counter()
-            runners[name](x)
-            if i >= warmup:
-                times[name].append(1000 * (time.perf_counter() - start))
-    return {name: statistics.median(t) for name, t in times.items()}
+
+    def timed(name: str, i: int) -> dict[str, float]:
+        start = time.perf_counter()
+        runners[name](inputs[i % len(inputs)])
+        return {"inference": 1000 * (time.perf_counter() - start)}
+
+    samples = interleaved(list(runners), frames, warmup, timed)
+    return {name: statistics.median(s["inference"]) for name, s in samples.items()}
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from structvpr_edge.runtime.edgevpr import EdgeVPR  # noqa: E402
 from structvpr_edge.runtime.map import Place, PlaceMap  # noqa: E402
-from structvpr_edge.runtime.profiling import gpu_memory_mb, peak_rss_mb, stage_stats, system_info  # noqa: E402
+from structvpr_edge.runtime.profiling import gpu_memory_mb, interleaved, peak_rss_mb, stage_stats, system_info  # noqa: E402
 
 STAGES = ("preprocess", "inference", "search", "total")
 
@@ -74,20 +74,6 @@ def exact_agreement(place_map: PlaceMap, vectors: np.ndarray, queries: int = 500
         found.append(place_map.search(row[None], 1)[1][0, 0])
         times.append(1000 * (time.perf_counter() - start))
     return float(np.mean(truth[:, 0] == np.array(found))), stage_stats(times)
-
-
-def measure(configs: dict[str, EdgeVPR], frames: list[np.ndarray], warmup: int) -> dict[str, dict[str, list[float]]]:
-    """Stage times per configuration, configurations interleaved frame by frame."""
-    names = list(configs)
-    samples = {name: {stage: [] for stage in STAGES} for name in names}
-    for i in tqdm(range(warmup + len(frames)), desc="frames", unit="frame"):
-        frame = frames[i % len(frames)]
-        for name in names[i % len(names) :] + names[: i % len(names)]:
-            result = configs[name].localize(frame)
-            if i >= warmup:
-                for stage in STAGES:
-                    samples[name][stage].append(result.timing_ms[stage])
-    return samples
 
 
 def compare_artifacts(checkpoint: str, work: Path, threads: int) -> dict[str, tuple[str, str, str]]:
@@ -156,10 +142,11 @@ def main() -> None:
     place_map.set_search_effort(nprobe=args.nprobe)
     for vpr in configs.values():
         vpr.set_map(place_map)
-    samples = measure(configs, camera_frames(min(args.frames, 64), (width, height)) * (args.frames // 64 + 1), args.warmup)
+    frames = camera_frames(min(args.frames, 64), (width, height))
+    samples = interleaved(list(configs), args.frames, args.warmup, lambda name, i: configs[name].localize(frames[i % len(frames)]).timing_ms)
     runs = []
     for name, (path, backend, precision) in artifacts.items():
-        stats = {stage: stage_stats(samples[name][stage][: args.frames]) for stage in STAGES}
+        stats = {stage: stage_stats(samples[name][stage]) for stage in STAGES}
         runs.append({
             "name": name, "model": path, "backend": backend, "precision": precision, "map_size": args.map_size,
             "index": place_map.factory, "threads": args.threads, "stage_ms": stats,

@@ -35,7 +35,6 @@ class OnnxRuntimeBackend:
         self.info = ModelInfo.from_props(self.session.get_modelmeta().custom_metadata_map)
         declared = self.session.get_inputs()[0].shape[0]
         self.max_batch = declared if isinstance(declared, int) else max_batch
-        self.path = Path(path)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.info.output_name], {self.info.input_name: batch})[0]

@@ -81,3 +81,18 @@ def system_info() -> dict:
         "jetson_l4t": tegra.read_text().splitlines()[0] if tegra.exists() else None,
         "jetson_power_mode": _command("nvpmodel", "-q"),
     }
+
+
+def interleaved(names: list[str], rounds: int, warmup: int, run) -> dict[str, dict[str, list[float]]]:
+    """Call ``run(name, i)`` for every name once per round, rotating who goes first, so background
+    load hits all alike; ``run`` returns stage -> milliseconds, kept after ``warmup`` rounds."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    samples: dict[str, dict[str, list[float]]] = {name: {} for name in names}
+    for i in tqdm(range(warmup + rounds), desc="frames", unit="frame"):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            timings = run(name, i)
+            if i >= warmup:
+                for stage, ms in timings.items():
+                    samples[name].setdefault(stage, []).append(ms)
+    return samples
