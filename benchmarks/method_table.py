@@ -39,6 +39,9 @@ def main() -> None:
         name, _, model = row.partition("=")
         reports[name] = evaluate(load_extractor(model or name, image_size=size), dataset).to_json()
         print(f"{name}: R@1 {100 * reports[name]['recall']['1']:.1f}", flush=True)
+        if args.json:  # after every row, so a run cut short keeps what it measured
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(reports, indent=2) + "\n")
     conditions = sorted({c for r in reports.values() for c in r["per_condition"]})
     header = ["model", "R@1", "R@5", "R@10", *[f"{c} R@1" for c in conditions]]
     print("\n| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
@@ -46,9 +49,6 @@ def main() -> None:
         cells = [f"{100 * report['recall'][n]:.1f}" for n in ("1", "5", "10")]
         cells += [f"{100 * report['per_condition'][c]['1']:.1f}" if c in report["per_condition"] else "" for c in conditions]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(reports, indent=2) + "\n")
     if args.plot:
         plot_recall_curves({name: r["recall"] for name, r in reports.items()}, Path(args.plot), title=f"{Path(args.dataset).name}/{args.split}")
 

@@ -68,6 +68,8 @@ class TrainConfig:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.optim.loss not in ("multi_similarity", "triplet"):
             raise ConfigError(f"optim.loss must be multi_similarity or triplet, got {self.optim.loss!r}")
+        if self.distill.samples.memory_batches < 0:
+            raise ConfigError(f"distill.samples.memory_batches must be >= 0, got {self.distill.samples.memory_batches}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         return self

@@ -34,7 +34,7 @@ from .config import OptimConfig, TrainConfig, config_to_dict
 from .curves import plot_training_curves
 from .data import PlaceBatchSampler, fraction_array, frozen_feature_array, to_model_input
 from .losses import mask_loss, multi_similarity_loss, relational_kd, triplet_margin_loss
-from .weights import GROUPS, group_weights, sample_groups
+from .weights import GROUPS, Keys, RankMemory, group_weights, sample_groups
 
 
 @dataclass
@@ -122,6 +122,7 @@ class Stage:
         self.val = self._load_val()
         from_frozen = self.mode != "teacher" and self.model.backbone.frozen_blocks > 0
         self.parts = PartsModule(self.model, from_frozen)
+        self.memory = RankMemory(config.distill.samples.memory_batches)
 
     def _build_model(self) -> nn.Module:
         if self.mode == "teacher":
@@ -194,7 +195,9 @@ class Stage:
                 teacher = self.teacher.forward_parts(self.fraction_tensor(self.fractions, indices))
             student_sim = parts.descriptor.float() @ parts.descriptor.float().T
             teacher_sim = teacher.descriptor @ teacher.descriptor.T
-            sample_group = sample_groups(teacher_sim, student_sim.detach(), labels, distill.samples)
+            batch = Keys(teacher.descriptor.float(), parts.descriptor.detach().float(), labels, torch.from_numpy(indices).to(labels.device))
+            sample_group = sample_groups(batch, self.memory.keys(batch), distill.samples)
+            self.memory.push(batch)
             kd = relational_kd(student_sim, teacher_sim, distill.temperature)
             if distill.per_group and isinstance(self.model, StructVPRStudent):
                 student_groups = aligned_group_sims(parts, self.model.alignment)

@@ -1,7 +1,9 @@
 """Sample-wise distillation weights by group partition (StructVPR++).
 
-For each anchor, x is the rank of its best true positive among the batch under the teacher,
-y the same under the student. The pair (x, y) puts the sample in one group:
+For each anchor, x is the rank of its best true positive under the teacher, y the same under
+the student, both taken among the batch plus a memory of the last ``memory_batches`` batches
+(thousands of images: within one batch of 64 nearly every rank is 1 and the weights say
+nothing). The pair (x, y) puts the sample in one group:
 
     teacher_right_student_wrong  x <= right_rank < y     most to learn from the teacher
     both_right                   x <= right_rank, y <= right_rank
@@ -12,6 +14,7 @@ Weights are computed without gradient.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +25,7 @@ GROUPS = ("teacher_right_student_wrong", "both_right", "teacher_moderate", "nois
 @dataclass
 class SampleWeightConfig:
     enabled: bool = True
+    memory_batches: int = 64  # 0: ranks among the batch alone
     right_rank: int = 1
     noisy_rank: int = 5
     teacher_right_student_wrong: float = 2.0
@@ -30,21 +34,50 @@ class SampleWeightConfig:
     noisy: float = 0.0
 
 
-@torch.no_grad()
-def positive_ranks(sim: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """1-based rank of the most similar same-place image among all other batch images."""
-    eye = torch.eye(len(sim), dtype=torch.bool, device=sim.device)
-    sim = sim.masked_fill(eye, -torch.inf)
-    same = (labels[:, None] == labels[None, :]) & ~eye
-    best_pos = torch.where(same, sim, -torch.inf).amax(dim=1, keepdim=True)
-    return (sim > best_pos).sum(dim=1) + 1
+@dataclass
+class Keys:
+    """The images an anchor is ranked against: descriptors under both models, places, image ids."""
+
+    teacher: torch.Tensor
+    student: torch.Tensor
+    places: torch.Tensor
+    ids: torch.Tensor
+
+
+class RankMemory:
+    """First-in first-out memory of recent batches' descriptors (no gradient; slightly stale)."""
+
+    def __init__(self, batches: int) -> None:
+        self.entries: deque[Keys] = deque(maxlen=batches)  # maxlen 0 remembers nothing
+
+    def keys(self, batch: Keys) -> Keys:
+        """The batch itself first, then the remembered batches."""
+        entries = [batch, *self.entries]
+        return Keys(*(torch.cat([getattr(e, f) for e in entries]) for f in ("teacher", "student", "places", "ids")))
+
+    def push(self, batch: Keys) -> None:
+        self.entries.appendleft(Keys(batch.teacher.detach(), batch.student.detach(), batch.places, batch.ids))
 
 
 @torch.no_grad()
-def sample_groups(teacher_sim: torch.Tensor, student_sim: torch.Tensor, labels: torch.Tensor, conf: SampleWeightConfig) -> torch.Tensor:
-    """Index into GROUPS for every anchor."""
-    x = positive_ranks(teacher_sim, labels)
-    y = positive_ranks(student_sim, labels)
+def positive_ranks(sim: torch.Tensor, places: torch.Tensor, key_places: torch.Tensor, ids: torch.Tensor, key_ids: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each anchor's most similar same-place image among the keys.
+
+    ``sim`` is (anchors, keys). Copies of the anchor image itself (same id) are neither positives
+    nor negatives; an anchor without any other image of its place ranks last.
+    """
+    same_image = ids[:, None] == key_ids[None, :]
+    same_place = (places[:, None] == key_places[None, :]) & ~same_image
+    sim = sim.masked_fill(same_image, -torch.inf)
+    best_pos = torch.where(same_place, sim, -torch.inf).amax(dim=1, keepdim=True)
+    return ((sim > best_pos) & ~same_place).sum(dim=1) + 1
+
+
+@torch.no_grad()
+def sample_groups(batch: Keys, keys: Keys, conf: SampleWeightConfig) -> torch.Tensor:
+    """Index into GROUPS for every anchor of ``batch``, ranked among ``keys``."""
+    x = positive_ranks(batch.teacher @ keys.teacher.T, batch.places, keys.places, batch.ids, keys.ids)
+    y = positive_ranks(batch.student @ keys.student.T, batch.places, keys.places, batch.ids, keys.ids)
     group = torch.full_like(x, GROUPS.index("teacher_moderate"))
     group[(x <= conf.right_rank) & (y > conf.right_rank)] = GROUPS.index("teacher_right_student_wrong")
     group[(x <= conf.right_rank) & (y <= conf.right_rank)] = GROUPS.index("both_right")
