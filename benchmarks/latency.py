@@ -153,6 +153,8 @@ def main() -> None:
             "fps": 1000 / stats["total"]["mean"], "peak_rss_mb": peak_rss_mb(), "gpu_memory_mb": gpu_memory_mb(),
         })
     report = {"runs": runs, "system": system_info(), "map_build_s": build_s}
+    if place_map.scan is not None:
+        report["exact_scan"] = {"queries": place_map.scan.queries, "float32_fallbacks": place_map.scan.fallbacks}
     if args.check_exact:
         report["top1_agreement_with_exact"], report["search_ms_on_revisits"] = exact_agreement(place_map, vectors)
     for vpr in configs.values():
@@ -170,6 +172,9 @@ def main() -> None:
         for other in ("ort-fp32", "torch-fp32"):
             if other in by_name:
                 print(f"inference speed-up of ort-int8 over {other}: {by_name[other] / by_name['ort-int8']:.2f}x")
+    if "exact_scan" in report:
+        print(f"exact search: 8-bit scan + float32 re-scoring; {report['exact_scan']['float32_fallbacks']} of "
+              f"{report['exact_scan']['queries']} queries needed the float32 scan")
     if args.check_exact:
         print(f"top-1 agreement with exact search: {100 * report['top1_agreement_with_exact']:.1f}% "
               f"(search p50 {report['search_ms_on_revisits']['p50']:.2f} ms on those queries)")

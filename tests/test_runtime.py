@@ -1,4 +1,5 @@
 """EdgeVPR, the place map and the runtime commands, on a tiny exported student."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,7 +14,9 @@ from structvpr_edge.cli import main
 from structvpr_edge.data.dataset import load_dataset
 from structvpr_edge.errors import ConfigError, MapError
 from structvpr_edge.runtime.map import Place, PlaceMap, index_string
+from structvpr_edge.modelinfo import read_onnx_info
 from structvpr_edge.runtime.mapping import build_map, threshold_for_precision
+from structvpr_edge.runtime.preprocess import Preprocessor
 from structvpr_edge.runtime.temporal import PlaceFilter, TemporalConfig
 
 
@@ -206,3 +209,53 @@ def test_calibrate_threshold_command_stores_the_rule_used_by_localize(exported, 
         results = vpr.localize_batch(frames_of(place_dataset))
     assert all(r.confident == (r.matches[0].similarity >= stored.score and r.margin >= stored.margin) for r in results)
     assert main(["calibrate-threshold", "--model", model, "--map", str(tmp_path / "m"), "--val", str(place_dataset), "--precision", "1.5"]) == 2
+
+
+def test_preprocess_area_resize_matches_one_inter_area(exported):
+    """Halving first must give the box average that one INTER_AREA resize gives, for any frame size."""
+    info = read_onnx_info(exported / "uint8.onnx")
+    rng = np.random.default_rng(0)
+    for uint8_input in (True, False):
+        pre = Preprocessor(dataclasses.replace(info, uint8_input=uint8_input, colour="BGR"), colour="BGR")
+        sizes = ((4 * info.height, 4 * info.width), (info.height, info.width), (6 * info.height, 12 * info.width), (480, 640), (info.height + 7, info.width + 5))
+        for h, w in sizes:
+            frame = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 3)
+            reference = cv2.resize(frame, (info.width, info.height), interpolation=cv2.INTER_AREA)
+            batch = pre([frame])
+            if uint8_input:
+                got = batch[0].astype(int)
+            else:  # undo the normalisation and the BGR -> RGB swap
+                rgb = batch[0].transpose(1, 2, 0) * np.array(info.std) + np.array(info.mean)
+                got = np.rint(rgb[..., ::-1] * 255).astype(int)
+            assert np.abs(got - reference).max() <= 1, (h, w, uint8_input)
+        assert [len(pre.halvings[size]) for size in sizes] == [2, 0, 1, 1, 0]
+
+
+def test_single_frame_search_on_a_flat_map_is_exact(tmp_path):
+    """The int8 scan + float32 re-scoring must return exactly what a float32 scan returns."""
+    import faiss
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(300, 64))
+    data = centres[rng.integers(0, 300, 3000)] + 0.4 * rng.normal(size=(3000, 64))
+    twins = data[:1] + 1e-4 * rng.normal(size=(60, 64))  # a parked vehicle: 60 near-identical frames
+    spikes = np.eye(64)[:10]  # later entries beyond the first batch's int8 range get clipped
+    place_map = PlaceMap(64, "h", "s", "flat")
+    truth = faiss.IndexFlatIP(64)
+    for batch in (data, twins, spikes):
+        batch = (batch / np.linalg.norm(batch, axis=1, keepdims=True)).astype(np.float32)
+        place_map.add(batch, [Place(str(i), 0.0, 0.0) for i in range(len(batch))])
+        truth.add(batch)
+    assert place_map.scan is not None and place_map.scan.error > 0
+    assert place_map.scan.outliers.tolist() == list(range(3060, 3070))  # the spikes
+    queries = np.concatenate([data[:200] + 0.2 * rng.normal(size=(200, 64)), twins[:5], spikes[:3] + 0.01]).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    for query in queries:
+        scores, rows = place_map.search(query[None], 5)
+        true_scores, true_rows = truth.search(query[None], 5)
+        assert np.array_equal(rows, true_rows)
+        np.testing.assert_allclose(scores, true_scores, atol=1e-5)
+    assert 0 < place_map.scan.fallbacks < 20  # the twins needed the float32 scan; the rest did not
+    place_map.save(tmp_path / "flat")
+    loaded = PlaceMap.load(tmp_path / "flat")
+    assert loaded.scan is not None and np.array_equal(loaded.search(queries[:8], 5)[1], truth.search(queries[:8], 5)[1])

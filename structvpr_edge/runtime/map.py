@@ -22,10 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MapError
+from .quantized_scan import QuantizedScan
 
 FORMAT = "structvpr-edge/map/1"
 EXACT_LIMIT = 200_000  # above this many entries "auto" picks an approximate index
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+FEW_QUERIES = 64  # below this many queries per search: one thread, and the int8 scan on flat maps
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class PlaceMap:
         self.index_type = index_type
         self.factory = index_string(index_type, expected_size, dim)
         self.index = faiss.index_factory(dim, self.factory, faiss.METRIC_INNER_PRODUCT)
+        self.scan = QuantizedScan(faiss, self.index) if self.factory == "Flat" else None
         self.manifest = MapManifest(FORMAT, 0, dim, layout_hash, model_sha256, index_type, self.factory, time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.places: list[Place] = []
         self.poses = np.zeros((0, 3))  # east, north, heading per entry, for fast per-frame lookups
@@ -138,6 +141,8 @@ class PlaceMap:
             self.index.train(descriptors)
             self.set_search_effort()
         self.index.add(descriptors)
+        if self.scan is not None:
+            self.scan.add(descriptors)
         self.places.extend(places)
         new = np.array([[p.east, p.north, p.heading] for p in places], dtype=np.float64).reshape(-1, 3)
         self.poses = np.concatenate([self.poses, new])
@@ -163,7 +168,10 @@ class PlaceMap:
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise MapError(f"queries must be (B, {self.dim}), got {queries.shape}")
         # One query per frame: OpenMP fan-out costs more than it saves and fights the inference threads.
-        self.faiss.omp_set_num_threads(self.search_threads if len(queries) < 64 else max(1, os.cpu_count() or 1))
+        few = len(queries) < FEW_QUERIES
+        self.faiss.omp_set_num_threads(self.search_threads if few else max(1, os.cpu_count() or 1))
+        if few and self.scan is not None:
+            return self.scan.search(queries, min(k, len(self)))
         return self.index.search(queries, min(k, len(self)))
 
     def to_gpu(self, float16: bool = True) -> bool:
@@ -174,6 +182,7 @@ class PlaceMap:
         options.useFloat16 = float16
         self._gpu_resources = self.faiss.StandardGpuResources()
         self.index = self.faiss.index_cpu_to_gpu(self._gpu_resources, 0, self.index, options)
+        self.scan = None
         return True
 
     def save(self, directory: str | Path) -> Path:
@@ -227,6 +236,7 @@ class PlaceMap:
         self.faiss = faiss
         self.search_threads = 1
         self.index = faiss.read_index(str(directory / "index.faiss"))
+        self.scan = QuantizedScan(faiss, self.index) if manifest.index_string == "Flat" else None
         self.manifest, self.index_type, self.factory = manifest, manifest.index_type, manifest.index_string
         with sqlite3.connect(directory / "places.sqlite") as db:
             rows = db.execute("SELECT id, east, north, heading, timestamp, source FROM places ORDER BY row").fetchall()
