@@ -16,7 +16,7 @@ from structvpr_edge.eval.evaluate import evaluate
 from structvpr_edge.eval.models import load_extractor
 from structvpr_edge.train.config import load_config
 from structvpr_edge.train.data import PlaceBatchSampler
-from structvpr_edge.train.trainer import train
+from structvpr_edge.train.trainer import Stage, setup_context, train
 
 FAST = {"steps": 24, "places_per_batch": 6, "val_every": 12, "log_every": 4, "warmup_steps": 4, "checkpoint_every": 12}
 
@@ -119,3 +119,11 @@ def test_dotted_overrides_and_shipped_configs():
     configs = Path(__file__).resolve().parents[1] / "structvpr_edge" / "configs"
     modes = {path.stem: load_config(path).mode for path in configs.glob("*.yaml")}
     assert modes["structvprpp"] == "structvpr++" and modes["teacher"] == "teacher" and modes["gpu"] == "structvpr++"
+
+
+def test_mask_loss_decay_schedule(trained, place_dataset):
+    teacher = trained / "full" / "teacher" / "model.pt"
+    for decay, expected in ((True, [0.5, 0.25, 0.0]), (False, [0.5, 0.5, 0.5])):
+        config = load_config(None, tiny_config(place_dataset, trained / "cache", mode="structvpr++", mask_loss_decay=decay, teacher_checkpoint=str(teacher)))
+        stage = Stage(config, "student", trained / "decay", setup_context("cpu"), teacher)
+        assert [stage.mask_weight(step) for step in (0, 12, 24)] == expected

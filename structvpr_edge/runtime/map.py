@@ -8,6 +8,8 @@ A map is a directory:
 
 Every file is written to a temporary name and renamed, the manifest last, so a crash mid-save
 leaves the previous map readable. A map refuses descriptors of another model or layout.
+On an exact (flat) map, a frame's search scans an 8-bit copy and re-scores the candidates in
+float32, with a bound that keeps the answer exact (quantized_scan.py).
 """
 from __future__ import annotations
 

@@ -56,6 +56,7 @@ class TrainConfig:
     cache_dir: str = "runs/cache"
     teacher_checkpoint: str | None = None  # for structvpr / structvpr++ when the teacher stage is skipped
     mask_loss_weight: float = 0.5
+    mask_loss_decay: bool = False  # fall linearly to 0 by the last step: masks start semantic, end free
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     global_student: GlobalStudentConfig = field(default_factory=GlobalStudentConfig)

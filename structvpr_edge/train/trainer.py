@@ -180,14 +180,18 @@ class Stage:
             return triplet_margin_loss(descriptors, labels, self.optim.triplet_margin)
         return multi_similarity_loss(descriptors, labels, self.optim.multi_similarity)
 
-    def losses(self, net: nn.Module, indices: np.ndarray, labels: torch.Tensor) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+    def mask_weight(self, step: int) -> float:
+        weight = self.config.mask_loss_weight if self.mode == "structvpr++" else 0.0
+        return weight * (1 - step / self.optim.steps) if self.config.mask_loss_decay else weight
+
+    def losses(self, net: nn.Module, indices: np.ndarray, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
         """Total loss, its terms for the log, and the sample groups of this batch (None without a teacher)."""
         parts = net(self.model_input(self.inputs, self.fractions, indices))
         metric = self.metric_loss(parts.descriptor.float(), labels)
         terms, total, sample_group = {"metric": metric.item()}, metric, None
-        if self.mode == "structvpr++" and self.config.mask_loss_weight > 0:
+        if self.mask_weight(step) > 0:
             aux = mask_loss(parts.mask_logits.float(), self.fraction_tensor(self.fractions, indices))
-            total = total + self.config.mask_loss_weight * aux
+            total = total + self.mask_weight(step) * aux
             terms["mask"] = aux.item()
         if self.teacher is not None:
             distill = self.config.distill
@@ -260,7 +264,7 @@ class Stage:
             current_epoch = epoch
             labels = torch.from_numpy(place_labels).to(ctx.device)
             with autocast:
-                loss, terms, sample_group = self.losses(net, indices, labels)
+                loss, terms, sample_group = self.losses(net, indices, labels, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

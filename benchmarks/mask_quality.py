@@ -1,0 +1,86 @@
+"""How well a StructVPR++ student's group masks match the label maps, per query condition.
+
+    python benchmarks/mask_quality.py --dataset data/bench --model structvprpp --model runs/no-mask-loss/model.pt
+
+For every query of the split, the student's soft masks (softmax over the label groups, on its
+feature grid) are compared with the label map's group fractions pooled to the same grid:
+overlap = mean over cells of sum_k min(predicted_k, true_k) (1 = the same masks, the share of
+each cell the prediction puts on the right groups), and per-group IoU of the argmax on cells one
+group dominates. Answers "does the student still predict where each group is, and is that
+harder in some conditions (bare trees in winter, say)?".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from structvpr_edge.data.dataset import load_dataset  # noqa: E402
+from structvpr_edge.errors import ModelError  # noqa: E402
+from structvpr_edge.eval.evaluate import read_label, read_rgb  # noqa: E402
+from structvpr_edge.labels import LABEL_GROUPS  # noqa: E402
+from structvpr_edge.models.checkpoint import load_checkpoint  # noqa: E402
+from structvpr_edge.models.student import StructVPRStudent  # noqa: E402
+from structvpr_edge.train.data import label_fractions, normalize_images  # noqa: E402
+
+
+@torch.no_grad()
+def mask_scores(model: StructVPRStudent, image_size: tuple[int, int], images: list[Path], labels: list[Path], batch: int = 64) -> dict:
+    """Per image: soft overlap, and per group (intersection, union) cell counts of the argmax."""
+    overlap, inter, union = [], np.zeros((len(images), len(LABEL_GROUPS))), np.zeros((len(images), len(LABEL_GROUPS)))
+    for start in tqdm(range(0, len(images), batch), desc="masks", unit="batch", leave=False):
+        rgb = np.stack([read_rgb(p, image_size) for p in images[start : start + batch]])
+        predicted = model.forward_parts(normalize_images(rgb)).mask_logits.softmax(dim=1).numpy()
+        grid = (predicted.shape[3], predicted.shape[2])
+        truth = np.stack([label_fractions(read_label(p, None), grid) for p in labels[start : start + batch]]) / 255
+        overlap.extend(np.minimum(predicted, truth).sum(axis=1).mean(axis=(1, 2)))
+        dominated = truth.max(axis=1) > 0.5
+        for k in range(len(LABEL_GROUPS)):
+            pred_k, true_k = (predicted.argmax(axis=1) == k) & dominated, (truth.argmax(axis=1) == k) & dominated
+            inter[start : start + len(rgb), k] = (pred_k & true_k).sum(axis=(1, 2))
+            union[start : start + len(rgb), k] = (pred_k | true_k).sum(axis=(1, 2))
+    return {"overlap": np.array(overlap), "intersection": inter, "union": union}
+
+
+def summarise(scores: dict, rows: np.ndarray) -> dict:
+    iou = scores["intersection"][rows].sum(axis=0) / np.maximum(scores["union"][rows].sum(axis=0), 1)
+    return {"overlap": float(scores["overlap"][rows].mean()), "iou": dict(zip(LABEL_GROUPS, iou.round(3).tolist()))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--model", action="append", required=True, help="StructVPR++ checkpoint or shipped name")
+    parser.add_argument("--json", help="write the summary here")
+    args = parser.parse_args()
+    queries = load_dataset(args.dataset, args.split).queries
+    if queries.label_paths is None:
+        raise SystemExit(f"{args.dataset}/{args.split} has no label maps to compare with")
+    conditions = np.array(queries.column("condition") or ["all"] * len(queries))
+    report = {}
+    for name in args.model:
+        model, meta = load_checkpoint(name)
+        if not isinstance(model, StructVPRStudent):
+            raise ModelError(f"{name} is a {meta['model_type']} model: only StructVPR++ students predict masks")
+        scores = mask_scores(model, tuple(meta["input"]["size"]), queries.paths, queries.label_paths)
+        report[name] = {"all": summarise(scores, np.arange(len(conditions)))}
+        report[name].update({c: summarise(scores, np.flatnonzero(conditions == c)) for c in sorted(set(conditions))})
+    print("| model | condition | overlap | " + " | ".join(f"{g} IoU" for g in LABEL_GROUPS) + " |")
+    print("|" + " --- |" * (3 + len(LABEL_GROUPS)))
+    for name, by_condition in report.items():
+        for condition, s in by_condition.items():
+            print(f"| {name} | {condition} | {s['overlap']:.3f} | " + " | ".join(f"{v:.3f}" for v in s["iou"].values()) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
