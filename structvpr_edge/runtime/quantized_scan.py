@@ -20,6 +20,9 @@ from __future__ import annotations
 import numpy as np
 
 EXTRA_CANDIDATES = 32
+# Below this many entries the float32 scan is as fast: measured per frame inside EdgeVPR on the
+# 2-core CPU, 2,048 entries 0.20 (8-bit) vs 0.16 ms (float32), 4,096 0.27 vs 0.29, 8,192 0.36 vs 0.49.
+MIN_ENTRIES = 4096
 
 
 class QuantizedScan:
@@ -48,7 +51,7 @@ class QuantizedScan:
         self.index.add_sa_codes(codes)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.index.ntotal <= k + EXTRA_CANDIDATES:
+        if self.index.ntotal < max(MIN_ENTRIES, k + EXTRA_CANDIDATES + 1):
             return self.flat.search(queries, k)
         self.queries += len(queries)
         approx, candidates = self.index.search(queries, k + EXTRA_CANDIDATES)

@@ -1,0 +1,50 @@
+"""Where the 8-bit exact scan starts to pay: search time per frame inside EdgeVPR, 8-bit scan
+vs float32 scan, interleaved frame by frame on maps of growing size (runtime/quantized_scan.py
+picks the float32 scan below MIN_ENTRIES).
+
+    python benchmarks/scan_crossover.py --model M.int8.cpu.onnx --sizes 512 2048 4096 8192
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from benchmarks.latency import camera_frames  # noqa: E402
+from structvpr_edge import EdgeVPR  # noqa: E402
+from structvpr_edge.runtime import quantized_scan  # noqa: E402
+from structvpr_edge.runtime.map import Place, PlaceMap  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048, 4096, 8192])
+    parser.add_argument("--frames", type=int, default=600)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    quantized_scan.MIN_ENTRIES = 0  # measure the scan at every size
+    rng = np.random.default_rng(0)
+    frames = camera_frames(8, (640, 480))
+    print("| map entries | 8-bit scan p50 ms | float32 scan p50 ms |\n| --- | --- | --- |")
+    with EdgeVPR(args.model, threads=args.threads) as vpr:
+        for size in args.sizes:
+            rows = rng.normal(size=(size, vpr.info.layout.dim)).astype(np.float32)
+            rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+            place_map = PlaceMap(rows.shape[1], vpr.info.layout.hash(), vpr.info.checkpoint_sha256, "flat")
+            place_map.add(rows, [Place(str(i), 0.0, 0.0) for i in range(size)])
+            vpr.set_map(place_map)
+            scan, times = place_map.scan, {True: [], False: []}
+            for i in range(args.frames):
+                place_map.scan = scan if i % 2 == 0 else None
+                times[i % 2 == 0].append(vpr.localize(frames[i % len(frames)]).timing_ms["search"])
+            warm = len(times[True]) // 10  # the first frames of each size warm caches up
+            print(f"| {size} | {np.median(times[True][warm:]):.3f} | {np.median(times[False][warm:]):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
