@@ -259,3 +259,23 @@ def test_single_frame_search_on_a_flat_map_is_exact(tmp_path):
     place_map.save(tmp_path / "flat")
     loaded = PlaceMap.load(tmp_path / "flat")
     assert loaded.scan is not None and np.array_equal(loaded.search(queries[:8], 5)[1], truth.search(queries[:8], 5)[1])
+
+
+@pytest.mark.parametrize("name", ["structvprpp", "baseline"])
+def test_shipped_models_are_small_and_self_describing(name):
+    from structvpr_edge.models.checkpoint import load_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(name)
+    assert path.stat().st_size < 3 * 2**20  # fp16 weights
+    model, meta = load_checkpoint(name)
+    assert meta["train_config"]["mode"] == ("structvpr++" if name == "structvprpp" else "baseline")
+    assert meta["input"]["size"] == list(meta["train_config"]["image_size"])
+    assert sum(segment["size"] for segment in meta["layout"]["segments"]) == 512 and meta["steps_done"] == 1000
+
+
+def test_demo_localizes_a_night_drive_with_the_shipped_model(tmp_path):
+    from structvpr_edge.demo import run_demo
+
+    summary = run_demo(tmp_path / "demo", places=30, threads=2)
+    assert summary["recall@1"] >= 0.7 and summary["recall@1_temporal"] >= summary["recall@1"] - 0.05
+    assert Path(summary["figure"]).stat().st_size > 0
