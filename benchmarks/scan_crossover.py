@@ -14,10 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.latency import camera_frames  # noqa: E402
+from benchmarks.latency import camera_frames, synthetic_map  # noqa: E402
 from structvpr_edge import EdgeVPR  # noqa: E402
 from structvpr_edge.runtime import quantized_scan  # noqa: E402
-from structvpr_edge.runtime.map import Place, PlaceMap  # noqa: E402
 
 
 def main() -> None:
@@ -28,15 +27,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     quantized_scan.MIN_ENTRIES = 0  # measure the scan at every size
-    rng = np.random.default_rng(0)
     frames = camera_frames(8, (640, 480))
     print("| map entries | 8-bit scan p50 ms | float32 scan p50 ms |\n| --- | --- | --- |")
     with EdgeVPR(args.model, threads=args.threads) as vpr:
         for size in args.sizes:
-            rows = rng.normal(size=(size, vpr.info.layout.dim)).astype(np.float32)
-            rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-            place_map = PlaceMap(rows.shape[1], vpr.info.layout.hash(), vpr.info.checkpoint_sha256, "flat")
-            place_map.add(rows, [Place(str(i), 0.0, 0.0) for i in range(size)])
+            place_map, _ = synthetic_map(vpr, size, "flat")
             vpr.set_map(place_map)
             scan, times = place_map.scan, {True: [], False: []}
             for i in range(args.frames):

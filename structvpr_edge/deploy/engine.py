@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from ..errors import BackendError, ConfigError, ModelError
 from ..modelinfo import PREFIX, ModelInfo, sha256_file
 from ..runtime.tensorrt_backend import MANIFEST_FORMAT, GpuInfo, gpu_info, manifest_path

@@ -101,10 +101,14 @@ class PlaceMap:
         self.index_type = index_type
         self.factory = index_string(index_type, expected_size, dim)
         self.index = faiss.index_factory(dim, self.factory, faiss.METRIC_INNER_PRODUCT)
-        self.scan = QuantizedScan(faiss, self.index) if self.factory == "Flat" else None
+        self.scan = self._exact_scan()
         self.manifest = MapManifest(FORMAT, 0, dim, layout_hash, model_sha256, index_type, self.factory, time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.places: list[Place] = []
         self.poses = np.zeros((0, 3))  # east, north, heading per entry, for fast per-frame lookups
+
+    def _exact_scan(self) -> QuantizedScan | None:
+        """The 8-bit scan that speeds up single-frame search on an exact (flat) map."""
+        return QuantizedScan(self.faiss, self.index) if self.factory == "Flat" else None
 
     @property
     def dim(self) -> int:
@@ -238,8 +242,8 @@ class PlaceMap:
         self.faiss = faiss
         self.search_threads = 1
         self.index = faiss.read_index(str(directory / "index.faiss"))
-        self.scan = QuantizedScan(faiss, self.index) if manifest.index_string == "Flat" else None
         self.manifest, self.index_type, self.factory = manifest, manifest.index_type, manifest.index_string
+        self.scan = self._exact_scan()
         with sqlite3.connect(directory / "places.sqlite") as db:
             rows = db.execute("SELECT id, east, north, heading, timestamp, source FROM places ORDER BY row").fetchall()
         db.close()

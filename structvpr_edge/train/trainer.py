@@ -189,9 +189,10 @@ class Stage:
         parts = net(self.model_input(self.inputs, self.fractions, indices))
         metric = self.metric_loss(parts.descriptor.float(), labels)
         terms, total, sample_group = {"metric": metric.item()}, metric, None
-        if self.mask_weight(step) > 0:
+        mask_weight = self.mask_weight(step)
+        if mask_weight > 0:
             aux = mask_loss(parts.mask_logits.float(), self.fraction_tensor(self.fractions, indices))
-            total = total + self.mask_weight(step) * aux
+            total = total + mask_weight * aux
             terms["mask"] = aux.item()
         if self.teacher is not None:
             distill = self.config.distill
@@ -199,7 +200,7 @@ class Stage:
                 teacher = self.teacher.forward_parts(self.fraction_tensor(self.fractions, indices))
             student_sim = parts.descriptor.float() @ parts.descriptor.float().T
             teacher_sim = teacher.descriptor @ teacher.descriptor.T
-            batch = Keys(teacher.descriptor.float(), parts.descriptor.detach().float(), labels, torch.from_numpy(indices).to(labels.device))
+            batch = Keys(teacher.descriptor.float(), parts.descriptor.float(), labels, torch.from_numpy(indices).to(labels.device))
             sample_group = sample_groups(batch, self.memory.keys(batch), distill.samples)
             self.memory.push(batch)
             kd = relational_kd(student_sim, teacher_sim, distill.temperature)
