@@ -21,7 +21,8 @@ import numpy as np
 
 EXTRA_CANDIDATES = 32
 # Below this many entries the float32 scan is as fast: measured per frame inside EdgeVPR on the
-# 2-core CPU, 2,048 entries 0.20 (8-bit) vs 0.16 ms (float32), 4,096 0.27 vs 0.29, 8,192 0.36 vs 0.49.
+# 2-core CPU (benchmarks/scan_crossover.py), 2,048 entries 0.10 (8-bit) vs 0.09 ms (float32),
+# 4,096 0.17 vs 0.21, 8,192 0.25 vs 0.44.
 MIN_ENTRIES = 4096
 
 
