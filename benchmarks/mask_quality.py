@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from structvpr_edge.data.dataset import load_dataset  # noqa: E402
-from structvpr_edge.errors import ModelError  # noqa: E402
+from structvpr_edge.errors import DatasetError, ModelError  # noqa: E402
 from structvpr_edge.eval.evaluate import read_label, read_rgb  # noqa: E402
 from structvpr_edge.labels import LABEL_GROUPS  # noqa: E402
 from structvpr_edge.models.checkpoint import load_checkpoint  # noqa: E402
@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     queries = load_dataset(args.dataset, args.split).queries
     if queries.label_paths is None:
-        raise SystemExit(f"{args.dataset}/{args.split} has no label maps to compare with")
+        raise DatasetError(f"{args.dataset}/{args.split} has no label maps to compare the masks with")
     conditions = np.array(queries.column("condition") or ["all"] * len(queries))
     report = {}
     for name in args.model:

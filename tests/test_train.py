@@ -82,6 +82,8 @@ def test_bad_configs_raise(tmp_path, place_dataset):
         load_config(None, {"optim": {"stepz": 3}})
     with pytest.raises(ConfigError, match="mode"):
         load_config(None, {"mode": "magic"})
+    with pytest.raises(ConfigError, match="memory_batches"):
+        load_config(None, {"distill": {"samples": {"memory_batches": -1}}})
     with pytest.raises(ConfigError, match="teacher"):
         train(load_config(None, tiny_config(place_dataset, tmp_path, mode="structvpr")), tmp_path / "x", stages=["student"])
     with pytest.raises(DatasetError):
