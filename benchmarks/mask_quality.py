@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from structvpr_edge.data.dataset import load_dataset  # noqa: E402
-from structvpr_edge.errors import DatasetError, ModelError  # noqa: E402
-from structvpr_edge.eval.evaluate import read_label, read_rgb  # noqa: E402
-from structvpr_edge.labels import LABEL_GROUPS  # noqa: E402
-from structvpr_edge.models.checkpoint import load_checkpoint  # noqa: E402
-from structvpr_edge.models.student import StructVPRStudent  # noqa: E402
-from structvpr_edge.train.data import label_fractions, normalize_images  # noqa: E402
+from structvpr_edge.data.dataset import load_dataset
+from structvpr_edge.errors import DatasetError, ModelError
+from structvpr_edge.images import read_label, read_rgb
+from structvpr_edge.labels import LABEL_GROUPS
+from structvpr_edge.models.checkpoint import load_checkpoint
+from structvpr_edge.models.student import StructVPRStudent
+from structvpr_edge.train.data import label_fractions, normalize_images
 
 
 @torch.no_grad()

@@ -1,56 +1,74 @@
-"""Recall@1/5/10 overall and per condition for every row of the method table, in one go.
+"""Train every row of the method table on several seeds with one budget, then print mean +- std.
 
-    python benchmarks/method_table.py --dataset data/synthcity-bench \
-        --row pixels --row imagenet-gem --row label-oracle \
-        --row teacher=runs/teacher/model.pt --row baseline=runs/baseline/model.pt ... \
-        --json runs/method_table.json
+    python benchmarks/method_table.py --dataset data/synthcity-bench --runs runs/table \
+        [--rows baseline,baseline-head,student-nokd,global-kd,group-kd,structvprpp,structvpr] \
+        [--row 'kd-w10=structvprpp.yaml:distill.weight=10'] [--seeds 3] [--steps 1000] [--jobs 1] [--test]
+        [--distill-set distill.weight=10] [--deadline-min M]
 
-A row is a model name (built-in reference or shipped model) or NAME=CHECKPOINT. Prints a
-markdown table (recalls in %) and writes every evaluation report as JSON.
+Val R@1 (the last validation of each run) is always reported: settings are chosen on it.
+``--test`` also evaluates every finished run on the test split, for the report (read once per
+finished model). Writes every run's figures to --json (default RUNS/table-STEPS.json).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from structvpr_edge.data.dataset import load_dataset
+from structvpr_edge.eval.evaluate import evaluate
+from structvpr_edge.eval.models import load_extractor
+from structvpr_edge.train.table import ROWS, last_val_recall, median_kd_grad_ratio, parse_row, run_dir, summarize, train_table
 
-from structvpr_edge.data.dataset import load_dataset  # noqa: E402
-from structvpr_edge.eval.evaluate import evaluate  # noqa: E402
-from structvpr_edge.eval.models import load_extractor  # noqa: E402
-from structvpr_edge.eval.plots import plot_recall_curves  # noqa: E402
+DEFAULT_ROWS = "baseline,baseline-head,student-nokd,global-kd,group-kd,structvprpp,structvpr"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--row", action="append", required=True, help="NAME or NAME=CHECKPOINT")
-    parser.add_argument("--image-size", default=None, help="WxH for RGB models (default: the model's own)")
-    parser.add_argument("--json", help="write all reports here")
-    parser.add_argument("--plot", help="Recall@N curves of every row (PNG)")
+    parser.add_argument("--runs", required=True, help="folder of the runs (git-ignored, e.g. runs/table)")
+    parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated rows of {sorted(ROWS)}")
+    parser.add_argument("--row", action="append", default=[], help="an extra row NAME=CONFIG.yaml[:KEY=VALUE...]")
+    parser.add_argument("--seeds", default="3", help="how many seeds (0..N-1), or a comma-separated list of seeds")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--teacher-steps", type=int, default=1000)
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (1 on a 2-core CPU; several on a GPU)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    parser.add_argument("--distill-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option for every row that distils (e.g. distill.weight=10)")
+    parser.add_argument("--deadline-min", type=float, default=None, help="start no run after this many minutes")
+    parser.add_argument("--test", action="store_true", help="also evaluate every finished run on the test split")
+    parser.add_argument("--json", help="where to write every run's figures (default RUNS/table-STEPS.json)")
     args = parser.parse_args()
-    size = tuple(int(v) for v in args.image_size.split("x")) if args.image_size else None
-    dataset = load_dataset(args.dataset, args.split)
-    reports = {}
-    for row in args.row:
-        name, _, model = row.partition("=")
-        reports[name] = evaluate(load_extractor(model or name, image_size=size), dataset).to_json()
-        print(f"{name}: R@1 {100 * reports[name]['recall']['1']:.1f}", flush=True)
-        if args.json:  # after every row, so a run cut short keeps what it measured
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(reports, indent=2) + "\n")
-    conditions = sorted({c for r in reports.values() for c in r["per_condition"]})
-    header = ["model", "R@1", "R@5", "R@10", *[f"{c} R@1" for c in conditions]]
-    print("\n| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
-    for name, report in reports.items():
-        cells = [f"{100 * report['recall'][n]:.1f}" for n in ("1", "5", "10")]
-        cells += [f"{100 * report['per_condition'][c]['1']:.1f}" if c in report["per_condition"] else "" for c in conditions]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    if args.plot:
-        plot_recall_curves({name: r["recall"] for name, r in reports.items()}, Path(args.plot), title=f"{Path(args.dataset).name}/{args.split}")
+    rows = [parse_row(spec) for spec in args.rows.split(",") if spec] + [parse_row(spec) for spec in args.row]
+    seeds = [int(s) for s in args.seeds.split(",")] if "," in args.seeds else list(range(int(args.seeds)))
+    runs = Path(args.runs)
+    deadline = time.time() + 60 * args.deadline_min if args.deadline_min is not None else None
+    train_table(rows, args.dataset, seeds, args.steps, runs, args.jobs, args.teacher_steps, args.threads, tuple(args.distill_set), deadline)
+    test = load_dataset(args.dataset, "test") if args.test else None
+    results: dict[str, list[dict]] = {}
+    for row in [ROWS["teacher"], *rows]:
+        steps = args.teacher_steps if row.name == "teacher" else args.steps
+        for seed in seeds:
+            out = run_dir(runs, row, steps, seed)
+            if not (out / "model.pt").exists():
+                continue
+            figures = {"seed": seed, "val": last_val_recall(out), "kd_grad_ratio": median_kd_grad_ratio(out)}
+            if test is not None:
+                report = evaluate(load_extractor(str(out / "model.pt")), test).to_json()
+                figures["test"] = report["recall"]["1"]
+                figures |= {f"test {c}": r["1"] for c, r in report["per_condition"].items()}
+            results.setdefault(row.name, []).append(figures)
+    Path(args.json or runs / f"table-{args.steps}.json").write_text(json.dumps(results, indent=2) + "\n")
+    columns = sorted({c for runs_ in results.values() for r in runs_ for c in r if c not in ("seed", "kd_grad_ratio")},
+                     key=lambda c: (c != "val", c != "test", c))
+    print(summarize(results, columns))
+    print("\nKD share of the gradient (median over logged steps of ||grad KD|| / ||grad metric||):")
+    for name, runs_ in results.items():
+        ratios = [r["kd_grad_ratio"] for r in runs_ if r["kd_grad_ratio"] is not None]
+        if ratios:
+            print(f"  {name}: {sum(ratios) / len(ratios):.3f}")
 
 
 if __name__ == "__main__":

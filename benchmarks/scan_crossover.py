@@ -7,16 +7,12 @@ picks the float32 scan below MIN_ENTRIES).
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from benchmarks.latency import camera_frames, synthetic_map  # noqa: E402
-from structvpr_edge import EdgeVPR  # noqa: E402
-from structvpr_edge.runtime import quantized_scan  # noqa: E402
+from structvpr_edge import EdgeVPR
+from structvpr_edge.runtime.quantized_scan import QuantizedScan
+from structvpr_edge.runtime.profiling import camera_frames, synthetic_map
 
 
 def main() -> None:
@@ -26,14 +22,13 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    quantized_scan.MIN_ENTRIES = 0  # measure the scan at every size
     frames = camera_frames(8, (640, 480))
     print("| map entries | 8-bit scan p50 ms | float32 scan p50 ms |\n| --- | --- | --- |")
     with EdgeVPR(args.model, threads=args.threads) as vpr:
         for size in args.sizes:
             place_map, _ = synthetic_map(vpr, size, "flat")
             vpr.set_map(place_map)
-            scan, times = place_map.scan, {True: [], False: []}
+            scan, times = QuantizedScan(place_map.faiss, place_map.index, min_entries=0), {True: [], False: []}  # the scan at every size
             for i in range(args.frames):
                 place_map.scan = scan if i % 2 == 0 else None
                 times[i % 2 == 0].append(vpr.localize(frames[i % len(frames)]).timing_ms["search"])

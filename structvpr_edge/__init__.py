@@ -5,7 +5,7 @@
 The runtime imports without torch; training and export import it when used.
 """
 __version__ = "0.1.0"
-__all__ = ["EdgeVPR", "Localization", "PlaceMap", "__version__"]
+__all__ = ["EdgeVPR", "Localization", "Place", "PlaceMap", "__version__"]
 
 
 def __getattr__(name: str):
@@ -14,8 +14,8 @@ def __getattr__(name: str):
         from .runtime import edgevpr
 
         return getattr(edgevpr, name)
-    if name == "PlaceMap":
-        from .runtime.map import PlaceMap
+    if name in ("Place", "PlaceMap"):
+        from .runtime import map as place_map
 
-        return PlaceMap
+        return getattr(place_map, name)
     raise AttributeError(f"module 'structvpr_edge' has no attribute {name!r}")

@@ -4,10 +4,52 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
-from .errors import StructVPRError
+from .errors import ConfigError, StructVPRError
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes end in one line on stderr and exit code 2, like every other operator error."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _number(convert, valid, what: str):
+    """An argparse type: ``convert(text)``, finite and ``valid`` (nan, inf, 0 and negatives end the run at once)."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and valid(value)):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+_positive_float = _number(float, lambda v: v > 0, "a finite number > 0")
+_fraction = _number(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+_opset = _number(int, lambda v: 11 <= v <= 20, "an ONNX opset in 11..20 (17 is the newest TensorRT 8.6 parses)")
+
+
+def _check_output(path: str | None) -> None:
+    """An output file path that can be written, checked before the long work that produces it."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{path} is a folder; give a file path")
+    existing = next(p for p in target.parents if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {path}: {existing} is not a writable folder")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -40,6 +82,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .eval.models import load_extractor
     from .eval.plots import plot_recall_curves, plot_retrievals
 
+    for output in (args.json, args.plot, args.retrievals):
+        _check_output(output)
     dataset = load_dataset(args.dataset, split=args.split, positive_radius=args.radius)
     extractor = load_extractor(args.model, image_size=args.image_size)
     result = evaluate(extractor, dataset, batch_size=args.batch_size)
@@ -103,16 +147,12 @@ def cmd_calibrate_threshold(args: argparse.Namespace) -> None:
 
 
 def cmd_localize(args: argparse.Namespace) -> None:
-    import cv2
-
     from .runtime.edgevpr import EdgeVPR
-    from .errors import DatasetError
+    from .runtime.preprocess import read_image
 
     with EdgeVPR(args.model, map=args.map, backend=args.backend, top_k=args.top_k, threads=args.threads, temporal=args.temporal) as vpr:
         for path in args.frames:
-            frame = cv2.imread(path, cv2.IMREAD_COLOR)
-            if frame is None:
-                raise DatasetError(f"cannot read image {path}")
+            frame = read_image(path)
             print(json.dumps({"frame": path, **vpr.localize(frame).to_json()}), flush=True)
 
 
@@ -128,10 +168,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
     Path(args.out, "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
+def _threads(text: str) -> int | str:
+    """--threads: "auto" (timed per model and machine, runtime/ort_session.py) or a count."""
+    return text if text == "auto" else int(text)
+
+
 def _runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="engine, ONNX file, checkpoint or shipped name (structvprpp, baseline)")
     parser.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
-    parser.add_argument("--threads", type=int, default=None, help="inference threads (CPU)")
+    parser.add_argument("--threads", type=_threads, default="auto", help="inference threads (CPU): auto or a count")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -161,33 +206,39 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def cmd_build_engine(args: argparse.Namespace) -> None:
+    from .deploy.calibration import prepare_kit
     from .deploy.engine import EngineBuildConfig, build_engine
 
+    calibration, onnx = args.calibration, args.onnx
+    if args.model:  # a calibration kit (calibration/NAME) holds the graphs, rebuilt from the weights if missing
+        calibration = calibration or str(Path("calibration") / args.model)
+        onnx = prepare_kit(Path(calibration))
     manifest = build_engine(EngineBuildConfig(
-        onnx=args.onnx, precision=args.precision, out=args.out, min_batch=args.min_batch, opt_batch=args.opt_batch,
+        onnx=onnx, precision=args.precision, out=args.out, min_batch=args.min_batch, opt_batch=args.opt_batch,
         max_batch=args.max_batch, workspace_mb=args.workspace, timing_cache=args.timing_cache, dla_core=args.dla_core,
-        calibration=args.calibration,
+        calibration=calibration,
     ))
     print(f"engine written to {args.out} ({manifest['plan']['why']}; TensorRT {manifest['tensorrt_version']}, "
           f"{manifest['gpu_name']}, {manifest['build_seconds']:.0f} s); manifest beside it")
+    print(f"the same build with trtexec:\n  {manifest['trtexec']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="structvpr-edge", description=__doc__)
+    parser = _Parser(prog="structvpr-edge", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="generate a route, map it, localize a night/winter drive with the shipped model")
     demo.add_argument("--out", default="demo-output")
     demo.add_argument("--model", default="structvprpp", help="shipped name, checkpoint or ONNX file")
-    demo.add_argument("--places", type=int, default=120)
-    demo.add_argument("--threads", type=int, default=None)
+    demo.add_argument("--places", type=_positive_int, default=120)
+    demo.add_argument("--threads", type=_threads, default="auto")
     demo.set_defaults(func=cmd_demo)
 
     synth = commands.add_parser("synth", help="generate a SynthCity VPR benchmark")
     synth.add_argument("--out", required=True, help="output dataset folder")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--preset", default="benchmark", help="smoke | benchmark")
-    synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    synth.add_argument("--workers", type=_positive_int, default=None, help="processes (default: all cores)")
     synth.add_argument("--splits", default="train,val,test", help="comma-separated subset of train,val,test to render")
     synth.set_defaults(func=cmd_synth)
 
@@ -200,9 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="pixels | imagenet-gem | label-oracle | structvprpp | baseline | CKPT.pt | MODEL.onnx | NAME.engine")
     ev.add_argument("--dataset", required=True, help="dataset root (standard VPR layout)")
     ev.add_argument("--split", default="test")
-    ev.add_argument("--radius", type=float, default=25.0, help="positive radius in metres")
+    ev.add_argument("--radius", type=_positive_float, default=25.0, help="positive radius in metres")
     ev.add_argument("--image-size", type=_size, default=None, help="resize to WxH (default: dataset size)")
-    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--batch-size", type=_positive_int, default=32)
     ev.add_argument("--json", help="write the report here")
     ev.add_argument("--plot", help="write the Recall@N curve PNG here")
     ev.add_argument("--retrievals", help="write a PNG of queries with their top-5 here")
@@ -231,14 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     _runtime_options(ct)
     ct.add_argument("--map", required=True)
     ct.add_argument("--val", required=True, help="dataset whose --split queries lie in the map's area")
-    ct.add_argument("--split", default="test")
-    ct.add_argument("--precision", type=float, default=0.99)
+    ct.add_argument("--split", default="val", help="pick the threshold on these queries; never the test split you report")
+    ct.add_argument("--precision", type=_fraction, default=0.99, help="target precision in (0, 1), measured on the val queries")
     ct.set_defaults(func=cmd_calibrate_threshold)
 
     lo = commands.add_parser("localize", help="localize image files against a map; one JSON line per frame")
     _runtime_options(lo)
     lo.add_argument("--map", required=True)
-    lo.add_argument("--top-k", type=int, default=5)
+    lo.add_argument("--top-k", type=_positive_int, default=5)
     lo.add_argument("--temporal", action="store_true", help="frames are a sequence: apply the temporal filter")
     lo.add_argument("frames", nargs="+")
     lo.set_defaults(func=cmd_localize)
@@ -253,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--size", type=_size, default=None, help="network input WxH (default: model's, else image's)")
     labels.add_argument("--mean", type=float, nargs=3, help="RGB mean in [0, 1] (default: ImageNet)")
     labels.add_argument("--std", type=float, nargs=3, help="RGB std in [0, 1] (default: ImageNet)")
-    labels.add_argument("--batch-size", type=int, default=4)
+    labels.add_argument("--batch-size", type=_positive_int, default=4)
     labels.add_argument("--overwrite", action="store_true", help="redo label maps that already exist")
     labels.set_defaults(func=cmd_labels)
 
@@ -263,26 +314,28 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--width", type=int, default=None, help="input width (default: the checkpoint's)")
     export.add_argument("--height", type=int, default=None, help="input height (default: the checkpoint's)")
     export.add_argument("--batch", choices=("1", "dynamic"), default="1")
-    export.add_argument("--opset", type=int, default=17, help="17 is the newest TensorRT 8.6 parses")
+    export.add_argument("--opset", type=_opset, default=17, help="17 is the newest TensorRT 8.6 parses")
     export.add_argument("--uint8-input", action="store_true", help="fold BGR->RGB and (x/255-mean)/std into the graph")
     export.add_argument("--parity-images", help="folder of real images for the parity check (besides random frames)")
     export.set_defaults(func=cmd_export)
 
     cal = commands.add_parser("calibrate", help="INT8 (CPU and TensorRT forms) and FP16 variants of an FP32 ONNX, with an accuracy gate")
-    cal.add_argument("--model", required=True, help="FP32 ONNX from `export`")
+    cal.add_argument("--model", required=True, help="FP32 ONNX from `export`, or a checkpoint / shipped name (exported into OUT/model.onnx)")
     cal.add_argument("--images", required=True, help="image folder, or dataset root (its train split)")
     cal.add_argument("--out", required=True, help="calibration folder, e.g. calibration/NAME")
-    cal.add_argument("--num", type=int, default=512, help="calibration images, chosen by greedy k-center")
+    cal.add_argument("--num", type=_positive_int, default=512, help="calibration images, chosen by greedy k-center")
     cal.add_argument("--method", choices=("entropy", "minmax", "percentile"), default="entropy")
     cal.add_argument("--max-recall-drop", type=float, default=None, help="Recall@1 points INT8 may lose; keeps sensitive layers in FP32 until met")
     cal.add_argument("--val", default=None, help="validation dataset root for cosine and Recall@1/5")
     cal.add_argument("--val-split", default="val")
     cal.add_argument("--reselect", action="store_true", help="choose new images even if OUT/manifest.json exists")
-    cal.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    cal.add_argument("--threads", type=_threads, default="auto", help="ONNX Runtime intra-op threads: auto or a count")
     cal.set_defaults(func=cmd_calibrate)
 
     eng = commands.add_parser("build-engine", help="TensorRT engine (8.6, 10.x, 11.x) plus its JSON manifest")
-    eng.add_argument("--onnx", required=True, help="FP32 ONNX (or the FP16 / Q/DQ graph from calibrate)")
+    source = eng.add_mutually_exclusive_group(required=True)
+    source.add_argument("--onnx", help="FP32 ONNX (or the FP16 / Q/DQ graph from calibrate)")
+    source.add_argument("--model", help="shipped model NAME: build from its calibration kit calibration/NAME (no images needed)")
     eng.add_argument("--precision", choices=("fp32", "fp16", "int8"), required=True)
     eng.add_argument("--min-batch", type=int, default=None)
     eng.add_argument("--opt-batch", type=int, default=None)
@@ -297,11 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors and --help: a code to return, also when called in-process
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         args.func(args)
-    except StructVPRError as exc:
-        print(f"structvpr-edge {args.command}: error: {exc}", file=sys.stderr)
+    except (StructVPRError, OSError) as exc:  # operator errors (a path, a permission, a full disk): one line, no traceback
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"structvpr-edge {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

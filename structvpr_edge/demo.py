@@ -37,7 +37,7 @@ def export_shipped(out: Path, model: str) -> Path:
 
 
 def sheet(queries: list[Path], matches: list[Path], correct: list[bool], out_png: Path, rows: int = 6) -> Path:
-    """Query | its top-1 match (green frame when within 25 m, red otherwise), a few rows."""
+    """Query | its top-1 match (green frame when within the positive radius, red otherwise), a few rows."""
     picks = np.linspace(0, len(queries) - 1, min(rows, len(queries))).astype(int)
     lines = []
     for i in picks:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelError
+from .images import normalize
 from .layout import DescriptorLayout
 
 PREFIX = "structvpr."
@@ -76,8 +77,7 @@ def normalize_for(info: ModelInfo, bgr: np.ndarray) -> np.ndarray:
     """(B, H, W, 3) uint8 BGR frames -> what the model's input expects."""
     if info.uint8_input:
         return np.ascontiguousarray(bgr if info.colour == "BGR" else bgr[..., ::-1])
-    rgb = bgr[..., ::-1].astype(np.float32) / 255
-    return np.ascontiguousarray(((rgb - np.array(info.mean, np.float32)) / np.array(info.std, np.float32)).transpose(0, 3, 1, 2))
+    return normalize(bgr, info.mean, info.std, channels=(2, 1, 0))
 
 
 def sha256_file(path: str | Path) -> str:

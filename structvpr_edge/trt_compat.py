@@ -76,11 +76,14 @@ def require(api: TrtApi, *features: str) -> None:
 
 def import_tensorrt():
     """The tensorrt module, or a BackendError that says where it comes from."""
+    missing = BackendError(
+        "TensorRT is not installed: it comes with JetPack on Jetson, and from NVIDIA's package index on x86 "
+        "(pip install tensorrt); ONNX Runtime runs the .onnx artifacts without it"
+    )
     try:
         import tensorrt  # noqa: PLC0415
     except ImportError as exc:
-        raise BackendError(
-            "TensorRT is not installed: it comes with JetPack on Jetson, and from NVIDIA's package index on x86 "
-            "(pip install tensorrt); ONNX Runtime runs the .onnx artifacts without it"
-        ) from exc
+        raise missing from exc
+    if not hasattr(tensorrt, "Builder"):  # an empty namespace package: tensorrt-stubs' .pyi files alone
+        raise missing
     return tensorrt

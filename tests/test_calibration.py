@@ -12,11 +12,10 @@ import pytest
 
 from structvpr_edge.cli import main
 from structvpr_edge.deploy import quantize as q
-from structvpr_edge.deploy.calibration import (
-    CPU_INT8, FP16, MANIFEST, RANGES, TRT_CACHE, TRT_INT8, CalibrationConfig, calibrate, k_center, load_manifest, write_manifest,
-)
+from structvpr_edge.artifacts import CPU_INT8, FP16, FP32, MANIFEST, RANGES, REPORT, TRT_CACHE, TRT_INT8
+from structvpr_edge.deploy.calibration import KIT_EXPORT, CalibrationConfig, calibrate, k_center, load_manifest, prepare_kit, write_manifest
 from structvpr_edge.errors import ConfigError, DatasetError, ModelError
-from structvpr_edge.modelinfo import ModelInfo, normalize_for, read_onnx_info
+from structvpr_edge.modelinfo import ModelInfo, normalize_for, read_onnx_info, sha256_file
 from tests.test_export import student_checkpoint, student_onnx  # noqa: F401 - shared session fixtures
 
 
@@ -162,3 +161,25 @@ def test_eval_cli_on_int8_onnx(calibration_dir, place_dataset, tmp_path):
     out = tmp_path / "int8.json"
     assert main(["eval", "--model", str(calibration_dir / CPU_INT8), "--dataset", str(place_dataset), "--json", str(out)]) == 0
     assert json.loads(out.read_text())["num_queries"] == 18
+
+
+def test_a_calibrated_checkpoint_is_a_kit_that_rebuilds_its_graphs(student_checkpoint, place_dataset, tmp_path):
+    out = tmp_path / "kit"
+    report = calibrate(CalibrationConfig(model=student_checkpoint, images=place_dataset, out=out, num=8, val=place_dataset, threads=1))
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert (manifest["weights"], manifest["weights_sha256"]) == (str(student_checkpoint), sha256_file(student_checkpoint))
+    assert manifest["export"] == KIT_EXPORT and manifest["method"] == "entropy" and manifest["model_sha256"] == sha256_file(out / FP32)
+    # the TensorRT form (s8 symmetric Q/DQ) is run by ONNX Runtime on the CPU: its Recall@1 stands beside FP32's
+    assert set(report.recall) == {"INT8 cpu", "INT8 trt", "FP16"} and set(report.recall["INT8 trt"]) == {"1", "5"} and report.recall_fp32
+    assert report.quantization["trt"] == {"activation_dtypes": ["int8"], "zero_points_all_zero": True}
+    assert "| INT8 trt |" in (out / "report.md").read_text()
+
+    kit = tmp_path / "copied"  # the small files alone, as committed
+    kit.mkdir()
+    for name in (MANIFEST, RANGES, TRT_CACHE, REPORT):
+        shutil.copy(out / name, kit / name)
+    assert prepare_kit(kit) == kit / FP32
+    assert {n: sha256_file(kit / n) for n in (FP32, TRT_INT8)} == {n: report.sha256[n] for n in (FP32, TRT_INT8)}
+    (kit / MANIFEST).write_text(json.dumps({**manifest, "weights_sha256": "0" * 64}))
+    with pytest.raises(ModelError, match="other weights"):
+        prepare_kit(kit)

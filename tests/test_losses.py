@@ -1,8 +1,15 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from structvpr_edge.models.alignment import SemanticAlignment
+from structvpr_edge.models.global_student import GlobalStudent, GlobalStudentConfig
+from structvpr_edge.models.student import StructVPRStudent, StudentConfig
+from structvpr_edge.models.teacher import AlignedOutput, SegTeacher, TeacherConfig
+from structvpr_edge.train.config import DistillConfig, TrainConfig
 from structvpr_edge.train.losses import MultiSimilarityConfig, mask_loss, multi_similarity_loss, relational_kd, triplet_margin_loss
+from structvpr_edge.train.trainer import aligned_group_sims, distillation_terms
 from structvpr_edge.train.weights import GROUPS, Keys, RankMemory, SampleWeightConfig, group_weights, positive_ranks, sample_groups
 
 
@@ -28,6 +35,69 @@ def test_relational_kd_is_zero_for_identical_structure_and_positive_otherwise():
     sim = d @ d.T
     assert torch.allclose(relational_kd(sim, sim, 0.1), torch.zeros(12), atol=1e-5)
     assert (relational_kd(sim.flip(0).flip(1), sim, 0.1) > 0).all()
+
+
+def hand_kd(student_sim: np.ndarray, teacher_sim: np.ndarray, tau: float) -> np.ndarray:
+    """Per anchor i: tau^2 KL(p || q), p and q the softmax of row i over the other images j != i."""
+    result = []
+    for i in range(len(student_sim)):
+        others = [j for j in range(len(student_sim)) if j != i]
+        p = np.exp(teacher_sim[i, others] / tau) / np.exp(teacher_sim[i, others] / tau).sum()
+        q = np.exp(student_sim[i, others] / tau) / np.exp(student_sim[i, others] / tau).sum()
+        result.append(tau**2 * np.sum(p * np.log(p / q)))
+    return np.array(result)
+
+
+def hand_group_sim(parts: dict, k: int, gamma: float) -> np.ndarray:
+    """<d_ak, d_bk> (p_ak p_bk)^gamma for unit group vectors d and presences p."""
+    vecs = parts["groups"][:, k] / np.linalg.norm(parts["groups"][:, k], axis=1, keepdims=True)
+    scale = parts["presence"][:, k] ** gamma
+    return (vecs @ vecs.T) * np.outer(scale, scale)
+
+
+def random_parts(rng: np.random.Generator, batch: int = 4, groups: int = 2, dim: int = 3) -> tuple[dict, AlignedOutput]:
+    desc = rng.normal(size=(batch, 5))
+    arrays = {"descriptor": desc / np.linalg.norm(desc, axis=1, keepdims=True), "groups": rng.normal(size=(batch, groups, dim)),
+              "presence": rng.uniform(0.05, 0.6, size=(batch, groups))}
+    t = {name: torch.tensor(value, dtype=torch.float32) for name, value in arrays.items()}
+    return arrays, AlignedOutput(t["descriptor"], t["descriptor"], t["groups"], t["presence"])
+
+
+def test_distillation_terms_match_a_hand_computation():
+    """B = 4 images, K = 2 groups: KD on the descriptor similarity plus the mean over groups of KD
+    on each group's presence-weighted similarity (each model's own presence power)."""
+    rng = np.random.default_rng(3)
+    (student, student_parts), (teacher, teacher_parts) = random_parts(rng), random_parts(rng)
+    student_model = StructVPRStudent(StudentConfig(imagenet=False, presence_power=0.5), num_groups=2)
+    teacher_model = SegTeacher(TeacherConfig(presence_power=0.25), num_groups=2)
+    tau, group_weight = 0.5, 0.7
+    config = TrainConfig(distill=DistillConfig(temperature=tau, group_weight=group_weight))
+    global_kd = hand_kd(student["descriptor"] @ student["descriptor"].T, teacher["descriptor"] @ teacher["descriptor"].T, tau)
+    group_kd = [hand_kd(hand_group_sim(student, k, 0.5), hand_group_sim(teacher, k, 0.25), tau) for k in range(2)]
+    expected = global_kd + group_weight * np.mean(group_kd, axis=0)
+    got = distillation_terms(student_parts, teacher_parts, student_model, teacher_model, config)
+    assert got.shape == (4,) and np.allclose(got.detach().numpy(), expected, rtol=1e-4, atol=1e-7)
+    assert np.all(np.array(group_kd) > 1e-3)  # the group term is not vanishingly small here
+    global_only = TrainConfig(distill=DistillConfig(temperature=tau, per_group=False))
+    assert np.allclose(distillation_terms(student_parts, teacher_parts, student_model, teacher_model, global_only).numpy(), global_kd, rtol=1e-4)
+    plain = GlobalStudent(GlobalStudentConfig(imagenet=False))  # no label groups: the descriptor term only
+    assert np.allclose(distillation_terms(student_parts, teacher_parts, plain, teacher_model, config).numpy(), global_kd, rtol=1e-4)
+
+
+def test_group_sims_are_the_terms_of_the_aligned_similarity():
+    """w_0 <g_a, g_b> + sum_k w_k sims_k, cosine-normalised, is the descriptors' inner product."""
+    torch.manual_seed(0)
+    alignment = SemanticAlignment(num_groups=3, presence_power=0.5)
+    with torch.no_grad():
+        alignment.importance_logit.copy_(torch.randn(4))
+    global_vec, group_vecs, presence = torch.randn(5, 4), torch.randn(5, 3, 6), torch.rand(5, 3)
+    descriptor = alignment(global_vec, group_vecs, presence)
+    w = alignment.importance()
+    g = F.normalize(global_vec, dim=1)
+    parts = AlignedOutput(descriptor, global_vec, group_vecs, presence)
+    total = w[0] * g @ g.T + (w[1:, None, None] * aligned_group_sims(parts, alignment)).sum(dim=0)
+    cosine = total / torch.sqrt(total.diagonal()[:, None] * total.diagonal()[None, :])
+    assert torch.allclose(descriptor @ descriptor.T, cosine, atol=1e-5)
 
 
 def test_mask_loss_lower_for_correct_masks():

@@ -14,7 +14,7 @@ from structvpr_edge.models.efficientnet_lite import EfficientNetLite0, load_imag
 
 
 def test_imagenet_weights_load_strictly_and_reject_mismatch():
-    model = EfficientNetLite0(stride=16).load_imagenet()
+    model = EfficientNetLite0(stride=16, imagenet=True)
     assert len(model._blocks) == 11 and model.out_channels == 112
     broken = EfficientNetLite0(stride=32)
     broken._blocks[3]._project_conv = torch.nn.Conv2d(144, 41, 1, bias=False)

@@ -207,3 +207,58 @@ def test_one_split_alone_matches_the_full_generation(smoke: Path, rows: list[dic
     assert (cv2.imread(str(only / first), cv2.IMREAD_UNCHANGED) == cv2.imread(str(smoke / first), cv2.IMREAD_UNCHANGED)).all()
     with pytest.raises(ConfigError):
         generate_dataset(tmp_path / "bad", seed=0, preset="smoke", splits=("holdout",))
+
+
+def test_val_places_are_far_from_every_train_place(rows: list[dict]):
+    """SynthCity 2.0: val has a city of its own, so choosing settings on val never sees train places."""
+    def positions(split: str) -> np.ndarray:
+        return np.array([(float(r["east"]), float(r["north"])) for r in rows if r["split"] == split])
+
+    train, val = positions("train"), positions("val")
+    nearest = np.sqrt(((val[:, None, :] - train[None, :, :]) ** 2).sum(-1)).min()
+    assert nearest >= 50.0, nearest
+    assert gen.city_seed(3, "val") not in (gen.city_seed(3, "train"), gen.city_seed(3, "test"))
+
+
+def _query_offsets(preset: str) -> tuple[np.ndarray, np.ndarray]:
+    """Lateral offset (m) and heading change (deg) of the first test queries from their places."""
+    config = gen.get_preset(preset)
+    shots = [s for s in gen.plan_shots(0, config) if s.split == "test" and s.subset == "queries"][:300]
+    lateral, turn = [], []
+    for shot in shots:
+        look = gen.traversal_look(0, shot.split, shot.traversal, shot.group, shot.place.street)
+        cam = gen.shot_camera(shot, look, config, np.random.default_rng([0, 3, shot.traversal, shot.place_id]))
+        h = np.radians(shot.place.heading)
+        lateral.append((cam.x - shot.place.x) * np.cos(h) - (cam.y - shot.place.y) * np.sin(h))
+        turn.append((cam.heading - shot.place.heading + 180) % 360 - 180)
+    return np.abs(lateral), np.abs(turn)
+
+
+def test_benchmark_hard_changes_the_viewpoint_and_benchmark_does_not():
+    lateral, turn = _query_offsets("benchmark")
+    assert lateral.max() <= 0.6 + 1e-9 and turn.max() <= 3.5 + 1e-9
+    lateral, turn = _query_offsets("benchmark-hard")
+    assert 2.5 < lateral.max() <= 3.5 + 0.6 and 10 < turn.max() <= 15 + 3.5
+    assert np.median(lateral) > 1.0  # most queries, not a few, see the street from elsewhere
+
+
+def test_imperfect_segmenter_errs_more_at_night_in_fog():
+    from structvpr_edge.data.synthcity.segmenter import error_rate, segmenter_labels
+    from structvpr_edge.labels import IGNORE
+
+    world = build_world(0)
+    place = street_places(world.streets[0], 4.5)[3]
+    cam = Camera(place.x, place.y, 1.6, place.heading, width=160, height=120)
+    day, night = fixed_condition("reference", "day", "summer", "clear"), fixed_condition("hard", "night", "winter", "fog")
+    _, label = render_view(world, cam, world.streets[0], make_look(day, np.random.default_rng(0)), np.random.default_rng(0))
+    changed = {}
+    for name, condition in (("day", day), ("night", night)):
+        noisy = segmenter_labels(label, condition, np.random.default_rng(1))
+        assert noisy.shape == label.shape and noisy.dtype == np.uint8
+        kept = noisy != IGNORE
+        assert 0.5 < kept.mean() < 1.0  # boundaries are eroded, most pixels keep a label
+        changed[name] = float((noisy[kept] != label[kept]).mean())
+    assert error_rate(night) > 3 * error_rate(day)
+    assert changed["night"] > changed["day"], changed
+    thin = np.isin(label, [CLASS_ID["pole"], CLASS_ID["traffic sign"], CLASS_ID["traffic light"]])
+    assert segmenter_labels(label, night, np.random.default_rng(2))[thin].tolist() != label[thin].tolist() or not thin.any()

@@ -4,14 +4,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from structvpr_edge.cli import main
-from structvpr_edge.deploy.calibration import CPU_INT8, FP16, MANIFEST, TRT_INT8
+from structvpr_edge.artifacts import CPU_INT8, FP16, FP32, MANIFEST, RANGES, REPORT, TRT_CACHE, TRT_INT8, engine_manifest_path
 from structvpr_edge.deploy.engine import EngineBuildConfig, build_engine
-from structvpr_edge.runtime.tensorrt_backend import GpuInfo, check_engine_compatible, load_engine_manifest, manifest_path
+from structvpr_edge.runtime.tensorrt_backend import GpuInfo, check_engine_compatible, load_engine_manifest
 from structvpr_edge.errors import BackendError, ConfigError, DatasetError, ModelError
 from structvpr_edge.modelinfo import sha256_file
 from structvpr_edge.trt_compat import detect
@@ -20,6 +22,11 @@ from tests.test_export import student_checkpoint, student_onnx  # noqa: F401
 from tests.trt_standin import make_tensorrt
 
 GPU = GpuInfo("Stand-in Orin", "8.7", "12.6", 12060)
+# tensorrt-stubs alone installs a namespace package named tensorrt: no origin, no API
+_SPEC = importlib.util.find_spec("tensorrt")
+TENSORRT = _SPEC is not None and _SPEC.origin is not None
+KIT = Path(__file__).resolve().parents[1] / "calibration" / "structvprpp"
+KIT_FILES = (MANIFEST, RANGES, TRT_CACHE, REPORT)
 
 
 def _build(variant, precision, onnx, out_dir, calibration=None, **options):
@@ -113,24 +120,27 @@ def test_manifest_records_the_build(student_onnx, calibration_dir, tmp_path):
     cache_file.write_bytes(b"earlier timings")
     trt, manifest = _build("10", "fp16", student_onnx[0], tmp_path, calibration_dir, timing_cache=cache_file)
     engine = tmp_path / "10-fp16.engine"
-    assert engine.read_bytes() == b"stand-in serialized plan" and manifest_path(engine).is_file()
+    assert engine.read_bytes() == b"stand-in serialized plan" and engine_manifest_path(engine).is_file()
     assert _calls(trt, "create_timing_cache") == [(b"earlier timings",)] and cache_file.read_bytes() == b"stand-in timing cache"
     loaded = load_engine_manifest(engine)
     assert loaded == manifest
-    assert (loaded["tensorrt_version"], loaded["gpu_name"], loaded["compute_capability"], loaded["cuda_version"]) == ("10.3.0", GPU.name, "8.7", "12.6")
+    assert (loaded["tensorrt_version"], loaded["gpu_name"], loaded["compute_capability"], loaded["cuda_version"]) == ("10.13.0.35", GPU.name, "8.7", "12.6")
     assert loaded["precision"] == "fp16" and loaded["onnx_sha256"] == sha256_file(calibration_dir / FP16)
     assert loaded["calibration_manifest_sha256"] == sha256_file(calibration_dir / MANIFEST)
     assert loaded["model_info"]["structvpr.width"] == "64" and loaded["build_seconds"] >= 0
     assert "--timing-cache" in loaded["command"] and loaded["command"].startswith("structvpr-edge build-engine --onnx ")
+    assert loaded["trtexec"] == (f"trtexec --onnx={calibration_dir / FP16} --saveEngine={engine} --memPoolSize=workspace:1024 "
+                                 "--stronglyTyped --minShapes=images:1x3x48x64 --optShapes=images:1x3x48x64 --maxShapes=images:8x3x48x64 "
+                                 f"--timingCacheFile={cache_file}")
 
 
 def test_engine_compatibility_check_says_how_to_rebuild(student_onnx, tmp_path):
     _, manifest = _build("10", "fp32", student_onnx[0], tmp_path)
-    check_engine_compatible(manifest, "10.3.0", GPU.name, "8.7")
-    with pytest.raises(BackendError, match=r"TensorRT: built with 10.3.0, running 10.13.0(.|\n)*structvpr-edge build-engine --onnx"):
-        check_engine_compatible(manifest, "10.13.0", GPU.name, "8.7")
+    check_engine_compatible(manifest, "10.13.0.35", GPU.name, "8.7")
+    with pytest.raises(BackendError, match=r"TensorRT: built with 10.13.0.35, running 10.13.1(.|\n)*structvpr-edge build-engine --onnx"):
+        check_engine_compatible(manifest, "10.13.1", GPU.name, "8.7")
     with pytest.raises(BackendError, match=r"GPU: built with Stand-in Orin, running NVIDIA H100.*compute capability: built with 8\.7, running 9\.0"):
-        check_engine_compatible(manifest, "10.3.0", "NVIDIA H100", "9.0")
+        check_engine_compatible(manifest, "10.13.0.35", "NVIDIA H100", "9.0")
     with pytest.raises(BackendError, match="cannot read engine manifest"):
         load_engine_manifest(tmp_path / "missing.engine")
 
@@ -153,7 +163,7 @@ def test_dla_core_and_gpu_fallback(student_onnx, calibration_dir, tmp_path):
 
 
 def test_eval_of_an_engine_without_tensorrt_is_a_clear_error(tmp_path, place_dataset, capsys):
-    if importlib.util.find_spec("tensorrt") is not None:
+    if TENSORRT:
         pytest.skip("TensorRT is installed here")
     assert main(["eval", "--model", str(tmp_path / "student.engine"), "--dataset", str(place_dataset)]) == 2
     assert "TensorRT is not installed" in capsys.readouterr().err
@@ -162,11 +172,59 @@ def test_eval_of_an_engine_without_tensorrt_is_a_clear_error(tmp_path, place_dat
 @pytest.mark.tensorrt
 def test_real_tensorrt_engine_matches_onnx_runtime(student_onnx, tmp_path):
     """On a machine with TensorRT, pycuda and a GPU: build FP32 and compare with ONNX Runtime."""
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed here (JetPack or NVIDIA's index provide it)")
+    if not TENSORRT:
+        pytest.skip("TensorRT is not installed here (JetPack or NVIDIA's index provide it)")
     pytest.importorskip("pycuda", reason="pycuda is not installed (pip install 'structvpr-edge[gpu]')")
-    from structvpr_edge.eval.models import engine_extractor, onnx_extractor
+    from structvpr_edge.eval.models import deployed_extractor
 
     engine = tmp_path / "student.engine"
     build_engine(EngineBuildConfig(onnx=student_onnx[0], precision="fp32", out=engine, max_batch=4))
     batch = np.random.default_rng(0).integers(0, 256, (3, 48, 64, 3), dtype=np.uint8)
-    np.testing.assert_allclose(engine_extractor(engine)(batch), onnx_extractor(student_onnx[0])(batch), atol=1e-3)
+    np.testing.assert_allclose(deployed_extractor(engine)(batch), deployed_extractor(student_onnx[0])(batch), atol=1e-3)
+
+
+def test_shipped_kit_belongs_to_the_shipped_weights():
+    """calibration/structvprpp must be regenerated whenever structvprpp.pt changes (see its README)."""
+    from structvpr_edge.models.checkpoint import resolve_checkpoint
+
+    assert all((KIT / name).is_file() for name in KIT_FILES), f"{KIT} lacks one of {KIT_FILES}"
+    manifest, report = json.loads((KIT / MANIFEST).read_text()), json.loads((KIT / REPORT).read_text())
+    assert manifest["weights"] == "structvprpp" and manifest["weights_sha256"] == sha256_file(resolve_checkpoint("structvprpp")), (
+        f"{KIT} was calibrated for other weights; regenerate it with the command in {KIT / 'README.md'}")
+    assert "/test/" not in manifest["root"] + "".join(i["path"] for i in manifest["images"])  # never calibrated on test
+    assert report["sha256"][FP32] == manifest["model_sha256"] and "INT8 trt" in report["recall"]
+    assert report["quantization"]["trt"] == {"activation_dtypes": ["int8"], "zero_points_all_zero": True}
+
+
+@pytest.fixture(scope="module")
+def copied_kit(tmp_path_factory) -> Path:
+    """The committed kit files alone, as on a Jetson: no ONNX, and the images' root does not exist."""
+    kit = tmp_path_factory.mktemp("jetson") / "structvprpp"
+    kit.mkdir()
+    for name in KIT_FILES:
+        shutil.copy(KIT / name, kit / name)
+    manifest = json.loads((kit / MANIFEST).read_text())
+    (kit / MANIFEST).write_text(json.dumps({**manifest, "root": str(kit / "no-images-here")}))
+    return kit
+
+
+@pytest.mark.parametrize(("variant", "graph", "why"), [
+    ("8.6", FP32, "entropy calibrator reading the calibration cache"), ("10", TRT_INT8, "strongly typed"), ("11", TRT_INT8, "strongly typed"),
+])
+def test_build_engine_from_the_shipped_kit_needs_no_images(variant, graph, why, copied_kit, tmp_path, monkeypatch, capsys):
+    trt = make_tensorrt(variant)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr("structvpr_edge.deploy.engine.gpu_info", lambda: GPU)
+    out = tmp_path / "structvprpp.int8.engine"
+    args = ["build-engine", "--model", "structvprpp", "--calibration", str(copied_kit), "--precision", "int8", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    manifest = load_engine_manifest(out)
+    assert manifest["plan"]["onnx"] == str(copied_kit / graph) and why in manifest["plan"]["why"]
+    assert manifest["trtexec"] in capsys.readouterr().out
+    report = json.loads((copied_kit / REPORT).read_text())
+    for name in (FP32, TRT_INT8):  # rebuilt from the weights and ranges, identical to the calibrated graphs
+        assert sha256_file(copied_kit / name) == report["sha256"][name]
+    if variant == "8.6":
+        (calibrator,) = [c[0] for c in _calls(trt, "config.int8_calibrator")]
+        assert calibrator.read_calibration_cache().startswith(b"TRT-8601-EntropyCalibration2\n")
+        assert "--int8 --calib=" in manifest["trtexec"]

@@ -2,9 +2,10 @@
 
 TensorRT cannot be installed on the machines that run these tests, so the version gating of
 :mod:`structvpr_edge.deploy.engine` is tested against this: three variants with the attribute
-sets of the TensorRT 8.6, 10.x and 11.x Python APIs (as NVIDIA's Python API reference and the
-8.x->10.x and 10.x->11.x migration guides describe them, for the parts this SDK touches), each
-recording the builder calls made on it in ``module.calls``.
+sets of the TensorRT 8.6, 10.13 and 11.4 Python APIs, for the parts this SDK touches, each
+recording the builder calls made on it in ``module.calls``. It cannot invent API:
+tests/test_trt_api.py checks every name it defines against the names NVIDIA's own binding
+wheels of that version hold (tests/data/api/, from benchmarks/trt_api_names.py).
 
 - 8.6: binding API (``ICudaEngine.num_bindings``), EXPLICIT_BATCH, FP16/INT8 flags, calibrators.
 - 10.x: no binding API, EXPLICIT_BATCH (deprecated, ignored), STRONGLY_TYPED, flags and calibrators
@@ -16,7 +17,7 @@ from __future__ import annotations
 import enum
 import types
 
-VERSIONS = {"8.6": "8.6.1", "10": "10.3.0", "11": "11.0.0"}
+VERSIONS = {"8.6": "8.6.1", "10": "10.13.0.35", "11": "11.4.0.106"}
 
 
 def make_tensorrt(variant: str) -> types.ModuleType:
@@ -39,7 +40,10 @@ def make_tensorrt(variant: str) -> types.ModuleType:
         def __init__(self, severity: int) -> None:
             self.severity = severity
 
-    class Tensor:
+    class Dims(tuple):
+        pass
+
+    class ITensor:
         def __init__(self, name: str, shape: tuple) -> None:
             self.name, self.shape = name, shape
 
@@ -47,7 +51,7 @@ def make_tensorrt(variant: str) -> types.ModuleType:
         def __init__(self, flag_names: list[str]) -> None:
             self.flag_names, self.inputs = flag_names, []
 
-        def get_input(self, index: int) -> Tensor:
+        def get_input(self, index: int) -> ITensor:
             return self.inputs[index]
 
     class OnnxParser:
@@ -64,7 +68,7 @@ def make_tensorrt(variant: str) -> types.ModuleType:
             calls.append(("parse", props.get("structvpr.extra", "{}")))
             first = model.graph.input[0]
             dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in first.type.tensor_type.shape.dim)
-            self.network.inputs.append(Tensor(first.name, dims))
+            self.network.inputs.append(ITensor(first.name, dims))
             return True
 
     class IOptimizationProfile:
@@ -160,6 +164,6 @@ def make_tensorrt(variant: str) -> types.ModuleType:
 
         def execute_async_v3(self, stream: int) -> bool: ...
 
-    for cls in (Logger, OnnxParser, IBuilderConfig, Builder, ICudaEngine, IExecutionContext):
+    for cls in (Dims, Logger, OnnxParser, IBuilderConfig, Builder, ICudaEngine, IExecutionContext):
         setattr(trt, cls.__name__, cls)
     return trt

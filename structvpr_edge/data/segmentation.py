@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import BackendError, ConfigError, DatasetError, ModelError
-from ..eval.evaluate import read_rgb
+from ..images import read_rgb
 from ..labels import check_scheme, to_cityscapes
 from .dataset import IMAGE_EXTENSIONS
 

@@ -1,6 +1,6 @@
 """The INT8 calibration workflow behind ``structvpr-edge calibrate``.
 
-A calibration lives in one folder, ``calibration/NAME/``:
+A calibration lives in one folder, ``calibration/NAME/`` (file names: structvpr_edge/artifacts.py):
 
     manifest.json          the chosen images (paths + sha256): reproducible, and a changed image is caught
     ranges.json            ONNX Runtime's tensor ranges from the one calibration pass
@@ -20,25 +20,29 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..artifacts import CALIBRATION_FORMAT, CPU_INT8, FP16, FP32, MANIFEST, RANGES, REPORT, REPORT_MD, TRT_CACHE, TRT_INT8
 from ..data.dataset import VPRDataset, list_images, load_dataset
-from ..errors import ConfigError, DatasetError, ModelError
-from ..eval.evaluate import extract, read_rgb
-from ..eval.models import onnx_extractor
+from ..errors import BackendError, ConfigError, DatasetError, ModelError
+from ..images import read_rgb
+from ..eval.evaluate import extract
+from ..eval.models import deployed_extractor
 from ..eval.recall import recall_at_n, retrieve
-from ..modelinfo import ModelInfo, normalize_for, sha256_file
+from ..modelinfo import ModelInfo, normalize_for, read_onnx_info, sha256_file
+from ..runtime.ort_session import side_by_side_ms
+from ..runtime.profiling import int8_advice
 from . import quantize as q
 
-MANIFEST_FORMAT = "structvpr-edge/calibration/1"
-MANIFEST, RANGES, TRT_CACHE, REPORT = "manifest.json", "ranges.json", "cache.trt", "report.json"
-CPU_INT8, TRT_INT8, FP16 = "model.int8.cpu.onnx", "model.int8.trt.onnx", "model.fp16.onnx"
+# How calibrate exports a checkpoint or shipped model into the folder (recorded in the manifest).
+KIT_EXPORT: dict[str, Any] = {"uint8_input": True, "batch": "dynamic", "opset": 17}
 
 
 @dataclass
 class CalibrationConfig:
-    model: Path  # the FP32 ONNX from `structvpr-edge export`
+    model: Path  # the FP32 ONNX from `structvpr-edge export`, or a checkpoint / shipped name exported into out/model.onnx
     images: Path  # an image folder, or a VPR dataset root (its train split is used)
     out: Path  # calibration/NAME
     num: int = 512
@@ -80,12 +84,18 @@ def k_center(descriptors: np.ndarray, k: int) -> list[int]:
     return chosen
 
 
-def write_manifest(path: Path, root: Path, images: list[Path], model: Path, candidates: int) -> dict:
+def write_manifest(path: Path, root: Path, images: list[Path], model: Path, candidates: int, method: str = "entropy", weights: str | None = None) -> dict:
+    """``weights``: the checkpoint or shipped name ``model`` was exported from (with KIT_EXPORT), so
+    the folder can rebuild its ONNX graphs without being given them."""
     manifest = {
-        "format": MANIFEST_FORMAT,
+        "format": CALIBRATION_FORMAT,
         "root": str(root.resolve()),
         "model": str(model),
         "model_sha256": sha256_file(model),
+        "weights": weights,
+        "weights_sha256": read_onnx_info(model).checkpoint_sha256,
+        "export": KIT_EXPORT if weights is not None else None,
+        "method": method,
         "selection": "greedy k-center on FP32 descriptors (cosine distance)",
         "candidates": candidates,
         "images": [{"path": p.relative_to(root).as_posix(), "sha256": sha256_file(p)} for p in images],
@@ -105,8 +115,8 @@ def load_manifest(path: Path) -> tuple[dict, list[Path]]:
         entries = manifest["images"]
     except (OSError, ValueError, KeyError) as exc:
         raise DatasetError(f"cannot read calibration manifest {path}: {exc}") from exc
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise DatasetError(f"{path} is not a structvpr-edge calibration manifest ({MANIFEST_FORMAT})")
+    if manifest.get("format") != CALIBRATION_FORMAT:
+        raise DatasetError(f"{path} is not a structvpr-edge calibration manifest ({CALIBRATION_FORMAT})")
     paths, bad = [], []
     for entry in entries:
         image = root / entry["path"]
@@ -129,45 +139,6 @@ def calibration_batches(paths: list[Path], info: ModelInfo) -> Iterator[np.ndarr
     read and resized exactly as evaluation reads them."""
     for path in paths:
         yield normalize_for(info, read_rgb(path, (info.width, info.height))[None, ..., ::-1])
-
-
-def make_entropy_calibrator(trt, cache: Path, manifest: Path, info: ModelInfo):
-    """A ``tensorrt.IInt8EntropyCalibrator2`` for TensorRT < 10 (the class needs tensorrt, hence
-    defined in here). TensorRT reads ``cache`` first; only when the cache is missing or rejected
-    does it ask for batches, which come from the manifest's hash-checked images (batch 1, device
-    memory via pycuda). So a calibration folder copied to a Jetson builds without its images."""
-
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.batches: Iterator[np.ndarray] | None = None
-            self.device = None
-
-        def get_batch_size(self) -> int:
-            return 1
-
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            if self.batches is None:
-                self.batches = calibration_batches(load_manifest(manifest)[1], info)
-            batch = next(self.batches, None)
-            if batch is None:
-                return None
-            import pycuda.autoinit  # noqa: F401, PLC0415 - creates the CUDA context
-            import pycuda.driver as cuda  # noqa: PLC0415
-
-            batch = np.ascontiguousarray(batch)
-            if self.device is None:
-                self.device = cuda.mem_alloc(batch.nbytes)
-            cuda.memcpy_htod(self.device, batch)
-            return [int(self.device)]
-
-        def read_calibration_cache(self) -> bytes | None:
-            return q.retarget_cache(cache.read_text(), trt.__version__).encode() if cache.is_file() else None
-
-        def write_calibration_cache(self, data) -> None:
-            cache.write_bytes(bytes(data))
-
-    return EntropyCalibrator()
 
 
 @dataclass
@@ -199,6 +170,9 @@ class CalibrationReport:
     fp32_groups: list[str] = field(default_factory=list)
     fp32_nodes: list[str] = field(default_factory=list)
     within_budget: bool | None = None
+    sha256: dict[str, str] = field(default_factory=dict)  # artifact file name -> sha256 (a rebuilt kit must match)
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # fp32/int8/fp16 -> ms per frame on this CPU, side by side
+    cpu_advice: str | None = None  # set when INT8 does not pay on this CPU
     seconds: float = 0.0
 
     def markdown(self) -> str:
@@ -219,8 +193,11 @@ class CalibrationReport:
         if self.gate:
             lines += ["", f"Accuracy gate: Recall@1 drop budget {self.max_recall_drop_pp} pp.", "", "| layers kept in FP32 | R@1 drop (pp) | R@5 drop (pp) |", "| --- | --- | --- |"]
             lines += [f"| {', '.join(s.fp32_groups) or 'none'} | {s.drop_pp['1']:.2f} | {s.drop_pp['5']:.2f} |" for s in self.gate]
-            verdict = "within budget" if self.within_budget else "NOT within budget"
+            verdict = {True: "within budget", False: "NOT within budget", None: "no budget set"}[self.within_budget]
             lines += ["", f"Result: {verdict}; kept in FP32: {', '.join(self.fp32_groups) or 'nothing'} ({len(self.fp32_nodes)} nodes)."]
+        if self.cpu_ms:
+            lines += ["", "ONNX Runtime on this CPU, side by side, threads tuned, ms per frame: " + ", ".join(f"{k.upper()} {v:.2f}" for k, v in self.cpu_ms.items())]
+            lines += [f"**{self.cpu_advice}**"] if self.cpu_advice else []
         lines += ["", "Artifacts: " + ", ".join(f"`{Path(p).name}`" for p in self.artifacts.values())]
         return "\n".join(lines) + "\n"
 
@@ -236,27 +213,81 @@ def _recall(descriptors: np.ndarray, dataset: VPRDataset) -> dict[str, float]:
     return recall_at_n(predictions, dataset.positives, (1, 5))
 
 
+def describe(model: Path, paths: list[Path], desc: str, threads: int | None) -> np.ndarray:
+    """Descriptors of ``paths`` by an ONNX model of any precision, through ONNX Runtime on the CPU."""
+    extractor = deployed_extractor(model, threads=threads)
+    return extract(extractor, paths, desc=desc)  # type: ignore[arg-type]  # eval.Extractor declares image_size Optional; eval's to settle
+
+
 def _group_nodes(groups: dict[str, list[str]], kept: list[str]) -> list[str]:
     """Node names of the ``kept`` groups, once each (the groups share some nodes)."""
     return list(dict.fromkeys(n for group in kept for n in groups[group]))
 
 
-def _select(config: CalibrationConfig) -> tuple[list[Path], int]:
-    """Reuse the manifest's images (hash-checked) unless asked to reselect; else k-center anew."""
+def _select(config: CalibrationConfig, weights: str | None) -> tuple[list[Path], int]:
+    """Reuse the manifest's images (hash-checked) unless asked to reselect; else k-center anew.
+    The manifest is rewritten either way, so it always names the model calibrated now."""
     manifest_path = config.out / MANIFEST
     if manifest_path.exists() and not config.reselect:
-        manifest, paths = load_manifest(manifest_path)
-        if len(paths) != min(config.num, manifest["candidates"]):
-            raise ConfigError(f"{manifest_path} holds {len(paths)} images but --num is {config.num}; pass --reselect to choose anew")
-        return paths, manifest["candidates"]
-    root = candidate_root(config.images)
-    candidates = list_images(root)
-    if not candidates:
-        raise DatasetError(f"no images under {root}")
-    descriptors = extract(onnx_extractor(config.model, threads=config.threads), candidates, desc="describe candidates")
-    chosen = [candidates[i] for i in k_center(descriptors, config.num)]
-    write_manifest(manifest_path, root, chosen, config.model, len(candidates))
-    return chosen, len(candidates)
+        manifest, chosen = load_manifest(manifest_path)
+        root, count = Path(manifest["root"]), manifest["candidates"]
+        if len(chosen) != min(config.num, count):
+            raise ConfigError(f"{manifest_path} holds {len(chosen)} images but --num is {config.num}; pass --reselect to choose anew")
+    else:
+        root = candidate_root(config.images)
+        candidates = list_images(root)
+        if not candidates:
+            raise DatasetError(f"no images under {root}")
+        descriptors = describe(config.model, candidates, "describe candidates", config.threads)
+        chosen, count = [candidates[i] for i in k_center(descriptors, config.num)], len(candidates)
+    write_manifest(manifest_path, root, chosen, config.model, count, config.method, weights)
+    return chosen, count
+
+
+def export_fp32(weights: str, out: Path) -> Path:
+    """The FP32 ONNX of a checkpoint or shipped model, exported as KIT_EXPORT says (needs torch)."""
+    try:
+        from .export import export_onnx  # noqa: PLC0415
+    except ImportError as exc:
+        raise BackendError(
+            f"exporting {weights} to ONNX needs torch (pip install 'structvpr-edge[train]'); "
+            f"or copy {out} from a machine that has it"
+        ) from exc
+    export_onnx(weights, out, **KIT_EXPORT)
+    return out
+
+
+def prepare_kit(folder: Path) -> Path:
+    """The FP32 graph of a calibration folder, its TensorRT Q/DQ graph beside it; both rebuilt from
+    the recorded weights and ranges where missing (a committed kit holds only small files).
+    Torch is needed only to export a missing FP32 graph.
+
+    ModelError when the graph comes from other weights than the calibrated ones (the ranges
+    belong to those) or lacks a tensor the ranges name (another exporter renamed it)."""
+    import onnx  # noqa: PLC0415
+
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        report = json.loads((folder / REPORT).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{folder} is not a calibration folder ({exc}); run `structvpr-edge calibrate`") from exc
+    fp32, weights = folder / FP32, manifest.get("weights")
+    redo = f"recalibrate: structvpr-edge calibrate --model {weights or 'MODEL'} --images DATASET --val DATASET --out {folder} --reselect"
+    if not fp32.is_file():
+        if weights is None:
+            raise ConfigError(f"{folder} has no {FP32} and records no weights to export it from; {redo}")
+        export_fp32(weights, fp32)
+    if read_onnx_info(fp32).checkpoint_sha256 != manifest["weights_sha256"]:
+        raise ModelError(f"{fp32} was exported from other weights than {folder} was calibrated with; {redo}")
+    graph = onnx.load(str(fp32)).graph
+    tensors = {o for node in graph.node for o in node.output} | {i.name for i in graph.input}
+    unknown = sorted(set(q.load_ranges(folder / RANGES).keys()) - tensors)
+    if unknown:
+        raise ModelError(f"{fp32} lacks {len(unknown)} tensors the ranges name (e.g. {unknown[0]}): another exporter built it; {redo}")
+    if not (folder / TRT_INT8).is_file():
+        q.quantize(fp32, folder / RANGES, folder / TRT_INT8, q.TRT_FORM, manifest["method"], report["fp32_nodes"])
+    return fp32
 
 
 def _check(config: CalibrationConfig):
@@ -276,79 +307,120 @@ def _check(config: CalibrationConfig):
     return proto, info
 
 
+@dataclass
+class _Quantizer:
+    """What the steps of one calibration share: the FP32 graph, its ranges and sensitive groups."""
+
+    config: CalibrationConfig
+    proto: Any
+    ranges: Any
+    groups: dict[str, list[str]]
+
+    def path(self, artifact: str) -> Path:
+        out = self.config.out
+        return {"FP32": self.config.model, "INT8 cpu": out / CPU_INT8, "INT8 trt": out / TRT_INT8, "FP16": out / FP16}[artifact]
+
+    def write_int8(self, kept: list[str]) -> None:
+        """Both Q/DQ forms and the TensorRT cache, with the ``kept`` groups left in FP32."""
+        out, nodes = self.config.out, _group_nodes(self.groups, kept)
+        outputs = {o for n in self.proto.graph.node if n.name in nodes for o in n.output}
+        (out / TRT_CACHE).write_text(q.trt_calibration_cache(self.ranges, skip_tensors=outputs))
+        for form, name in ((q.CPU_FORM, CPU_INT8), (q.TRT_FORM, TRT_INT8)):
+            q.quantize(self.config.model, out / RANGES, out / name, form, self.config.method, nodes)
+
+    def describe(self, artifact: str, paths: list[Path]) -> np.ndarray:
+        return describe(self.path(artifact), paths, artifact, self.config.threads)
+
+
+def _quantize(config: CalibrationConfig, proto, info: ModelInfo, paths: list[Path]) -> _Quantizer:
+    """Ranges from one pass over the chosen images; INT8 with every group quantized, and FP16."""
+    from .trt_check import check_trt_friendly  # noqa: PLC0415
+
+    ranges = q.collect_ranges(config.model, calibration_batches(paths, info), config.method, total=len(paths))
+    q.save_ranges(ranges, config.out / RANGES)
+    run = _Quantizer(config, proto, ranges, dict(q.sensitive_groups(proto)))
+    run.write_int8([])
+    q.convert_fp16(config.model, config.out / FP16)
+    for artifact in ("INT8 trt", "FP16"):
+        check_trt_friendly(run.path(artifact))
+    return run
+
+
+def _gate(run: _Quantizer, report: CalibrationReport, dataset: VPRDataset, reference: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+    """Keep the sensitive groups in FP32 one at a time, in order, until the INT8 Recall@1 drop is
+    within ``max_recall_drop`` (or none is left); ``outputs`` ends with the final INT8 descriptors."""
+    budget, remaining, paths = run.config.max_recall_drop, list(run.groups), dataset.database.paths + dataset.queries.paths
+    report.recall_fp32 = _recall(reference, dataset)
+    while True:
+        recall = _recall(outputs["INT8 cpu"], dataset)
+        drop = {n: 100 * (report.recall_fp32[n] - recall[n]) for n in recall}
+        cosine = _cosine(reference, outputs["INT8 cpu"])
+        report.gate.append(GateStep(list(report.fp32_groups), recall, drop, cosine["mean"], cosine["min"]))
+        if budget is None or drop["1"] <= budget or not remaining:
+            break
+        report.fp32_groups.append(remaining.pop(0))
+        run.write_int8(report.fp32_groups)
+        outputs.update({artifact: run.describe(artifact, paths) for artifact in ("INT8 cpu", "INT8 trt")})
+    report.recall = {name: _recall(d, dataset) for name, d in outputs.items()}
+    report.within_budget = None if budget is None else drop["1"] <= budget
+
+
+def _measure(run: _Quantizer, dataset: VPRDataset | None, images: list[Path], candidates: int) -> CalibrationReport:
+    """Descriptor cosine of every artifact to FP32 on the validation set (else the calibration
+    images); with a validation set, Recall@1/5 and the accuracy gate."""
+    config = run.config
+    paths = dataset.database.paths + dataset.queries.paths if dataset is not None else images
+    reference = run.describe("FP32", paths)
+    outputs = {artifact: run.describe(artifact, paths) for artifact in ("INT8 cpu", "INT8 trt", "FP16")}
+    report = CalibrationReport(
+        model=str(config.model), method=config.method, images=len(images), candidates=candidates,
+        manifest_sha256=sha256_file(config.out / MANIFEST), artifacts={}, quantization={}, cosine={},
+        cosine_on=f"{config.val}/{config.val_split}, {len(paths)} images" if dataset else f"the {len(images)} calibration images",
+        max_recall_drop_pp=config.max_recall_drop,
+    )
+    if dataset is not None:
+        _gate(run, report, dataset, reference, outputs)
+    report.fp32_nodes = _group_nodes(run.groups, report.fp32_groups)
+    report.cosine = {name: _cosine(reference, d) for name, d in outputs.items()}
+    return report
+
+
+def _write_report(run: _Quantizer, report: CalibrationReport, start: float) -> None:
+    """Artifacts, their hashes, CPU timings and the time since ``start`` into the report; then
+    report.json and report.md written."""
+    import onnx  # noqa: PLC0415
+
+    out, model, int8 = run.config.out, run.config.model, {"cpu": run.path("INT8 cpu"), "trt": run.path("INT8 trt")}
+    report.artifacts = {"int8_cpu": str(int8["cpu"]), "int8_trt": str(int8["trt"]), "fp16": str(out / FP16), "trt_cache": str(out / TRT_CACHE), "ranges": str(out / RANGES)}
+    report.quantization = {name: q.quantization_types(onnx.load(str(path))) for name, path in int8.items()}
+    report.sha256 = {Path(p).name: sha256_file(Path(p)) for p in (str(model), *report.artifacts.values())}
+    report.cpu_ms = side_by_side_ms({"fp32": model, "int8": int8["cpu"], "fp16": out / FP16}, run.config.threads)
+    report.cpu_advice = int8_advice(report.cpu_ms)
+    report.seconds = time.perf_counter() - start
+    (out / REPORT).write_text(json.dumps(asdict(report), indent=2) + "\n")
+    (out / REPORT_MD).write_text(report.markdown())
+
+
 def calibrate(config: CalibrationConfig) -> CalibrationReport:
     """The whole workflow; writes every artifact and both reports into ``config.out``.
 
     Raises ModelError (after writing the reports) when ``max_recall_drop`` is set and even
     keeping every sensitive group in FP32 does not bring the Recall@1 drop within it.
     """
-    import onnx  # noqa: PLC0415
-
-    from .trt_check import check_trt_friendly  # noqa: PLC0415
-
     start = time.perf_counter()
+    config.out.mkdir(parents=True, exist_ok=True)
+    weights = None if config.model.suffix == ".onnx" else str(config.model)
+    if weights is not None:  # a checkpoint or shipped name: calibrate its export, kept in the folder
+        config.model = export_fp32(weights, config.out / FP32)
     proto, info = _check(config)
-    out = config.out
-    out.mkdir(parents=True, exist_ok=True)
-    paths, candidates = _select(config)
-    ranges = q.collect_ranges(config.model, calibration_batches(paths, info), config.method, total=len(paths))
-    q.save_ranges(ranges, out / RANGES)
-    groups = dict(q.sensitive_groups(proto))
-
-    def write_int8(kept: list[str]) -> dict[str, Path]:
-        """Both Q/DQ forms and the TensorRT cache, with the ``kept`` groups left in FP32."""
-        nodes = _group_nodes(groups, kept)
-        outputs = {o for n in proto.graph.node if n.name in nodes for o in n.output}
-        (out / TRT_CACHE).write_text(q.trt_calibration_cache(ranges, skip_tensors=outputs))
-        return {
-            form.name: q.quantize(config.model, out / RANGES, out / name, form, config.method, nodes)
-            for form, name in ((q.CPU_FORM, CPU_INT8), (q.TRT_FORM, TRT_INT8))
-        }
-
-    int8 = write_int8([])
-    fp16 = q.convert_fp16(config.model, out / FP16)
-    for graph in (int8["trt"], fp16):
-        check_trt_friendly(graph)
-
+    paths, candidates = _select(config, weights)
+    run = _quantize(config, proto, info, paths)
     dataset = load_dataset(config.val, split=config.val_split) if config.val is not None else None
-    eval_paths = dataset.database.paths + dataset.queries.paths if dataset is not None else paths
-
-    def describe(model: Path, name: str) -> np.ndarray:
-        return extract(onnx_extractor(model, threads=config.threads), eval_paths, desc=name)
-
-    reference = describe(config.model, "FP32")
-    outputs = {"INT8 cpu": describe(int8["cpu"], "INT8 cpu"), "INT8 trt": describe(int8["trt"], "INT8 trt"), "FP16": describe(fp16, "FP16")}
-    report = CalibrationReport(
-        model=str(config.model), method=config.method, images=len(paths), candidates=candidates,
-        manifest_sha256=sha256_file(out / MANIFEST), artifacts={}, quantization={}, cosine={},
-        cosine_on=f"{config.val}/{config.val_split}, {len(eval_paths)} images" if dataset else f"the {len(paths)} calibration images",
-        max_recall_drop_pp=config.max_recall_drop,
-    )
-    if dataset is not None:
-        report.recall_fp32 = _recall(reference, dataset)
-        remaining = list(groups)
-        while True:
-            recall = _recall(outputs["INT8 cpu"], dataset)
-            drop = {n: 100 * (report.recall_fp32[n] - recall[n]) for n in recall}
-            cosine = _cosine(reference, outputs["INT8 cpu"])
-            report.gate.append(GateStep(list(report.fp32_groups), recall, drop, cosine["mean"], cosine["min"]))
-            if config.max_recall_drop is None or drop["1"] <= config.max_recall_drop or not remaining:
-                break
-            report.fp32_groups.append(remaining.pop(0))
-            int8 = write_int8(report.fp32_groups)
-            outputs["INT8 cpu"], outputs["INT8 trt"] = describe(int8["cpu"], "INT8 cpu"), describe(int8["trt"], "INT8 trt")
-        report.recall = {name: _recall(d, dataset) for name, d in outputs.items()}
-        report.within_budget = None if config.max_recall_drop is None else drop["1"] <= config.max_recall_drop
-    report.fp32_nodes = _group_nodes(groups, report.fp32_groups)
-    report.cosine = {name: _cosine(reference, d) for name, d in outputs.items()}
-    report.artifacts = {"int8_cpu": str(int8["cpu"]), "int8_trt": str(int8["trt"]), "fp16": str(fp16), "trt_cache": str(out / TRT_CACHE), "ranges": str(out / RANGES)}
-    report.quantization = {name: q.quantization_types(onnx.load(str(path))) for name, path in int8.items()}
-    report.seconds = time.perf_counter() - start
-    (out / REPORT).write_text(json.dumps(asdict(report), indent=2) + "\n")
-    (out / "report.md").write_text(report.markdown())
+    report = _measure(run, dataset, paths, candidates)
+    _write_report(run, report, start)
     if report.within_budget is False:
         raise ModelError(
-            f"INT8 Recall@1 drops {drop['1']:.2f} pp (budget {config.max_recall_drop} pp) even with "
-            f"{', '.join(report.fp32_groups)} in FP32; artifacts and {out / 'report.md'} are written"
+            f"INT8 Recall@1 drops {report.gate[-1].drop_pp['1']:.2f} pp (budget {config.max_recall_drop} pp) even with "
+            f"{', '.join(report.fp32_groups)} in FP32; artifacts and {config.out / REPORT_MD} are written"
         )
     return report

@@ -12,14 +12,22 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from ..artifacts import ENGINE_FORMAT, FP16, MANIFEST, TRT_CACHE, TRT_INT8, engine_manifest_path
 from ..errors import BackendError, ConfigError, ModelError
 from ..modelinfo import PREFIX, ModelInfo, sha256_file
-from ..runtime.tensorrt_backend import MANIFEST_FORMAT, GpuInfo, gpu_info, manifest_path
+from ..runtime.tensorrt_backend import GpuInfo, PrimaryContext, gpu_info
 from ..trt_compat import TrtApi, detect, import_tensorrt, require
-from .calibration import FP16, MANIFEST, TRT_CACHE, TRT_INT8
+from .quantize import retarget_cache
+
+if TYPE_CHECKING:  # mypy checks the TensorRT calls against tensorrt-stubs (tests/test_trt_api.py)
+    import tensorrt
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_MAX_BATCH = 8
@@ -128,6 +136,22 @@ def plan_build(api: TrtApi, precision: str, graphs: dict[str, Path], calibration
     )
 
 
+def trtexec_command(config: EngineBuildConfig, plan: BuildPlan, input_name: str, shapes: dict[str, list[int]]) -> str:
+    """The ``trtexec`` line that builds the same engine from the same graph (for comparing, or for a
+    machine without this package): same precision route, profile, workspace, timing cache and DLA."""
+    args = ["trtexec", f"--onnx={plan.onnx}", f"--saveEngine={config.out}", f"--memPoolSize=workspace:{config.workspace_mb}"]
+    args += ["--stronglyTyped"] * plan.strongly_typed + [{"FP16": "--fp16", "INT8": "--int8"}[flag] for flag in plan.flags]
+    if plan.calibration_cache is not None:
+        args.append(f"--calib={plan.calibration_cache}")
+    if shapes["min"] != shapes["max"]:
+        args += [f"--{k}Shapes={input_name}:{'x'.join(map(str, shapes[k]))}" for k in ("min", "opt", "max")]
+    if config.timing_cache is not None:
+        args.append(f"--timingCacheFile={config.timing_cache}")
+    if config.dla_core is not None:
+        args += [f"--useDLACore={config.dla_core}", "--allowGPUFallback"]
+    return shlex.join(args)
+
+
 def _profile_shapes(shape: tuple, config: EngineBuildConfig) -> dict[str, list[int]]:
     """Optimization profile shapes of the batch; a static-batch graph allows only its own batch."""
     given = (config.min_batch, config.opt_batch, config.max_batch)
@@ -141,7 +165,7 @@ def _profile_shapes(shape: tuple, config: EngineBuildConfig) -> dict[str, list[i
     return {k: [b, *shape[1:]] for k, b in (("min", low), ("opt", opt), ("max", high))}
 
 
-def _parse(trt, builder, logger, plan: BuildPlan):
+def _parse(trt, builder: tensorrt.Builder, logger: tensorrt.ILogger, plan: BuildPlan) -> tensorrt.INetworkDefinition:
     """Network definition of ``plan.onnx``, created with the flags the API generation needs."""
     flags = 0
     if plan.explicit_batch:
@@ -156,10 +180,56 @@ def _parse(trt, builder, logger, plan: BuildPlan):
     return network
 
 
-def _configure(trt, api: TrtApi, builder, config: EngineBuildConfig, plan: BuildPlan, tensor, shapes: dict):
-    """Builder config: workspace, precision flags, profiles, calibrator, timing cache, DLA."""
-    from .calibration import make_entropy_calibrator  # noqa: PLC0415
+def make_entropy_calibrator(trt, cache: Path, manifest: Path, info: ModelInfo):
+    """A ``trt.IInt8EntropyCalibrator2`` for TensorRT < 10 (the class needs tensorrt, hence defined
+    in here). TensorRT reads ``cache`` first; only when the cache is missing or rejected does it ask
+    for batches, which come from the manifest's hash-checked images (batch 1, device memory via
+    pycuda in the primary context, where TensorRT reads it). So a calibration folder copied to a
+    Jetson builds without its images."""
+    from .calibration import calibration_batches, load_manifest  # noqa: PLC0415
 
+    require(detect(trt), "calibrators")
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.batches: Iterator[np.ndarray] | None = None
+            self.primary: PrimaryContext
+            self.device: Any = None
+
+        def get_batch_size(self) -> int:
+            return 1
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            if self.batches is None:
+                self.batches = calibration_batches(load_manifest(manifest)[1], info)
+                self.primary = PrimaryContext()
+            batch = next(self.batches, None)
+            with self.primary.active() as cuda:
+                if batch is None:  # done: TensorRT asks no more
+                    if self.device is not None:
+                        self.device.free()
+                    self.device = None
+                    return None
+                batch = np.ascontiguousarray(batch)
+                if self.device is None:
+                    self.device = cuda.mem_alloc(batch.nbytes)
+                cuda.memcpy_htod(self.device, batch)
+            return [int(self.device)]
+
+        def read_calibration_cache(self) -> bytes | None:
+            return retarget_cache(cache.read_text(), trt.__version__).encode() if cache.is_file() else None
+
+        def write_calibration_cache(self, data) -> None:
+            cache.write_bytes(bytes(data))
+
+    return EntropyCalibrator()
+
+
+def _configure(
+    trt, api: TrtApi, builder: tensorrt.Builder, config: EngineBuildConfig, plan: BuildPlan, tensor: tensorrt.ITensor, shapes: dict
+) -> tensorrt.IBuilderConfig:
+    """Builder config: workspace, precision flags, profiles, calibrator, timing cache, DLA."""
     builder_config = builder.create_builder_config()
     builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_mb << 20)
     for flag in plan.flags:
@@ -167,15 +237,16 @@ def _configure(trt, api: TrtApi, builder, config: EngineBuildConfig, plan: Build
     dynamic = tensor.shape[0] <= 0
     if dynamic:
         profile = builder.create_optimization_profile()
-        profile.set_shape(tensor.name, shapes["min"], shapes["opt"], shapes["max"])
+        profile.set_shape(tensor.name, trt.Dims(shapes["min"]), trt.Dims(shapes["opt"]), trt.Dims(shapes["max"]))
         builder_config.add_optimization_profile(profile)
     if plan.calibration_cache is not None:
         info = ModelInfo.from_props(_onnx_props(plan.onnx))
-        builder_config.int8_calibrator = make_entropy_calibrator(trt, plan.calibration_cache, config.calibration / MANIFEST, info)
+        manifest = plan.calibration_cache.parent / MANIFEST  # the cache lives in the calibration folder
+        builder_config.int8_calibrator = make_entropy_calibrator(trt, plan.calibration_cache, manifest, info)
         if dynamic and api.calibration_profile:  # the calibrator feeds single images
             single = [1, *shapes["opt"][1:]]
             calibration_profile = builder.create_optimization_profile()
-            calibration_profile.set_shape(tensor.name, single, single, single)
+            calibration_profile.set_shape(tensor.name, trt.Dims(single), trt.Dims(single), trt.Dims(single))
             builder_config.set_calibration_profile(calibration_profile)
     if config.timing_cache is not None and api.timing_cache:
         blob = config.timing_cache.read_bytes() if config.timing_cache.is_file() else b""
@@ -204,7 +275,7 @@ def build_engine(config: EngineBuildConfig, trt=None, gpu: GpuInfo | None = None
     builder = trt.Builder(logger)
     network = _parse(trt, builder, logger, plan)
     tensor = network.get_input(0)
-    shapes = _profile_shapes(tuple(tensor.shape), config)
+    shapes = _profile_shapes(tensor.shape[:], config)  # Dims[:] is a tuple
     builder_config = _configure(trt, api, builder, config, plan, tensor, shapes)
     serialized = builder.build_serialized_network(network, builder_config)
     if serialized is None:
@@ -218,7 +289,7 @@ def build_engine(config: EngineBuildConfig, trt=None, gpu: GpuInfo | None = None
             handle.write(builder_config.get_timing_cache().serialize())
 
     manifest = {
-        "format": MANIFEST_FORMAT,
+        "format": ENGINE_FORMAT,
         "engine": config.out.name,
         "engine_sha256": sha256_file(config.out),
         "tensorrt_version": api.version,
@@ -236,9 +307,10 @@ def build_engine(config: EngineBuildConfig, trt=None, gpu: GpuInfo | None = None
         "build_seconds": round(time.perf_counter() - start, 3),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": config.command(),
+        "trtexec": trtexec_command(config, plan, tensor.name, shapes),
         "model_info": {k: v for k, v in _onnx_props(plan.onnx).items() if k.startswith(PREFIX)},
     }
-    manifest_path(config.out).write_text(json.dumps(manifest, indent=2) + "\n")
+    engine_manifest_path(config.out).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

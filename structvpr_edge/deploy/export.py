@@ -83,17 +83,9 @@ def model_info(meta: dict, width: int, height: int, uint8_input: bool, checkpoin
     if spec["kind"] != "rgb":
         raise ModelError(f"only RGB students are deployed; {meta['path']} is a {meta['model_type']}")
     return ModelInfo(
-        width=width,
-        height=height,
-        uint8_input=uint8_input,
-        colour="BGR" if uint8_input else "RGB",
-        mean=tuple(spec["mean"]),
-        std=tuple(spec["std"]),
-        layout=DescriptorLayout.from_dict(meta["layout"]),
-        label_groups=tuple(meta["label_groups"]),
-        model_type=meta["model_type"],
-        model_version=meta.get("version", __version__),
-        checkpoint_sha256=checkpoint_sha,
+        width, height, uint8_input, colour="BGR" if uint8_input else "RGB", mean=tuple(spec["mean"]), std=tuple(spec["std"]),
+        layout=DescriptorLayout.from_dict(meta["layout"]), label_groups=tuple(meta["label_groups"]), model_type=meta["model_type"],
+        model_version=meta.get("version", __version__), checkpoint_sha256=checkpoint_sha,
     )
 
 

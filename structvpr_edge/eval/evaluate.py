@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from ..data.dataset import VPRDataset
 from ..errors import ConfigError, DatasetError
+from ..images import read_label, read_rgb
 from .recall import RECALL_NS, per_group_recall, recall_at_n, retrieve
 
 
@@ -23,24 +23,6 @@ class Extractor(Protocol):
     image_size: tuple[int, int] | None  # (W, H) to resize to; None keeps the dataset's size
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
-
-
-def read_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DatasetError(f"cannot read image {path}")
-    if size is not None and (image.shape[1], image.shape[0]) != size:
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def read_label(path: Path, size: tuple[int, int] | None) -> np.ndarray:
-    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if label is None or label.ndim != 2 or label.dtype != np.uint8:
-        raise DatasetError(f"{path} is not a single-channel uint8 label PNG")
-    if size is not None and (label.shape[1], label.shape[0]) != size:
-        label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
-    return label
 
 
 def extract(extractor: Extractor, paths: list[Path], batch_size: int = 32, desc: str = "describe") -> np.ndarray:

@@ -1,7 +1,7 @@
 """Resolve the ``--model`` argument of every command to an extractor.
 
 Accepted: a built-in reference (``pixels``, ``imagenet-gem``, ``label-oracle``), a shipped model
-name (``structvprpp``, ``baseline``), a checkpoint path, an exported ONNX file of any precision
+name (``structvprpp``, ``student-nokd``, ``baseline``), a checkpoint path, an exported ONNX file of any precision
 (run by ONNX Runtime) or a TensorRT engine, so every artifact is measured by the same command.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifacts import ENGINE_SUFFIXES, backend_for
 from ..errors import ConfigError, ModelError
 from ..modelinfo import ModelInfo, normalize_for
 from .references import REFERENCE_MODELS
@@ -25,7 +26,9 @@ class CheckpointExtractor:
         from ..models.checkpoint import load_checkpoint
 
         self._torch = torch
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.meta = load_checkpoint(name_or_path)
+        self.model.to(self.device)
         spec = self.meta["input"]
         self.input_kind = spec["kind"]
         self.image_size = tuple(image_size or spec["size"]) if self.input_kind == "rgb" else None
@@ -39,7 +42,7 @@ class CheckpointExtractor:
         else:
             x = normalize_images(batch)
         with self._torch.inference_mode():
-            return self.model(x).numpy()
+            return self.model(x.to(self.device)).float().cpu().numpy()
 
 
 class DeployedExtractor:
@@ -64,19 +67,12 @@ class DeployedExtractor:
         return np.concatenate([self.run(x[start : start + step]) for start in range(0, len(x), step)])
 
 
-def onnx_extractor(path: str | Path, image_size: tuple[int, int] | None = None, threads: int | None = None) -> DeployedExtractor:
-    """An exported ONNX file of any precision, run by ONNX Runtime (best provider present)."""
-    from ..runtime.backends import OnnxRuntimeBackend  # noqa: PLC0415
+def deployed_extractor(path: str | Path, image_size: tuple[int, int] | None = None, threads: int | None = None) -> DeployedExtractor:
+    """An exported ONNX file of any precision (ONNX Runtime, best provider present) or a TensorRT
+    engine, opened by the runtime's ``open_backend`` (tensorrt and pycuda imported only for an engine)."""
+    from ..runtime.backends import open_backend  # noqa: PLC0415
 
-    backend = OnnxRuntimeBackend(path, threads=threads, max_batch=64)
-    return DeployedExtractor(backend.infer, backend.info, backend.max_batch, str(path), image_size)
-
-
-def engine_extractor(path: str | Path, image_size: tuple[int, int] | None = None) -> DeployedExtractor:
-    """A TensorRT engine built by ``structvpr-edge build-engine`` (tensorrt and pycuda imported here)."""
-    from ..runtime.tensorrt_backend import TensorRTBackend  # noqa: PLC0415
-
-    backend = TensorRTBackend(path, max_batch=8)
+    backend = open_backend(path, threads=threads, max_batch=8 if backend_for(path) == "tensorrt" else 64)
     return DeployedExtractor(backend.infer, backend.info, backend.max_batch, str(path), image_size)
 
 
@@ -84,16 +80,13 @@ def load_extractor(model: str, image_size: tuple[int, int] | None = None):
     """Reference name, shipped model name, checkpoint, ONNX file or TensorRT engine -> extractor."""
     if model in REFERENCE_MODELS:
         return REFERENCE_MODELS[model](image_size=image_size)
-    suffix = Path(model).suffix
-    if suffix == ".onnx":
-        return onnx_extractor(model, image_size)
-    if suffix == ".engine":
-        return engine_extractor(model, image_size)
+    if backend_for(model) != "torch":
+        return deployed_extractor(model, image_size)
     from ..models.checkpoint import SHIPPED  # noqa: PLC0415
 
-    if model in SHIPPED or suffix == ".pt":
+    if model in SHIPPED or Path(model).suffix == ".pt":
         return CheckpointExtractor(model, image_size)
     raise ModelError(
-        f"unknown model {model!r}; use a checkpoint (.pt), an ONNX file (.onnx), a TensorRT engine (.engine), "
+        f"unknown model {model!r}; use a checkpoint (.pt), an ONNX file (.onnx), a TensorRT engine ({' or '.join(ENGINE_SUFFIXES)}), "
         f"a shipped model {sorted(SHIPPED)} or a built-in reference {sorted(REFERENCE_MODELS)}"
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..images import normalize
 from ..labels import GROUP_ID, STATIC_GROUPS, classes_to_groups
 
 
@@ -60,21 +61,19 @@ class ImageNetGeMDescriptor:
     def __init__(self, image_size: tuple[int, int] | None = None) -> None:
         import torch  # noqa: PLC0415 - only this reference needs torch
 
-        from ..models.efficientnet_lite import MEAN_RGB, STD_RGB, EfficientNetLite0
+        from ..models.efficientnet_lite import EfficientNetLite0
         from ..models.gem import GeM
 
         self.image_size = image_size
         self._torch = torch
-        self.backbone = EfficientNetLite0(stride=32).load_imagenet().eval()
+        self.backbone = EfficientNetLite0(stride=32, imagenet=True).eval()
         self.pool = GeM(learn_p=False).eval()
-        self.mean = np.array(MEAN_RGB, dtype=np.float32) * 255
-        self.std = np.array(STD_RGB, dtype=np.float32) * 255
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        x = (images.astype(np.float32) - self.mean) / self.std
+        from ..models.efficientnet_lite import MEAN_RGB, STD_RGB  # noqa: PLC0415
+
         with self._torch.inference_mode():
-            tensor = self._torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-            features = self.pool(self.backbone(tensor))
+            features = self.pool(self.backbone(self._torch.from_numpy(normalize(images, MEAN_RGB, STD_RGB))))
         return _l2_normalize(features.numpy())
 
 

@@ -2,7 +2,7 @@
 
 A checkpoint holds the model type and config, the state dict, the descriptor layout, the
 label-group map, the input normalisation and the full training config. The shipped models
-(``structvprpp``, ``baseline``) are such checkpoints with float16 weights inside the package.
+(``structvprpp``, ``student-nokd``, ``baseline``) are such checkpoints with float16 weights inside the package.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from .teacher import SegTeacher, TeacherConfig
 
 FORMAT = "structvpr-edge/checkpoint/1"
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
-SHIPPED = {"structvprpp": "structvprpp.pt", "baseline": "baseline.pt"}
+SHIPPED = {"structvprpp": "structvprpp.pt", "student-nokd": "student-nokd.pt", "baseline": "baseline.pt"}
 MODEL_TYPES = {
     "teacher": (SegTeacher, TeacherConfig),
     "structvpr++": (StructVPRStudent, StudentConfig),

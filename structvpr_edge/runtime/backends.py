@@ -12,8 +12,9 @@ from typing import Protocol
 
 import numpy as np
 
+from ..artifacts import ENGINE_SUFFIXES, backend_for
 from ..errors import BackendError, ConfigError
-from ..modelinfo import ModelInfo
+from ..modelinfo import ModelInfo, sha256_file
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
@@ -28,34 +29,44 @@ class Backend(Protocol):
 
 
 class OnnxRuntimeBackend:
-    def __init__(self, path: str | Path, threads: int | None = None, max_batch: int = 1) -> None:
-        from .ort_session import create_session  # noqa: PLC0415
+    def __init__(self, path: str | Path, threads: int | str | None = "auto", max_batch: int = 1) -> None:
+        from .ort_session import OrtSession  # noqa: PLC0415
 
-        self.session = create_session(path, threads=threads)
-        self.info = ModelInfo.from_props(self.session.get_modelmeta().custom_metadata_map)
-        declared = self.session.get_inputs()[0].shape[0]
+        self.ort = OrtSession(path, threads=threads)
+        session = self.ort.session
+        self.info = ModelInfo.from_props(session.get_modelmeta().custom_metadata_map)
+        declared = session.get_inputs()[0].shape[0]
         self.max_batch = declared if isinstance(declared, int) else max_batch
 
+    @property
+    def threading(self) -> dict | None:
+        """The CPU threading in use and how it was chosen (None on a GPU provider)."""
+        return self.ort.threading.to_json() if self.ort.threading is not None else None
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.info.output_name], {self.info.input_name: batch})[0]
+        return self.ort.session.run([self.info.output_name], {self.info.input_name: batch})[0]
 
     def close(self) -> None:
-        self.session = None
+        self.ort.close()
 
 
 class TorchBackend:
     """Reference backend: float input, eager PyTorch on the CPU (or CUDA when available)."""
 
-    def __init__(self, checkpoint: str | Path, threads: int | None = None, max_batch: int = 1) -> None:
+    def __init__(self, checkpoint: str | Path, threads: int | str | None = "auto", max_batch: int = 1) -> None:
         try:
             import torch  # noqa: PLC0415
         except ImportError as exc:
             raise BackendError("the torch backend needs torch (pip install structvpr-edge[train])") from exc
-        from ..deploy.export import model_info, sha256_file  # noqa: PLC0415
+        from ..deploy.export import model_info  # noqa: PLC0415
         from ..models.checkpoint import load_checkpoint, resolve_checkpoint  # noqa: PLC0415
 
-        if threads:
+        from .ort_session import AUTO, parse_threads  # noqa: PLC0415
+
+        threads = parse_threads(threads)
+        if threads != AUTO:  # "auto": torch's own default, every core
             torch.set_num_threads(threads)
+        self.threading = {"threads": torch.get_num_threads(), "source": "explicit" if threads != AUTO else "torch default"}
         self.torch = torch
         self.model, meta = load_checkpoint(checkpoint)
         width, height = meta["input"]["size"]
@@ -70,25 +81,24 @@ class TorchBackend:
         self.model = None
 
 
-def open_backend(model: str | Path, backend: str = "auto", threads: int | None = None, max_batch: int = 1) -> Backend:
+def open_backend(model: str | Path, backend: str = "auto", threads: int | str | None = "auto", max_batch: int = 1) -> Backend:
     """Pick and open a backend for ``model`` (engine, ONNX file, checkpoint or shipped name).
 
     ``auto``: an engine runs on TensorRT; an ONNX file on ONNX Runtime (whose CUDA/TensorRT
-    providers take the GPU when present); a checkpoint on torch.
+    providers take the GPU when present); a checkpoint on torch. ``threads``: an integer, or
+    ``"auto"`` (None: the same), measured for ONNX Runtime (ort_session.py).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    suffix = Path(str(model)).suffix
-    if backend == "auto":
-        backend = {".engine": "tensorrt", ".plan": "tensorrt", ".onnx": "onnxruntime"}.get(suffix, "torch")
+    backend = backend_for(model) if backend == "auto" else backend
+    if backend != "torch" and backend_for(model) != backend:
+        made_by = {"tensorrt": f"a built engine ({' or '.join(ENGINE_SUFFIXES)}); build one with structvpr-edge build-engine",
+                   "onnxruntime": "an .onnx file; export one with structvpr-edge export"}[backend]
+        raise ConfigError(f"the {backend} backend runs {made_by}, got {model}")
     if backend == "tensorrt":
-        if suffix not in (".engine", ".plan"):
-            raise ConfigError(f"the tensorrt backend runs a built engine (.engine), got {model}; build one with structvpr-edge build-engine")
         from .tensorrt_backend import TensorRTBackend  # noqa: PLC0415
 
         return TensorRTBackend(model, max_batch=max_batch)
     if backend == "onnxruntime":
-        if suffix != ".onnx":
-            raise ConfigError(f"the onnxruntime backend runs an .onnx file, got {model}; export one with structvpr-edge export")
         return OnnxRuntimeBackend(model, threads=threads, max_batch=max_batch)
     return TorchBackend(model, threads=threads, max_batch=max_batch)

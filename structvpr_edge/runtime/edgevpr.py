@@ -11,18 +11,22 @@ CUDA stream, so one instance serves one thread at a time; use one instance per c
 """
 from __future__ import annotations
 
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, MapError
+from ..errors import ConfigError, MapError, ModelError
+from ..modelinfo import sha256_file
 from .backends import Backend, open_backend
 from .map import PlaceMap
 from .preprocess import Preprocessor
 from .temporal import PlaceFilter, TemporalConfig
 
+MODEL_SUFFIXES = (".onnx", ".engine", ".plan", ".pt")  # a path, not a shipped model name
 DISTINCT_PLACE_M = 25.0  # entries farther than this from the top-1 count as another place for the margin
 
 
@@ -51,25 +55,34 @@ class Localization:
     def to_json(self) -> dict:
         return {
             "east": self.east, "north": self.north, "heading": None if np.isnan(self.heading) else self.heading,
-            "confident": self.confident, "margin": self.margin,
+            "confident": self.confident, "margin": self.margin if math.isfinite(self.margin) else None,
             "matches": [{**m.__dict__, "heading": None if np.isnan(m.heading) else m.heading} for m in self.matches],
             "timing_ms": self.timing_ms,
         }
 
 
-def margin_to_other_places(scores: np.ndarray, rows: np.ndarray, poses: np.ndarray) -> float:
-    """Top-1 similarity minus the best similarity of an entry at another place (> 25 m away).
+def margin_to_other_places(scores: np.ndarray, rows: np.ndarray, poses: np.ndarray, chosen: int = 0) -> float:
+    """Similarity of candidate ``chosen`` (the top-1 by default) minus the best similarity of a
+    candidate at another place (> 25 m away from it).
 
     Neighbouring entries of the same place are not ambiguity; when every retrieved entry is
-    near the top-1, the k-th score bounds the margin from below.
+    near the chosen one, the k-th score bounds the margin from below.
     """
     valid = rows >= 0
     scores, rows = scores[valid], rows[valid]
     if len(rows) < 2:
         return float("inf")
-    distance = np.linalg.norm(poses[rows[1:], :2] - poses[rows[0], :2], axis=1)
-    other = np.flatnonzero(distance > DISTINCT_PLACE_M)
-    return float(scores[0] - (scores[1 + other[0]] if len(other) else scores[-1]))
+    others = np.delete(np.arange(len(rows)), chosen)
+    distance = np.linalg.norm(poses[rows[others], :2] - poses[rows[chosen], :2], axis=1)
+    far = others[distance > DISTINCT_PLACE_M]
+    return float(scores[chosen] - (scores[far[0]] if len(far) else scores[others[-1]]))
+
+
+def positive_int(name: str, value: object) -> int:
+    """A count option (top_k, max_batch, threads): a real int >= 1, not "5", 2.5 or True."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
 
 
 class EdgeVPR:
@@ -80,15 +93,22 @@ class EdgeVPR:
         backend: str = "auto",
         top_k: int = 5,
         colour: str = "BGR",
-        threads: int | None = None,
+        threads: int | str | None = "auto",  # "auto": measured per model and machine (ort_session.py)
         max_batch: int = 1,
         temporal: bool | TemporalConfig = False,
         gpu_index: bool = False,
     ) -> None:
-        if top_k < 1:
-            raise ConfigError(f"top_k must be >= 1, got {top_k}")
-        self.backend: Backend = open_backend(model, backend, threads=threads, max_batch=max_batch)
+        if not isinstance(model, (str, os.PathLike)) or not str(model):
+            raise ConfigError(f"model must be a file path or a shipped model name, got {model!r}")
+        if Path(model).suffix in MODEL_SUFFIXES and not Path(model).is_file():
+            raise ModelError(f"model file {model} not found (or not a file)")
+        top_k, max_batch = positive_int("top_k", top_k), positive_int("max_batch", max_batch)
+        if threads not in (None, "auto"):
+            positive_int("threads", threads)
+        self.backend: Backend | None = open_backend(model, backend, threads=threads, max_batch=max_batch)
         self.info = self.backend.info
+        # The map is tied to these exact bytes: metadata alone would pass a damaged or retrained file.
+        self.model_sha256 = sha256_file(model) if Path(model).is_file() else self.info.checkpoint_sha256
         self.preprocess = Preprocessor(self.info, colour, max_batch=max(1, min(max_batch, self.backend.max_batch)))
         self.top_k = top_k
         self.map: PlaceMap | None = None
@@ -96,9 +116,16 @@ class EdgeVPR:
         if map is not None:
             self.set_map(map, temporal, gpu_index)
 
-    def set_map(self, place_map: str | Path | PlaceMap, temporal: bool | TemporalConfig = False, gpu_index: bool = False) -> None:
+    def set_map(self, place_map: str | Path | PlaceMap, temporal: bool | TemporalConfig | None = None, gpu_index: bool = False) -> None:
+        """Switch maps; ``temporal`` None keeps the current filter setting (re-started on the new map)."""
+        if not isinstance(place_map, (str, os.PathLike, PlaceMap)):
+            raise ConfigError(f"map must be a map folder or a PlaceMap, got {type(place_map).__name__}")
         place_map = place_map if isinstance(place_map, PlaceMap) else PlaceMap.load(place_map)
-        place_map.check_compatible(self.info.layout.hash(), self.info.checkpoint_sha256)
+        place_map.check_compatible(self.info.layout.hash(), self.model_sha256)
+        if temporal is None:
+            temporal = self.filter.config if self.filter is not None else False
+        if not isinstance(temporal, (bool, TemporalConfig)):
+            raise ConfigError(f"temporal must be True, False or a TemporalConfig, got {temporal!r}")
         if gpu_index:
             place_map.to_gpu()
         self.map = place_map
@@ -106,11 +133,26 @@ class EdgeVPR:
         if temporal:
             self.filter = PlaceFilter(place_map.poses, temporal if isinstance(temporal, TemporalConfig) else None)
 
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        """The backend's descriptors, refused when not finite: a NaN descriptor has no nearest place."""
+        descriptors = np.asarray(self.backend.infer(batch), dtype=np.float32)
+        if not np.isfinite(descriptors).all():
+            raise ModelError("the model returned a NaN or inf descriptor: the model file is damaged or not a descriptor model")
+        return descriptors
+
+    def _frames(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        if self.backend is None:
+            raise ConfigError("this EdgeVPR is closed; create a new one")
+        if not isinstance(frames, (list, tuple)) or not frames:
+            raise ConfigError(f"expected a non-empty list of frames, got {frames!r:.60}")
+        return list(frames)
+
     def describe_batch(self, frames: list[np.ndarray]) -> np.ndarray:
         """(B, D) L2-normalised descriptors; batches larger than the runtime's are split."""
+        frames = self._frames(frames)
         chunk = len(self.preprocess.input)
-        out = [self.backend.infer(self.preprocess(frames[i : i + chunk])) for i in range(0, len(frames), chunk)]
-        return np.concatenate(out).astype(np.float32, copy=False)
+        out = [self._infer(self.preprocess(frames[i : i + chunk])) for i in range(0, len(frames), chunk)]
+        return np.concatenate(out)
 
     def describe(self, frame: np.ndarray) -> np.ndarray:
         return self.describe_batch([frame])[0]
@@ -120,6 +162,7 @@ class EdgeVPR:
 
     def localize_batch(self, frames: list[np.ndarray]) -> list[Localization]:
         """Per frame: the top-k entries, the pose estimate and the confidence flag, with stage times."""
+        frames = self._frames(frames)
         if self.map is None:
             raise MapError("no map loaded: pass map=... or call set_map()")
         results = []
@@ -129,7 +172,7 @@ class EdgeVPR:
             t0 = time.perf_counter()
             batch = self.preprocess(part)
             t1 = time.perf_counter()
-            descriptors = self.backend.infer(batch)
+            descriptors = self._infer(batch)
             t2 = time.perf_counter()
             scores, rows = self.map.search(descriptors, self.top_k)
             t3 = time.perf_counter()
@@ -142,14 +185,14 @@ class EdgeVPR:
         matches = [
             Match(int(r), self.map.places[r].id, *map(float, poses[r]), float(s)) for s, r in zip(scores, rows) if r >= 0
         ]
-        best = int(rows[0])
+        chosen = 0  # the candidate whose pose is returned; the confidence is about that pose
         if self.filter is not None:
             posterior = self.filter.update(rows, scores)
-            best = int(self.filter.rows[int(np.argmax(posterior))])
-        margin = margin_to_other_places(scores, rows, poses)
+            chosen = int(np.flatnonzero(rows == self.filter.rows[int(np.argmax(posterior))])[0])
+        margin = margin_to_other_places(scores, rows, poses, chosen)
         threshold = self.map.manifest.threshold
-        confident = threshold is not None and bool(scores[0] >= threshold.score and margin >= threshold.margin)
-        east, north, heading = map(float, poses[best])
+        confident = threshold is not None and bool(scores[chosen] >= threshold.score and margin >= threshold.margin)
+        east, north, heading = map(float, poses[rows[chosen]])
         return Localization(matches, east, north, heading, confident, margin, {**timing, "total": sum(timing.values())})
 
     def close(self) -> None:

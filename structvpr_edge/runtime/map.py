@@ -1,21 +1,33 @@
 """A place-recognition map: descriptors of geo-tagged reference images in a FAISS index.
 
-A map is a directory:
+A map is a directory of immutable generations and one pointer file:
 
-    index.faiss     the FAISS index (inner product on L2-normalised descriptors)
-    places.sqlite   id, pose (east, north, heading), timestamp and source path of every entry
-    manifest.json   count, descriptor layout hash, model sha256, index type, checksums, threshold
+    CURRENT             the name of the live generation, e.g. ``gen-00000007``
+    gen-00000007/       index.faiss, places.sqlite, manifest.json (count, descriptor layout hash,
+                        sha256 of the model file, index type, checksums, threshold)
+    .lock               taken (flock) by writers only
 
-Every file is written to a temporary name and renamed, the manifest last, so a crash mid-save
-leaves the previous map readable. A map refuses descriptors of another model or layout.
+Why: a vehicle's map is updated in the field, where power cuts and a second writer happen. A
+save writes a whole new generation in a hidden folder, fsyncs it, renames it into place and
+then replaces CURRENT (temp file + fsync + os.replace + directory fsync): a reader sees the old
+generation or the new one, never a mix. Writers hold an inter-process lock; a map loaded from a
+folder and saved back re-reads the newest generation under the lock and re-applies its own
+additions, so two appenders never lose each other's entries. Leftovers of an interrupted write
+are removed by the next writer; loading never creates or deletes a file.
+
+A map refuses descriptors of another layout or of another model file (its bytes are hashed).
 On an exact (flat) map, a frame's search scans an 8-bit copy and re-scores the candidates in
 float32, with a bound that keeps the answer exact (quantized_scan.py).
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import math
 import os
+import re
+import shutil
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,10 +38,17 @@ import numpy as np
 from ..errors import MapError
 from .quantized_scan import QuantizedScan
 
-FORMAT = "structvpr-edge/map/1"
+FORMAT = "structvpr-edge/map/2"
 EXACT_LIMIT = 200_000  # above this many entries "auto" picks an approximate index
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 FEW_QUERIES = 64  # below this many queries per search: one thread, and the int8 scan on flat maps
+FILES = ("index.faiss", "places.sqlite")  # the checksummed files of a generation
+GENERATION = re.compile(r"gen-\d{8}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+LEFTOVERS = re.compile(r"\.gen-tmp-.*|CURRENT\.tmp-.*|gen-\d{8}")  # removed by a writer unless CURRENT names it
+LEGACY = ("index.faiss", "places.sqlite", "manifest.json", "index.faiss.tmp", "places.sqlite.tmp", "manifest.json.tmp")
+LOCK_TIMEOUT_S = 60.0
+POINTS_PER_LIST = 39  # FAISS wants this many training points per inverted list
 
 
 @dataclass(frozen=True)
@@ -60,7 +79,7 @@ class MapManifest:
     count: int
     dim: int
     layout_hash: str
-    model_sha256: str
+    model_sha256: str  # sha256 of the bytes of the model file that described the map
     index_type: str
     index_string: str
     created: str
@@ -86,8 +105,101 @@ def index_string(index_type: str, count: int, dim: int) -> str:
         return "Flat"
     if index_type == "hnsw":
         return "HNSW32,SQfp16"
-    nlist = int(min(1024, max(64, np.sqrt(max(count, 1)))))
-    return f"IVF{nlist},SQ8"
+    return f"IVF{ivf_lists(count)},SQ8"
+
+
+def ivf_lists(count: int) -> int:
+    return int(min(1024, max(64, np.sqrt(max(count, 1)))))
+
+
+def check_trainable(factory: str, count: int) -> None:
+    """An IVF index learns its lists from the first entries: refuse too few before any work."""
+    if factory.startswith("IVF") and count < POINTS_PER_LIST * ivf_lists(count):
+        raise MapError(
+            f"an ivf index needs at least {POINTS_PER_LIST * ivf_lists(count)} entries to train, got {count}: "
+            f"use --index flat (exact, fast up to {EXACT_LIMIT:,} entries) or auto"
+        )
+
+
+def check_writable(directory: str | Path) -> Path:
+    """Fail early, before any long work, when a map cannot be written to ``directory``; creates nothing."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise MapError(f"{directory} is a file, not a map folder")
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise MapError(f"cannot write a map to {directory}: {existing} is not a writable folder")
+    return directory
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's entries to the disk (a rename is durable only after this)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class MapLock:
+    """Inter-process writer lock on ``DIR/.lock`` (flock: released by the kernel if the writer dies)."""
+
+    def __init__(self, directory: Path, timeout_s: float = LOCK_TIMEOUT_S) -> None:
+        self.directory, self.timeout_s, self.fd = directory, timeout_s, -1
+
+    def __enter__(self) -> "MapLock":
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise MapError(f"cannot write a map to {self.directory}: {exc.strerror or exc}") from exc
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(self.fd)
+                    raise MapError(f"{self.directory} is being written by another process (waited {self.timeout_s:g} s); try again") from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)  # closing releases the flock
+
+
+def read_current(directory: Path) -> str:
+    """The live generation's name; a clear error for a folder that is not a map."""
+    pointer = directory / "CURRENT"
+    if not pointer.is_file():
+        if (directory / "manifest.json").is_file():
+            raise MapError(f"{directory} is a map of an older format (no crash-safe generations): rebuild it with structvpr-edge build-map")
+        raise MapError(f"{directory} is not a map: no CURRENT file (build one with structvpr-edge build-map)")
+    try:
+        name = pointer.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MapError(f"{pointer} cannot be read: {exc}") from exc
+    if not GENERATION.fullmatch(name):
+        raise MapError(f"{pointer} is corrupt (names {name[:40]!r}); rebuild the map")
+    return name
+
+
+def _read_manifest(path: Path) -> MapManifest:
+    try:
+        data = json.loads(path.read_text())
+        raw_threshold = data.pop("threshold", None)
+        manifest = MapManifest(**data, threshold=Threshold(**raw_threshold) if raw_threshold else None)
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise MapError(f"{path} is malformed: {exc}") from exc
+    if manifest.format != FORMAT:
+        raise MapError(f"{path}: unsupported map format {manifest.format!r} (expected {FORMAT}); rebuild the map")
+    if not isinstance(manifest.checksums, dict) or sorted(manifest.checksums) != sorted(FILES) or not all(
+        isinstance(v, str) and SHA256.fullmatch(v) for v in manifest.checksums.values()
+    ):
+        raise MapError(f"{path}: the checksums of {FILES} are missing or malformed; the map cannot be verified, rebuild it")
+    if not isinstance(manifest.model_sha256, str) or not SHA256.fullmatch(manifest.model_sha256):
+        raise MapError(f"{path}: the model's sha256 is missing or malformed; rebuild the map")
+    return manifest
 
 
 class PlaceMap:
@@ -96,15 +208,23 @@ class PlaceMap:
     def __init__(self, dim: int, layout_hash: str, model_sha256: str, index_type: str = "auto", expected_size: int = 0) -> None:
         import faiss  # noqa: PLC0415
 
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise MapError(f"descriptor dimension must be a positive integer, got {dim!r}")
         self.faiss = faiss
         self.search_threads = 1
         self.index_type = index_type
         self.factory = index_string(index_type, expected_size, dim)
-        self.index = faiss.index_factory(dim, self.factory, faiss.METRIC_INNER_PRODUCT)
+        if expected_size:
+            check_trainable(self.factory, expected_size)
+        self.index = faiss.index_factory(int(dim), self.factory, faiss.METRIC_INNER_PRODUCT)
         self.scan = self._exact_scan()
-        self.manifest = MapManifest(FORMAT, 0, dim, layout_hash, model_sha256, index_type, self.factory, time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self.manifest = MapManifest(FORMAT, 0, int(dim), layout_hash, model_sha256, index_type, self.factory, time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.places: list[Place] = []
         self.poses = np.zeros((0, 3))  # east, north, heading per entry, for fast per-frame lookups
+        self._origin: Path | None = None  # folder and generation this map was loaded from / saved to
+        self._generation: str | None = None
+        self._pending: list[tuple[np.ndarray, list[Place]]] = []  # additions since then, re-applied on a merge
+        self._threshold_changed = False
 
     def _exact_scan(self) -> QuantizedScan | None:
         """The 8-bit scan that speeds up single-frame search on an exact (flat) map."""
@@ -118,7 +238,7 @@ class PlaceMap:
         return self.index.ntotal
 
     def check_compatible(self, layout_hash: str, model_sha256: str | None = None) -> None:
-        """Refuse queries from another layout (and, when given, another model)."""
+        """Refuse queries from another layout (and, when given, another model file)."""
         if layout_hash != self.manifest.layout_hash:
             raise MapError(
                 f"map was built with descriptor layout {self.manifest.layout_hash}, the model has {layout_hash}: "
@@ -126,21 +246,27 @@ class PlaceMap:
             )
         if model_sha256 and self.manifest.model_sha256 and model_sha256 != self.manifest.model_sha256:
             raise MapError(
-                f"map was built with model {self.manifest.model_sha256[:12]}, this model is {model_sha256[:12]}: "
+                f"map was built with model file {self.manifest.model_sha256[:12]}, this model file is {model_sha256[:12]}: "
                 "descriptors of different weights are not comparable; rebuild the map (structvpr-edge build-map)"
             )
 
     def add(self, descriptors: np.ndarray, places: list[Place]) -> None:
         """Append entries; the first add to an untrained approximate index trains it."""
-        descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
-        if descriptors.ndim != 2 or descriptors.shape[1] != self.dim:
-            raise MapError(f"descriptors must be (N, {self.dim}), got {descriptors.shape}")
-        if len(places) != len(descriptors):
-            raise MapError(f"{len(descriptors)} descriptors but {len(places)} places")
+        try:
+            descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise MapError(f"descriptors must be a float array: {exc}") from exc
+        if descriptors.ndim != 2 or descriptors.shape[1] != self.dim or len(descriptors) == 0:
+            raise MapError(f"descriptors must be (N, {self.dim}) with N >= 1, got {descriptors.shape}")
+        if not isinstance(places, (list, tuple)) or len(places) != len(descriptors):
+            raise MapError(f"{len(descriptors)} descriptors need a list of as many places")
+        if not all(isinstance(p, Place) and math.isfinite(p.east) and math.isfinite(p.north) for p in places):
+            raise MapError("every place must be a Place with a finite east and north")
         norms = np.linalg.norm(descriptors, axis=1)
         if not np.all(np.isfinite(norms)) or np.any(np.abs(norms - 1) > 1e-2):
             raise MapError("map descriptors must be finite and L2-normalised")
         if not self.index.is_trained:
+            check_trainable(self.factory, len(descriptors))
             ivf = self.faiss.try_extract_index_ivf(self.index)
             if ivf is not None:  # k-means on 64 points per list: seconds, not minutes, for a 1M map
                 ivf.cp.max_points_per_centroid = 64
@@ -153,6 +279,13 @@ class PlaceMap:
         new = np.array([[p.east, p.north, p.heading] for p in places], dtype=np.float64).reshape(-1, 3)
         self.poses = np.concatenate([self.poses, new])
         self.manifest.count = len(self.places)
+        if self._origin is not None:
+            self._pending.append((descriptors, list(places)))
+
+    def set_threshold(self, threshold: Threshold | None) -> None:
+        """The confidence rule; kept through a merge with another writer's additions."""
+        self.manifest.threshold = threshold
+        self._threshold_changed = True
 
     def set_search_effort(self, nprobe: int | None = None, ef_search: int = 64) -> None:
         """Speed/accuracy knob of approximate indexes (no effect on an exact index).
@@ -170,15 +303,19 @@ class PlaceMap:
         """(scores, rows) of the k best entries per query, best first; rows are -1 where fewer exist."""
         if len(self) == 0:
             raise MapError("the map is empty")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise MapError(f"k must be a positive integer, got {k!r}")
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise MapError(f"queries must be (B, {self.dim}), got {queries.shape}")
+        if queries.ndim != 2 or queries.shape[1] != self.dim or len(queries) == 0:
+            raise MapError(f"queries must be (B, {self.dim}) with B >= 1, got {queries.shape}")
+        if not np.isfinite(queries).all():
+            raise MapError("queries must be finite (a NaN or inf descriptor has no nearest place)")
         # One query per frame: OpenMP fan-out costs more than it saves and fights the inference threads.
         few = len(queries) < FEW_QUERIES
         self.faiss.omp_set_num_threads(self.search_threads if few else max(1, os.cpu_count() or 1))
         if few and self.scan is not None:
-            return self.scan.search(queries, min(k, len(self)))
-        return self.index.search(queries, min(k, len(self)))
+            return self.scan.search(queries, min(int(k), len(self)))
+        return self.index.search(queries, min(int(k), len(self)))
 
     def to_gpu(self, float16: bool = True) -> bool:
         """Move the index to the GPU when faiss has GPU support; returns whether it moved."""
@@ -191,65 +328,142 @@ class PlaceMap:
         self.scan = None
         return True
 
-    def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+    def save(self, directory: str | Path, lock_timeout_s: float = LOCK_TIMEOUT_S) -> Path:
+        """Write a new generation and make it the live one, atomically, under the writer lock.
+
+        Saving back to the folder this map came from while another writer has published since
+        re-reads that newest generation and re-applies this map's additions (and threshold), so
+        no update is lost; this object then holds the merged map. Saving elsewhere replaces.
+        """
+        directory = check_writable(directory)
+        if not SHA256.fullmatch(str(self.manifest.model_sha256)):
+            raise MapError(f"a saved map must record the sha256 of its model file, got {self.manifest.model_sha256!r}")
+        merging = self._origin == directory.resolve()
+        with MapLock(directory, lock_timeout_s):
+            try:
+                current = read_current(directory) if (directory / "CURRENT").is_file() else None
+            except MapError:
+                if merging:  # appending to a map whose pointer is damaged: say so, do not replace it
+                    raise
+                current = None  # a new map replaces a damaged one
+            _remove_leftovers(directory, keep=current)
+            target = self
+            if merging and current not in (None, self._generation):
+                target = PlaceMap.load(directory)
+                target.check_compatible(self.manifest.layout_hash, self.manifest.model_sha256)
+                for descriptors, places in self._pending:
+                    target.add(descriptors, places)
+                if self._threshold_changed:
+                    target.manifest.threshold = self.manifest.threshold
+            name = f"gen-{int(current[4:]) + 1 if current else 1:08d}"
+            target._write_generation(directory, name)
+            _publish(directory, name)
+            _remove_leftovers(directory, keep=name)
+        if target is not self:
+            self.__dict__.update(target.__dict__)
+        self._origin, self._generation, self._pending, self._threshold_changed = directory.resolve(), name, [], False
+        return directory
+
+    def _write_generation(self, directory: Path, name: str) -> None:
+        """All files of one generation in a hidden folder, fsynced, then renamed to ``name``."""
         index = self.index
         if hasattr(self.faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:
             index = self.faiss.index_gpu_to_cpu(index)
-        tmp_index = directory / "index.faiss.tmp"
-        self.faiss.write_index(index, str(tmp_index))
-        tmp_db = directory / "places.sqlite.tmp"
-        tmp_db.unlink(missing_ok=True)
-        with sqlite3.connect(tmp_db) as db:
+        tmp = directory / f".gen-tmp-{os.getpid()}-{os.urandom(4).hex()}"
+        tmp.mkdir()
+        blob = self.faiss.serialize_index(index).tobytes()
+        with (tmp / "index.faiss").open("wb") as handle:
+            handle.write(blob)
+            handle.flush()
+            os.fsync(handle.fileno())
+        with sqlite3.connect(tmp / "places.sqlite") as db:
             db.execute("CREATE TABLE places (row INTEGER PRIMARY KEY, id TEXT, east REAL, north REAL, heading REAL, timestamp TEXT, source TEXT)")
             db.executemany(
                 "INSERT INTO places VALUES (?, ?, ?, ?, ?, ?, ?)",
                 ((i, p.id, p.east, p.north, None if np.isnan(p.heading) else p.heading, p.timestamp, p.source) for i, p in enumerate(self.places)),
             )
         db.close()
-        os.replace(tmp_index, directory / "index.faiss")
-        os.replace(tmp_db, directory / "places.sqlite")
-        self.manifest.checksums = {name: _sha256(directory / name) for name in ("index.faiss", "places.sqlite")}
-        tmp_manifest = directory / "manifest.json.tmp"
-        tmp_manifest.write_text(json.dumps(asdict(self.manifest), indent=2) + "\n")
-        os.replace(tmp_manifest, directory / "manifest.json")
-        return directory
+        _fsync(tmp / "places.sqlite")
+        self.manifest.checksums = {"index.faiss": hashlib.sha256(blob).hexdigest(), "places.sqlite": _sha256(tmp / "places.sqlite")}
+        with (tmp / "manifest.json").open("w") as handle:
+            handle.write(json.dumps(asdict(self.manifest), indent=2) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync(tmp)
+        os.rename(tmp, directory / name)
+        _fsync(directory)
 
     @classmethod
     def load(cls, directory: str | Path, verify: bool = True) -> "PlaceMap":
+        """The live generation of a map folder; read-only (never creates or deletes a file)."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise MapError(f"{directory} is not a map folder" + (" (it is a file)" if directory.exists() else " (it does not exist)"))
+        for _ in range(5):  # a writer may retire the generation between reading CURRENT and opening it
+            name = read_current(directory)
+            try:
+                return cls._load_generation(directory, name, verify)
+            except (FileNotFoundError, MapError) as exc:
+                if read_current(directory) != name:
+                    continue  # retired while it was read: read the new generation
+                if isinstance(exc, MapError):
+                    raise
+                raise MapError(f"{directory}/{name} is missing files; the map is corrupt, rebuild it") from None
+        raise MapError(f"{directory} keeps changing while it is read; try again")
+
+    @classmethod
+    def _load_generation(cls, directory: Path, name: str, verify: bool) -> "PlaceMap":
         import faiss  # noqa: PLC0415
 
-        directory = Path(directory)
-        manifest_path = directory / "manifest.json"
-        if not manifest_path.exists():
-            raise MapError(f"{directory} is not a map: no manifest.json (build one with structvpr-edge build-map)")
-        try:
-            data = json.loads(manifest_path.read_text())
-            raw_threshold = data.pop("threshold", None)
-            threshold = Threshold(**raw_threshold) if raw_threshold else None
-            manifest = MapManifest(**data, threshold=threshold)
-        except (ValueError, TypeError) as exc:
-            raise MapError(f"{manifest_path} is malformed: {exc}") from exc
-        if manifest.format != FORMAT:
-            raise MapError(f"{directory}: unsupported map format {manifest.format!r} (expected {FORMAT})")
-        for name, expected in manifest.checksums.items():
-            if not (directory / name).exists():
-                raise MapError(f"{directory}: {name} is missing")
-            if verify and _sha256(directory / name) != expected:
-                raise MapError(f"{directory}: {name} does not match its checksum; the map is corrupt, rebuild it")
+        folder = directory / name
+        if not folder.is_dir():
+            raise FileNotFoundError(folder)
+        manifest = _read_manifest(folder / "manifest.json")
+        for file, expected in manifest.checksums.items():
+            if verify and _sha256(folder / file) != expected:
+                raise MapError(f"{folder}: {file} does not match its checksum; the map is corrupt, rebuild it")
         self = cls.__new__(cls)
         self.faiss = faiss
         self.search_threads = 1
-        self.index = faiss.read_index(str(directory / "index.faiss"))
+        try:
+            self.index = faiss.read_index(str(folder / "index.faiss"))
+        except RuntimeError as exc:
+            raise MapError(f"{folder}/index.faiss cannot be read: {str(exc).splitlines()[0]}") from exc
         self.manifest, self.index_type, self.factory = manifest, manifest.index_type, manifest.index_string
         self.scan = self._exact_scan()
-        with sqlite3.connect(directory / "places.sqlite") as db:
-            rows = db.execute("SELECT id, east, north, heading, timestamp, source FROM places ORDER BY row").fetchall()
-        db.close()
+        if not (folder / "places.sqlite").is_file():
+            raise FileNotFoundError(folder / "places.sqlite")
+        try:  # immutable: a generation never changes, and a read-only open must not write a journal
+            with sqlite3.connect(f"file:{folder / 'places.sqlite'}?mode=ro&immutable=1", uri=True) as db:
+                rows = db.execute("SELECT id, east, north, heading, timestamp, source FROM places ORDER BY row").fetchall()
+            db.close()
+        except sqlite3.Error as exc:
+            raise MapError(f"{folder}/places.sqlite cannot be read: {exc}") from exc
         self.places = [Place(r[0], r[1], r[2], float("nan") if r[3] is None else r[3], r[4], r[5]) for r in rows]
         self.poses = np.array([[p.east, p.north, p.heading] for p in self.places], dtype=np.float64).reshape(-1, 3)
-        if len(self.places) != self.index.ntotal or manifest.count != len(self.places):
-            raise MapError(f"{directory}: index has {self.index.ntotal} entries, metadata {len(self.places)}, manifest {manifest.count}")
+        if len(self.places) != self.index.ntotal or manifest.count != len(self.places) or self.index.d != manifest.dim:
+            raise MapError(f"{folder}: index has {self.index.ntotal} entries, metadata {len(self.places)}, manifest {manifest.count}")
         self.set_search_effort()
+        self._origin, self._generation, self._pending, self._threshold_changed = directory.resolve(), name, [], False
         return self
+
+
+def _publish(directory: Path, name: str) -> None:
+    """Point CURRENT at ``name``: the one atomic step that makes a generation live."""
+    tmp = directory / f"CURRENT.tmp-{os.getpid()}"
+    with tmp.open("w") as handle:
+        handle.write(name + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, directory / "CURRENT")
+    _fsync(directory)
+
+
+def _remove_leftovers(directory: Path, keep: str | None) -> None:
+    """Interrupted writes' temp folders/files and retired generations (called under the writer lock)."""
+    for path in directory.iterdir():
+        if path.name != keep and (LEFTOVERS.fullmatch(path.name) or path.name in LEGACY):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()

@@ -1,17 +1,18 @@
 """Build maps from geo-tagged images and calibrate the confidence threshold; torch-free."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from ..data.dataset import list_images, load_dataset
 from ..data.names import parse_name
-from ..errors import DatasetError, MapError
-from .edgevpr import EdgeVPR, margin_to_other_places
-from .map import Place, PlaceMap, Threshold
+from ..errors import ConfigError, DatasetError, MapError
+from .edgevpr import EdgeVPR, margin_to_other_places, positive_int
+from .map import INDEX_TYPES, Place, PlaceMap, Threshold, check_writable
+from .preprocess import read_image
 
 
 def reference_images(source: str | Path, split: str = "test", subset: str = "database") -> list[Path]:
@@ -38,20 +39,21 @@ def place_of(path: Path, root: Path) -> Place:
 
 
 def read_frames(paths: list[Path]) -> list[np.ndarray]:
-    frames = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
-    for path, frame in zip(paths, frames):
-        if frame is None:
-            raise DatasetError(f"cannot read image {path}")
-    return frames
+    return [read_image(p) for p in paths]
 
 
 def describe_paths(vpr: EdgeVPR, paths: list[Path], batch_size: int = 16, desc: str = "describe") -> np.ndarray:
+    batch_size = positive_int("batch_size", batch_size)
     chunks = [vpr.describe_batch(read_frames(paths[i : i + batch_size])) for i in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch")]
     return np.concatenate(chunks)
 
 
 def build_map(vpr: EdgeVPR, source: str | Path, out: str | Path | None = None, index_type: str = "auto", append: bool = False, split: str = "test") -> PlaceMap:
     """Describe every reference image and store it with its pose; ``append`` adds to an existing map."""
+    if index_type not in INDEX_TYPES:
+        raise MapError(f"index type must be one of {INDEX_TYPES}, got {index_type!r}")
+    if out is not None:  # before describing: a path mistake must not cost the whole run
+        check_writable(out)
     paths = reference_images(source, split)
     if not paths:
         raise DatasetError(f"no images in {source}")
@@ -59,9 +61,9 @@ def build_map(vpr: EdgeVPR, source: str | Path, out: str | Path | None = None, i
         if out is None:
             raise MapError("append needs the map folder to add to")
         place_map = PlaceMap.load(out)
-        place_map.check_compatible(vpr.info.layout.hash(), vpr.info.checkpoint_sha256)
+        place_map.check_compatible(vpr.info.layout.hash(), vpr.model_sha256)
     else:
-        place_map = PlaceMap(vpr.info.layout.dim, vpr.info.layout.hash(), vpr.info.checkpoint_sha256, index_type, expected_size=len(paths))
+        place_map = PlaceMap(vpr.info.layout.dim, vpr.info.layout.hash(), vpr.model_sha256, index_type, expected_size=len(paths))
     root = Path(source)
     place_map.add(describe_paths(vpr, paths, desc="map"), [place_of(p, root) for p in paths])
     if out is not None:
@@ -69,31 +71,48 @@ def build_map(vpr: EdgeVPR, source: str | Path, out: str | Path | None = None, i
     return place_map
 
 
+def check_precision(precision: float) -> int:
+    """The number of accepted queries needed to measure ``precision``: one error must move it by <= 1 - precision."""
+    if isinstance(precision, bool) or not isinstance(precision, (int, float)) or not 0 < precision < 1:
+        raise ConfigError(f"precision must be a number in (0, 1) (1 cannot be measured on a finite set), got {precision!r}")
+    return math.ceil(1 / (1 - precision) - 1e-9)
+
+
 def threshold_for_precision(scores: np.ndarray, margins: np.ndarray, correct: np.ndarray, precision: float) -> Threshold:
-    """The (score, margin) rule with the most confident queries whose precision reaches the target."""
+    """The (score, margin) rule with the most confident queries whose measured precision reaches the
+    target, among rules that accept enough queries to measure it; a MapError when there is none."""
+    needed = check_precision(precision)
+    if correct.sum() < needed:
+        raise MapError(
+            f"the validation queries have {int(correct.sum())} correct top-1 matches; measuring a precision of {precision} "
+            f"needs at least {needed}: use more validation queries or a lower --precision"
+        )
+    finite = margins[np.isfinite(margins)]
     best = None
-    for margin in np.unique(np.concatenate([[0.0], np.quantile(margins, np.linspace(0, 0.9, 10))])):
+    for margin in np.unique(np.concatenate([[0.0], np.quantile(finite, np.linspace(0, 0.9, 10)) if len(finite) else []])):
         keep_margin = margins >= margin
         order = np.argsort(-scores)
         hits = np.cumsum((correct & keep_margin)[order])
         kept = np.cumsum(keep_margin[order])
         with np.errstate(invalid="ignore", divide="ignore"):
             running = np.where(kept > 0, hits / kept, 0)
-        ok = np.flatnonzero(running >= precision)
+        ok = np.flatnonzero((running >= precision) & (kept >= needed))
         if len(ok):
             i = ok[-1]
             found = Threshold(float(scores[order][i]), float(margin), float(running[i]), float(hits[i] / len(correct)))
             if best is None or found.recall > best.recall:
                 best = found
-    if best is None:  # nothing reaches the target: a rule no query passes
-        best = Threshold(float("inf"), 0.0, precision, 0.0)
+    if best is None:
+        raise MapError(f"no threshold reaches a precision of {precision} on at least {needed} of {len(correct)} validation queries")
     return best
 
 
 def calibrate_threshold(vpr: EdgeVPR, map_dir: str | Path, val: str | Path, precision: float = 0.99, split: str = "val", radius: float = 25.0) -> Threshold:
-    """Pick the threshold on validation queries and store it in the map's manifest."""
-    if not 0 < precision <= 1:
-        raise MapError(f"precision must be in (0, 1], got {precision}")
+    """Pick the threshold on validation queries and store it (with the precision measured) in the map."""
+    check_precision(precision)
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
+        raise ConfigError(f"radius must be a finite number of metres > 0, got {radius!r}")
+    check_writable(map_dir)
     place_map = PlaceMap.load(map_dir)
     vpr.set_map(place_map)
     dataset = load_dataset(val, split, positive_radius=radius)
@@ -104,6 +123,6 @@ def calibrate_threshold(vpr: EdgeVPR, map_dir: str | Path, val: str | Path, prec
     correct = np.linalg.norm(top - dataset.queries.utm, axis=1) <= radius
     margins = np.array([margin_to_other_places(s, r, place_map.poses) for s, r in zip(scores, rows)])
     threshold = threshold_for_precision(scores[:, 0], margins, correct, precision)
-    place_map.manifest.threshold = threshold
+    place_map.set_threshold(threshold)
     place_map.save(map_dir)
     return threshold

@@ -8,16 +8,82 @@ than with one INTER_AREA call, with the same pixels up to one grey level of roun
 
 For a ``--uint8-input`` model the resized pixels are the input: the normalisation lives in the
 graph. For a float model the host applies ``(x/255 - mean)/std`` per channel, in place.
+
+Frames are checked before any work: an empty or absurdly large frame, or an image file that is
+truncated (a truncated JPEG decodes to a grey-padded frame that localizes somewhere else), is a
+typed error, never a hang or a silent wrong place.
 """
 from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DatasetError
 from ..modelinfo import ModelInfo
 
 COLOURS = ("BGR", "RGB")
+MAX_SIDE = 16384  # pixels per side of a frame; beyond this it is a corrupt header, not a camera
+MAX_FILE_BYTES = 256 << 20
+CACHED_SIZES = 8  # frame sizes whose halving buffers are kept (a camera has one or two)
+JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers carry the size
+
+
+def check_frame(frame: object, colour: str = "BGR") -> None:
+    """An HxWx3 uint8 array with 1 <= H, W <= MAX_SIDE."""
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        got = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+        raise ConfigError(f"a frame must be an HxWx3 uint8 array ({colour}), got {got}")
+    if not (1 <= frame.shape[0] <= MAX_SIDE and 1 <= frame.shape[1] <= MAX_SIDE):
+        raise ConfigError(f"a frame must be 1..{MAX_SIDE} pixels on each side, got {frame.shape[1]}x{frame.shape[0]}")
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header, None for other formats."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data.startswith(b"\xff\xd8"):
+        i = 2
+        while i + 9 <= len(data) and data[i] == 0xFF:
+            marker, length = data[i + 1], struct.unpack(">H", data[i + 2 : i + 4])[0]
+            if marker in JPEG_SOF:
+                height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+                return width, height
+            i += 2 + length
+    return None
+
+
+def is_truncated(data: bytes) -> bool:
+    """A JPEG must end its last scan with EOI; a PNG must end with IEND (OpenCV pads what is missing)."""
+    if data.startswith(b"\xff\xd8"):
+        return b"\xff\xd9" not in data[data.rfind(b"\xff\xda") :]
+    if data.startswith(b"\x89PNG"):
+        return b"IEND" not in data[-16:]
+    return False
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """A BGR frame from an image file, or a DatasetError saying why not (checked before decoding)."""
+    path = Path(path)
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise DatasetError(f"cannot read image {path}: " + ("not a regular file" if path.exists() else "no such file"))
+    size = path.stat().st_size
+    if not 0 < size <= MAX_FILE_BYTES:
+        raise DatasetError(f"cannot read image {path}: {size} bytes (expected 1..{MAX_FILE_BYTES})")
+    data = path.read_bytes()
+    dims = header_size(data)
+    if dims is not None and not (1 <= dims[0] <= MAX_SIDE and 1 <= dims[1] <= MAX_SIDE):
+        raise DatasetError(f"cannot read image {path}: its header says {dims[0]}x{dims[1]} pixels (at most {MAX_SIDE} per side)")
+    if is_truncated(data):
+        raise DatasetError(f"cannot read image {path}: the file is truncated")
+    frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if frame is None:
+        raise DatasetError(f"cannot read image {path}: not a decodable image")
+    check_frame(frame)
+    return frame
 
 
 class Preprocessor:
@@ -36,7 +102,7 @@ class Preprocessor:
             self.source = (2, 1, 0) if colour == "BGR" else (0, 1, 2)
             self.scale = [1 / (255 * s) for s in info.std]
             self.offset = [-m / s for m, s in zip(info.mean, info.std)]
-        self.halvings: dict[tuple[int, int], list[np.ndarray]] = {}  # frame (H, W) -> halving buffers
+        self.halvings: OrderedDict[tuple[int, int], list[np.ndarray]] = OrderedDict()  # frame (H, W) -> halving buffers
 
     def halving_buffers(self, shape: tuple[int, int]) -> list[np.ndarray]:
         """Buffers of the exact halvings a frame of this (H, W) goes through, allocated once."""
@@ -46,6 +112,9 @@ class Preprocessor:
                 h, w = h // 2, w // 2
                 buffers.append(np.empty((h, w, 3), np.uint8))
             self.halvings[shape] = buffers
+            if len(self.halvings) > CACHED_SIZES:  # bounded: a stream of odd sizes must not grow memory
+                self.halvings.popitem(last=False)
+        self.halvings.move_to_end(shape)
         return self.halvings[shape]
 
     def resize(self, frame: np.ndarray, out: np.ndarray) -> None:
@@ -55,17 +124,14 @@ class Preprocessor:
             frame = buffer
         cv2.resize(frame, (self.info.width, self.info.height), dst=out, interpolation=cv2.INTER_AREA)
 
-    def check(self, frame: np.ndarray) -> None:
-        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-            got = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
-            raise ConfigError(f"a frame must be an HxWx3 uint8 array ({self.colour}), got {got}")
-
     def __call__(self, frames: list[np.ndarray]) -> np.ndarray:
         """Fill the input buffer; returns a view of its first len(frames) rows (valid until the next call)."""
         if not 0 < len(frames) <= len(self.input):
             raise ConfigError(f"batch of {len(frames)} frames; this runtime was set up for 1..{len(self.input)}")
+        for frame in frames:  # all checked before the buffer is touched
+            check_frame(frame, self.colour)
         for i, frame in enumerate(frames):
-            self.check(frame)
+            frame = np.ascontiguousarray(frame)  # OpenCV refuses negative strides (frame[..., ::-1])
             if self.info.uint8_input:
                 self.resize(frame, self.input[i])
                 if self.swap:

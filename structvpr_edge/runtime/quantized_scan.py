@@ -27,10 +27,11 @@ MIN_ENTRIES = 4096
 
 
 class QuantizedScan:
-    """The 8-bit copy of a float32 ``faiss.IndexFlatIP``; ``search`` answers like the flat index."""
+    """The 8-bit copy of a float32 ``faiss.IndexFlatIP``; ``search`` answers like the flat index,
+    through the float32 scan while the map holds fewer than ``min_entries`` entries."""
 
-    def __init__(self, faiss, flat) -> None:
-        self.faiss, self.flat = faiss, flat
+    def __init__(self, faiss, flat, min_entries: int = MIN_ENTRIES) -> None:
+        self.faiss, self.flat, self.min_entries = faiss, flat, min_entries
         self.index = faiss.IndexScalarQuantizer(flat.d, faiss.ScalarQuantizer.QT_8bit_uniform, faiss.METRIC_INNER_PRODUCT)
         self.error = 0.0  # largest reconstruction-error norm of an entry that is not an outlier
         self.outliers = np.zeros(0, np.int64)  # rows clipped to the 8-bit range: re-scored on every query
@@ -52,7 +53,7 @@ class QuantizedScan:
         self.index.add_sa_codes(codes)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.index.ntotal < max(MIN_ENTRIES, k + EXTRA_CANDIDATES + 1):
+        if self.index.ntotal < max(self.min_entries, k + EXTRA_CANDIDATES + 1):
             return self.flat.search(queries, k)
         self.queries += len(queries)
         approx, candidates = self.index.search(queries, k + EXTRA_CANDIDATES)

@@ -7,16 +7,27 @@ lock. Observation: ``exp((similarity - best) / temperature)`` over the frame's c
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..errors import ConfigError
 
 
 @dataclass
 class TemporalConfig:
     max_move_m: float = 25.0
     temperature: float = 0.02
-    teleport: float = 1e-3
+    teleport: float = 1e-3  # > 0: with none, a belief with no reachable candidate would be 0/0
+
+    def __post_init__(self) -> None:
+        for name in ("max_move_m", "temperature", "teleport"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"TemporalConfig.{name} must be a finite number > 0, got {value!r}")
+        if self.teleport >= 1:
+            raise ConfigError(f"TemporalConfig.teleport must be < 1, got {self.teleport}")
 
 
 class PlaceFilter:

@@ -18,6 +18,27 @@ from .weights import SampleWeightConfig
 MODES = ("teacher", "baseline", "structvpr", "structvpr++")
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """What one training stage builds and which losses it uses: the one place mode strings are read."""
+
+    model_type: str  # teacher | global | structvpr++
+    rgb: bool  # trains on RGB images (from cached frozen-backbone features); else on label maps
+    labels: bool  # needs label-group fractions (teacher input, mask loss or the teacher of distillation)
+    mask_loss: bool
+    distill: bool
+
+
+def recipe(mode: str, distill_weight: float) -> Recipe:
+    """``distill_weight`` 0 switches the teacher off: no teacher is loaded (the ``student-nokd`` row)."""
+    distill = mode in ("structvpr", "structvpr++") and distill_weight > 0
+    if mode == "teacher":
+        return Recipe("teacher", rgb=False, labels=True, mask_loss=False, distill=False)
+    if mode == "structvpr++":
+        return Recipe("structvpr++", rgb=True, labels=True, mask_loss=True, distill=distill)
+    return Recipe("global", rgb=True, labels=distill, mask_loss=False, distill=distill)
+
+
 @dataclass
 class OptimConfig:
     steps: int = 3000
@@ -38,7 +59,9 @@ class OptimConfig:
 
 @dataclass
 class DistillConfig:
-    weight: float = 1.0
+    # Chosen on val (docs/RESULTS.md, issue 9): tau^2 scales KD by 0.01, so at 1 its gradient is
+    # ~1 % of the metric loss's and the teacher changes nothing. 0: teacher off (student-nokd).
+    weight: float = 100.0
     temperature: float = 0.1
     per_group: bool = True  # also match each label group's similarity structure (the "label split")
     group_weight: float = 1.0
@@ -71,6 +94,10 @@ class TrainConfig:
             raise ConfigError(f"optim.loss must be multi_similarity or triplet, got {self.optim.loss!r}")
         if self.distill.samples.memory_batches < 0:
             raise ConfigError(f"distill.samples.memory_batches must be >= 0, got {self.distill.samples.memory_batches}")
+        if self.optim.steps < 1 or self.teacher_optim.steps < 1:
+            raise ConfigError(f"optim.steps and teacher_optim.steps must be >= 1, got {self.optim.steps}, {self.teacher_optim.steps}")
+        if not self.distill.weight >= 0 or not self.distill.temperature > 0:
+            raise ConfigError(f"distill.weight must be >= 0 and distill.temperature > 0, got {self.distill.weight}, {self.distill.temperature}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         return self
@@ -126,6 +153,3 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 def config_to_dict(config: TrainConfig) -> dict:
     return dataclasses.asdict(config)
 
-
-def config_from_dict(data: dict) -> TrainConfig:
-    return merge(TrainConfig(), data)

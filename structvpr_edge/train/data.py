@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import DatasetError
-from ..eval.evaluate import read_label, read_rgb
+from ..images import normalize, read_label, read_rgb
 from ..labels import NUM_GROUPS, classes_to_groups
 from ..models.efficientnet_lite import MEAN_RGB, STD_RGB
 
@@ -32,9 +32,7 @@ def label_fractions(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def normalize_images(images: np.ndarray) -> torch.Tensor:
     """(B, H, W, 3) uint8 RGB -> (B, 3, H, W) float normalised as the backbone expects."""
-    mean = np.array(MEAN_RGB, dtype=np.float32) * 255
-    std = np.array(STD_RGB, dtype=np.float32) * 255
-    return torch.from_numpy((images.astype(np.float32) - mean) / std).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(normalize(images, MEAN_RGB, STD_RGB))
 
 
 def _cache_path(cache_dir: Path, kind: str, paths: list[Path], params: str) -> Path:

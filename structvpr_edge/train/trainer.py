@@ -4,7 +4,8 @@ Stage ``teacher``: the segmentation teacher learns place recognition from label 
 Stage ``student``: an RGB student learns with the metric loss; in the ``structvpr`` and
 ``structvpr++`` modes it is also distilled from the frozen teacher, sample by sample weighted by
 how reliable the teacher is (see weights.py); ``structvpr++`` adds the mask loss and
-per-group distillation. ``baseline`` is the metric loss alone.
+per-group distillation. ``baseline`` is the metric loss alone. What each mode uses is read from
+one :class:`~.config.Recipe`.
 Runs on CPU, or CUDA with bfloat16 autocast; ``torchrun`` gives distributed data parallel.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..errors import ConfigError, DatasetError
 from ..eval.recall import recall_at_n, retrieve
 from ..models.checkpoint import build_model, load_checkpoint, save_checkpoint
 from ..models.student import StructVPRStudent
-from .config import OptimConfig, TrainConfig, config_to_dict
+from .config import OptimConfig, TrainConfig, config_to_dict, recipe
 from .curves import plot_training_curves
 from .data import PlaceBatchSampler, fraction_array, frozen_feature_array, to_model_input
 from .losses import mask_loss, multi_similarity_loss, relational_kd, triplet_margin_loss
@@ -88,6 +89,34 @@ def aligned_group_sims(parts, alignment: nn.Module) -> torch.Tensor:
     return torch.einsum("bkd,ckd->kbc", vecs, vecs) * torch.einsum("bk,ck->kbc", scale, scale)
 
 
+def distillation_terms(parts, teacher, student_model: nn.Module, teacher_model: nn.Module, config: TrainConfig) -> torch.Tensor:
+    """(B,) per-anchor KD: the aligned similarity's in-batch structure, plus (StructVPR++) each
+    label group's presence-weighted similarity structure, student against teacher."""
+    distill = config.distill
+    student_sim = parts.descriptor.float() @ parts.descriptor.float().T
+    kd = relational_kd(student_sim, teacher.descriptor @ teacher.descriptor.T, distill.temperature)
+    if distill.per_group and isinstance(student_model, StructVPRStudent):
+        student_groups = aligned_group_sims(parts, student_model.alignment).float()
+        teacher_groups = aligned_group_sims(teacher, teacher_model.alignment)
+        per_group = torch.stack([relational_kd(s, t, distill.temperature) for s, t in zip(student_groups, teacher_groups)])
+        kd = kd + distill.group_weight * per_group.mean(dim=0)
+    return kd
+
+
+def gradient_ratio(term: torch.Tensor, reference: torch.Tensor, model: nn.Module) -> float | None:
+    """||d term / d theta|| / ||d reference / d theta|| over the trainable weights: the share of
+    the gradient a loss term really carries (logged, since a loss value alone does not tell).
+    None on a step where the reference has no gradient (the metric loss mined no pair)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def norm(loss: torch.Tensor) -> float:
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
+
+    reference_norm = norm(reference)
+    return norm(term) / reference_norm if reference_norm > 0 else None
+
+
 def make_optimizer(model: nn.Module, optim: OptimConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     backbone = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")]
     heads = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
@@ -109,29 +138,25 @@ class Stage:
     def __init__(self, config: TrainConfig, stage: str, out: Path, ctx: Context, teacher_path: Path | None) -> None:
         self.config, self.stage, self.out, self.ctx = config, stage, out, ctx
         self.mode = "teacher" if stage == "teacher" else config.mode
+        self.recipe = recipe(self.mode, config.distill.weight)
         self.optim = config.teacher_optim if stage == "teacher" else config.optim
         torch.manual_seed(config.seed)
         self.model = self._build_model()
-        self.teacher = self._load_teacher(teacher_path) if self.mode in ("structvpr", "structvpr++") else None
+        self.teacher = self._load_teacher(teacher_path) if self.recipe.distill else None
         train = load_dataset(config.dataset, "train")
         self.groups = place_groups(train, min_images=2)
-        self.needs_fractions = self.mode in ("teacher", "structvpr", "structvpr++")
-        if self.needs_fractions and self.groups.label_paths is None:
+        if self.recipe.labels and self.groups.label_paths is None:
             raise DatasetError(f"mode {self.mode!r} needs label maps, and {train!r} has none; train mode 'baseline' instead")
         self.inputs, self.fractions = self._arrays(self.groups.paths, self.groups.label_paths)
         self.val = self._load_val()
-        from_frozen = self.mode != "teacher" and self.model.backbone.frozen_blocks > 0
+        from_frozen = self.recipe.rgb and self.model.backbone.frozen_blocks > 0
         self.parts = PartsModule(self.model, from_frozen)
         self.memory = RankMemory(config.distill.samples.memory_batches)
 
     def _build_model(self) -> nn.Module:
-        if self.mode == "teacher":
-            model = build_model("teacher", config_to_dict(self.config)["teacher"])
-        elif self.mode == "structvpr++":
-            model = build_model("structvpr++", config_to_dict(self.config)["student"], imagenet=self.config.student.imagenet)
-        else:
-            model = build_model("global", config_to_dict(self.config)["global_student"], imagenet=self.config.global_student.imagenet)
-        return model.to(self.ctx.device)
+        section = {"teacher": "teacher", "structvpr++": "student", "global": "global_student"}[self.recipe.model_type]
+        conf = config_to_dict(self.config)[section]
+        return build_model(self.recipe.model_type, conf, imagenet=conf.get("imagenet", False)).to(self.ctx.device)
 
     def _load_teacher(self, path: Path | None) -> nn.Module:
         if path is None:
@@ -149,8 +174,9 @@ class Stage:
         arrays: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
         for turn in ("build", "load"):
             if (turn == "build") == self.ctx.is_main:
-                fractions = fraction_array(label_paths, self.config.teacher.input_size, cache) if self.needs_fractions else None
-                inputs = None if self.mode == "teacher" else frozen_feature_array(self.model.backbone, paths, self.config.image_size, cache)
+                needs_fractions = self.recipe.labels and label_paths is not None
+                fractions = fraction_array(label_paths, self.config.teacher.input_size, cache) if needs_fractions else None
+                inputs = frozen_feature_array(self.model.backbone, paths, self.config.image_size, cache) if self.recipe.rgb else None
                 arrays = (inputs, fractions)
             self.ctx.barrier()
         return arrays
@@ -161,16 +187,16 @@ class Stage:
             return None
         val = load_dataset(root, self.config.val_split)
         paths = val.database.paths + val.queries.paths
-        labels = (val.database.label_paths + val.queries.label_paths) if val.has_labels else None
-        if self.mode == "teacher" and labels is None:
+        labels = (val.database.label_paths + val.queries.label_paths) if val.has_labels and not self.recipe.rgb else None
+        if not self.recipe.rgb and labels is None:
             return None
         inputs, fractions = self._arrays(paths, labels)
         return val, inputs, fractions
 
     def model_input(self, inputs: np.ndarray | None, fractions: np.ndarray | None, indices: np.ndarray) -> torch.Tensor:
-        if self.mode == "teacher":
-            return self.fraction_tensor(fractions, indices)
-        return to_model_input(inputs, indices).to(self.ctx.device)
+        if self.recipe.rgb:
+            return to_model_input(inputs, indices).to(self.ctx.device)
+        return self.fraction_tensor(fractions, indices)
 
     def fraction_tensor(self, fractions: np.ndarray, indices: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(fractions[indices]).astype(np.float32) / 255).to(self.ctx.device)
@@ -181,39 +207,28 @@ class Stage:
         return multi_similarity_loss(descriptors, labels, self.optim.multi_similarity)
 
     def mask_weight(self, step: int) -> float:
-        weight = self.config.mask_loss_weight if self.mode == "structvpr++" else 0.0
+        weight = self.config.mask_loss_weight if self.recipe.mask_loss else 0.0
         return weight * (1 - step / self.optim.steps) if self.config.mask_loss_decay else weight
 
-    def losses(self, net: nn.Module, indices: np.ndarray, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
-        """Total loss, its terms for the log, and the sample groups of this batch (None without a teacher)."""
+    def losses(self, net: nn.Module, indices: np.ndarray, labels: torch.Tensor, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """The weighted loss terms (their sum is minimised) and the sample groups of this batch
+        (None without a teacher)."""
         parts = net(self.model_input(self.inputs, self.fractions, indices))
-        metric = self.metric_loss(parts.descriptor.float(), labels)
-        terms, total, sample_group = {"metric": metric.item()}, metric, None
+        terms = {"metric": self.metric_loss(parts.descriptor.float(), labels)}
+        sample_group = None
         mask_weight = self.mask_weight(step)
         if mask_weight > 0:
-            aux = mask_loss(parts.mask_logits.float(), self.fraction_tensor(self.fractions, indices))
-            total = total + mask_weight * aux
-            terms["mask"] = aux.item()
+            terms["mask"] = mask_weight * mask_loss(parts.mask_logits.float(), self.fraction_tensor(self.fractions, indices))
         if self.teacher is not None:
             distill = self.config.distill
             with torch.no_grad():
                 teacher = self.teacher.forward_parts(self.fraction_tensor(self.fractions, indices))
-            student_sim = parts.descriptor.float() @ parts.descriptor.float().T
-            teacher_sim = teacher.descriptor @ teacher.descriptor.T
             batch = Keys(teacher.descriptor.float(), parts.descriptor.float(), labels, torch.from_numpy(indices).to(labels.device))
             sample_group = sample_groups(batch, self.memory.keys(batch), distill.samples)
             self.memory.push(batch)
-            kd = relational_kd(student_sim, teacher_sim, distill.temperature)
-            if distill.per_group and isinstance(self.model, StructVPRStudent):
-                student_groups = aligned_group_sims(parts, self.model.alignment)
-                teacher_groups = aligned_group_sims(teacher, self.teacher.alignment)
-                per_group = torch.stack([relational_kd(s, t, distill.temperature) for s, t in zip(student_groups.float(), teacher_groups)])
-                kd = kd + distill.group_weight * per_group.mean(dim=0)
-            weighted = (group_weights(sample_group, distill.samples) * kd).mean()
-            total = total + distill.weight * weighted
-            terms["distill"] = weighted.item()
-        terms["loss"] = total.item()
-        return total, terms, sample_group
+            kd = distillation_terms(parts, teacher, self.model, self.teacher, self.config)
+            terms["distill"] = distill.weight * (group_weights(sample_group, distill.samples) * kd).mean()
+        return terms, sample_group
 
     @torch.no_grad()
     def validate(self) -> float | None:
@@ -255,6 +270,7 @@ class Stage:
         batches = iter(sampler)
         for _ in range(start):  # a resumed run continues the same batch sequence
             next(batches)
+        step = start - 1  # a finished run resumed trains no step
         progress = tqdm(range(start, optim.steps), desc=f"{self.stage} ({self.mode})", disable=not ctx.is_main, initial=start, total=optim.steps)
         for step in progress:
             epoch, indices, place_labels = next(batches)
@@ -265,7 +281,13 @@ class Stage:
             current_epoch = epoch
             labels = torch.from_numpy(place_labels).to(ctx.device)
             with autocast:
-                loss, terms, sample_group = self.losses(net, indices, labels, step)
+                terms, sample_group = self.losses(net, indices, labels, step)
+            loss = sum(terms.values())
+            logging = log is not None and (step % optim.log_every == 0 or step == optim.steps - 1)
+            record = {name: term.item() for name, term in terms.items()} | {"loss": loss.item()}
+            ratio = gradient_ratio(terms["distill"], terms["metric"], self.model) if logging and "distill" in terms else None
+            if ratio is not None:
+                record["kd_grad_ratio"] = ratio
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -273,10 +295,10 @@ class Stage:
             if sample_group is not None:
                 shares.update(GROUPS[g] for g in sample_group.tolist())
             elapsed = time.time() - began
-            if log and (step % optim.log_every == 0 or step == optim.steps - 1):
-                log.write(json.dumps({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], "time_s": round(elapsed, 1), **terms}) + "\n")
+            if logging:
+                log.write(json.dumps({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], "time_s": round(elapsed, 1), **record}) + "\n")
                 log.flush()
-                progress.set_postfix(loss=f"{terms['loss']:.3f}")
+                progress.set_postfix(loss=f"{record['loss']:.3f}")
             out_of_time = optim.time_budget_min is not None and elapsed > optim.time_budget_min * 60
             done = step == optim.steps - 1 or out_of_time
             if ctx.is_main and ((step + 1) % optim.val_every == 0 or done):
@@ -302,7 +324,7 @@ class Stage:
 def default_stages(config: TrainConfig) -> list[str]:
     if config.mode == "teacher":
         return ["teacher"]
-    if config.mode in ("structvpr", "structvpr++") and config.teacher_checkpoint is None:
+    if recipe(config.mode, config.distill.weight).distill and config.teacher_checkpoint is None:
         return ["teacher", "student"]
     return ["student"]
 

@@ -9,7 +9,7 @@ import csv
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
@@ -24,11 +24,12 @@ from . import conditions as cond
 from . import render as rd
 from . import world as wd
 from .scene import render_view
+from .segmenter import segmenter_labels
 
-VERSION = "1.0"
+VERSION = "2.0"  # 2.0: val has a city of its own, so no val place lies near a train place
 SPLITS = ("train", "val", "test")
 SPLIT_CODE = {"train": 1, "val": 2, "test": 3}
-ORIGIN = {"train": (500_000.0, 4_000_000.0), "val": (500_000.0, 4_000_000.0), "test": (520_000.0, 4_000_000.0)}
+ORIGIN = {"train": (500_000.0, 4_000_000.0), "val": (540_000.0, 4_000_000.0), "test": (520_000.0, 4_000_000.0)}
 COLUMNS = ("path", "label_path", "split", "subset", "place_id", "traversal", "condition", "time_of_day",
            "season", "weather", "heading", "east", "north")
 MANIFEST = "synthcity.json"
@@ -36,7 +37,14 @@ MANIFEST = "synthcity.json"
 
 @dataclass(frozen=True)
 class Preset:
-    """How much to generate. Train/val share one city; test uses another (seed * 1000 + 1)."""
+    """How much to generate, and how hard. Train, val and test each have a city of their own
+    (seeds ``seed``, ``seed * 1000 + 2``, ``seed * 1000 + 1``), kilometres apart.
+
+    ``query_shift`` / ``query_turn``: a further lateral offset (metres) and heading change
+    (degrees), drawn uniformly up to these bounds, of every query from its place: viewpoint
+    change between traversals (0: queries keep the database's viewpoint up to small jitter).
+    ``imperfect_labels``: label maps come from a simulated imperfect segmenter (segmenter.py)
+    instead of the renderer's exact ones, so teacher and mask loss learn from realistic labels."""
 
     name: str
     city_blocks: int
@@ -52,6 +60,9 @@ class Preset:
     width: int = 320
     height: int = 240
     hfov: float = 80.0
+    query_shift: float = 0.0
+    query_turn: float = 0.0
+    imperfect_labels: bool = False
 
 
 PRESETS: dict[str, Preset] = {
@@ -60,6 +71,8 @@ PRESETS: dict[str, Preset] = {
     "benchmark": Preset("benchmark", city_blocks=12, test_blocks=9, train_places=4000, train_traversals=5,
                         val_places=500, val_queries_per_group=100, test_places=2000, test_queries_per_group=400),
 }
+PRESETS["benchmark-hard"] = replace(PRESETS["benchmark"], name="benchmark-hard", query_shift=3.5, query_turn=15.0,
+                                    imperfect_labels=True)
 
 
 def get_preset(name: str) -> Preset:
@@ -69,8 +82,12 @@ def get_preset(name: str) -> Preset:
 
 
 def city_seed(seed: int, split: str) -> int:
-    """Train and val share the city of ``seed``; test is a different city."""
-    return seed * 1000 + 1 if split == "test" else seed
+    """Each split its own city: train ``seed``, test ``seed * 1000 + 1``, val ``seed * 1000 + 2``."""
+    return {"train": seed, "test": seed * 1000 + 1, "val": seed * 1000 + 2}[split]
+
+
+def city_blocks(preset: Preset, split: str) -> int:
+    return preset.city_blocks if split == "train" else preset.test_blocks
 
 
 @lru_cache(maxsize=2)
@@ -90,20 +107,16 @@ class Shot:
     place: wd.Place
 
 
+def split_places(seed: int, preset: Preset, split: str) -> list[wd.Place]:
+    """The places of one split: whole streets of its city, in a seeded random order."""
+    world = city(city_seed(seed, split), city_blocks(preset, split))
+    order = np.random.default_rng([seed, {"train": 11, "test": 12, "val": 13}[split]]).permutation(len(world.streets))
+    return [p for sid in order for p in wd.street_places(world.streets[sid], preset.spacing)]
+
+
 def plan_places(seed: int, preset: Preset) -> dict[str, list[wd.Place]]:
-    """Places per split: val takes whole streets of the train city, test a different city."""
-    world = city(city_seed(seed, "train"), preset.city_blocks)
-    order = np.random.default_rng([seed, 11]).permutation(len(world.streets))
-    val: list[wd.Place] = []
-    train: list[wd.Place] = []
-    for sid in order:
-        places = wd.street_places(world.streets[sid], preset.spacing)
-        (val if len(val) < preset.val_places else train).extend(places)
-    test_world = city(city_seed(seed, "test"), preset.test_blocks)
-    test = [p for sid in np.random.default_rng([seed, 12]).permutation(len(test_world.streets))
-            for p in wd.street_places(test_world.streets[sid], preset.spacing)]
-    plan = {"train": train[:preset.train_places], "val": val[:preset.val_places], "test": test[:preset.test_places]}
     wanted = {"train": preset.train_places, "val": preset.val_places, "test": preset.test_places}
+    plan = {split: split_places(seed, preset, split)[:n] for split, n in wanted.items()}
     for split, places in plan.items():
         if len(places) < wanted[split]:
             raise ConfigError(f"preset {preset.name!r}: the {split} city has only {len(places)} places, "
@@ -142,10 +155,14 @@ def shot_camera(shot: Shot, look: cond.Look, preset: Preset, rng: np.random.Gene
     db = shot.subset == "database"
     along = rng.normal(0, 0.3) if db else rng.uniform(-preset.query_offset, preset.query_offset)
     lateral = np.clip(rng.normal(0, 0.15 if db else 0.25), -0.6, 0.6)
+    turn = np.clip(rng.normal(0, 0.8 if db else 1.8), -3.5, 3.5)
+    if not db and (preset.query_shift or preset.query_turn):  # viewpoint change between traversals
+        lateral += rng.uniform(-preset.query_shift, preset.query_shift)
+        turn += rng.uniform(-preset.query_turn, preset.query_turn)
     h = np.radians(shot.place.heading)
     x = shot.place.x + along * np.sin(h) + lateral * np.cos(h)
     y = shot.place.y + along * np.cos(h) - lateral * np.sin(h)
-    heading = (shot.place.heading + np.clip(rng.normal(0, 0.8 if db else 1.8), -3.5, 3.5)) % 360
+    heading = (shot.place.heading + turn) % 360
     return rd.Camera(float(x), float(y), look.camera_height, float(heading),
                      pitch=float(np.clip(rng.normal(0, 0.5), -1.5, 1.5)), roll=float(np.clip(rng.normal(0, 0.5), -1.5, 1.5)),
                      width=preset.width, height=preset.height, hfov=preset.hfov)
@@ -153,12 +170,14 @@ def shot_camera(shot: Shot, look: cond.Look, preset: Preset, rng: np.random.Gene
 
 def render_shot(seed: int, preset: Preset, shot: Shot) -> tuple[np.ndarray, np.ndarray, rd.Camera, cond.Look]:
     """Render one planned image deterministically; returns (bgr, label, camera, look)."""
-    world = city(city_seed(seed, shot.split), preset.test_blocks if shot.split == "test" else preset.city_blocks)
+    world = city(city_seed(seed, shot.split), city_blocks(preset, shot.split))
     look = traversal_look(seed, shot.split, shot.traversal, shot.group, shot.place.street)
     rng = np.random.default_rng([seed, SPLIT_CODE[shot.split], shot.traversal, shot.place_id])
     cam = shot_camera(shot, look, preset, rng)
     variation = SPLIT_CODE[shot.split] * 1000 + shot.traversal
     bgr, label = render_view(world, cam, world.streets[shot.place.street], look, rng, variation)
+    if preset.imperfect_labels:
+        label = segmenter_labels(label, look.condition, np.random.default_rng([seed, SPLIT_CODE[shot.split], shot.traversal, shot.place_id, 7]))
     return bgr, label, cam, look
 
 
@@ -242,8 +261,7 @@ def generate_dataset(out: Path, seed: int, preset: str = "benchmark", workers: i
         counts[r["split"]][r["subset"]] += 1
     manifest = {
         "generator": "synthcity", "version": VERSION, "seed": seed, "preset": preset, "config": asdict(config),
-        "cities": {s: {"seed": city_seed(seed, s), **asdict(wd.CityConfig(
-            blocks=config.test_blocks if s == "test" else config.city_blocks))} for s in SPLITS},
+        "cities": {s: {"seed": city_seed(seed, s), **asdict(wd.CityConfig(blocks=city_blocks(config, s)))} for s in SPLITS},
         "origin": ORIGIN, "heading": "compass degrees, 0 = north, 90 = east", "counts": counts,
         "columns": list(COLUMNS), "query_groups": list(cond.QUERY_GROUPS),
     }

@@ -1,0 +1,33 @@
+"""Names and formats of the files the pipeline hands from one step to the next, in one place, so
+the code that writes an artifact and the code that reads it cannot drift apart. Torch-free.
+
+- a model file: what runs it follows from its suffix (``backend_for``);
+- a calibration folder ``calibration/NAME/`` (deploy/calibration.py writes it, deploy/engine.py
+  reads it);
+- an engine ``NAME.engine`` and its manifest ``NAME.engine.json`` (deploy/engine.py writes them,
+  runtime/tensorrt_backend.py reads them).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+# What runs a model file, by suffix; anything else is a checkpoint or a shipped model name (torch).
+ENGINE_SUFFIXES = (".engine", ".plan")
+BACKEND_BY_SUFFIX = {**dict.fromkeys(ENGINE_SUFFIXES, "tensorrt"), ".onnx": "onnxruntime"}
+
+# calibration/NAME/
+CALIBRATION_FORMAT = "structvpr-edge/calibration/1"
+MANIFEST, RANGES, TRT_CACHE, REPORT, REPORT_MD = "manifest.json", "ranges.json", "cache.trt", "report.json", "report.md"
+FP32, CPU_INT8, TRT_INT8, FP16 = "model.onnx", "model.int8.cpu.onnx", "model.int8.trt.onnx", "model.fp16.onnx"
+
+ENGINE_FORMAT = "structvpr-edge/engine/1"
+
+
+def backend_for(model: str | Path) -> str:
+    """``tensorrt`` for an engine, ``onnxruntime`` for an ONNX file, ``torch`` for anything else."""
+    return BACKEND_BY_SUFFIX.get(Path(str(model)).suffix, "torch")
+
+
+def engine_manifest_path(engine: str | Path) -> Path:
+    """``NAME.engine.json`` beside ``NAME.engine``."""
+    return Path(f"{engine}.json")

@@ -1,0 +1,165 @@
+"""The method table: every row trained with the same budget on several seeds, then read as
+mean +- std, val and test apart.
+
+Protocol (docs/RESULTS.md): settings and shipped models are chosen on ``val`` (the R@1 each run
+logs at its last step); ``test`` is read once per finished model, for the report. Row ``r`` of
+seed ``s`` that distils uses the teacher of seed ``s``. Runs go to ``RUNS/ROW-STEPS/sSEED``; a
+finished run (``model.pt`` present) is never trained again, so an interrupted table resumes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from .config import dotted_overrides, load_config, recipe
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    config: str  # a file in structvpr_edge/configs
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def distils(self) -> bool:
+        """The trainer's own rule, on the row's config with its overrides."""
+        config = load_config(CONFIGS / self.config, dotted_overrides(list(self.overrides)))
+        return recipe(config.mode, config.distill.weight).distill
+
+
+NO_WEIGHTS = "distill.samples.enabled=false"
+ROWS: dict[str, Row] = {row.name: row for row in (
+    Row("teacher", "teacher.yaml"),
+    Row("baseline", "baseline.yaml"),
+    Row("baseline-head", "baseline-head.yaml"),
+    Row("student-nokd", "student-nokd.yaml"),
+    Row("global-kd", "structvprpp.yaml", ("distill.per_group=false", NO_WEIGHTS)),
+    Row("group-kd", "structvprpp.yaml", (NO_WEIGHTS,)),
+    Row("structvprpp", "structvprpp.yaml"),
+    Row("structvpr", "structvpr.yaml"),
+)}
+
+
+def parse_row(spec: str) -> Row:
+    """``NAME`` (a row of ROWS) or ``NAME=CONFIG.yaml[:KEY=VALUE...]`` (a variant, e.g. a sweep point)."""
+    name, sep, rest = spec.partition("=")
+    if not sep:
+        if name not in ROWS:
+            raise ConfigError(f"unknown row {name!r}; known: {sorted(ROWS)}, or NAME=CONFIG.yaml[:KEY=VALUE...]")
+        return ROWS[name]
+    config, *overrides = rest.split(":")
+    if not (CONFIGS / config).is_file():
+        raise ConfigError(f"row {name!r}: no config {config} in {CONFIGS}")
+    return Row(name, config, tuple(overrides))
+
+
+def run_dir(runs: Path, row: Row, steps: int, seed: int) -> Path:
+    return runs / f"{row.name}-{steps}" / f"s{seed}"
+
+
+def train_command(row: Row, dataset: str, steps: int, seed: int, out: Path, teacher: Path | None) -> list[str]:
+    section = "teacher_optim" if row.config == "teacher.yaml" else "optim"
+    command = [sys.executable, "-m", "structvpr_edge.cli", "train", "--config", str(CONFIGS / row.config), "--out", str(out),
+               "--set", f"dataset={dataset}", "--set", f"seed={seed}", "--set", f"{section}.steps={steps}"]
+    if teacher is not None:
+        command += ["--set", f"teacher_checkpoint={teacher}"]
+    for override in row.overrides:
+        command += ["--set", override]
+    return command
+
+
+def train_run(command: list[str], out: Path, threads: int, deadline: float | None = None) -> Path:
+    """One run in its own process (so runs go in parallel), its console output in ``out/train.log``.
+    A run not started by ``deadline`` (a time.time() value) is skipped: a table cut short keeps what finished."""
+    if not (out / "model.pt").exists() and (deadline is None or time.time() < deadline):
+        out.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        with (out / "train.log").open("w") as log:
+            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+    return out
+
+
+def train_table(rows: list[Row], dataset: str, seeds: list[int], steps: int, runs: Path, jobs: int = 1,
+                teacher_steps: int | None = None, threads: int = 1, distill_overrides: tuple[str, ...] = (),
+                deadline: float | None = None) -> None:
+    """Teachers first (one per seed), then every other row, ``jobs`` runs at a time, seeds interleaved
+    so a table cut short still has every row on its first seeds. The first teacher and the first
+    student go first, side by side: they build the shared caches (label fractions, frozen-backbone
+    features) that the other runs then read; a distilling run waits for its seed's teacher.
+    ``distill_overrides`` apply to the rows that distil (e.g. a KD weight chosen on val)."""
+    teacher = ROWS["teacher"]
+    teacher_steps = teacher_steps or steps
+    teachers = {s: run_dir(runs, teacher, teacher_steps, s) for s in seeds}
+
+    def teacher_job(seed: int) -> Path:
+        return train_run(train_command(teacher, dataset, teacher_steps, seed, teachers[seed], None), teachers[seed], threads, deadline)
+
+    def student_job(row_seed: tuple[Row, int]) -> Path:
+        row, seed = row_seed
+        if row.distils:  # the overrides may not switch the teacher off: they apply to distilling rows only
+            row = Row(row.name, row.config, row.overrides + distill_overrides)
+        out = run_dir(runs, row, steps, seed)
+        return train_run(train_command(row, dataset, steps, seed, out, teachers[seed] / "model.pt" if row.distils else None), out, threads, deadline)
+
+    students = [(r, s) for s in seeds for r in rows if r != teacher]
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        uses_teacher = any(r.distils for r in rows) or teacher in rows
+        first = [pool.submit(teacher_job, seeds[0])] if uses_teacher else []
+        builder = next((rs for rs in students if not rs[0].distils), None)  # needs no teacher
+        if builder is not None:
+            students.remove(builder)
+            first.append(pool.submit(student_job, builder))
+        for future in first:
+            future.result()
+        teacher_runs = {seed: pool.submit(teacher_job, seed) for seed in seeds[1:]} if uses_teacher else {}
+
+        def after_teacher(row_seed: tuple[Row, int]) -> Path:
+            if row_seed[0].distils and row_seed[1] in teacher_runs:
+                teacher_runs[row_seed[1]].result()
+            return student_job(row_seed)
+
+        list(pool.map(after_teacher, students))
+
+
+def last_val_recall(out: Path) -> float | None:
+    """R@1 on val at the run's last validation (what settings are chosen on)."""
+    log = out / "log.jsonl"
+    if not log.exists():
+        return None
+    recalls = [json.loads(line)["val_recall@1"] for line in log.read_text().splitlines() if "val_recall@1" in line]
+    return recalls[-1] if recalls else None
+
+
+def median_kd_grad_ratio(out: Path) -> float | None:
+    """Median, not mean: on a step where the metric loss mines no pair its gradient is 0."""
+    log = out / "log.jsonl"
+    if not log.exists():
+        return None
+    ratios = [json.loads(line)["kd_grad_ratio"] for line in log.read_text().splitlines() if "kd_grad_ratio" in line]
+    return float(np.median(ratios)) if ratios else None
+
+
+def summarize(results: dict[str, list[dict]], columns: list[str]) -> str:
+    """Markdown: one line per row, ``mean ± std`` of each column over the seeds that finished
+    (`` (n=K)`` added where a column has fewer values than the row has seeds)."""
+    lines = ["| row | seeds | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 2)]
+    for name, runs in results.items():
+        cells = []
+        for column in columns:
+            values = [100 * r[column] for r in runs if r.get(column) is not None]
+            count = f" (n={len(values)})" if 0 < len(values) < len(runs) else ""
+            cells.append(f"{np.mean(values):.1f} ± {np.std(values):.1f}{count}" if values else "")
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+

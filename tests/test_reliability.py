@@ -1,0 +1,576 @@
+"""Reliability: a corpus of bad inputs through the API and the CLI, property tests over frames,
+crash-safe and concurrent-safe map writes, and the honest-answer fixes of issue 10.
+
+Every corpus case must end in a typed StructVPRError (API) or exit code 2 with a one-line
+message and no traceback (CLI), within seconds: a hang is cut by an alarm and fails the case.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from structvpr_edge import EdgeVPR, PlaceMap
+from structvpr_edge.cli import main
+from structvpr_edge.data.dataset import load_dataset
+from structvpr_edge.errors import ConfigError, MapError, ModelError, StructVPRError
+from structvpr_edge.runtime.map import MapLock, Place, Threshold
+from structvpr_edge.runtime.mapping import build_map, calibrate_threshold, describe_paths, threshold_for_precision
+from structvpr_edge.runtime.preprocess import MAX_SIDE, read_image
+from structvpr_edge.runtime.temporal import TemporalConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import killtest  # noqa: E402
+
+CASE_SECONDS = 20  # a case still running after this is a hang
+
+
+@contextmanager
+def deadline(seconds: float = CASE_SECONDS):
+    def hang(*_):
+        raise TimeoutError(f"hung for more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def png_with_size(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def jpeg_with_size(width: int, height: int) -> bytes:
+    """A valid small JPEG whose SOF0 header is rewritten to claim another size."""
+    data = bytearray(cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def write_bad_images(root: Path, good: Path) -> dict[str, Path]:
+    """Image files a camera pipeline or an operator can produce, none of which may be localized."""
+    root.mkdir(parents=True, exist_ok=True)
+    jpeg, png = good.read_bytes(), cv2.imencode(".png", cv2.imread(str(good)))[1].tobytes()
+    files = {
+        "truncated.jpg": jpeg[: len(jpeg) * 2 // 3],
+        "truncated-half.jpg": jpeg[: len(jpeg) // 2],
+        "truncated.png": png[: len(png) // 2],
+        "huge-header.png": png_with_size(60000, 60000),
+        "huge-side.png": png_with_size(MAX_SIDE + 1, 10),
+        "huge-header.jpg": jpeg_with_size(65000, 65000),
+        "zero-size.png": png_with_size(0, 10),
+        "garbage.jpg": os.urandom(4096),
+        "text.jpg": b"this is not an image\n" * 20,
+        "empty.jpg": b"",
+        "jpeg-header-only.jpg": jpeg[:20],
+    }
+    paths = {}
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+        paths[name] = root / name
+    paths["missing.jpg"] = root / "missing.jpg"
+    paths["folder.jpg"] = root / "folder.jpg"
+    paths["folder.jpg"].mkdir(exist_ok=True)
+    paths["fifo.jpg"] = root / "fifo.jpg"
+    if not paths["fifo.jpg"].exists():
+        os.mkfifo(paths["fifo.jpg"])
+    paths["dev-zero"] = Path("/dev/zero")
+    return paths
+
+
+def nan_model(source: Path, out: Path) -> Path:
+    """The same graph and metadata, with every descriptor multiplied by NaN (a broken model)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    name = graph.output[0].name
+    for node in graph.node:
+        node.output[:] = [o + "_pre" if o == name else o for o in node.output]
+    graph.initializer.append(helper.make_tensor("nan_scale", TensorProto.FLOAT, [], [float("nan")]))
+    graph.node.append(helper.make_node("Mul", [name + "_pre", "nan_scale"], [name]))
+    onnx.save(model, str(out))
+    return out
+
+
+def flipped_model(source: Path, out: Path) -> Path:
+    """The same file with bytes of its largest weight tensor flipped: metadata intact, weights not."""
+    import onnx
+
+    model = onnx.load(str(source))
+    tensor = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    raw = bytearray(tensor.raw_data)
+    for i in range(0, len(raw), 97):
+        raw[i] ^= 0xFF
+    tensor.raw_data = bytes(raw)
+    onnx.save(model, str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory, place_dataset):
+    """Models (good, NaN, flipped), a map, bad image files and a small folder of good images."""
+    import torch
+
+    from structvpr_edge.deploy.export import export_onnx
+    from structvpr_edge.models.checkpoint import save_checkpoint
+    from structvpr_edge.models.student import StructVPRStudent, StudentConfig
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("reliability")
+    checkpoint = save_checkpoint(root / "student.pt", StructVPRStudent(StudentConfig()).eval(), (64, 48), {})
+    onnx_path = Path(export_onnx(checkpoint, root / "uint8.onnx", uint8_input=True, batch="dynamic").path)
+    float_path = Path(export_onnx(checkpoint, root / "float.onnx", batch="dynamic").path)
+    with EdgeVPR(onnx_path, max_batch=8) as vpr:
+        build_map(vpr, place_dataset, root / "map", split="val")
+    queries = load_dataset(place_dataset).queries.paths
+    folder = root / "few"  # a folder of @east@north images, smaller than an ivf index needs
+    folder.mkdir()
+    for path in queries[:4]:
+        shutil.copy(path, folder / path.name)
+    legacy = root / "legacy"  # the files of a map saved before generations existed
+    shutil.copytree(live(root / "map"), legacy)
+    (root / "garbage.onnx").write_bytes(os.urandom(2048))
+    (root / "empty").mkdir()
+    return SimpleNamespace(
+        legacy=legacy, garbage_onnx=root / "garbage.onnx", empty=root / "empty",
+        root=root, onnx=onnx_path, float_onnx=float_path, nan_onnx=nan_model(float_path, root / "nan.onnx"),
+        flipped=flipped_model(onnx_path, root / "flipped.onnx"), map=root / "map", dataset=place_dataset,
+        bad=write_bad_images(root / "bad", queries[0]), frame=cv2.imread(str(queries[0])), few=folder,
+    )
+
+
+@pytest.fixture(scope="module")
+def vpr(ctx):
+    with EdgeVPR(ctx.onnx, map=ctx.map, max_batch=4) as instance:
+        yield instance
+
+
+def scratch_map(ctx, name: str) -> Path:
+    """A private copy of the map for cases that damage it."""
+    target = ctx.root / "scratch" / name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(ctx.map, target)
+    return target
+
+
+def live(directory: Path) -> Path:
+    return directory / (directory / "CURRENT").read_text().strip()
+
+
+def edit_manifest(ctx, name: str, change) -> Path:
+    directory = scratch_map(ctx, name)
+    path = live(directory) / "manifest.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    return directory
+
+
+def damage(ctx, name: str, file: str, how) -> Path:
+    directory = scratch_map(ctx, name)
+    how(live(directory) / file)
+    return directory
+
+
+def flip_middle(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def unit(n: int, d: int) -> np.ndarray:
+    x = np.random.default_rng(0).normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+SHA = "5" * 64
+BAD_SHAPES = [(0, 0, 3), (0, 64, 3), (48, 0, 3), (0, 0, 0), (48, 64), (48, 64, 1), (48, 64, 4), (48, 64, 2), (48, 64, 3, 1),
+              (3,), (), (1, MAX_SIDE + 1, 3), (MAX_SIDE + 1, 1, 3)]
+BAD_DTYPES = [np.float32, np.float64, np.uint16, np.int8, np.int32, np.bool_, np.float16, np.complex64, object]
+NOT_ARRAYS = [None, [[1, 2, 3]], "frame.jpg", b"\xff\xd8", 3, np.uint8(3)]
+BAD_FRAMES = (
+    [(f"shape{s}", lambda s=s: np.zeros(s, np.uint8)) for s in BAD_SHAPES]
+    + [(f"dtype-{np.dtype(d).name}", lambda d=d: np.zeros((48, 64, 3), d)) for d in BAD_DTYPES]
+    + [(f"value-{type(v).__name__}-{i}", lambda v=v: v) for i, v in enumerate(NOT_ARRAYS)]
+)
+FRAME_CALLS = {
+    "describe": lambda v, f: v.describe(f),
+    "localize": lambda v, f: v.localize(f),
+    "batch-with-a-good-frame": lambda v, f: v.localize_batch([np.zeros((48, 64, 3), np.uint8), f]),
+}
+
+API_CASES = {f"frame-{call}-{name}": (lambda c, v, fn=fn, make=make: fn(v, make())) for call, fn in FRAME_CALLS.items() for name, make in BAD_FRAMES}
+
+
+def closed(c):
+    instance = EdgeVPR(c.onnx, map=c.map)
+    instance.close()
+    return instance
+
+
+API_CASES.update({
+    # constructor options
+    "model-None": lambda c, v: EdgeVPR(None),
+    "model-int": lambda c, v: EdgeVPR(123),
+    "model-empty": lambda c, v: EdgeVPR(""),
+    "model-missing": lambda c, v: EdgeVPR(c.root / "missing.onnx"),
+    "model-folder": lambda c, v: EdgeVPR(c.root / "bad" / "folder.jpg", backend="onnxruntime"),
+    "model-garbage-onnx": lambda c, v: EdgeVPR(c.garbage_onnx),
+    "model-wrong-suffix-for-backend": lambda c, v: EdgeVPR(c.bad["text.jpg"], backend="onnxruntime"),
+    "backend-cuda": lambda c, v: EdgeVPR(c.onnx, backend="cuda"),
+    "colour-YUV": lambda c, v: EdgeVPR(c.onnx, colour="YUV"),
+    "colour-None": lambda c, v: EdgeVPR(c.onnx, colour=None),
+    **{f"top_k-{k!r}": (lambda c, v, k=k: EdgeVPR(c.onnx, top_k=k)) for k in ("5", 0, -1, 2.5, True, None, float("nan"))},
+    **{f"max_batch-{k!r}": (lambda c, v, k=k: EdgeVPR(c.onnx, max_batch=k)) for k in (0, "4", -3)},
+    **{f"threads-{k!r}": (lambda c, v, k=k: EdgeVPR(c.onnx, threads=k)) for k in (0, -2, "2", 1.5)},
+    "temporal-yes": lambda c, v: EdgeVPR(c.onnx, map=c.map, temporal="yes"),
+    "map-missing": lambda c, v: EdgeVPR(c.onnx, map=c.root / "nope"),
+    "map-is-a-file": lambda c, v: EdgeVPR(c.onnx, map=c.onnx),
+    "map-int": lambda c, v: EdgeVPR(c.onnx, map=123),
+    # lifecycle and batches
+    "closed-describe": lambda c, v: closed(c).describe(c.frame),
+    "closed-localize": lambda c, v: closed(c).localize(c.frame),
+    "closed-describe_batch": lambda c, v: closed(c).describe_batch([c.frame]),
+    "describe_batch-empty": lambda c, v: v.describe_batch([]),
+    "localize_batch-empty": lambda c, v: v.localize_batch([]),
+    "describe_batch-None": lambda c, v: v.describe_batch(None),
+    "describe_batch-str": lambda c, v: v.describe_batch("abc"),
+    "localize-without-map": lambda c, v: EdgeVPR(c.onnx).localize(c.frame),
+    # integrity
+    "flipped-weights-vs-map": lambda c, v: EdgeVPR(c.flipped, map=c.map),
+    "float-model-vs-uint8-map": lambda c, v: EdgeVPR(c.float_onnx, map=c.map),
+    "nan-model-describe": lambda c, v: EdgeVPR(c.nan_onnx).describe(c.frame),
+    "nan-model-describe_batch": lambda c, v: EdgeVPR(c.nan_onnx, max_batch=2).describe_batch([c.frame, c.frame]),
+    "other-layout-map": lambda c, v: v.set_map(PlaceMap(4, "other", SHA)),
+    "set_map-None": lambda c, v: v.set_map(None),
+    "set_map-int": lambda c, v: v.set_map(5),
+    # map folders
+    "load-missing": lambda c, v: PlaceMap.load(c.root / "nope"),
+    "load-file": lambda c, v: PlaceMap.load(c.onnx),
+    "load-empty-folder": lambda c, v: PlaceMap.load(c.root / "bad"),
+    "load-legacy-format": lambda c, v: PlaceMap.load(c.legacy),
+    "load-CURRENT-garbage": lambda c, v: PlaceMap.load(damage(c, "cur", "../CURRENT", lambda p: p.write_text("../../etc"))),
+    "load-CURRENT-binary": lambda c, v: PlaceMap.load(damage(c, "curbin", "../CURRENT", lambda p: p.write_bytes(b"\xff\xfe\x00"))),
+    "load-CURRENT-to-missing-generation": lambda c, v: PlaceMap.load(damage(c, "curmiss", "../CURRENT", lambda p: p.write_text("gen-99999999\n"))),
+    "load-no-checksums": lambda c, v: PlaceMap.load(edit_manifest(c, "nosum", lambda d: d.pop("checksums"))),
+    "load-empty-checksums": lambda c, v: PlaceMap.load(edit_manifest(c, "emptysum", lambda d: d.update(checksums={}))),
+    "load-one-checksum": lambda c, v: PlaceMap.load(edit_manifest(c, "onesum", lambda d: d["checksums"].pop("index.faiss"))),
+    "load-no-model-sha": lambda c, v: PlaceMap.load(edit_manifest(c, "nosha", lambda d: d.update(model_sha256=""))),
+    "load-wrong-format": lambda c, v: PlaceMap.load(edit_manifest(c, "fmt", lambda d: d.update(format="structvpr-edge/map/1"))),
+    "load-count-edited": lambda c, v: PlaceMap.load(edit_manifest(c, "count", lambda d: d.update(count=d["count"] + 1))),
+    "load-threshold-malformed": lambda c, v: PlaceMap.load(edit_manifest(c, "thr", lambda d: d.update(threshold={"score": 1}))),
+    "load-manifest-not-json": lambda c, v: PlaceMap.load(damage(c, "json", "manifest.json", lambda p: p.write_text("{"))),
+    "load-index-flipped": lambda c, v: PlaceMap.load(damage(c, "idx", "index.faiss", flip_middle)),
+    "load-index-flipped-unverified": lambda c, v: PlaceMap.load(damage(c, "idx2", "index.faiss", lambda p: p.write_bytes(b"junk")), verify=False),
+    "load-sqlite-flipped": lambda c, v: PlaceMap.load(damage(c, "db", "places.sqlite", flip_middle)),
+    "load-index-deleted": lambda c, v: PlaceMap.load(damage(c, "del", "index.faiss", Path.unlink)),
+    # PlaceMap API
+    "map-dim-0": lambda c, v: PlaceMap(0, "h", SHA),
+    "map-dim-str": lambda c, v: PlaceMap("5", "h", SHA),
+    "map-index-kdtree": lambda c, v: PlaceMap(8, "h", SHA, "kdtree"),
+    "map-ivf-too-small": lambda c, v: PlaceMap(8, "h", SHA, "ivf", expected_size=100),
+    "add-wrong-dim": lambda c, v: PlaceMap(8, "h", SHA).add(unit(2, 7), [Place("a", 0, 0)] * 2),
+    "add-nan": lambda c, v: PlaceMap(8, "h", SHA).add(np.full((1, 8), np.nan), [Place("a", 0, 0)]),
+    "add-inf": lambda c, v: PlaceMap(8, "h", SHA).add(np.full((1, 8), np.inf), [Place("a", 0, 0)]),
+    "add-unnormalised": lambda c, v: PlaceMap(8, "h", SHA).add(np.ones((1, 8)), [Place("a", 0, 0)]),
+    "add-empty": lambda c, v: PlaceMap(8, "h", SHA).add(np.zeros((0, 8)), []),
+    "add-places-mismatch": lambda c, v: PlaceMap(8, "h", SHA).add(unit(2, 8), [Place("a", 0, 0)]),
+    "add-places-not-Place": lambda c, v: PlaceMap(8, "h", SHA).add(unit(1, 8), [("a", 0, 0)]),
+    "add-place-nan-east": lambda c, v: PlaceMap(8, "h", SHA).add(unit(1, 8), [Place("a", float("nan"), 0)]),
+    "add-strings": lambda c, v: PlaceMap(8, "h", SHA).add([["x"] * 8], [Place("a", 0, 0)]),
+    "add-ivf-untrainable": lambda c, v: PlaceMap(8, "h", SHA, "ivf").add(unit(10, 8), [Place("a", 0, 0)] * 10),
+    "search-k-0": lambda c, v: v.map.search(unit(1, v.map.dim), 0),
+    "search-k-str": lambda c, v: v.map.search(unit(1, v.map.dim), "5"),
+    "search-nan-query": lambda c, v: v.map.search(np.full((1, v.map.dim), np.nan, np.float32), 3),
+    "search-wrong-dim": lambda c, v: v.map.search(unit(1, 3), 3),
+    "search-empty-map": lambda c, v: PlaceMap(8, "h", SHA).search(unit(1, 8), 1),
+    "save-without-model-sha": lambda c, v: PlaceMap(8, "h", "s").save(c.root / "scratch" / "nosha-save"),
+    "save-to-a-file": lambda c, v: PlaceMap.load(c.map).save(c.onnx),
+    "save-under-a-file": lambda c, v: PlaceMap.load(c.map).save(c.onnx / "map"),
+    # temporal filter
+    **{f"temporal-{k}-{x!r}": (lambda c, v, k=k, x=x: TemporalConfig(**{k: x}))
+       for k, x in (("max_move_m", float("nan")), ("max_move_m", -1.0), ("max_move_m", float("inf")), ("temperature", 0.0),
+                    ("teleport", 0.0), ("teleport", 1.0), ("temperature", "5"))},
+    # thresholds
+    **{f"calibrate-precision-{p!r}": (lambda c, v, p=p: calibrate_threshold(v, c.map, c.dataset, precision=p))
+       for p in (0, 1, 1.5, float("nan"), "0.9", -0.5)},
+    **{f"calibrate-radius-{r!r}": (lambda c, v, r=r: calibrate_threshold(v, c.map, c.dataset, precision=0.5, radius=r))
+       for r in (float("nan"), float("inf"), 0.0, -1.0)},
+    "calibrate-too-few-positives": lambda c, v: calibrate_threshold(v, scratch_map(c, "cal"), c.dataset, precision=0.999),
+    "threshold-one-query": lambda c, v: threshold_for_precision(np.array([0.9]), np.array([0.1]), np.array([True]), 0.9),
+    "threshold-no-positive": lambda c, v: threshold_for_precision(np.ones(500), np.ones(500), np.zeros(500, bool), 0.9),
+    "threshold-unreachable": lambda c, v: threshold_for_precision(np.linspace(0, 1, 500), np.ones(500), np.arange(500) % 2 == 0, 0.9),
+    # image files
+    **{f"read_image-{name}": (lambda c, v, name=name: read_image(c.bad[name]))
+       for name in ("truncated.jpg", "truncated-half.jpg", "truncated.png", "huge-header.png", "huge-side.png", "huge-header.jpg",
+                    "zero-size.png", "garbage.jpg", "text.jpg", "empty.jpg", "jpeg-header-only.jpg", "missing.jpg", "folder.jpg",
+                    "fifo.jpg", "dev-zero")},
+    # map building
+    "build-out-is-a-file": lambda c, v: build_map(v, c.dataset, c.onnx),
+    "build-out-under-a-file": lambda c, v: build_map(v, c.dataset, c.onnx / "m"),
+    "build-ivf-small": lambda c, v: build_map(v, c.few, c.root / "scratch" / "ivf", index_type="ivf"),
+    "build-index-kdtree": lambda c, v: build_map(v, c.few, c.root / "scratch" / "kd", index_type="kdtree"),
+    "build-batch-size-0": lambda c, v: describe_paths(v, [c.bad["truncated.jpg"]], batch_size=0),
+    "build-append-without-out": lambda c, v: build_map(v, c.few, None, append=True),
+    "build-images-missing": lambda c, v: build_map(v, c.root / "nope", None),
+    "build-images-empty": lambda c, v: build_map(v, c.empty, None),
+    "build-append-to-non-map": lambda c, v: build_map(v, c.few, c.root / "bad", append=True),
+    "build-with-a-truncated-image": lambda c, v: describe_paths(v, [c.bad["truncated.jpg"]]),
+})
+
+
+@pytest.mark.parametrize("case", sorted(API_CASES))
+def test_api_bad_input_gives_a_typed_error(ctx, vpr, case):
+    started = time.monotonic()
+    with deadline(), pytest.raises(StructVPRError):
+        API_CASES[case](ctx, vpr)
+    assert time.monotonic() - started < 10
+
+
+def cli_cases(c) -> dict[str, list[str]]:
+    model, m = ["--model", str(c.onnx)], str(c.map)
+    localize = ["localize", *model, "--map", m]
+    return {
+        **{f"localize-{name}": [*localize, str(c.bad[name])] for name in
+           ("truncated.jpg", "truncated.png", "huge-header.png", "huge-header.jpg", "garbage.jpg", "missing.jpg", "folder.jpg", "fifo.jpg", "empty.jpg")},
+        **{f"localize-top-k-{k}": [*localize, "--top-k", k, str(c.bad["garbage.jpg"])] for k in ("0", "-1", "abc", "5.5")},
+        **{f"localize-threads-{k}": [*localize, "--threads", k, str(c.bad["garbage.jpg"])] for k in ("0", "-1", "x")},
+        "localize-map-missing": ["localize", *model, "--map", str(c.root / "nope"), str(c.bad["garbage.jpg"])],
+        "localize-map-is-a-file": ["localize", *model, "--map", str(c.onnx), str(c.bad["garbage.jpg"])],
+        "localize-model-missing": ["localize", "--model", str(c.root / "nope.onnx"), "--map", m, str(c.bad["garbage.jpg"])],
+        "localize-backend-bad": [*localize[:1], *model, "--backend", "cuda", "--map", m, "x.jpg"],
+        "localize-flipped-model": ["localize", "--model", str(c.flipped), "--map", m, str(c.bad["garbage.jpg"])],
+        "localize-no-frames": localize,
+        "build-map-out-is-a-file": ["build-map", *model, "--images", str(c.few), "--out", str(c.onnx)],
+        "build-map-out-under-a-file": ["build-map", *model, "--images", str(c.few), "--out", str(c.onnx / "m")],
+        "build-map-ivf-small": ["build-map", *model, "--images", str(c.few), "--out", str(c.root / "scratch" / "cli-ivf"), "--index", "ivf"],
+        "build-map-index-bad": ["build-map", *model, "--images", str(c.few), "--out", str(c.root / "scratch" / "x"), "--index", "kd"],
+        "build-map-images-missing": ["build-map", *model, "--images", str(c.root / "nope"), "--out", str(c.root / "scratch" / "x")],
+        "build-map-append-to-nothing": ["build-map", *model, "--images", str(c.few), "--out", str(c.root / "scratch" / "none"), "--append"],
+        "build-map-threads-0": ["build-map", *model, "--threads", "0", "--images", str(c.few), "--out", str(c.root / "scratch" / "x")],
+        "build-map-split-missing": ["build-map", *model, "--images", str(c.dataset), "--split", "nope", "--out", str(c.root / "scratch" / "x")],
+        **{f"calibrate-threshold-precision-{p}": ["calibrate-threshold", *model, "--map", m, "--val", str(c.dataset), "--precision", p]
+           for p in ("0", "1", "1.5", "nan", "inf", "abc", "-0.1")},
+        "calibrate-threshold-too-few-positives": ["calibrate-threshold", *model, "--map", m, "--val", str(c.dataset), "--precision", "0.999"],
+        "calibrate-threshold-map-missing": ["calibrate-threshold", *model, "--map", str(c.root / "nope"), "--val", str(c.dataset)],
+        "calibrate-threshold-val-missing": ["calibrate-threshold", *model, "--map", m, "--val", str(c.root / "nope")],
+        **{f"eval-radius-{r}": ["eval", "--model", "pixels", "--dataset", str(c.dataset), "--radius", r] for r in ("nan", "inf", "0", "-5", "abc")},
+        **{f"eval-batch-size-{b}": ["eval", "--model", "pixels", "--dataset", str(c.dataset), "--batch-size", b] for b in ("0", "-1")},
+        "eval-json-is-a-folder": ["eval", "--model", "pixels", "--dataset", str(c.dataset), "--json", str(c.root)],
+        "eval-json-under-a-file": ["eval", "--model", "pixels", "--dataset", str(c.dataset), "--json", str(c.onnx / "r.json")],
+        "eval-image-size-0x0": ["eval", "--model", "pixels", "--dataset", str(c.dataset), "--image-size", "0x0"],
+        **{f"export-opset-{o}": ["export", "--model", "structvprpp", "--out", str(c.root / "scratch" / "e.onnx"), "--opset", o] for o in ("0", "5", "99", "abc")},
+        "calibrate-model-missing": ["calibrate", "--model", str(c.root / "nope.onnx"), "--images", str(c.few), "--out", str(c.root / "scratch" / "cal")],
+        "calibrate-num-0": ["calibrate", "--model", str(c.float_onnx), "--images", str(c.few), "--out", str(c.root / "scratch" / "cal"), "--num", "0"],
+        "demo-places-0": ["demo", "--places", "0"],
+        "synth-workers-0": ["synth", "--out", str(c.root / "scratch" / "s"), "--workers", "0"],
+        "labels-batch-size-0": ["labels", "--images", str(c.few), "--out", str(c.root / "scratch" / "l"), "--pngs", str(c.few), "--batch-size", "0"],
+        "no-command": [],
+        "unknown-command": ["fly"],
+        "localize-without-model": ["localize", "--map", m, "x.jpg"],
+    }
+
+
+CLI_NAMES = sorted(cli_cases(SimpleNamespace(onnx=Path("m"), map=Path("m"), root=Path("r"), bad={k: Path(k) for k in (
+    "truncated.jpg", "truncated.png", "huge-header.png", "huge-header.jpg", "garbage.jpg", "missing.jpg", "folder.jpg", "fifo.jpg",
+    "empty.jpg")}, few=Path("f"), dataset=Path("d"), flipped=Path("f"), float_onnx=Path("f"))))
+
+
+def assert_one_line_error(err: str) -> None:
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("structvpr-edge"), err
+    assert err.rstrip().splitlines()[-1] == errors[0], err  # nothing after the message
+
+
+@pytest.mark.parametrize("case", CLI_NAMES)
+def test_cli_bad_input_exits_2_with_one_line(ctx, case, capsys):
+    started = time.monotonic()
+    with deadline():
+        code = main(cli_cases(ctx)[case])
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    assert_one_line_error(err)
+    assert '"east"' not in out  # nothing was localized
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("case", ["localize-truncated.jpg", "build-map-ivf-small", "eval-radius-nan", "calibrate-threshold-precision-1.5"])
+def test_cli_bad_input_in_a_real_process(ctx, case):
+    done = subprocess.run([sys.executable, "-m", "structvpr_edge.cli", *cli_cases(ctx)[case]], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert_one_line_error(done.stderr)
+
+
+def test_corpus_is_large_and_left_the_map_whole(ctx):
+    assert len(API_CASES) + len(CLI_NAMES) >= 150
+    reloaded = PlaceMap.load(ctx.map)
+    assert len(reloaded) == 6 and reloaded.manifest.threshold is None  # no failed case changed it
+
+
+def test_good_inputs_still_work(ctx, vpr):
+    """The checks refuse the bad cases only: the good model, map and images pass."""
+    result = vpr.localize(read_image(load_dataset(ctx.dataset, "val").queries.paths[0]))
+    assert np.isfinite(result.east) and len(result.matches) == 5 and result.margin == result.margin
+    assert vpr.describe(np.zeros((1, 1, 3), np.uint8)).shape == (vpr.info.layout.dim,)
+    assert vpr.describe(np.zeros((48, 64, 3), np.uint8)[:, ::-1]).shape == (vpr.info.layout.dim,)  # negative strides
+
+
+VALID_DTYPES = [np.uint8, np.float32, np.int16, np.bool_, np.float64]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=st.lists(st.integers(0, 40), min_size=0, max_size=4), dtype=st.sampled_from(VALID_DTYPES))
+def test_any_frame_is_described_or_refused(vpr, shape, dtype):
+    frame = np.zeros(shape, dtype)
+    valid = dtype is np.uint8 and len(shape) == 3 and shape[2] == 3 and shape[0] >= 1 and shape[1] >= 1
+    with deadline(10):
+        if valid:
+            descriptor = vpr.describe(frame)
+            assert np.isfinite(descriptor).all() and abs(np.linalg.norm(descriptor) - 1) < 1e-3
+        else:
+            with pytest.raises(ConfigError):
+                vpr.describe(frame)
+
+
+# --- maps: crash safety, concurrency, no side effects ----------------------------------------------
+
+
+def test_killed_writers_never_leave_a_partial_or_unopenable_map(tmp_path):
+    killtest.make_map(tmp_path / "map", 3000, 64)
+    counts = killtest.kill_trials(tmp_path / "map", trials=12, append=8, progress=False)
+    assert counts["unopenable"] == 0 and counts["partial"] == 0
+    assert counts["old-whole"] + counts["new-whole"] == 12 and counts["kills before the write finished"] > 0
+    assert counts["leftover entries after the next write"] == 0
+
+
+def test_concurrent_appends_keep_every_entry(tmp_path):
+    killtest.make_map(tmp_path / "map", 500, 32)
+    counts = killtest.race_trials(tmp_path / "map", trials=2, append=10)
+    assert counts["every entry present"] == 2, counts
+    assert len(PlaceMap.load(tmp_path / "map")) == 500 + 2 * 2 * 10
+
+
+def test_stale_writer_merges_instead_of_overwriting(tmp_path):
+    base = killtest.make_map(tmp_path / "map", 50, 16)
+    first, second = PlaceMap.load(tmp_path / "map"), PlaceMap.load(tmp_path / "map")
+    first.add(*killtest.random_entries(np.random.default_rng(1), 3, 16, "first"))
+    second.add(*killtest.random_entries(np.random.default_rng(2), 4, 16, "second"))
+    second.set_threshold(Threshold(0.5, 0.01, 0.99, 0.5))
+    first.save(tmp_path / "map")
+    second.save(tmp_path / "map")
+    final = PlaceMap.load(tmp_path / "map")
+    ids = [p.id for p in final.places]
+    assert ids[: len(base)] == [p.id for p in base.places] and len(final) == 57
+    assert {"first-2", "second-3"} <= set(ids) and final.manifest.threshold.score == 0.5 and len(second) == 57
+
+
+def test_loading_never_touches_the_folder_and_writers_clean_up(tmp_path):
+    directory = tmp_path / "map"
+    place_map = killtest.make_map(directory, 20, 8)
+    (directory / ".gen-tmp-123-dead").mkdir()  # what a killed writer leaves
+    (directory / "CURRENT.tmp-123").write_text("gen-00000009")
+    (directory / "gen-00000009").mkdir()
+    before = sorted(p.name for p in directory.rglob("*"))
+    for _ in range(3):
+        PlaceMap.load(directory)
+    assert sorted(p.name for p in directory.rglob("*")) == before
+    place_map.add(*killtest.random_entries(np.random.default_rng(3), 2, 8, "x"))
+    place_map.save(directory)
+    assert sorted(p.name for p in directory.iterdir()) == [".lock", "CURRENT", "gen-00000002"]
+
+
+def test_a_damaged_pointer_refuses_appends_but_a_rebuild_replaces_it(tmp_path):
+    place_map = killtest.make_map(tmp_path / "map", 20, 8)
+    (tmp_path / "map" / "CURRENT").write_text("garbage")
+    place_map.add(*killtest.random_entries(np.random.default_rng(4), 2, 8, "x"))
+    with pytest.raises(MapError, match="corrupt"):
+        place_map.save(tmp_path / "map")
+    killtest.make_map(tmp_path / "map", 30, 8)
+    assert len(PlaceMap.load(tmp_path / "map")) == 30
+
+
+def test_second_writer_times_out_with_a_clear_error(tmp_path):
+    place_map = killtest.make_map(tmp_path / "map", 20, 8)
+    with MapLock(tmp_path / "map"):
+        with pytest.raises(MapError, match="another process"):
+            place_map.save(tmp_path / "map", lock_timeout_s=0.2)
+    place_map.save(tmp_path / "map", lock_timeout_s=0.2)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders; run as a normal user")
+def test_read_only_map_folder_is_refused_before_work(ctx, tmp_path):
+    directory = shutil.copytree(ctx.map, tmp_path / "ro")
+    directory.chmod(0o555)
+    try:
+        assert main(["build-map", "--model", str(ctx.onnx), "--images", str(ctx.few), "--out", str(directory), "--append"]) == 2
+    finally:
+        directory.chmod(0o755)
+
+
+# --- honest answers -----------------------------------------------------------------------------------
+
+
+def test_confident_describes_the_filtered_pose(ctx):
+    """With the filter on, the flag and the margin belong to the pose returned, not to the raw top-1."""
+    with EdgeVPR(ctx.onnx, map=ctx.map, temporal=True) as vpr:
+        vpr.map.manifest.threshold = Threshold(score=-1.0, margin=0.0, precision=0.99, recall=1.0)
+        frames = [read_image(p) for p in load_dataset(ctx.dataset, "val").queries.paths]
+        for frame in frames:
+            result = vpr.localize(frame)
+            chosen = next(m for m in result.matches if (m.east, m.north) == (result.east, result.north))
+            others = [m.similarity for m in result.matches if np.hypot(m.east - chosen.east, m.north - chosen.north) > 25]
+            expected = chosen.similarity - (others[0] if others else result.matches[-1].similarity)
+            assert result.margin == pytest.approx(expected, abs=1e-6)
+
+
+def test_set_map_keeps_the_temporal_filter(ctx):
+    config = TemporalConfig(max_move_m=40.0)
+    with EdgeVPR(ctx.onnx, map=ctx.map, temporal=config) as vpr:
+        vpr.set_map(ctx.map)
+        assert vpr.filter is not None and vpr.filter.config is config
+        vpr.set_map(ctx.map, temporal=False)
+        assert vpr.filter is None
+
+
+def test_calibrate_threshold_defaults_to_val_and_records_what_it_measured(ctx, capsys):
+    directory = scratch_map(ctx, "calibrated")
+    assert main(["calibrate-threshold", "--model", str(ctx.onnx), "--map", str(directory), "--val", str(ctx.dataset), "--precision", "0.5"]) == 0
+    text = capsys.readouterr().out
+    assert "Infinity" not in text and "NaN" not in text
+    rule = json.loads(text)
+    assert 0.5 <= rule["precision"] <= 1 and PlaceMap.load(directory).manifest.threshold.score == pytest.approx(rule["score"])
+
+
+def test_localization_json_has_no_infinity(ctx):
+    one = PlaceMap.load(ctx.map)
+    single = PlaceMap(one.dim, one.manifest.layout_hash, one.manifest.model_sha256)
+    single.add(unit(1, one.dim), [Place("only", 0.0, 0.0)])
+    with EdgeVPR(ctx.onnx, map=single) as vpr:
+        text = json.dumps(vpr.localize(ctx.frame).to_json())
+    assert "Infinity" not in text and json.loads(text)["margin"] is None

@@ -1,0 +1,192 @@
+"""Threading chosen by measurement (runtime/ort_session.py) and the latency harness (runtime/profiling.py)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from structvpr_edge.errors import ConfigError
+from structvpr_edge.runtime import ort_session
+from structvpr_edge.runtime.ort_session import AUTO, SPINNING, OrtSession, ThreadCache, candidates, choose_threading, parse_threads
+from structvpr_edge.runtime.profiling import RunSpec, int8_advice, measure_isolated, node_profile, stage_stats
+
+TIMINGS = {(1, True): 3.0, (1, False): 2.5, (2, True): 1.5, (2, False): 2.0}
+
+
+@pytest.fixture
+def conv_model(tmp_path: Path) -> Path:
+    """A one-Conv ONNX graph: enough for ONNX Runtime to open, time and profile."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], [weight],
+    )
+    path = tmp_path / "conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch) -> ThreadCache:
+    monkeypatch.setenv(ort_session.CACHE_ENV, str(tmp_path / "cache"))
+    return ThreadCache()
+
+
+def recorder(timings: dict) -> tuple[list, object]:
+    calls = []
+
+    def measure(threads: int, spinning: bool) -> float:
+        calls.append((threads, spinning))
+        return timings[(threads, spinning)]
+
+    return calls, measure
+
+
+def test_auto_keeps_the_fastest_and_reuses_the_cache(conv_model, cache):
+    calls, measure = recorder(TIMINGS)
+    chosen = choose_threading(conv_model, AUTO, measure=measure, cache=cache, options=list(TIMINGS))
+    assert (chosen.threads, chosen.spinning, chosen.source) == (2, True, "measured")
+    assert sorted(calls) == sorted(TIMINGS)
+    assert chosen.timings_ms == {"1/spin": 3.0, "1/nospin": 2.5, "2/spin": 1.5, "2/nospin": 2.0}
+
+    def refuse(threads: int, spinning: bool) -> float:
+        raise AssertionError("a cached model must not be timed again")
+
+    again = choose_threading(conv_model, None, measure=refuse, cache=cache)
+    assert (again.threads, again.spinning, again.source) == (2, True, "cached")
+    shared = choose_threading(conv_model, AUTO, shared=True, measure=refuse, cache=cache)
+    assert (shared.threads, shared.spinning) == (2, False)  # the fastest without spinning
+
+
+def test_a_costlier_configuration_must_win_by_the_margin():
+    near = {"1/spin": 1.00, "1/nospin": 1.03, "2/spin": 0.99, "2/nospin": 1.2}
+    chosen = ort_session.fastest(near, shared=False, source="measured")
+    assert (chosen.threads, chosen.spinning) == (1, False)
+    clear = {**near, "2/spin": 0.8}
+    assert (ort_session.fastest(clear, shared=False, source="measured").threads, ort_session.fastest(clear, False, "m").spinning) == (2, True)
+    assert ort_session.fastest(clear, shared=True, source="measured").threads == 1
+
+
+def test_the_cache_key_is_the_model_bytes(conv_model, cache, tmp_path):
+    other = tmp_path / "other.onnx"
+    other.write_bytes(conv_model.read_bytes() + b"\0")
+    calls, measure = recorder({(1, True): 1.0, (1, False): 2.0})
+    choose_threading(conv_model, AUTO, measure=measure, cache=cache, options=[(1, True), (1, False)])
+    choose_threading(other, AUTO, measure=measure, cache=cache, options=[(1, True), (1, False)])
+    assert len(calls) == 4
+
+
+def test_a_corrupt_cache_is_ignored_and_rewritten(conv_model, cache):
+    cache.path.parent.mkdir(parents=True)
+    key = ort_session.machine_key(conv_model)
+    entries = ({key: {"timings_ms": "x"}}, {key: {"timings_ms": {"two/spin": 1.0}}}, {key: {"timings_ms": {"1/spin": 1.0}}})
+    junk = ["{not json", "[1, 2]", *(json.dumps({"format": ort_session.CACHE_FORMAT, "entries": e}) for e in entries)]
+    for text in junk:
+        cache.path.write_text(text)
+        calls, measure = recorder(TIMINGS)
+        assert choose_threading(conv_model, AUTO, measure=measure, cache=cache, options=list(TIMINGS)).source == "measured"
+        assert calls
+        assert json.loads(cache.path.read_text())["entries"][key]["timings_ms"] == {"1/spin": 3.0, "1/nospin": 2.5, "2/spin": 1.5, "2/nospin": 2.0}
+
+
+def test_the_cache_keeps_the_newest_entries_only(tmp_path):
+    cache = ThreadCache(tmp_path / "threads.json", entries=3)
+    for i in range(5):
+        cache.put(f"model{i}", {"1/spin": float(i), "1/nospin": 1.0})
+    assert sorted(json.loads(cache.path.read_text())["entries"]) == ["model2", "model3", "model4"]
+    assert cache.get("model4") == {"1/spin": 4.0, "1/nospin": 1.0} and cache.get("model0") is None
+
+
+def test_explicit_threads_and_bad_values():
+    assert parse_threads(None) == parse_threads("auto") == AUTO
+    assert parse_threads(3) == parse_threads("3") == 3
+    for bad in (0, -1, True, 2.5, "two", "0"):
+        with pytest.raises(ConfigError):
+            parse_threads(bad)
+    explicit = choose_threading("unused.onnx", 2)
+    assert (explicit.threads, explicit.spinning, explicit.source) == (2, True, "explicit")
+    assert not choose_threading("unused.onnx", 2, shared=True).spinning
+
+
+def test_candidates_cover_powers_of_two_and_all_cores():
+    assert candidates(1) == [(1, False)]
+    assert [n for n, spin in candidates(6) if spin] == [2, 4, 6]
+    assert [n for n, spin in candidates(6) if not spin] == [1, 2, 4, 6]
+
+
+def test_a_second_session_turns_spinning_off_in_both(conv_model, cache, monkeypatch):
+    monkeypatch.setattr(ort_session, "TUNE_SECONDS", 0.02)
+
+    def spinning(session: OrtSession) -> str:
+        return session.session.get_session_options().get_session_config_entry(SPINNING)
+
+    first = OrtSession(conv_model, threads=1)
+    assert first.threading.spinning and spinning(first) == "1"
+    second = OrtSession(conv_model)  # auto: tuned, then the fastest without spinning
+    try:
+        assert second.threading.source == "measured" and not second.threading.spinning
+        assert spinning(first) == spinning(second) == "0"
+        assert not first.threading.spinning and first.threading.threads == 1
+        assert len(second.threading.timings_ms) == len(candidates(ort_session.usable_cores()))
+        x = np.ones((1, 3, 16, 16), np.float32)
+        np.testing.assert_allclose(first.session.run(None, {"x": x})[0], second.session.run(None, {"x": x})[0])
+    finally:
+        first.close()
+        second.close()
+    alone = OrtSession(conv_model)
+    assert alone.threading == ort_session.fastest(second.threading.timings_ms, shared=False, source="cached")
+    alone.close()
+
+
+def test_side_by_side_times_every_model_and_closes_them(conv_model, cache):
+    timings = ort_session.side_by_side_ms({"a": conv_model, "b": conv_model}, threads=1, seconds=0.05)
+    assert set(timings) == {"a", "b"} and all(0 < ms < 1000 for ms in timings.values())
+    assert not list(ort_session._LIVE)
+
+
+def test_node_profile_names_the_work(conv_model):
+    profile = node_profile(conv_model, runs=5)
+    assert profile["by_op"][0]["op"] == "Conv" and profile["by_op"][0]["nodes"] == 1
+    assert profile["total_ms"] > 0 and profile["slowest"][0]["input"] == [[1, 3, 16, 16]]
+
+
+def test_int8_advice_recommends_full_precision_when_int8_does_not_pay():
+    assert int8_advice({"fp32": 2.6, "int8": 1.9}) is None
+    slow = int8_advice({"fp32": 2.0, "fp16": 3.0, "int8": 1.8})
+    assert "use the FP32 artifact" in slow and "INT8 1.80 ms" in slow and "1.11x" in slow
+    assert "use the FP16 artifact" in int8_advice({"fp32": 2.0, "fp16": 1.5, "int8": 1.8})
+    assert int8_advice({"fp32": 2.0}) is None
+
+
+def test_stage_stats_reports_jitter():
+    stats = stage_stats([1.0] * 98 + [5.0, 5.0])
+    assert stats["p50"] == 1.0 and stats["p99/p50"] == pytest.approx(stats["p99"]) and stats["p99"] > 4
+
+
+@pytest.mark.slow
+def test_isolated_configurations_and_cameras(tmp_path, monkeypatch):
+    """Two configurations in their own processes, one of them two cameras in one process."""
+    import torch
+
+    from structvpr_edge.deploy.export import export_onnx
+    from structvpr_edge.models.checkpoint import save_checkpoint
+    from structvpr_edge.models.student import StructVPRStudent, StudentConfig
+
+    monkeypatch.setenv(ort_session.CACHE_ENV, str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "student.pt", StructVPRStudent(StudentConfig()).eval(), (64, 48), {})
+    model = str(export_onnx(checkpoint, tmp_path / "uint8.onnx", uint8_input=True).path)
+    common = {"map_size": 300, "frame_size": (128, 96)}
+    specs = [RunSpec("one", model, threads=1, **common), RunSpec("two", model, cameras=2, **common)]
+    result = measure_isolated(specs, frames=7, warmup=2, block=3, settle_s=0)
+    assert set(result) == {"one", "two"}
+    for name, cameras in (("one", 1), ("two", 2)):
+        assert all(len(result[name]["samples"][stage]) == 7 for stage in ("preprocess", "inference", "search", "total", "frame"))
+        threading = result[name]["setup"]["threading"]
+        assert len(threading) == cameras
+    assert result["one"]["setup"]["threading"][0]["source"] == "explicit"
+    assert [t["spinning"] for t in result["two"]["setup"]["threading"]] == [False, False]
