@@ -24,8 +24,7 @@ import json
 import time
 from pathlib import Path
 
-from structvpr_edge.artifacts import CPU_INT8, FP16
-from structvpr_edge.runtime.backends import BACKENDS
+from structvpr_edge.artifacts import BACKENDS, CPU_INT8, FP16
 from structvpr_edge.runtime.ort_session import parse_threads
 from structvpr_edge.runtime.profiling import (
     STAGES, RunSpec, exact_agreement, int8_advice, measure_isolated, node_profile, stage_stats, synthetic_map, system_info,

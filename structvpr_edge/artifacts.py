@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 # What runs a model file, by suffix; anything else is a checkpoint or a shipped model name (torch).
 ENGINE_SUFFIXES = (".engine", ".plan")
 BACKEND_BY_SUFFIX = {**dict.fromkeys(ENGINE_SUFFIXES, "tensorrt"), ".onnx": "onnxruntime"}
+CHECKPOINT_SUFFIX = ".pt"
+MODEL_SUFFIXES = (*BACKEND_BY_SUFFIX, CHECKPOINT_SUFFIX)  # a model given by path, not by shipped name
 
 # calibration/NAME/
 CALIBRATION_FORMAT = "structvpr-edge/calibration/1"

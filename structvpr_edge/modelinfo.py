@@ -7,10 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from .errors import ModelError
-from .images import normalize
 from .layout import DescriptorLayout
 
 PREFIX = "structvpr."
@@ -71,13 +68,6 @@ def read_onnx_info(path) -> ModelInfo:
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ModelError(f"cannot load ONNX model {path}: {exc}") from exc
     return ModelInfo.from_props(session.get_modelmeta().custom_metadata_map)
-
-
-def normalize_for(info: ModelInfo, bgr: np.ndarray) -> np.ndarray:
-    """(B, H, W, 3) uint8 BGR frames -> what the model's input expects."""
-    if info.uint8_input:
-        return np.ascontiguousarray(bgr if info.colour == "BGR" else bgr[..., ::-1])
-    return normalize(bgr, info.mean, info.std, channels=(2, 1, 0))
 
 
 def sha256_file(path: str | Path) -> str:

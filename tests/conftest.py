@@ -14,6 +14,20 @@ from structvpr_edge.data.names import ImageName, format_name
 CORRIDOR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "corridor"
 
 
+# Module fixtures that take more than ~10 s: a test that uses one is marked slow, so -m "not slow"
+# never builds them.
+SLOW_FIXTURES = {
+    "smoke": "renders the SynthCity smoke preset (~34 s)",  # test_synthcity.py
+    "trained": "trains a teacher and a student through the CLI (~23 s)",  # test_train.py
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def corridor() -> Path:
     """The real corridor images: missing in CI is a failure (the tests on real data would silently

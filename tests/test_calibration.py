@@ -15,7 +15,8 @@ from structvpr_edge.deploy import quantize as q
 from structvpr_edge.artifacts import CPU_INT8, FP16, FP32, MANIFEST, RANGES, REPORT, TRT_CACHE, TRT_INT8
 from structvpr_edge.deploy.calibration import KIT_EXPORT, CalibrationConfig, calibrate, k_center, load_manifest, prepare_kit, write_manifest
 from structvpr_edge.errors import ConfigError, DatasetError, ModelError
-from structvpr_edge.modelinfo import ModelInfo, normalize_for, read_onnx_info, sha256_file
+from structvpr_edge.modelinfo import ModelInfo, read_onnx_info, sha256_file
+from structvpr_edge.runtime.preprocess import Preprocessor
 from tests.test_export import student_checkpoint, student_onnx  # noqa: F401 - shared session fixtures
 
 
@@ -96,7 +97,7 @@ def test_fp16_model_keeps_float32_io_and_close_outputs(calibration_dir, student_
     assert [v.type.tensor_type.elem_type for v in (*proto.graph.input, *proto.graph.output)] == [onnx.TensorProto.FLOAT] * 2
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in proto.graph.initializer)
     info = read_onnx_info(student_onnx[0])
-    x = normalize_for(info, np.random.default_rng(0).integers(0, 256, (4, info.height, info.width, 3), dtype=np.uint8))
+    x = Preprocessor(info, max_batch=4)(list(np.random.default_rng(0).integers(0, 256, (4, info.height, info.width, 3), dtype=np.uint8)))
     a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0] for p in (student_onnx[0], calibration_dir / FP16))
     assert b.dtype == np.float32
     assert ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min() > 0.999
@@ -134,7 +135,7 @@ def test_gate_keeps_sensitive_groups_in_fp32(student_onnx, place_dataset, tmp_pa
 def test_every_method_collects_ranges_for_every_float_tensor(method, student_onnx):
     info = read_onnx_info(student_onnx[0])
     frames = np.random.default_rng(1).integers(0, 256, (5, info.height, info.width, 3), dtype=np.uint8)
-    ranges = q.collect_ranges(student_onnx[0], (normalize_for(info, f[None]) for f in frames), method, chunk=2)
+    ranges = q.collect_ranges(student_onnx[0], (Preprocessor(info)([f]) for f in frames), method, chunk=2)
     low, high = ranges["images"].range_value
     assert np.min(low) < 0 < np.max(high) and "descriptor" in ranges and len(ranges.keys()) > 100
 
@@ -163,6 +164,7 @@ def test_eval_cli_on_int8_onnx(calibration_dir, place_dataset, tmp_path):
     assert json.loads(out.read_text())["num_queries"] == 18
 
 
+@pytest.mark.slow
 def test_a_calibrated_checkpoint_is_a_kit_that_rebuilds_its_graphs(student_checkpoint, place_dataset, tmp_path):
     out = tmp_path / "kit"
     report = calibrate(CalibrationConfig(model=student_checkpoint, images=place_dataset, out=out, num=8, val=place_dataset, threads=1))

@@ -12,7 +12,8 @@ import torch
 
 from structvpr_edge.cli import main
 from structvpr_edge.deploy.export import PARITY_MIN_COSINE, export_onnx
-from structvpr_edge.modelinfo import normalize_for, read_onnx_info, sha256_file
+from structvpr_edge.modelinfo import read_onnx_info, sha256_file
+from structvpr_edge.runtime.preprocess import Preprocessor
 from structvpr_edge.models.checkpoint import load_checkpoint, save_checkpoint
 from structvpr_edge.models.student import StructVPRStudent, StudentConfig
 
@@ -56,7 +57,7 @@ def test_metadata_round_trip(student_onnx, student_checkpoint):
     assert info.mean == tuple(meta["input"]["mean"]) and info.std == tuple(meta["input"]["std"])
     assert info.layout.to_dict() == meta["layout"] and info.label_groups == tuple(meta["label_groups"])
     assert info.checkpoint_sha256 == sha256_file(student_checkpoint)
-    assert _run(path, normalize_for(info, np.zeros((3, *SIZE[::-1], 3), np.uint8))).shape == (3, info.layout.dim)
+    assert _run(path, Preprocessor(info, max_batch=3)([np.zeros((*SIZE[::-1], 3), np.uint8)] * 3)).shape == (3, info.layout.dim)
 
 
 def test_uint8_input_equals_float_input(student_onnx, student_checkpoint, tmp_path):
@@ -68,11 +69,12 @@ def test_uint8_input_equals_float_input(student_onnx, student_checkpoint, tmp_pa
     assert u8_info.uint8_input and u8_info.colour == "BGR"
     frames = np.random.default_rng(3).integers(0, 256, (2, SIZE[1], SIZE[0], 3), dtype=np.uint8)
     for frame in frames:
-        a = _run(float_path, normalize_for(float_info, frame[None]))
-        b = _run(u8_path, normalize_for(u8_info, frame[None]))
+        a = _run(float_path, Preprocessor(float_info)([frame]))
+        b = _run(u8_path, Preprocessor(u8_info)([frame]))
         assert np.abs(a - b).max() < 1e-5
 
 
+@pytest.mark.slow
 def test_export_cli_prints_parity_and_trt_check(student_checkpoint, place_dataset, tmp_path, capsys):
     out = tmp_path / "cli.onnx"
     assert main(["export", "--model", str(student_checkpoint), "--out", str(out), "--parity-images", str(place_dataset / "images" / "test")]) == 0

@@ -22,6 +22,7 @@ def test_imagenet_weights_load_strictly_and_reject_mismatch():
         load_imagenet_weights(broken)
 
 
+@pytest.mark.slow
 def test_imagenet_gem_on_real_corridor(corridor):
     """Proves the ImageNet weights are wired correctly (README reference: R@1 = 0.54)."""
     result = evaluate(load_extractor("imagenet-gem", image_size=(160, 120)), load_dataset(corridor))

@@ -266,18 +266,20 @@ def test_single_frame_search_on_a_flat_map_is_exact(tmp_path):
     assert loaded.scan is not None and np.array_equal(loaded.search(queries[:8], 5)[1], truth.search(queries[:8], 5)[1])
 
 
-@pytest.mark.parametrize("name", ["structvprpp", "baseline"])
+@pytest.mark.parametrize("name", ["structvprpp", "student-nokd", "baseline"])
 def test_shipped_models_are_small_and_self_describing(name):
     from structvpr_edge.models.checkpoint import load_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(name)
     assert path.stat().st_size < 3 * 2**20  # fp16 weights
     model, meta = load_checkpoint(name)
-    assert meta["train_config"]["mode"] == ("structvpr++" if name == "structvprpp" else "baseline")
+    assert meta["train_config"]["mode"] == ("baseline" if name == "baseline" else "structvpr++")
+    assert meta["train_config"]["distill"]["weight"] == (100 if name == "structvprpp" else 0 if name == "student-nokd" else 1)
     assert meta["input"]["size"] == list(meta["train_config"]["image_size"])
     assert sum(segment["size"] for segment in meta["layout"]["segments"]) == 512 and meta["steps_done"] == 1000
 
 
+@pytest.mark.slow
 def test_demo_localizes_a_night_drive_with_the_shipped_model(tmp_path):
     from structvpr_edge.demo import run_demo
 

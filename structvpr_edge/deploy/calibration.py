@@ -27,12 +27,12 @@ import numpy as np
 from ..artifacts import CALIBRATION_FORMAT, CPU_INT8, FP16, FP32, MANIFEST, RANGES, REPORT, REPORT_MD, TRT_CACHE, TRT_INT8
 from ..data.dataset import VPRDataset, list_images, load_dataset
 from ..errors import BackendError, ConfigError, DatasetError, ModelError
-from ..images import read_rgb
 from ..eval.evaluate import extract
 from ..eval.models import deployed_extractor
 from ..eval.recall import recall_at_n, retrieve
-from ..modelinfo import ModelInfo, normalize_for, read_onnx_info, sha256_file
+from ..modelinfo import ModelInfo, read_onnx_info, sha256_file
 from ..runtime.ort_session import side_by_side_ms
+from ..runtime.preprocess import Preprocessor, read_image
 from ..runtime.profiling import int8_advice
 from . import quantize as q
 
@@ -136,9 +136,10 @@ def load_manifest(path: Path) -> tuple[dict, list[Path]]:
 
 def calibration_batches(paths: list[Path], info: ModelInfo) -> Iterator[np.ndarray]:
     """Model-ready batches of one image each (static-batch and dynamic graphs both take them),
-    read and resized exactly as evaluation reads them."""
+    read and preprocessed as the runtime reads and preprocesses a camera frame."""
+    preprocess = Preprocessor(info)
     for path in paths:
-        yield normalize_for(info, read_rgb(path, (info.width, info.height))[None, ..., ::-1])
+        yield preprocess([read_image(path)]).copy()  # a copy: the buffer is reused for the next image
 
 
 @dataclass
@@ -216,7 +217,7 @@ def _recall(descriptors: np.ndarray, dataset: VPRDataset) -> dict[str, float]:
 def describe(model: Path, paths: list[Path], desc: str, threads: int | None) -> np.ndarray:
     """Descriptors of ``paths`` by an ONNX model of any precision, through ONNX Runtime on the CPU."""
     extractor = deployed_extractor(model, threads=threads)
-    return extract(extractor, paths, desc=desc)  # type: ignore[arg-type]  # eval.Extractor declares image_size Optional; eval's to settle
+    return extract(extractor, paths, desc=desc)
 
 
 def _group_nodes(groups: dict[str, list[str]], kept: list[str]) -> list[str]:

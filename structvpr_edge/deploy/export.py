@@ -17,8 +17,9 @@ from torch import nn
 from .. import __version__
 from ..errors import ConfigError, ModelError
 from ..layout import DescriptorLayout
-from ..modelinfo import ModelInfo, normalize_for, sha256_file
+from ..modelinfo import ModelInfo, sha256_file
 from ..models.checkpoint import load_checkpoint, resolve_checkpoint
+from ..runtime.preprocess import Preprocessor
 
 PARITY_MIN_COSINE = 0.99999
 
@@ -90,8 +91,7 @@ def model_info(meta: dict, width: int, height: int, uint8_input: bool, checkpoin
 
 
 def example_input(info: ModelInfo, batch: int, rng: np.random.Generator) -> np.ndarray:
-    pixels = rng.integers(0, 256, (batch, info.height, info.width, 3), dtype=np.uint8)
-    return pixels if info.uint8_input else normalize_for(info, pixels)
+    return Preprocessor(info, max_batch=batch)(list(rng.integers(0, 256, (batch, info.height, info.width, 3), dtype=np.uint8)))
 
 
 def export_onnx(
@@ -143,9 +143,10 @@ def check_parity(net: nn.Module, onnx_path: Path, info: ModelInfo, images: list[
     frames = [rng.integers(0, 256, (info.height, info.width, 3), dtype=np.uint8) for _ in range(4)]
     frames += [cv2.resize(im, (info.width, info.height), interpolation=cv2.INTER_AREA) for im in images]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    preprocess = Preprocessor(info)
     cosines, diffs = [], []
     for frame in frames:
-        x = normalize_for(info, frame[None])
+        x = preprocess([frame])
         with torch.inference_mode():
             reference = net(torch.from_numpy(x)).numpy()
         result = session.run([info.output_name], {info.input_name: x})[0]

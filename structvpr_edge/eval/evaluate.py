@@ -1,18 +1,16 @@
 """Evaluate a descriptor on a VPR dataset split: Recall@N overall and per query condition."""
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from tqdm import tqdm
 
 from ..data.dataset import VPRDataset
 from ..errors import ConfigError, DatasetError
 from ..images import read_label, read_rgb
+from ..runtime.preprocess import describe_files
 from .recall import RECALL_NS, per_group_recall, recall_at_n, retrieve
 
 
@@ -32,12 +30,7 @@ def extract(extractor: Extractor, paths: list[Path], batch_size: int = 32, desc:
     if size is None:  # one size per run: take the first image's
         first = read(paths[0], None)
         size = (first.shape[1], first.shape[0])
-    chunks = []
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", leave=False):
-            batch = np.stack(list(pool.map(lambda p: read(p, size), paths[start : start + batch_size])))
-            chunks.append(np.asarray(extractor(batch), dtype=np.float32))
-    return np.concatenate(chunks)
+    return describe_files(lambda images: extractor(np.stack(images)), paths, lambda p: read(p, size), batch_size, desc)
 
 
 @dataclass

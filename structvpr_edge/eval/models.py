@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import ENGINE_SUFFIXES, backend_for
+from ..artifacts import CHECKPOINT_SUFFIX, ENGINE_SUFFIXES, backend_for
 from ..errors import ConfigError, ModelError
-from ..modelinfo import ModelInfo, normalize_for
+from ..modelinfo import ModelInfo
+from ..runtime.preprocess import Preprocessor
 from .references import REFERENCE_MODELS
 
 
@@ -48,23 +49,25 @@ class CheckpointExtractor:
 class DeployedExtractor:
     """An exported model (ONNX file or TensorRT engine) behind the Extractor protocol; torch-free.
 
-    ``run`` maps the model's input array to descriptors; batches larger than ``max_batch`` (a
-    static batch of 1, or an engine's profile) are cut into pieces.
+    Images are handed over at the dataset's size and go through the runtime's Preprocessor
+    (resize, colour, normalisation), so evaluation measures the pixels a vehicle's EdgeVPR feeds
+    the model. ``run`` maps the model's input array to descriptors, at most ``max_batch`` at a time.
     """
 
     input_kind = "rgb"
+    image_size = None  # the Preprocessor resizes
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], info: ModelInfo, max_batch: int | None, name: str,
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], info: ModelInfo, max_batch: int, name: str,
                  image_size: tuple[int, int] | None = None) -> None:
         size = (info.width, info.height)
         if image_size is not None and tuple(image_size) != size:
             raise ConfigError(f"{name} was exported for {size[0]}x{size[1]} input; re-export it for {image_size[0]}x{image_size[1]}")
-        self.run, self.info, self.max_batch, self.image_size = run, info, max_batch, size
+        self.run, self.info, self.max_batch = run, info, max_batch
+        self.preprocess = Preprocessor(info, colour="RGB", max_batch=max_batch)  # evaluation reads RGB
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        x = normalize_for(self.info, batch[..., ::-1])  # evaluation batches are RGB; normalize_for takes BGR frames
-        step = self.max_batch or len(x)
-        return np.concatenate([self.run(x[start : start + step]) for start in range(0, len(x), step)])
+        step = self.max_batch
+        return np.concatenate([self.run(self.preprocess(list(batch[start : start + step]))) for start in range(0, len(batch), step)])
 
 
 def deployed_extractor(path: str | Path, image_size: tuple[int, int] | None = None, threads: int | None = None) -> DeployedExtractor:
@@ -84,7 +87,7 @@ def load_extractor(model: str, image_size: tuple[int, int] | None = None):
         return deployed_extractor(model, image_size)
     from ..models.checkpoint import SHIPPED  # noqa: PLC0415
 
-    if model in SHIPPED or Path(model).suffix == ".pt":
+    if model in SHIPPED or Path(model).suffix == CHECKPOINT_SUFFIX:
         return CheckpointExtractor(model, image_size)
     raise ModelError(
         f"unknown model {model!r}; use a checkpoint (.pt), an ONNX file (.onnx), a TensorRT engine ({' or '.join(ENGINE_SUFFIXES)}), "

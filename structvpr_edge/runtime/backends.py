@@ -12,11 +12,9 @@ from typing import Protocol
 
 import numpy as np
 
-from ..artifacts import ENGINE_SUFFIXES, backend_for
+from ..artifacts import BACKENDS, ENGINE_SUFFIXES, backend_for
 from ..errors import BackendError, ConfigError
 from ..modelinfo import ModelInfo, sha256_file
-
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
 
 class Backend(Protocol):

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifacts import MODEL_SUFFIXES
+from ..data.dataset import DEFAULT_POSITIVE_RADIUS_M
 from ..errors import ConfigError, MapError, ModelError
 from ..modelinfo import sha256_file
 from .backends import Backend, open_backend
@@ -26,8 +28,6 @@ from .map import PlaceMap
 from .preprocess import Preprocessor
 from .temporal import PlaceFilter, TemporalConfig
 
-MODEL_SUFFIXES = (".onnx", ".engine", ".plan", ".pt")  # a path, not a shipped model name
-DISTINCT_PLACE_M = 25.0  # entries farther than this from the top-1 count as another place for the margin
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class Localization:
 
 def margin_to_other_places(scores: np.ndarray, rows: np.ndarray, poses: np.ndarray, chosen: int = 0) -> float:
     """Similarity of candidate ``chosen`` (the top-1 by default) minus the best similarity of a
-    candidate at another place (> 25 m away from it).
+    candidate at another place (farther from it than the positive radius, 25 m).
 
     Neighbouring entries of the same place are not ambiguity; when every retrieved entry is
     near the chosen one, the k-th score bounds the margin from below.
@@ -74,7 +74,7 @@ def margin_to_other_places(scores: np.ndarray, rows: np.ndarray, poses: np.ndarr
         return float("inf")
     others = np.delete(np.arange(len(rows)), chosen)
     distance = np.linalg.norm(poses[rows[others], :2] - poses[rows[chosen], :2], axis=1)
-    far = others[distance > DISTINCT_PLACE_M]
+    far = others[distance > DEFAULT_POSITIVE_RADIUS_M]
     return float(scores[chosen] - (scores[far[0]] if len(far) else scores[others[-1]]))
 
 

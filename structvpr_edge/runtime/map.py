@@ -36,12 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MapError
+from ..modelinfo import sha256_file
 from .quantized_scan import QuantizedScan
 
 FORMAT = "structvpr-edge/map/2"
 EXACT_LIMIT = 200_000  # above this many entries "auto" picks an approximate index
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
-FEW_QUERIES = 64  # below this many queries per search: one thread, and the int8 scan on flat maps
+FEW_QUERIES = 64  # below this many queries per search: one FAISS thread, and the int8 scan on flat maps
 FILES = ("index.faiss", "places.sqlite")  # the checksummed files of a generation
 GENERATION = re.compile(r"gen-\d{8}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -85,14 +86,6 @@ class MapManifest:
     created: str
     checksums: dict[str, str] = field(default_factory=dict)
     threshold: Threshold | None = None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def index_string(index_type: str, count: int, dim: int) -> str:
@@ -205,13 +198,16 @@ def _read_manifest(path: Path) -> MapManifest:
 class PlaceMap:
     """Descriptors + metadata; search returns the best map entries for query descriptors."""
 
+    # FAISS's OpenMP thread count is process-wide: set only when a search wants another count
+    # than the last one set here, never on every query.
+    omp_threads: int | None = None
+
     def __init__(self, dim: int, layout_hash: str, model_sha256: str, index_type: str = "auto", expected_size: int = 0) -> None:
         import faiss  # noqa: PLC0415
 
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise MapError(f"descriptor dimension must be a positive integer, got {dim!r}")
         self.faiss = faiss
-        self.search_threads = 1
         self.index_type = index_type
         self.factory = index_string(index_type, expected_size, dim)
         if expected_size:
@@ -312,7 +308,10 @@ class PlaceMap:
             raise MapError("queries must be finite (a NaN or inf descriptor has no nearest place)")
         # One query per frame: OpenMP fan-out costs more than it saves and fights the inference threads.
         few = len(queries) < FEW_QUERIES
-        self.faiss.omp_set_num_threads(self.search_threads if few else max(1, os.cpu_count() or 1))
+        threads = 1 if few else max(1, os.cpu_count() or 1)
+        if PlaceMap.omp_threads != threads:
+            self.faiss.omp_set_num_threads(threads)
+            PlaceMap.omp_threads = threads
         if few and self.scan is not None:
             return self.scan.search(queries, min(int(k), len(self)))
         return self.index.search(queries, min(int(k), len(self)))
@@ -384,7 +383,7 @@ class PlaceMap:
             )
         db.close()
         _fsync(tmp / "places.sqlite")
-        self.manifest.checksums = {"index.faiss": hashlib.sha256(blob).hexdigest(), "places.sqlite": _sha256(tmp / "places.sqlite")}
+        self.manifest.checksums = {"index.faiss": hashlib.sha256(blob).hexdigest(), "places.sqlite": sha256_file(tmp / "places.sqlite")}
         with (tmp / "manifest.json").open("w") as handle:
             handle.write(json.dumps(asdict(self.manifest), indent=2) + "\n")
             handle.flush()
@@ -413,24 +412,20 @@ class PlaceMap:
 
     @classmethod
     def _load_generation(cls, directory: Path, name: str, verify: bool) -> "PlaceMap":
-        import faiss  # noqa: PLC0415
-
         folder = directory / name
         if not folder.is_dir():
             raise FileNotFoundError(folder)
         manifest = _read_manifest(folder / "manifest.json")
         for file, expected in manifest.checksums.items():
-            if verify and _sha256(folder / file) != expected:
+            if verify and sha256_file(folder / file) != expected:
                 raise MapError(f"{folder}: {file} does not match its checksum; the map is corrupt, rebuild it")
-        self = cls.__new__(cls)
-        self.faiss = faiss
-        self.search_threads = 1
+        place_map = cls(manifest.dim, manifest.layout_hash, manifest.model_sha256, manifest.index_type)  # empty, then filled
         try:
-            self.index = faiss.read_index(str(folder / "index.faiss"))
+            place_map.index = place_map.faiss.read_index(str(folder / "index.faiss"))
         except RuntimeError as exc:
             raise MapError(f"{folder}/index.faiss cannot be read: {str(exc).splitlines()[0]}") from exc
-        self.manifest, self.index_type, self.factory = manifest, manifest.index_type, manifest.index_string
-        self.scan = self._exact_scan()
+        place_map.manifest, place_map.factory = manifest, manifest.index_string
+        place_map.scan = place_map._exact_scan()
         if not (folder / "places.sqlite").is_file():
             raise FileNotFoundError(folder / "places.sqlite")
         try:  # immutable: a generation never changes, and a read-only open must not write a journal
@@ -439,13 +434,13 @@ class PlaceMap:
             db.close()
         except sqlite3.Error as exc:
             raise MapError(f"{folder}/places.sqlite cannot be read: {exc}") from exc
-        self.places = [Place(r[0], r[1], r[2], float("nan") if r[3] is None else r[3], r[4], r[5]) for r in rows]
-        self.poses = np.array([[p.east, p.north, p.heading] for p in self.places], dtype=np.float64).reshape(-1, 3)
-        if len(self.places) != self.index.ntotal or manifest.count != len(self.places) or self.index.d != manifest.dim:
-            raise MapError(f"{folder}: index has {self.index.ntotal} entries, metadata {len(self.places)}, manifest {manifest.count}")
-        self.set_search_effort()
-        self._origin, self._generation, self._pending, self._threshold_changed = directory.resolve(), name, [], False
-        return self
+        place_map.places = [Place(r[0], r[1], r[2], float("nan") if r[3] is None else r[3], r[4], r[5]) for r in rows]
+        place_map.poses = np.array([[p.east, p.north, p.heading] for p in place_map.places], dtype=np.float64).reshape(-1, 3)
+        if len(place_map.places) != place_map.index.ntotal or manifest.count != len(place_map.places) or place_map.index.d != manifest.dim:
+            raise MapError(f"{folder}: index has {place_map.index.ntotal} entries, metadata {len(place_map.places)}, manifest {manifest.count}")
+        place_map.set_search_effort()
+        place_map._origin, place_map._generation, place_map._pending, place_map._threshold_changed = directory.resolve(), name, [], False
+        return place_map
 
 
 def _publish(directory: Path, name: str) -> None:

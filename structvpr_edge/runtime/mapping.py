@@ -5,14 +5,13 @@ import math
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from ..data.dataset import list_images, load_dataset
+from ..data.dataset import DEFAULT_POSITIVE_RADIUS_M, list_images, load_dataset
 from ..data.names import parse_name
 from ..errors import ConfigError, DatasetError, MapError
 from .edgevpr import EdgeVPR, margin_to_other_places, positive_int
 from .map import INDEX_TYPES, Place, PlaceMap, Threshold, check_writable
-from .preprocess import read_image
+from .preprocess import describe_files, read_image
 
 
 def reference_images(source: str | Path, split: str = "test", subset: str = "database") -> list[Path]:
@@ -38,14 +37,9 @@ def place_of(path: Path, root: Path) -> Place:
     )
 
 
-def read_frames(paths: list[Path]) -> list[np.ndarray]:
-    return [read_image(p) for p in paths]
-
-
 def describe_paths(vpr: EdgeVPR, paths: list[Path], batch_size: int = 16, desc: str = "describe") -> np.ndarray:
-    batch_size = positive_int("batch_size", batch_size)
-    chunks = [vpr.describe_batch(read_frames(paths[i : i + batch_size])) for i in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch")]
-    return np.concatenate(chunks)
+    """Descriptors of image files as ``vpr`` computes them for camera frames."""
+    return describe_files(vpr.describe_batch, paths, read_image, positive_int("batch_size", batch_size), desc)
 
 
 def build_map(vpr: EdgeVPR, source: str | Path, out: str | Path | None = None, index_type: str = "auto", append: bool = False, split: str = "test") -> PlaceMap:
@@ -107,7 +101,8 @@ def threshold_for_precision(scores: np.ndarray, margins: np.ndarray, correct: np
     return best
 
 
-def calibrate_threshold(vpr: EdgeVPR, map_dir: str | Path, val: str | Path, precision: float = 0.99, split: str = "val", radius: float = 25.0) -> Threshold:
+def calibrate_threshold(vpr: EdgeVPR, map_dir: str | Path, val: str | Path, precision: float = 0.99, split: str = "val",
+                        radius: float = DEFAULT_POSITIVE_RADIUS_M) -> Threshold:
     """Pick the threshold on validation queries and store it (with the precision measured) in the map."""
     check_precision(precision)
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:

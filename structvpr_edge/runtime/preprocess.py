@@ -7,7 +7,9 @@ size; the last step lands in the input buffer. A 640x480 frame reaches 160x120 a
 than with one INTER_AREA call, with the same pixels up to one grey level of rounding.
 
 For a ``--uint8-input`` model the resized pixels are the input: the normalisation lives in the
-graph. For a float model the host applies ``(x/255 - mean)/std`` per channel, in place.
+graph. For a float model the host normalises them into the input buffer (images.normalize, the
+function training uses). Evaluation, calibration and map building feed models through this class
+too (``Preprocessor``, ``describe_files``), so they see the pixels the vehicle's runtime sees.
 
 Frames are checked before any work: an empty or absurdly large frame, or an image file that is
 truncated (a truncated JPEG decodes to a grey-padded frame that localizes somewhere else), is a
@@ -15,14 +17,19 @@ typed error, never a hang or a silent wrong place.
 """
 from __future__ import annotations
 
+import os
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from ..errors import ConfigError, DatasetError
+from ..images import normalize
 from ..modelinfo import ModelInfo
 
 COLOURS = ("BGR", "RGB")
@@ -97,11 +104,8 @@ class Preprocessor:
             self.input = np.empty((max_batch, *size, 3), np.uint8)
         else:
             self.input = np.empty((max_batch, 3, *size), np.float32)
-            self.resized = np.empty((*size, 3), np.uint8)
-            # model channel c takes frame channel source[c]; x * scale + offset == (x/255 - mean)/std
-            self.source = (2, 1, 0) if colour == "BGR" else (0, 1, 2)
-            self.scale = [1 / (255 * s) for s in info.std]
-            self.offset = [-m / s for m, s in zip(info.mean, info.std)]
+            self.resized = np.empty((1, *size, 3), np.uint8)
+            self.source = (2, 1, 0) if colour == "BGR" else (0, 1, 2)  # model channel c takes frame channel source[c]
         self.halvings: OrderedDict[tuple[int, int], list[np.ndarray]] = OrderedDict()  # frame (H, W) -> halving buffers
 
     def halving_buffers(self, shape: tuple[int, int]) -> list[np.ndarray]:
@@ -137,8 +141,18 @@ class Preprocessor:
                 if self.swap:
                     cv2.cvtColor(self.input[i], cv2.COLOR_BGR2RGB, dst=self.input[i])
                 continue
-            self.resize(frame, self.resized)
-            for c, src in enumerate(self.source):
-                np.multiply(self.resized[..., src], self.scale[c], out=self.input[i, c], casting="unsafe")
-                self.input[i, c] += self.offset[c]
+            self.resize(frame, self.resized[0])
+            normalize(self.resized, self.info.mean, self.info.std, self.source, out=self.input[i : i + 1])
         return self.input[: len(frames)]
+
+
+def describe_files(describe: Callable[[list[np.ndarray]], np.ndarray], paths: list[Path], read: Callable[[Path], np.ndarray] = read_image,
+                   batch_size: int = 32, desc: str = "describe") -> np.ndarray:
+    """(N, D) float32 descriptors of the image files ``paths``, in order: files ``read`` on a thread
+    pool, ``describe`` called per batch, with a progress bar. Map building, the threshold and
+    evaluation all describe files through this."""
+    chunks = []
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", leave=False):
+            chunks.append(np.asarray(describe(list(pool.map(read, paths[start : start + batch_size]))), dtype=np.float32))
+    return np.concatenate(chunks)

@@ -37,9 +37,6 @@ class PlaceFilter:
         self.rows = np.zeros(0, dtype=np.int64)
         self.belief = np.zeros(0)
 
-    def reset(self) -> None:
-        self.rows, self.belief = np.zeros(0, dtype=np.int64), np.zeros(0)
-
     def update(self, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Fold in one frame's candidates (best first); returns the posterior over ``rows``."""
         valid = rows >= 0
