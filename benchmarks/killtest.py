@@ -17,7 +17,6 @@ import argparse
 import multiprocessing
 import os
 import signal
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -27,8 +26,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from structvpr_edge.runtime.map import Place, PlaceMap  # noqa: E402
+from structvpr_edge.runtime.map import Place, PlaceMap
 
 MODEL_SHA = "0" * 64  # synthetic descriptors: a stand-in model-file hash
 faiss.omp_set_num_threads(1)  # the kill trials fork writers, and an OpenMP thread pool does not survive a fork

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,11 +20,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from structvpr_edge.demo import export_shipped  # noqa: E402
-from structvpr_edge.runtime.edgevpr import EdgeVPR  # noqa: E402
-from structvpr_edge.runtime.map import PlaceMap  # noqa: E402
-from structvpr_edge.runtime.profiling import camera_frames, synthetic_map  # noqa: E402
+from structvpr_edge.demo import export_shipped
+from structvpr_edge.runtime.edgevpr import EdgeVPR
+from structvpr_edge.runtime.map import PlaceMap
+from structvpr_edge.runtime.profiling import camera_frames, synthetic_map
 
 SIZES = [(640, 480), (320, 240), (1280, 720)] + [(300 + 7 * i, 200 + 5 * i) for i in range(9)]  # width, height
 

@@ -5,10 +5,11 @@
 2. export the shipped StructVPR++ student to ONNX and build a map from the reference traversal;
 3. localize every query frame in order with a progress bar (ONNX Runtime, CPU);
 4. print Recall@1 (single frame and with the temporal filter) and per-stage latency;
-5. write a PNG of some queries beside their matches.
+5. write a PNG of some queries beside their matches, and the figures to demo.json.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -80,4 +81,13 @@ def run_demo(out: str | Path = "demo-output", model: str = "structvprpp", places
     correct = list(np.linalg.norm(np.array([[r.matches[0].east, r.matches[0].north] for r in single]) - truth, axis=1) <= dataset.positive_radius)
     summary["figure"] = str(sheet(query_paths, matches, correct, out / "demo.png"))
     summary["seconds"] = time.perf_counter() - started
+    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def print_summary(summary: dict) -> None:
+    latency = summary["latency_ms"]
+    print(f"\nRecall@1 of {summary['places']} night/winter frames: {100 * summary['recall@1']:.1f}% single frame, "
+          f"{100 * summary['recall@1_temporal']:.1f}% with the temporal filter")
+    print("latency p50 (ms): " + ", ".join(f"{stage} {latency[stage]['p50']:.2f}" for stage in latency))
+    print(f"queries beside their matches: {summary['figure']}  ({summary['seconds']:.0f} s in all)")

@@ -57,7 +57,7 @@ def _violations(part: str, forbidden: tuple[str, ...]) -> list[str]:
 
 
 @pytest.mark.parametrize("part, forbidden", [
-    ("data", ("models", "train", "deploy", "runtime", "cli", "demo")),  # data knows no model
+    ("data", ("models", "train", "eval", "deploy", "runtime", "cli", "demo")),  # data knows no model
     ("models", ("train", "eval", "deploy", "runtime", "cli", "demo")),  # models know no pipeline step, no CLI
     ("runtime", ("train", "eval", "cli", "demo")),  # the runtime never reaches back into training or evaluation
     ("train", ("deploy", "runtime", "cli", "demo")),

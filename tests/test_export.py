@@ -107,7 +107,7 @@ import sys
 sys.modules["torch"] = None  # any `import torch` now fails
 import numpy as np
 import structvpr_edge.trt_compat, structvpr_edge.runtime.ort_session, structvpr_edge.deploy.engine
-import structvpr_edge.deploy.trt_check, structvpr_edge.deploy.calibration, structvpr_edge.deploy.quantize
+import structvpr_edge.deploy.trt_check, structvpr_edge.deploy.calibration, structvpr_edge.deploy.quantize, structvpr_edge.deploy.trt_calibrator
 from structvpr_edge.eval.models import load_extractor
 extractor = load_extractor({str(path)!r})
 print(extractor(np.zeros((3, {SIZE[1]}, {SIZE[0]}, 3), np.uint8)).shape)

@@ -266,6 +266,26 @@ def test_single_frame_search_on_a_flat_map_is_exact(tmp_path):
     assert loaded.scan is not None and np.array_equal(loaded.search(queries[:8], 5)[1], truth.search(queries[:8], 5)[1])
 
 
+def test_search_sets_the_process_wide_faiss_threads_only_when_they_change(monkeypatch):
+    """One frame after another must not touch FAISS's global OpenMP setting each time."""
+    import faiss
+
+    calls = []
+    monkeypatch.setattr(faiss, "omp_set_num_threads", calls.append)
+    monkeypatch.setattr(PlaceMap, "omp_threads", None)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(200, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    place_map = PlaceMap(16, "h", MODEL_SHA, "flat")
+    place_map.add(vectors, [Place(str(i), float(i), 0.0) for i in range(200)])
+    for frame in vectors[:20]:
+        place_map.search(frame[None], 5)
+    assert calls == [1]
+    place_map.search(vectors, 5)  # a large batch: every core, set once
+    place_map.search(vectors[:1], 5)
+    assert len(calls) == 3 and calls[0] == calls[2] == 1
+
+
 @pytest.mark.parametrize("name", ["structvprpp", "student-nokd", "baseline"])
 def test_shipped_models_are_small_and_self_describing(name):
     from structvpr_edge.models.checkpoint import load_checkpoint, resolve_checkpoint

@@ -45,7 +45,8 @@ from tests.trt_standin import make_tensorrt
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data" / "api"
-TRT_MODULES = ["structvpr_edge/trt_compat.py", "structvpr_edge/deploy/engine.py", "structvpr_edge/runtime/tensorrt_backend.py"]
+TRT_MODULES = ["structvpr_edge/trt_compat.py", "structvpr_edge/deploy/engine.py", "structvpr_edge/deploy/trt_calibrator.py",
+               "structvpr_edge/runtime/tensorrt_backend.py"]
 SUPPORTED = {"8.6": "8.6.1", "10.13": "10.13.0.35", "11.4": "11.4.0.106"}
 # BuildPlan fields that plan_build sets only when the API has the feature (proved below).
 PLAN_FEATURES = {"explicit_batch": "explicit_batch_flag", "strongly_typed": "strongly_typed_flag", "calibration_cache": "calibrators"}
@@ -339,7 +340,7 @@ def test_the_standin_defines_only_real_api(variant, version):
     assert invented == []
 
 
-CUDA_MODULES = ["structvpr_edge/runtime/tensorrt_backend.py", "structvpr_edge/deploy/engine.py"]
+CUDA_MODULES = ["structvpr_edge/runtime/tensorrt_backend.py", "structvpr_edge/deploy/trt_calibrator.py"]
 
 
 def test_every_pycuda_name_we_use_exists():

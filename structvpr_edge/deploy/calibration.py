@@ -274,7 +274,7 @@ def prepare_kit(folder: Path) -> Path:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{folder} is not a calibration folder ({exc}); run `structvpr-edge calibrate`") from exc
     fp32, weights = folder / FP32, manifest.get("weights")
-    redo = f"recalibrate: structvpr-edge calibrate --model {weights or 'MODEL'} --images DATASET --val DATASET --out {folder} --reselect"
+    redo = f"recalibrate: structvpr-edge calibrate --model {weights or 'MODEL'} --dataset DATASET --val-dataset DATASET --out {folder} --reselect"
     if not fp32.is_file():
         if weights is None:
             raise ConfigError(f"{folder} has no {FP32} and records no weights to export it from; {redo}")
@@ -300,7 +300,7 @@ def _check(config: CalibrationConfig):
     if config.method not in q.METHODS:
         raise ConfigError(f"--method must be one of {q.METHODS}, got {config.method!r}")
     if config.max_recall_drop is not None and config.val is None:
-        raise ConfigError("--max-recall-drop needs a validation dataset (--val DATASET)")
+        raise ConfigError("--max-recall-drop needs a validation dataset (--val-dataset DATASET)")
     proto = onnx.load(str(config.model))
     info = ModelInfo.from_props({p.key: p.value for p in proto.metadata_props})
     if info.extra.get("precision", "fp32") != "fp32":
@@ -328,9 +328,6 @@ class _Quantizer:
         (out / TRT_CACHE).write_text(q.trt_calibration_cache(self.ranges, skip_tensors=outputs))
         for form, name in ((q.CPU_FORM, CPU_INT8), (q.TRT_FORM, TRT_INT8)):
             q.quantize(self.config.model, out / RANGES, out / name, form, self.config.method, nodes)
-
-    def describe(self, artifact: str, paths: list[Path]) -> np.ndarray:
-        return describe(self.path(artifact), paths, artifact, self.config.threads)
 
 
 def _quantize(config: CalibrationConfig, proto, info: ModelInfo, paths: list[Path]) -> _Quantizer:
@@ -361,7 +358,7 @@ def _gate(run: _Quantizer, report: CalibrationReport, dataset: VPRDataset, refer
             break
         report.fp32_groups.append(remaining.pop(0))
         run.write_int8(report.fp32_groups)
-        outputs.update({artifact: run.describe(artifact, paths) for artifact in ("INT8 cpu", "INT8 trt")})
+        outputs.update({artifact: describe(run.path(artifact), paths, artifact, run.config.threads) for artifact in ("INT8 cpu", "INT8 trt")})
     report.recall = {name: _recall(d, dataset) for name, d in outputs.items()}
     report.within_budget = None if budget is None else drop["1"] <= budget
 
@@ -371,8 +368,8 @@ def _measure(run: _Quantizer, dataset: VPRDataset | None, images: list[Path], ca
     images); with a validation set, Recall@1/5 and the accuracy gate."""
     config = run.config
     paths = dataset.database.paths + dataset.queries.paths if dataset is not None else images
-    reference = run.describe("FP32", paths)
-    outputs = {artifact: run.describe(artifact, paths) for artifact in ("INT8 cpu", "INT8 trt", "FP16")}
+    reference, *others = (describe(run.path(a), paths, a, config.threads) for a in ("FP32", "INT8 cpu", "INT8 trt", "FP16"))
+    outputs = dict(zip(("INT8 cpu", "INT8 trt", "FP16"), others))
     report = CalibrationReport(
         model=str(config.model), method=config.method, images=len(images), candidates=candidates,
         manifest_sha256=sha256_file(config.out / MANIFEST), artifacts={}, quantization={}, cosine={},
@@ -387,8 +384,7 @@ def _measure(run: _Quantizer, dataset: VPRDataset | None, images: list[Path], ca
 
 
 def _write_report(run: _Quantizer, report: CalibrationReport, start: float) -> None:
-    """Artifacts, their hashes, CPU timings and the time since ``start`` into the report; then
-    report.json and report.md written."""
+    """Artifacts, their hashes, CPU timings and the time since ``start`` into the report, then to disk."""
     import onnx  # noqa: PLC0415
 
     out, model, int8 = run.config.out, run.config.model, {"cpu": run.path("INT8 cpu"), "trt": run.path("INT8 trt")}

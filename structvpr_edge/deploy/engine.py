@@ -12,19 +12,15 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..artifacts import ENGINE_FORMAT, FP16, MANIFEST, TRT_CACHE, TRT_INT8, engine_manifest_path
 from ..errors import BackendError, ConfigError, ModelError
 from ..modelinfo import PREFIX, ModelInfo, sha256_file
-from ..runtime.tensorrt_backend import GpuInfo, PrimaryContext, gpu_info
+from ..runtime.tensorrt_backend import GpuInfo, gpu_info
 from ..trt_compat import TrtApi, detect, import_tensorrt, require
-from .quantize import retarget_cache
 
 if TYPE_CHECKING:  # mypy checks the TensorRT calls against tensorrt-stubs (tests/test_trt_api.py)
     import tensorrt
@@ -180,56 +176,12 @@ def _parse(trt, builder: tensorrt.Builder, logger: tensorrt.ILogger, plan: Build
     return network
 
 
-def make_entropy_calibrator(trt, cache: Path, manifest: Path, info: ModelInfo):
-    """A ``trt.IInt8EntropyCalibrator2`` for TensorRT < 10 (the class needs tensorrt, hence defined
-    in here). TensorRT reads ``cache`` first; only when the cache is missing or rejected does it ask
-    for batches, which come from the manifest's hash-checked images (batch 1, device memory via
-    pycuda in the primary context, where TensorRT reads it). So a calibration folder copied to a
-    Jetson builds without its images."""
-    from .calibration import calibration_batches, load_manifest  # noqa: PLC0415
-
-    require(detect(trt), "calibrators")
-
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.batches: Iterator[np.ndarray] | None = None
-            self.primary: PrimaryContext
-            self.device: Any = None
-
-        def get_batch_size(self) -> int:
-            return 1
-
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            if self.batches is None:
-                self.batches = calibration_batches(load_manifest(manifest)[1], info)
-                self.primary = PrimaryContext()
-            batch = next(self.batches, None)
-            with self.primary.active() as cuda:
-                if batch is None:  # done: TensorRT asks no more
-                    if self.device is not None:
-                        self.device.free()
-                    self.device = None
-                    return None
-                batch = np.ascontiguousarray(batch)
-                if self.device is None:
-                    self.device = cuda.mem_alloc(batch.nbytes)
-                cuda.memcpy_htod(self.device, batch)
-            return [int(self.device)]
-
-        def read_calibration_cache(self) -> bytes | None:
-            return retarget_cache(cache.read_text(), trt.__version__).encode() if cache.is_file() else None
-
-        def write_calibration_cache(self, data) -> None:
-            cache.write_bytes(bytes(data))
-
-    return EntropyCalibrator()
-
-
 def _configure(
     trt, api: TrtApi, builder: tensorrt.Builder, config: EngineBuildConfig, plan: BuildPlan, tensor: tensorrt.ITensor, shapes: dict
 ) -> tensorrt.IBuilderConfig:
     """Builder config: workspace, precision flags, profiles, calibrator, timing cache, DLA."""
+    from .trt_calibrator import make_entropy_calibrator  # noqa: PLC0415
+
     builder_config = builder.create_builder_config()
     builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_mb << 20)
     for flag in plan.flags:

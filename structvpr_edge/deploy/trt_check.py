@@ -131,7 +131,7 @@ def _shape_problems(graph, consumers: dict, producers: dict) -> list[str]:
                     where = f"{_node_label(node)} " if node is not None else ""
                     problems.append(
                         f"{where}uses graph {kind} {value.name!r} with dim {axis} = {dim!r}: only dim 0 (the batch) may be "
-                        "dynamic; export with fixed --width/--height"
+                        "dynamic; export with a fixed --size"
                     )
     return problems
 

@@ -1,0 +1,56 @@
+"""The INT8 entropy calibrator engine.py hands TensorRT < 10. TensorRT reads the calibration cache
+first and asks for images (the manifest's, hash-checked) only when it rejects the cache, so a
+calibration folder copied to a Jetson builds without its images."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..modelinfo import ModelInfo
+from ..runtime.tensorrt_backend import PrimaryContext
+from ..trt_compat import detect, require
+from .calibration import calibration_batches, load_manifest
+from .quantize import retarget_cache
+
+
+def make_entropy_calibrator(trt, cache: Path, manifest: Path, info: ModelInfo):
+    """A ``trt.IInt8EntropyCalibrator2`` reading ``cache``, with ``manifest``'s images behind it."""
+    require(detect(trt), "calibrators")
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.batches: Iterator[np.ndarray] | None = None
+            self.primary: PrimaryContext
+            self.device: Any = None
+
+        def get_batch_size(self) -> int:
+            return 1
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            if self.batches is None:
+                self.batches = calibration_batches(load_manifest(manifest)[1], info)
+                self.primary = PrimaryContext()
+            batch = next(self.batches, None)
+            with self.primary.active() as cuda:
+                if batch is None:  # done: TensorRT asks no more
+                    if self.device is not None:
+                        self.device.free()
+                    self.device = None
+                    return None
+                batch = np.ascontiguousarray(batch)
+                if self.device is None:
+                    self.device = cuda.mem_alloc(batch.nbytes)
+                cuda.memcpy_htod(self.device, batch)
+            return [int(self.device)]
+
+        def read_calibration_cache(self) -> bytes | None:
+            return retarget_cache(cache.read_text(), trt.__version__).encode() if cache.is_file() else None
+
+        def write_calibration_cache(self, data) -> None:
+            cache.write_bytes(bytes(data))
+
+    return EntropyCalibrator()
