@@ -190,3 +190,11 @@ def test_isolated_configurations_and_cameras(tmp_path, monkeypatch):
         assert len(threading) == cameras
     assert result["one"]["setup"]["threading"][0]["source"] == "explicit"
     assert [t["spinning"] for t in result["two"]["setup"]["threading"]] == [False, False]
+
+
+def test_a_missing_model_file_is_a_model_error_before_any_tuning(tmp_path):
+    from structvpr_edge.errors import ModelError
+    from structvpr_edge.runtime.backends import open_backend
+
+    with pytest.raises(ModelError, match="not found"):
+        open_backend(tmp_path / "nope.onnx")

@@ -269,6 +269,8 @@ class OrtSession:
 
     def __init__(self, path: str | Path, threads: int | str | None = AUTO, providers: list[str] | None = None) -> None:
         self.path, self.requested = Path(path), parse_threads(threads)
+        if not self.path.is_file():  # before the threading tune hashes it
+            raise ModelError(f"model file {self.path} not found")
         self.providers = providers or pick_providers(_ort().get_available_providers())
         self.on_cpu = self.providers[0] == "CPUExecutionProvider"
         with _LOCK:
