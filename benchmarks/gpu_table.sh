@@ -43,18 +43,18 @@ $TABLE --rows global-kd,group-kd,structvpr --distill-set "distill.weight=$W" --d
 PHASE2=$!
 $TABLE $PHASE1 --deadline-min 0 --test --json "$OUT/table-phase1.json" > "$L/table-phase1.md" 2> "$L/eval1.log"
 echo "phase 1 evaluated at ${SECONDS}s"
-python3 - "$R" "$STEPS" "$W" "$OUT" <<'EOF' > "$L/shipped.txt"
+python3 - "$R" "$STEPS" "$W" "$OUT" "$SEEDS" <<'EOF' > "$L/shipped.txt"
 import shutil, sys
 from pathlib import Path
 from structvpr_edge.train.table import last_val_recall
-runs, steps, w, out = Path(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4])
+runs, steps, w, out, seeds = Path(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4]), int(sys.argv[5])
 for shipped, row in (("structvprpp", f"kd-w{w}"), ("student-nokd", "student-nokd"), ("baseline", "baseline")):
-    seeds = {s: last_val_recall(runs / f"{row}-{steps}" / f"s{s}") for s in range(3)}
-    seeds = {s: v for s, v in seeds.items() if v is not None}
-    if seeds:
-        best = max(seeds, key=seeds.get)
+    recalls = {s: last_val_recall(runs / f"{row}-{steps}" / f"s{s}") for s in range(seeds)}
+    recalls = {s: v for s, v in recalls.items() if v is not None}
+    if recalls:
+        best = max(recalls, key=recalls.get)
         shutil.copy(runs / f"{row}-{steps}" / f"s{best}" / "model.pt", out / f"{shipped}.pt")
-        print(shipped, row, "seed", best, "val", seeds[best])
+        print(shipped, row, "seed", best, "val", recalls[best])
 EOF
 wait $CITY_JOB
 for m in structvprpp student-nokd baseline; do
