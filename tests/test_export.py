@@ -74,6 +74,35 @@ def test_uint8_input_equals_float_input(student_onnx, student_checkpoint, tmp_pa
         assert np.abs(a - b).max() < 1e-5
 
 
+def test_folded_stem_equals_normalise_then_conv_bn_on_every_pixel():
+    """Any mean/std (ImageNet's, per channel), trained BN statistics, borders included."""
+    from structvpr_edge.deploy.export import FoldedStem
+
+    torch.manual_seed(1)
+    conv, bn = torch.nn.Conv2d(3, 8, 3, 2, padding=1, bias=False), torch.nn.BatchNorm2d(8, eps=1e-3)
+    bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2), bn.bias.data.uniform_(-1, 1)
+    bn.eval()
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    bgr = torch.randint(0, 256, (2, 3, 12, 10)).float()
+    rgb = bgr.flip(1)
+    normalised = (rgb / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    stem = FoldedStem(conv, bn, mean, std, 12, 10)
+    with torch.no_grad():
+        expected, got = bn(conv(normalised)), stem(bgr)
+    assert torch.allclose(got, expected, atol=1e-4)
+    corner, inside = stem.constant[0, :, 0, 0], stem.constant[0, :, 2, 2]
+    assert (corner - inside).abs().max() > 1e-2  # the border differs: a per-channel bias would not be exact
+
+
+def test_uint8_graph_has_no_pixel_arithmetic_before_the_first_conv(student_checkpoint, tmp_path):
+    import onnx
+
+    path = tmp_path / "u8.onnx"
+    export_onnx(student_checkpoint, path, uint8_input=True)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node if n.op_type != "Constant"]
+    assert set(ops[: ops.index("Conv")]) <= {"Transpose", "Cast"}, ops[:6]
+
+
 @pytest.mark.slow
 def test_export_cli_prints_parity_and_trt_check(student_checkpoint, place_dataset, tmp_path, capsys):
     out = tmp_path / "cli.onnx"

@@ -9,7 +9,9 @@ from structvpr_edge.models.student import StructVPRStudent, StudentConfig
 from structvpr_edge.models.teacher import AlignedOutput, SegTeacher, TeacherConfig
 from structvpr_edge.train.config import DistillConfig, TrainConfig
 from structvpr_edge.train.losses import MultiSimilarityConfig, mask_loss, multi_similarity_loss, relational_kd, triplet_margin_loss
-from structvpr_edge.train.trainer import aligned_group_sims, distillation_terms
+from structvpr_edge.errors import ConfigError
+from structvpr_edge.train.distill import (FeatureProjector, aligned_group_sims, extra_terms, feature_kd, relational_terms, similarity_kd,
+                                          teacher_ranked_negatives)
 from structvpr_edge.train.weights import GROUPS, Keys, RankMemory, SampleWeightConfig, group_weights, positive_ranks, sample_groups
 
 
@@ -75,13 +77,13 @@ def test_distillation_terms_match_a_hand_computation():
     global_kd = hand_kd(student["descriptor"] @ student["descriptor"].T, teacher["descriptor"] @ teacher["descriptor"].T, tau)
     group_kd = [hand_kd(hand_group_sim(student, k, 0.5), hand_group_sim(teacher, k, 0.25), tau) for k in range(2)]
     expected = global_kd + group_weight * np.mean(group_kd, axis=0)
-    got = distillation_terms(student_parts, teacher_parts, student_model, teacher_model, config)
+    got = relational_terms(student_parts, teacher_parts, student_model, teacher_model, config.distill)
     assert got.shape == (4,) and np.allclose(got.detach().numpy(), expected, rtol=1e-4, atol=1e-7)
     assert np.all(np.array(group_kd) > 1e-3)  # the group term is not vanishingly small here
     global_only = TrainConfig(distill=DistillConfig(temperature=tau, per_group=False))
-    assert np.allclose(distillation_terms(student_parts, teacher_parts, student_model, teacher_model, global_only).numpy(), global_kd, rtol=1e-4)
+    assert np.allclose(relational_terms(student_parts, teacher_parts, student_model, teacher_model, global_only.distill).numpy(), global_kd, rtol=1e-4)
     plain = GlobalStudent(GlobalStudentConfig(imagenet=False))  # no label groups: the descriptor term only
-    assert np.allclose(distillation_terms(student_parts, teacher_parts, plain, teacher_model, config).numpy(), global_kd, rtol=1e-4)
+    assert np.allclose(relational_terms(student_parts, teacher_parts, plain, teacher_model, config.distill).numpy(), global_kd, rtol=1e-4)
 
 
 def test_group_sims_are_the_terms_of_the_aligned_similarity():
@@ -158,3 +160,72 @@ def test_rank_memory_makes_ranks_harder():
     nothing = RankMemory(batches=0)
     nothing.push(batch)
     assert len(nothing.keys(batch).ids) == 4
+
+
+def test_similarity_kd_matches_a_hand_computation():
+    rng = np.random.default_rng(5)
+    (student, student_parts), (teacher, teacher_parts) = random_parts(rng, batch=5), random_parts(rng, batch=5)
+    s, t = student["descriptor"] @ student["descriptor"].T, teacher["descriptor"] @ teacher["descriptor"].T
+    expected = [np.mean([(s[i, j] - t[i, j]) ** 2 for j in range(5) if j != i]) for i in range(5)]
+    got = similarity_kd(student_parts, teacher_parts).numpy()
+    assert np.allclose(got, expected, rtol=1e-5) and np.all(got > 1e-3)
+    assert np.allclose(similarity_kd(teacher_parts, teacher_parts).numpy(), 0, atol=1e-7)
+
+
+def hand_teacher_negatives(s: np.ndarray, t: np.ndarray, places: list[int]) -> np.ndarray:
+    """Per anchor: p = the teacher's best other image of the place; among negatives the teacher
+    ranks below p, n = the student's most similar; hinge (t_ap - t_an) - (s_ap - s_an)."""
+    result = []
+    for a in range(len(places)):
+        positives = [j for j in range(len(places)) if j != a and places[j] == places[a]]
+        if not positives:
+            result.append(0.0)
+            continue
+        p = max(positives, key=lambda j: t[a, j])
+        trusted = [j for j in range(len(places)) if places[j] != places[a] and t[a, j] < t[a, p]]
+        if not trusted:
+            result.append(0.0)
+            continue
+        n = max(trusted, key=lambda j: s[a, j])
+        result.append(max(0.0, (t[a, p] - t[a, n]) - (s[a, p] - s[a, n])))
+    return np.array(result)
+
+
+def test_teacher_ranked_negatives_match_a_hand_computation():
+    rng = np.random.default_rng(11)
+    places = [0, 0, 1, 1, 2, 2, 3, 4]  # places 3 and 4: anchors without a positive
+    (student, student_parts), (teacher, teacher_parts) = random_parts(rng, batch=8), random_parts(rng, batch=8)
+    s, t = student["descriptor"] @ student["descriptor"].T, teacher["descriptor"] @ teacher["descriptor"].T
+    expected = hand_teacher_negatives(s, t, places)
+    got = teacher_ranked_negatives(student_parts, teacher_parts, torch.tensor(places)).numpy()
+    assert np.allclose(got, expected, atol=1e-6)
+    assert np.count_nonzero(expected[:6]) >= 2 and np.all(got[6:] == 0)
+    # a student that copies the teacher's similarities keeps every margin: no loss
+    assert np.allclose(teacher_ranked_negatives(teacher_parts, teacher_parts, torch.tensor(places)).numpy(), 0, atol=1e-7)
+
+
+def test_feature_kd_weights_groups_by_teacher_presence():
+    teacher_model = SegTeacher(TeacherConfig(), num_groups=2)
+    student_model = StructVPRStudent(StudentConfig(imagenet=False), num_groups=2)
+    projector = FeatureProjector(student_model, teacher_model)
+    torch.manual_seed(0)
+    parts = AlignedOutput(torch.zeros(3, 8), torch.randn(3, 128), torch.randn(3, 2, 64), torch.rand(3, 2))
+    global_vec, group_vecs = projector(parts)
+    teacher = AlignedOutput(torch.zeros(3, 8), 2 * global_vec.detach(), group_vecs.detach().clone(), torch.tensor([[1.0, 0.0]] * 3))
+    assert torch.allclose(feature_kd((global_vec, group_vecs), teacher), torch.zeros(3), atol=1e-6)  # same directions: 0
+    teacher.group_vecs[:, 1] = -teacher.group_vecs[:, 1]  # a group the teacher does not see: still 0
+    assert torch.allclose(feature_kd((global_vec, group_vecs), teacher), torch.zeros(3), atol=1e-6)
+    teacher.group_vecs[:, 0] = -teacher.group_vecs[:, 0]  # the present group points away: distance 2, half weight
+    assert torch.allclose(feature_kd((global_vec, group_vecs), teacher), torch.ones(3), atol=1e-5)
+    with pytest.raises(ConfigError, match="label-aware student"):
+        FeatureProjector(GlobalStudent(GlobalStudentConfig(imagenet=False)), teacher_model)
+
+
+def test_extra_terms_are_off_by_default_and_add_up_when_on():
+    rng = np.random.default_rng(2)
+    (_, student_parts), (_, teacher_parts) = random_parts(rng, batch=6), random_parts(rng, batch=6)
+    places = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert extra_terms(student_parts, teacher_parts, places, None, DistillConfig()) is None
+    both = extra_terms(student_parts, teacher_parts, places, None, DistillConfig(similarity_weight=2.0, negative_weight=3.0))
+    expected = 2 * similarity_kd(student_parts, teacher_parts) + 3 * teacher_ranked_negatives(student_parts, teacher_parts, places)
+    assert torch.allclose(both, expected)

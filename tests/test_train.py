@@ -145,6 +145,29 @@ def test_student_nokd_trains_without_a_teacher(place_dataset, tmp_path):
     assert isinstance(load_checkpoint(model)[0], StructVPRStudent)
 
 
+def test_extra_distillation_terms_train_their_projector_and_resume(easy, place_dataset):
+    """Feature KD, similarity KD and teacher-ranked negatives on: the projector learns, is kept in
+    last.pt for a resume, and never reaches the shipped checkpoint."""
+    teacher = str(easy / "teacher" / "model.pt")
+    distill = {"feature_weight": 1.0, "similarity_weight": 1.0, "negative_weight": 1.0}
+    config = load_config(None, tiny_config(place_dataset, easy / "cache", mode="structvpr++", teacher_checkpoint=teacher,
+                                           distill=distill, optim={**FAST, "steps": 8}))
+    stage = Stage(config, "student", easy / "extra", setup_context("cpu"), Path(teacher))
+    before = [p.detach().clone() for p in stage.projector.parameters()]
+    model = stage.run(resume=False)
+    assert any(not torch.equal(a, b) for a, b in zip(before, stage.projector.parameters()))
+    steps = [r for r in log_rows(easy / "extra") if "loss" in r]
+    assert all(math.isfinite(r["distill"]) and r["distill"] > 0 for r in steps)
+    assert "projector" in torch.load(easy / "extra" / "last.pt", weights_only=False)
+    assert not any(key.startswith("global_map") for key in torch.load(model, weights_only=False)["state_dict"])
+    longer = load_config(None, tiny_config(place_dataset, easy / "cache", mode="structvpr++", teacher_checkpoint=teacher,
+                                           distill=distill, optim={**FAST, "steps": 12}))
+    train(longer, easy / "extra", resume=True)
+    assert max(r["step"] for r in log_rows(easy / "extra") if "loss" in r) == 11
+    with pytest.raises(ConfigError, match="negative_weight"):
+        load_config(None, {"distill": {"negative_weight": -1}})
+
+
 def test_recipe_of_each_mode():
     assert recipe("structvpr++", 1.0).distill and recipe("structvpr", 1.0).labels
     assert recipe("structvpr++", 0.0) == Recipe("structvpr++", rgb=True, labels=True, mask_loss=True, distill=False)

@@ -1,11 +1,12 @@
 """Export a trained student to ONNX, simplify it, stamp its metadata and prove parity.
 
 The graph holds everything between pixels and the L2-normalised descriptor: with
-``uint8_input`` also the colour swap, layout change and ``(x/255 - mean)/std``, so the runtime
-only resizes a camera frame into a preallocated buffer.
+``uint8_input`` also the layout change, the colour swap and the normalisation (both folded into
+the first conv's weights), so the runtime only resizes a camera frame into a preallocated buffer.
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import ConfigError, ModelError
+from ..images import normalize
 from ..layout import DescriptorLayout
 from ..modelinfo import ModelInfo, sha256_file
 from ..models.checkpoint import load_checkpoint, resolve_checkpoint
@@ -24,19 +26,55 @@ from ..runtime.preprocess import Preprocessor
 PARITY_MIN_COSINE = 0.99999
 
 
-class Uint8Input(nn.Module):
-    """(B, H, W, 3) uint8 in BGR -> the model's normalised (B, 3, H, W) RGB input, inside the graph."""
+class FoldedStem(nn.Module):
+    """The backbone's first conv and its frozen BatchNorm with the pixel normalisation and the
+    BGR-to-RGB swap folded in: raw 0..255 BGR pixels in, the same activations out.
 
-    def __init__(self, model: nn.Module, mean: tuple, std: tuple) -> None:
+    conv(W, pad0(x s - o)) = conv(W s, pad0(x)) + conv(W, pad0(-o)): the second term does not
+    depend on the image, so it is a constant map (equal to a per-channel bias inside, different
+    on the border, where the zero padding of the normalised image is not a zero of the pixels).
+    Exact for any mean and std; the graph has no Slice, Sub or Mul in front of the first conv,
+    which ORT's INT8 layout pass otherwise broadcasts over a 3-wide axis (docs/RESULTS.md, issue 13).
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, mean: tuple, std: tuple, height: int, width: int) -> None:
         super().__init__()
-        self.model = model
-        scale = torch.tensor(std, dtype=torch.float32) * 255
-        self.register_buffer("offset", (torch.tensor(mean, dtype=torch.float32) * 255 / scale).view(1, 3, 1, 1))
-        self.register_buffer("scale", (1 / scale).view(1, 3, 1, 1))
+        bn_scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        weight = conv.weight * bn_scale[:, None, None, None]  # the BN folded, RGB input
+        pixel_scale = 1 / (255 * torch.tensor(std, dtype=torch.float32))
+        offset = torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)
+        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
+        self.conv.weight.data = (weight * pixel_scale[None, :, None, None]).flip(1)  # BGR pixels in
+        minus_offset = -offset.view(1, 3, 1, 1).expand(1, 3, height, width)
+        shift = bn.bias - bn.running_mean * bn_scale
+        self.register_buffer("constant", nn.functional.conv2d(minus_offset, weight, None, conv.stride, conv.padding) + shift.view(1, -1, 1, 1))
+
+    def forward(self, bgr: torch.Tensor) -> torch.Tensor:
+        return self.conv(bgr) + self.constant
+
+
+class Uint8Input(nn.Module):
+    """(B, H, W, 3) uint8 BGR in, the model's descriptor out: only a Cast and a Transpose stand
+    before the first conv, which does the normalisation (:class:`FoldedStem`)."""
+
+    def __init__(self, model: nn.Module, mean: tuple, std: tuple, height: int, width: int) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model)
+        backbone = self.model.backbone
+        backbone._conv_stem = FoldedStem(backbone._conv_stem, backbone._bn0, mean, std, height, width)
+        backbone._bn0 = nn.Identity()
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        rgb = pixels.flip(-1).permute(0, 3, 1, 2).float()
-        return self.model(rgb * self.scale - self.offset)
+        return self.model(pixels.permute(0, 3, 1, 2).float())
+
+
+def reference_descriptor(model: nn.Module, info: ModelInfo, x: np.ndarray) -> np.ndarray:
+    """What the trained model computes for one model-ready input: the unfolded path, normalised
+    as in training (a uint8 input is BGR)."""
+    if info.uint8_input:
+        x = normalize(x, info.mean, info.std, channels=(2, 1, 0))
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)).numpy()
 
 
 def simplify(model_proto):
@@ -115,7 +153,7 @@ def export_onnx(
     if width <= 0 or height <= 0 or width % 16 or height % 8:
         raise ConfigError(f"input size must be positive, width a multiple of 16 and height of 8; got {width}x{height}")
     info = model_info(meta, width, height, uint8_input, sha256_file(resolve_checkpoint(checkpoint)))
-    net = Uint8Input(model, info.mean, info.std).eval() if uint8_input else model
+    net = Uint8Input(model.eval(), info.mean, info.std, height, width).eval() if uint8_input else model.eval()
     rng = np.random.default_rng(0)
     dummy = torch.from_numpy(example_input(info, 1, rng))
     dynamic_axes = {info.input_name: {0: "batch"}, info.output_name: {0: "batch"}} if batch == "dynamic" else None
@@ -130,12 +168,13 @@ def export_onnx(
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(out))
-    cosine, diff, count = check_parity(net, out, info, parity_images or [], batch)
+    cosine, diff, count = check_parity(model, out, info, parity_images or [], batch)
     return ExportReport(str(out), list(dummy.shape), tool, cosine, diff, count)
 
 
-def check_parity(net: nn.Module, onnx_path: Path, info: ModelInfo, images: list[np.ndarray], batch: str) -> tuple[float, float, int]:
-    """Descriptors of torch and ONNX Runtime on random frames plus ``images`` (BGR, any size)."""
+def check_parity(model: nn.Module, onnx_path: Path, info: ModelInfo, images: list[np.ndarray], batch: str) -> tuple[float, float, int]:
+    """Descriptors of the trained torch model (unfolded) and of ONNX Runtime on random frames
+    plus ``images`` (BGR, any size): proves the export and the input folding exact."""
     import cv2  # noqa: PLC0415
     import onnxruntime as ort  # noqa: PLC0415
 
@@ -147,8 +186,7 @@ def check_parity(net: nn.Module, onnx_path: Path, info: ModelInfo, images: list[
     cosines, diffs = [], []
     for frame in frames:
         x = preprocess([frame])
-        with torch.inference_mode():
-            reference = net(torch.from_numpy(x)).numpy()
+        reference = reference_descriptor(model, info, x)
         result = session.run([info.output_name], {info.input_name: x})[0]
         cosines.append(float((reference * result).sum() / (np.linalg.norm(reference) * np.linalg.norm(result))))
         diffs.append(float(np.abs(reference - result).max()))

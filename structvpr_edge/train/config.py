@@ -65,6 +65,11 @@ class DistillConfig:
     temperature: float = 0.1
     per_group: bool = True  # also match each label group's similarity structure (the "label split")
     group_weight: float = 1.0
+    # Tried on val for a stronger signal (issue 9, train/distill.py); 0 = off. Each is added to
+    # the per-anchor KD before the sample weights, outside ``weight`` (which undoes tau^2 only).
+    feature_weight: float = 0.0  # cosine of projected sub-descriptors to the teacher's
+    similarity_weight: float = 0.0  # squared error of the aligned similarities
+    negative_weight: float = 0.0  # teacher-ranked hard negatives, teacher's margin
     samples: SampleWeightConfig = field(default_factory=SampleWeightConfig)
 
 
@@ -96,6 +101,9 @@ class TrainConfig:
             raise ConfigError(f"distill.samples.memory_batches must be >= 0, got {self.distill.samples.memory_batches}")
         if self.optim.steps < 1 or self.teacher_optim.steps < 1:
             raise ConfigError(f"optim.steps and teacher_optim.steps must be >= 1, got {self.optim.steps}, {self.teacher_optim.steps}")
+        extra = (self.distill.feature_weight, self.distill.similarity_weight, self.distill.negative_weight)
+        if not all(w >= 0 for w in extra):
+            raise ConfigError(f"distill.feature_weight, similarity_weight and negative_weight must be >= 0, got {extra}")
         if not self.distill.weight >= 0 or not self.distill.temperature > 0:
             raise ConfigError(f"distill.weight must be >= 0 and distill.temperature > 0, got {self.distill.weight}, {self.distill.temperature}")
         if self.device not in ("auto", "cpu", "cuda"):

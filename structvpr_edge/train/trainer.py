@@ -30,11 +30,11 @@ from ..data.places import place_groups
 from ..errors import ConfigError, DatasetError
 from ..eval.recall import recall_at_n, retrieve
 from ..models.checkpoint import build_model, load_checkpoint, save_checkpoint
-from ..models.student import StructVPRStudent
 from .config import OptimConfig, TrainConfig, config_to_dict, recipe
 from .curves import plot_training_curves
 from .data import PlaceBatchSampler, fraction_array, frozen_feature_array, to_model_input
-from .losses import mask_loss, multi_similarity_loss, relational_kd, triplet_margin_loss
+from .distill import FeatureProjector, extra_terms, relational_terms
+from .losses import mask_loss, multi_similarity_loss, triplet_margin_loss
 from .weights import GROUPS, Keys, RankMemory, group_weights, sample_groups
 
 
@@ -82,27 +82,6 @@ class PartsModule(nn.Module):
         return self.model.forward_parts(x)
 
 
-def aligned_group_sims(parts, alignment: nn.Module) -> torch.Tensor:
-    """(K, B, B): each group's presence-weighted similarity, the terms of the aligned similarity."""
-    vecs = torch.nn.functional.normalize(parts.group_vecs, dim=2)
-    scale = alignment.group_scale(parts.presence)
-    return torch.einsum("bkd,ckd->kbc", vecs, vecs) * torch.einsum("bk,ck->kbc", scale, scale)
-
-
-def distillation_terms(parts, teacher, student_model: nn.Module, teacher_model: nn.Module, config: TrainConfig) -> torch.Tensor:
-    """(B,) per-anchor KD: the aligned similarity's in-batch structure, plus (StructVPR++) each
-    label group's presence-weighted similarity structure, student against teacher."""
-    distill = config.distill
-    student_sim = parts.descriptor.float() @ parts.descriptor.float().T
-    kd = relational_kd(student_sim, teacher.descriptor @ teacher.descriptor.T, distill.temperature)
-    if distill.per_group and isinstance(student_model, StructVPRStudent):
-        student_groups = aligned_group_sims(parts, student_model.alignment).float()
-        teacher_groups = aligned_group_sims(teacher, teacher_model.alignment)
-        per_group = torch.stack([relational_kd(s, t, distill.temperature) for s, t in zip(student_groups, teacher_groups)])
-        kd = kd + distill.group_weight * per_group.mean(dim=0)
-    return kd
-
-
 def gradient_ratio(term: torch.Tensor, reference: torch.Tensor, model: nn.Module) -> float | None:
     """||d term / d theta|| / ||d reference / d theta|| over the trainable weights: the share of
     the gradient a loss term really carries (logged, since a loss value alone does not tell).
@@ -117,9 +96,11 @@ def gradient_ratio(term: torch.Tensor, reference: torch.Tensor, model: nn.Module
     return norm(term) / reference_norm if reference_norm > 0 else None
 
 
-def make_optimizer(model: nn.Module, optim: OptimConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def make_optimizer(model: nn.Module, optim: OptimConfig, extra: nn.Module | None = None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """``extra``: training-only weights (the feature-KD projector), at the heads' learning rate."""
     backbone = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")]
     heads = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+    heads += list(extra.parameters()) if extra is not None else []
     groups = [{"params": heads, "lr": optim.lr}] + ([{"params": backbone, "lr": optim.backbone_lr}] if backbone else [])
     optimizer = torch.optim.AdamW(groups, weight_decay=optim.weight_decay)
 
@@ -143,6 +124,7 @@ class Stage:
         torch.manual_seed(config.seed)
         self.model = self._build_model()
         self.teacher = self._load_teacher(teacher_path) if self.recipe.distill else None
+        self.projector = FeatureProjector(self.model, self.teacher).to(self.ctx.device) if self.teacher is not None and config.distill.feature_weight > 0 else None
         train = load_dataset(config.dataset, "train")
         self.groups = place_groups(train, min_images=2)
         if self.recipe.labels and self.groups.label_paths is None:
@@ -226,8 +208,10 @@ class Stage:
             batch = Keys(teacher.descriptor.float(), parts.descriptor.float(), labels, torch.from_numpy(indices).to(labels.device))
             sample_group = sample_groups(batch, self.memory.keys(batch), distill.samples)
             self.memory.push(batch)
-            kd = distillation_terms(parts, teacher, self.model, self.teacher, self.config)
-            terms["distill"] = distill.weight * (group_weights(sample_group, distill.samples) * kd).mean()
+            kd = distill.weight * relational_terms(parts, teacher, self.model, self.teacher, distill)
+            extra = extra_terms(parts, teacher, labels, self.projector, distill)
+            kd = kd if extra is None else kd + extra
+            terms["distill"] = (group_weights(sample_group, distill.samples) * kd).mean()
         return terms, sample_group
 
     @torch.no_grad()
@@ -249,12 +233,14 @@ class Stage:
     def run(self, resume: bool) -> Path:
         ctx, optim, out = self.ctx, self.optim, self.out
         out.mkdir(parents=True, exist_ok=True)
-        optimizer, scheduler = make_optimizer(self.model, optim)
+        optimizer, scheduler = make_optimizer(self.model, optim, self.projector)
         start = 0
         last = out / "last.pt"
         if resume and last.exists():
             state = torch.load(last, map_location="cpu", weights_only=False)
             self.model.load_state_dict(state["state_dict"])
+            if self.projector is not None:
+                self.projector.load_state_dict(state["projector"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             start = state["step"]
@@ -307,7 +293,8 @@ class Stage:
                     log.write(json.dumps({"step": step, "val_recall@1": recall}) + "\n")
                     log.flush()
             if ctx.is_main and ((step + 1) % optim.checkpoint_every == 0 or done):
-                torch.save({"state_dict": self.model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step + 1}, last)
+                projector = {"projector": self.projector.state_dict()} if self.projector is not None else {}
+                torch.save({"state_dict": self.model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step + 1, **projector}, last)
             if out_of_time:
                 if log:
                     log.write(json.dumps({"step": step, "stopped": "time budget", "time_s": round(elapsed, 1)}) + "\n")

@@ -1,0 +1,115 @@
+"""What the frozen teacher teaches the student, per anchor of a batch.
+
+The method's term is relational KD: the student's in-batch similarity structure of the aligned
+descriptor, and (label split) of each label group's aligned term, matched to the teacher's.
+Issue 9 asked what the field uses when relational KD is weak; three such terms are here, each
+with its own weight in ``DistillConfig`` (0 = off, the default), each (B,) so sample weights
+apply to it as to the relational term:
+
+- ``feature``: the student's global and per-group sub-descriptors, through a learned linear map
+  (:class:`FeatureProjector`, dropped after training), must point where the teacher's do
+  (cosine distance), each group weighted by the teacher's presence of it;
+- ``similarity``: the aligned similarity values themselves (squared error over the batch),
+  not only their softened ranking;
+- ``teacher_negatives``: among the negatives the teacher ranks below the anchor's true match,
+  the student's hardest one must be separated from that match by at least the teacher's margin.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..models.alignment import GroupProjection
+from ..models.student import StructVPRStudent
+from ..models.teacher import AlignedOutput
+from .config import DistillConfig
+from .losses import relational_kd
+
+
+def aligned_group_sims(parts: AlignedOutput, alignment: nn.Module) -> torch.Tensor:
+    """(K, B, B): each group's presence-weighted similarity, the terms of the aligned similarity."""
+    vecs = F.normalize(parts.group_vecs, dim=2)
+    scale = alignment.group_scale(parts.presence)
+    return torch.einsum("bkd,ckd->kbc", vecs, vecs) * torch.einsum("bk,ck->kbc", scale, scale)
+
+
+def relational_terms(parts: AlignedOutput, teacher: AlignedOutput, student_model: nn.Module, teacher_model: nn.Module,
+                     distill: DistillConfig) -> torch.Tensor:
+    """(B,) per-anchor KD: the aligned similarity's in-batch structure, plus (StructVPR++) each
+    label group's presence-weighted similarity structure, student against teacher."""
+    student_sim = parts.descriptor.float() @ parts.descriptor.float().T
+    kd = relational_kd(student_sim, teacher.descriptor @ teacher.descriptor.T, distill.temperature)
+    if distill.per_group and isinstance(student_model, StructVPRStudent):
+        student_groups = aligned_group_sims(parts, student_model.alignment).float()
+        teacher_groups = aligned_group_sims(teacher, teacher_model.alignment)
+        per_group = torch.stack([relational_kd(s, t, distill.temperature) for s, t in zip(student_groups, teacher_groups)])
+        kd = kd + distill.group_weight * per_group.mean(dim=0)
+    return kd
+
+
+class FeatureProjector(nn.Module):
+    """Linear maps from the student's sub-descriptor spaces to the teacher's (training only)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(student, StructVPRStudent):
+            raise ConfigError("distill.feature_weight needs the label-aware student (mode structvpr++)")
+        groups, student_dim, teacher_dim = student.group_proj.weight.shape[0], student.group_proj.weight.shape[2], teacher.group_proj.weight.shape[2]
+        self.global_map = nn.Linear(student.global_proj.out_features, teacher.global_proj.out_features)
+        self.group_map = GroupProjection(groups, student_dim, teacher_dim)
+
+    def forward(self, parts: AlignedOutput) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.global_map(parts.global_vec.float()), self.group_map(parts.group_vecs.float())
+
+
+def feature_kd(projected: tuple[torch.Tensor, torch.Tensor], teacher: AlignedOutput) -> torch.Tensor:
+    """(B,): mean of the global cosine distance and the teacher-presence-weighted mean over
+    groups of the per-group cosine distances (a group the image lacks teaches nothing)."""
+    global_vec, group_vecs = projected
+    global_term = 1 - F.cosine_similarity(global_vec, teacher.global_vec, dim=1)
+    group_distance = 1 - F.cosine_similarity(group_vecs, teacher.group_vecs, dim=2)
+    presence = teacher.presence
+    group_term = (presence * group_distance).sum(dim=1) / presence.sum(dim=1).clamp_min(1e-6)
+    return 0.5 * (global_term + group_term)
+
+
+def similarity_kd(parts: AlignedOutput, teacher: AlignedOutput) -> torch.Tensor:
+    """(B,): mean over the other images of the squared difference of aligned similarities."""
+    student_sim = parts.descriptor.float() @ parts.descriptor.float().T
+    teacher_sim = teacher.descriptor @ teacher.descriptor.T
+    off_diagonal = ~torch.eye(len(student_sim), dtype=torch.bool, device=student_sim.device)
+    return ((student_sim - teacher_sim) ** 2 * off_diagonal).sum(dim=1) / max(len(student_sim) - 1, 1)
+
+
+def teacher_ranked_negatives(parts: AlignedOutput, teacher: AlignedOutput, places: torch.Tensor) -> torch.Tensor:
+    """(B,): hinge ``(t_ap - t_an) - (s_ap - s_an)`` with p the teacher's best true match of the
+    anchor and n the student's hardest negative among those the teacher ranks below p. Negatives
+    the teacher itself confuses with the place are left out: its ranking is trusted only where it
+    is right. 0 for an anchor without such a pair."""
+    student_sim = parts.descriptor.float() @ parts.descriptor.float().T
+    teacher_sim = teacher.descriptor @ teacher.descriptor.T
+    same = places[:, None] == places[None, :]
+    positive = same & ~torch.eye(len(places), dtype=torch.bool, device=places.device)
+    best_pos = torch.where(positive, teacher_sim, -torch.inf).argmax(dim=1, keepdim=True)
+    teacher_pos = teacher_sim.gather(1, best_pos)
+    trusted = ~same & (teacher_sim < teacher_pos) & positive.any(dim=1, keepdim=True)
+    hardest = torch.where(trusted, student_sim, -torch.inf).argmax(dim=1, keepdim=True)
+    teacher_gap = teacher_pos - teacher_sim.gather(1, hardest)
+    student_gap = student_sim.gather(1, best_pos) - student_sim.gather(1, hardest)
+    has_pair = trusted.any(dim=1, keepdim=True)
+    return torch.where(has_pair, F.relu(teacher_gap - student_gap), 0).squeeze(1)
+
+
+def extra_terms(parts: AlignedOutput, teacher: AlignedOutput, places: torch.Tensor, projector: FeatureProjector | None,
+                distill: DistillConfig) -> torch.Tensor | None:
+    """(B,) weighted sum of the non-relational terms switched on; None when all are off."""
+    terms = []
+    if distill.feature_weight > 0:
+        terms.append(distill.feature_weight * feature_kd(projector(parts), teacher))
+    if distill.similarity_weight > 0:
+        terms.append(distill.similarity_weight * similarity_kd(parts, teacher))
+    if distill.negative_weight > 0:
+        terms.append(distill.negative_weight * teacher_ranked_negatives(parts, teacher, places))
+    return torch.stack(terms).sum(dim=0) if terms else None
