@@ -30,38 +30,42 @@ class FoldedStem(nn.Module):
     """The backbone's first conv and its frozen BatchNorm with the pixel normalisation and the
     BGR-to-RGB swap folded in: raw 0..255 BGR pixels in, the same activations out.
 
-    conv(W, pad0(x s - o)) = conv(W s, pad0(x)) + conv(W, pad0(-o)): the second term does not
-    depend on the image, so it is a constant map (equal to a per-channel bias inside, different
-    on the border, where the zero padding of the normalised image is not a zero of the pixels).
-    Exact for any mean and std; the graph has no Slice, Sub or Mul in front of the first conv,
-    which ORT's INT8 layout pass otherwise broadcasts over a 3-wide axis (docs/RESULTS.md, issue 13).
+    conv(W, pad0(x s - o)) is conv(W s, x') + b with x' the pixels framed by one row and column
+    of the neutral pixel 255 mean (whose normalised value is the zero of the padding) and b a
+    per-channel bias: exact for any mean and std, and the graph has no Slice, Sub, Mul or Add on
+    the image, which ORT's INT8 layout pass otherwise broadcasts over a 3-wide axis
+    (docs/RESULTS.md, issue 13). The first conv then quantizes into one QLinearConv.
     """
 
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, mean: tuple, std: tuple, height: int, width: int) -> None:
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, mean: tuple, std: tuple) -> None:
         super().__init__()
+        if conv.padding != (1, 1) or conv.kernel_size != (3, 3):
+            raise ModelError(f"the input folding expects the 3x3 stem with padding 1, got {conv.kernel_size} padding {conv.padding}")
         bn_scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        weight = conv.weight * bn_scale[:, None, None, None]  # the BN folded, RGB input
-        pixel_scale = 1 / (255 * torch.tensor(std, dtype=torch.float32))
-        offset = torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)
-        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
-        self.conv.weight.data = (weight * pixel_scale[None, :, None, None]).flip(1)  # BGR pixels in
-        minus_offset = -offset.view(1, 3, 1, 1).expand(1, 3, height, width)
-        shift = bn.bias - bn.running_mean * bn_scale
-        self.register_buffer("constant", nn.functional.conv2d(minus_offset, weight, None, conv.stride, conv.padding) + shift.view(1, -1, 1, 1))
+        mean_t, std_t = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+        weight = conv.weight * bn_scale[:, None, None, None] / (255 * std_t)[None, :, None, None]
+        bias = bn.bias - bn.running_mean * bn_scale - (weight * (255 * mean_t)[None, :, None, None]).sum(dim=(1, 2, 3))
+        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, 3, conv.stride, 0, bias=True)
+        self.conv.weight.data, self.conv.bias.data = weight.flip(1), bias  # BGR pixels in
+        self.register_buffer("neutral", (255 * mean_t).flip(0).view(1, 3, 1, 1))
 
     def forward(self, bgr: torch.Tensor) -> torch.Tensor:
-        return self.conv(bgr) + self.constant
+        batch, _, height, width = bgr.shape
+        row = self.neutral.expand(batch, 3, 1, width)
+        framed = torch.cat([row, bgr, row], dim=2)
+        column = self.neutral.expand(batch, 3, height + 2, 1)
+        return self.conv(torch.cat([column, framed, column], dim=3))
 
 
 class Uint8Input(nn.Module):
     """(B, H, W, 3) uint8 BGR in, the model's descriptor out: only a Cast and a Transpose stand
     before the first conv, which does the normalisation (:class:`FoldedStem`)."""
 
-    def __init__(self, model: nn.Module, mean: tuple, std: tuple, height: int, width: int) -> None:
+    def __init__(self, model: nn.Module, mean: tuple, std: tuple) -> None:
         super().__init__()
         self.model = copy.deepcopy(model)
         backbone = self.model.backbone
-        backbone._conv_stem = FoldedStem(backbone._conv_stem, backbone._bn0, mean, std, height, width)
+        backbone._conv_stem = FoldedStem(backbone._conv_stem, backbone._bn0, mean, std)
         backbone._bn0 = nn.Identity()
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -153,7 +157,7 @@ def export_onnx(
     if width <= 0 or height <= 0 or width % 16 or height % 8:
         raise ConfigError(f"input size must be positive, width a multiple of 16 and height of 8; got {width}x{height}")
     info = model_info(meta, width, height, uint8_input, sha256_file(resolve_checkpoint(checkpoint)))
-    net = Uint8Input(model.eval(), info.mean, info.std, height, width).eval() if uint8_input else model.eval()
+    net = Uint8Input(model.eval(), info.mean, info.std).eval() if uint8_input else model.eval()
     rng = np.random.default_rng(0)
     dummy = torch.from_numpy(example_input(info, 1, rng))
     dynamic_axes = {info.input_name: {0: "batch"}, info.output_name: {0: "batch"}} if batch == "dynamic" else None
