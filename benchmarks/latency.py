@@ -4,6 +4,7 @@
     python benchmarks/latency.py --model model.int8.cpu.onnx --map-size 10000
     python benchmarks/latency.py --model a/model.int8.cpu.onnx b/model.int8.cpu.onnx   # two artifacts side by side
     python benchmarks/latency.py --model model.int8.cpu.onnx --cameras 2    # 1 vs 2 cameras in one process
+    python benchmarks/latency.py --compare --fps 30                # frames paced like a 30 fps camera
     python benchmarks/latency.py --engine engines/structvprpp.int8.engine   # on a Jetson
     python benchmarks/latency.py --compare --profile              # torch vs ORT FP32 / FP16 / INT8 (+TensorRT)
     python benchmarks/latency.py --compare --dataset data/bench --images data/bench --num 256   # + parity, Recall
@@ -97,6 +98,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--compare", action="store_true", help="torch eager vs ORT FP32 / FP16 / INT8 (+TensorRT), side by side")
     parser.add_argument("--cameras", type=int, default=1, help="N > 1: also time N instances in one process, one thread per camera")
+    parser.add_argument("--fps", type=float, default=None, help="pace frames at this camera rate (idle gaps, as on a vehicle); default back to back")
     parser.add_argument("--profile", action="store_true", help="ONNX Runtime's per-node profile of the FP32 and INT8 graphs")
     parser.add_argument("--check-exact", action="store_true", help="top-1 agreement of the index with exact search")
     parser.add_argument("--work", default="engines/bench", help="where --compare / the default model keep their artifacts")
@@ -122,7 +124,10 @@ def main() -> None:
         artifacts = {m: (m, backend, args.precision) for m in models}
 
     size = tuple(int(v) for v in args.frame_size.split("x"))
-    common = {"threads": args.threads, "top_k": args.top_k, "map_size": args.map_size, "index": args.index, "nprobe": args.nprobe, "frame_size": size}
+    if args.fps is not None and not args.fps > 0:
+        parser.error(f"--fps must be > 0, got {args.fps}")
+    common = {"threads": args.threads, "top_k": args.top_k, "map_size": args.map_size, "index": args.index, "nprobe": args.nprobe,
+              "frame_size": size, "fps": args.fps}
     specs = [RunSpec(name, path, backend, **common) for name, (path, backend, _) in artifacts.items()]
     if args.cameras > 1:
         base = specs[-1]  # the INT8 artifact under --compare
@@ -152,8 +157,9 @@ def main() -> None:
         report["recall"] = recall_figures(artifacts, args.dataset, args.split, args.threads)
 
     system = report["system"]
+    pace = f"{args.fps:g} fps" if args.fps else "back to back"
     print(f"\n{system['cpu']} [{', '.join(system['cpu_features'])}], {system['cores']} cores, load {system['load_average'][0]:.1f} | "
-          f"map {args.map_size} ({runs[0]['index_factory']}) | batch 1 | {time.strftime('%Y-%m-%d')}\n")
+          f"map {args.map_size} ({runs[0]['index_factory']}) | batch 1 | frames {pace} | {time.strftime('%Y-%m-%d')}\n")
     print("| run | threads | preprocess p50 | inference p50 | search p50 | frame p50 | frame p99 | p99/p50 | fps |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for run in runs:

@@ -1,5 +1,6 @@
 """Threading chosen by measurement (runtime/ort_session.py) and the latency harness (runtime/profiling.py)."""
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -167,9 +168,8 @@ def test_stage_stats_reports_jitter():
     assert stats["p50"] == 1.0 and stats["p99/p50"] == pytest.approx(stats["p99"]) and stats["p99"] > 4
 
 
-@pytest.mark.slow
-def test_isolated_configurations_and_cameras(tmp_path, monkeypatch):
-    """Two configurations in their own processes, one of them two cameras in one process."""
+@pytest.fixture
+def tiny_uint8_model(tmp_path, monkeypatch) -> str:
     import torch
 
     from structvpr_edge.deploy.export import export_onnx
@@ -178,8 +178,28 @@ def test_isolated_configurations_and_cameras(tmp_path, monkeypatch):
 
     monkeypatch.setenv(ort_session.CACHE_ENV, str(tmp_path / "cache"))
     torch.manual_seed(0)
-    checkpoint = save_checkpoint(tmp_path / "student.pt", StructVPRStudent(StudentConfig()).eval(), (64, 48), {})
-    model = str(export_onnx(checkpoint, tmp_path / "uint8.onnx", uint8_input=True).path)
+    checkpoint = save_checkpoint(tmp_path / "student.pt", StructVPRStudent(StudentConfig(imagenet=False)).eval(), (64, 48), {})
+    return str(export_onnx(checkpoint, tmp_path / "uint8.onnx", uint8_input=True).path)
+
+
+def test_rig_paces_frames_like_a_camera(tiny_uint8_model):
+    """--fps: a frame starts one camera period after the previous one (5 gaps of 40 ms at 25 fps)."""
+    from structvpr_edge.runtime.profiling import Rig
+
+    rig = Rig(RunSpec("paced", tiny_uint8_model, threads=1, map_size=100, frame_size=(128, 96), fps=25))
+    try:
+        start = time.perf_counter()
+        timings = rig.run(6)
+        assert time.perf_counter() - start >= 5 / 25 and len(timings) == 6
+        assert all(t["frame"] < 1000 / 25 * 5 for t in timings)  # the idle gap is not counted in a frame's time
+    finally:
+        rig.close()
+
+
+@pytest.mark.slow
+def test_isolated_configurations_and_cameras(tiny_uint8_model):
+    """Two configurations in their own processes, one of them two cameras in one process."""
+    model = tiny_uint8_model
     common = {"map_size": 300, "frame_size": (128, 96)}
     specs = [RunSpec("one", model, threads=1, **common), RunSpec("two", model, cameras=2, **common)]
     result = measure_isolated(specs, frames=7, warmup=2, block=3, settle_s=0)

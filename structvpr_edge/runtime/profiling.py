@@ -212,6 +212,7 @@ class RunSpec:
     nprobe: int | None = None
     frame_size: tuple[int, int] = (640, 480)
     cameras: int = 1
+    fps: float | None = None  # pace frames like a camera (idle gaps between frames); None: back to back
 
 
 class Rig:
@@ -239,11 +240,15 @@ class Rig:
         return {**asdict(self.spec), "threading": threading, "index_factory": self.map.factory, "map_build_s": self.map_build_s}
 
     def run(self, frames: int) -> list[dict[str, float]]:
-        """Stage times per frame (camera 0's; ``frame`` is the wall time until every camera is done)."""
-        out = []
+        """Stage times per frame (camera 0's; ``frame`` is the wall time until every camera is done).
+        With ``spec.fps`` a frame starts one camera period after the previous one started, so
+        thread pools see the idle gaps a camera leaves (their threads stop spinning and sleep)."""
+        out, start = [], None
         for _ in range(frames):
             frame = self.frames[self.done % len(self.frames)]
             self.done += 1
+            if self.spec.fps is not None and start is not None:
+                time.sleep(max(0.0, start + 1 / self.spec.fps - time.perf_counter()))
             start = time.perf_counter()
             if self.pool is None:
                 timing = self.cameras[0].localize(frame).timing_ms
