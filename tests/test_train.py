@@ -168,6 +168,21 @@ def test_extra_distillation_terms_train_their_projector_and_resume(easy, place_d
         load_config(None, {"distill": {"negative_weight": -1}})
 
 
+def test_kd_shares_reports_every_distillation_term(easy, place_dataset):
+    """benchmarks/kd_shares.py: a positive gradient share for each term and the matching weight."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "kd_shares.py"
+    sets = ["image_size=[64,48]", "teacher.input_size=[32,24]", "student.frozen_blocks=4", f"cache_dir={easy / 'cache'}",
+            "optim.places_per_batch=6"]
+    command = [sys.executable, str(script), "--dataset", str(place_dataset), "--teacher", str(easy / "teacher" / "model.pt"), "--batches", "3"]
+    done = subprocess.run(command + [a for s in sets for a in ("--set", s)], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    shares = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line.startswith("  ")}
+    assert set(shares) == {"relational", "feature", "similarity", "negatives"}
+    assert all(float(row[1]) >= 0 for row in shares.values()) and float(shares["relational"][1]) > 0
+    assert all("weight for the relational share" in " ".join(row) for name, row in shares.items() if name != "relational" and float(row[1]) > 0)
+
+
 def test_recipe_of_each_mode():
     assert recipe("structvpr++", 1.0).distill and recipe("structvpr", 1.0).labels
     assert recipe("structvpr++", 0.0) == Recipe("structvpr++", rgb=True, labels=True, mask_loss=True, distill=False)

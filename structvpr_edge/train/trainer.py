@@ -125,6 +125,8 @@ class Stage:
         self.model = self._build_model()
         self.teacher = self._load_teacher(teacher_path) if self.recipe.distill else None
         self.projector = FeatureProjector(self.model, self.teacher).to(self.ctx.device) if self.teacher is not None and config.distill.feature_weight > 0 else None
+        if self.projector is not None and ctx.world > 1:
+            raise ConfigError("distill.feature_weight trains a projector outside the DDP model: run it in one process")
         train = load_dataset(config.dataset, "train")
         self.groups = place_groups(train, min_images=2)
         if self.recipe.labels and self.groups.label_paths is None:
