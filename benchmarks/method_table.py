@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--runs", required=True, help="folder of the runs (git-ignored, e.g. runs/table)")
     parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated rows of {sorted(ROWS)}")
     parser.add_argument("--row", action="append", default=[], help="an extra row NAME=CONFIG.yaml[:KEY=VALUE...]")
-    parser.add_argument("--seeds", default="3", help="how many seeds (0..N-1), or a comma-separated list of seeds")
+    parser.add_argument("--seeds", default="3", help="how many seeds (0..N-1), or a comma-separated list of seeds ('1,' is seed 1 alone)")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--teacher-steps", type=int, default=1000)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (1 on a 2-core CPU; several on a GPU)")
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--json", help="where to write every run's figures (default RUNS/table-STEPS.json)")
     args = parser.parse_args()
     rows = [parse_row(spec) for spec in args.rows.split(",") if spec] + [parse_row(spec) for spec in args.row]
-    seeds = [int(s) for s in args.seeds.split(",")] if "," in args.seeds else list(range(int(args.seeds)))
+    seeds = [int(s) for s in args.seeds.split(",") if s] if "," in args.seeds else list(range(int(args.seeds)))
     runs = Path(args.runs)
     deadline = time.time() + 60 * args.deadline_min if args.deadline_min is not None else None
     train_table(rows, args.dataset, seeds, args.steps, runs, args.jobs, args.teacher_steps, args.threads, tuple(args.distill_set), deadline)

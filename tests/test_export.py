@@ -77,7 +77,7 @@ def test_uint8_input_equals_float_input(student_onnx, student_checkpoint, tmp_pa
 
 def test_folded_stem_equals_normalise_then_conv_bn_on_every_pixel():
     """Any mean/std (ImageNet's, per channel), trained BN statistics, borders included."""
-    from structvpr_edge.deploy.export import FoldedStem
+    from structvpr_edge.deploy.export import CENTRE, FoldedStem
 
     torch.manual_seed(1)
     conv, bn = torch.nn.Conv2d(3, 8, 3, 2, padding=1, bias=False), torch.nn.BatchNorm2d(8, eps=1e-3)
@@ -88,7 +88,7 @@ def test_folded_stem_equals_normalise_then_conv_bn_on_every_pixel():
         bgr = torch.randint(0, 256, (2, 3, height, width)).float()
         normalised = (bgr.flip(1) / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
         with torch.no_grad():
-            expected, got = bn(conv(normalised)), FoldedStem(conv, bn, mean, std)(bgr)
+            expected, got = bn(conv(normalised)), FoldedStem(conv, bn, mean, std)(bgr - CENTRE)
         assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-4)
     with pytest.raises(ModelError, match="padding 1"):
         FoldedStem(torch.nn.Conv2d(3, 8, 3, 2, padding=0), bn, mean, std)
@@ -100,7 +100,7 @@ def test_uint8_graph_has_no_pixel_arithmetic_before_the_first_conv(student_check
     path = tmp_path / "u8.onnx"
     export_onnx(student_checkpoint, path, uint8_input=True)
     ops = [n.op_type for n in onnx.load(str(path)).graph.node if n.op_type != "Constant"]
-    assert set(ops[: ops.index("Conv")]) <= {"Transpose", "Cast", "Concat", "Expand"}, ops[:6]
+    assert set(ops[: ops.index("Conv")]) <= {"Transpose", "Cast", "Sub", "Concat", "Expand"}, ops[:6]
 
 
 @pytest.mark.slow

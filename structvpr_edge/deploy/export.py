@@ -24,17 +24,20 @@ from ..models.checkpoint import load_checkpoint, resolve_checkpoint
 from ..runtime.preprocess import Preprocessor
 
 PARITY_MIN_COSINE = 0.99999
+CENTRE = 128.0  # subtracted from uint8 pixels before the folded first conv
 
 
 class FoldedStem(nn.Module):
     """The backbone's first conv and its frozen BatchNorm with the pixel normalisation and the
     BGR-to-RGB swap folded in: raw 0..255 BGR pixels in, the same activations out.
 
-    conv(W, pad0(x s - o)) is conv(W s, x') + b with x' the pixels framed by one row and column
-    of the neutral pixel 255 mean (whose normalised value is the zero of the padding) and b a
-    per-channel bias: exact for any mean and std, and the graph has no Slice, Sub, Mul or Add on
-    the image, which ORT's INT8 layout pass otherwise broadcasts over a 3-wide axis
-    (docs/RESULTS.md, issue 13). The first conv then quantizes into one QLinearConv.
+    It takes the pixels minus ``CENTRE`` (a scalar: the symmetric int8 of the TensorRT form then
+    spends all its codes on the pixels, not half of them on negatives that never occur).
+    conv(W, pad0(x s - o)) is conv(W s, x') + b with x' the centred pixels framed by one row and
+    column of the neutral value 255 mean - CENTRE (whose normalised value is the zero of the
+    padding) and b a per-channel bias: exact for any mean and std, and the graph has no Slice or
+    per-channel Sub/Mul on the image, which ORT's INT8 layout pass otherwise broadcasts over a
+    3-wide axis (docs/RESULTS.md, issue 13). The first conv then quantizes into one QLinearConv.
     """
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, mean: tuple, std: tuple) -> None:
@@ -44,12 +47,14 @@ class FoldedStem(nn.Module):
         bn_scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         mean_t, std_t = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
         weight = conv.weight * bn_scale[:, None, None, None] / (255 * std_t)[None, :, None, None]
-        bias = bn.bias - bn.running_mean * bn_scale - (weight * (255 * mean_t)[None, :, None, None]).sum(dim=(1, 2, 3))
+        neutral = 255 * mean_t - CENTRE
+        bias = bn.bias - bn.running_mean * bn_scale - (weight * neutral[None, :, None, None]).sum(dim=(1, 2, 3))
         self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, 3, conv.stride, 0, bias=True)
         self.conv.weight.data, self.conv.bias.data = weight.flip(1), bias  # BGR pixels in
-        self.register_buffer("neutral", (255 * mean_t).flip(0).view(1, 3, 1, 1))
+        self.register_buffer("neutral", neutral.flip(0).view(1, 3, 1, 1))
 
     def forward(self, bgr: torch.Tensor) -> torch.Tensor:
+        """``bgr``: (B, 3, H, W) pixels minus CENTRE."""
         batch, _, height, width = bgr.shape
         row = self.neutral.expand(batch, 3, 1, width)
         framed = torch.cat([row, bgr, row], dim=2)
@@ -69,7 +74,7 @@ class Uint8Input(nn.Module):
         backbone._bn0 = nn.Identity()
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model(pixels.permute(0, 3, 1, 2).float())
+        return self.model(pixels.permute(0, 3, 1, 2).float() - CENTRE)
 
 
 def reference_descriptor(model: nn.Module, info: ModelInfo, x: np.ndarray) -> np.ndarray:

@@ -47,6 +47,8 @@ ROWS: dict[str, Row] = {row.name: row for row in (
     Row("global-kd", "structvprpp.yaml", ("distill.per_group=false", NO_WEIGHTS)),
     Row("group-kd", "structvprpp.yaml", (NO_WEIGHTS,)),
     Row("structvprpp", "structvprpp.yaml"),
+    # + teacher-ranked hard negatives (train/distill.py), the variant that won on val (RESULTS, issue 9, session 4)
+    Row("negatives-kd", "structvprpp.yaml", ("distill.negative_weight=5",)),
     Row("structvpr", "structvpr.yaml"),
 )}
 
