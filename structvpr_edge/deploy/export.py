@@ -63,8 +63,8 @@ class FoldedStem(nn.Module):
 
 
 class Uint8Input(nn.Module):
-    """(B, H, W, 3) uint8 BGR in, the model's descriptor out: only a Cast and a Transpose stand
-    before the first conv, which does the normalisation (:class:`FoldedStem`)."""
+    """(B, H, W, 3) uint8 BGR in, the model's descriptor out: only a Transpose, a Cast and one
+    scalar Sub stand before the first conv, which does the normalisation (:class:`FoldedStem`)."""
 
     def __init__(self, model: nn.Module, mean: tuple, std: tuple) -> None:
         super().__init__()
