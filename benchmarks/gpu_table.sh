@@ -39,7 +39,7 @@ print(max(mean, key=mean.get) if mean else 100)
 EOF
 )
 echo "KD weight chosen on val: $W" | tee "$L/choice.txt"
-$TABLE --rows global-kd,group-kd,structvpr --distill-set "distill.weight=$W" --deadline-min "$(left)" --json "$L/phase2-val.json" > "$L/phase2.log" 2>&1 &
+$TABLE --rows global-kd,group-kd,relational-kd,structvpr --distill-set "distill.weight=$W" --deadline-min "$(left)" --json "$L/phase2-val.json" > "$L/phase2.log" 2>&1 &
 PHASE2=$!
 $TABLE $PHASE1 --deadline-min 0 --test --json "$OUT/table-phase1.json" > "$L/table-phase1.md" 2> "$L/eval1.log"
 echo "phase 1 evaluated at ${SECONDS}s"
@@ -64,7 +64,7 @@ echo "shipped candidates evaluated at ${SECONDS}s"
 (cd "$R" && tar czf "$OUT/logs.tgz" --exclude='*.pt' --exclude=cache .)
 wait $PHASE2
 echo "phase 2 trained at ${SECONDS}s"
-$TABLE --rows global-kd,group-kd,structvpr --distill-set "distill.weight=$W" --deadline-min 0 --test \
+$TABLE --rows global-kd,group-kd,relational-kd,structvpr --distill-set "distill.weight=$W" --deadline-min 0 --test \
   --json "$OUT/table-phase2.json" > "$L/table-phase2.md" 2> "$L/eval2.log"
 echo "phase 2 evaluated at ${SECONDS}s"
 wait

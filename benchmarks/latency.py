@@ -12,8 +12,8 @@
 
 Threads are chosen by measurement (``--threads auto``, runtime/ort_session.py) unless given.
 Every configuration runs in its own process, one at a time, in blocks of frames in rotating
-order (runtime/profiling.py): background load hits all alike and no configuration's threads
-spin while another runs. --compare prepares the artifacts from a checkpoint (export, INT8
+order, each block after one untimed frame that re-warms the caches (runtime/profiling.py):
+background load hits all alike and no configuration's threads spin while another runs. --compare prepares the artifacts from a checkpoint (export, INT8
 calibration on --images, default a generated SynthCity smoke set) and prints the ratios;
 --dataset adds export parity and Recall@1/5 of FP32, FP16 and INT8; --profile prints ONNX
 Runtime's per-node profile of the FP32 and INT8 graphs.

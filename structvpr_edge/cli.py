@@ -215,6 +215,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
         plot_retrievals(data, result.predictions, Path(args.retrievals))
 
 
+@command("ship", "save a finished run's model as a shipped model (float16, inside the package)",
+         arg("checkpoint", help="the run's model.pt, chosen on val"),
+         arg("--name", required=True, help="shipped name: structvprpp, student-nokd or baseline"))
+def cmd_ship(args: argparse.Namespace) -> None:
+    from .models.checkpoint import ship
+
+    print(f"shipped {args.name}: {ship(args.checkpoint, args.name)}")
+
+
 @command("export", "checkpoint -> ONNX with metadata, parity and TensorRT checks",
          model(), arg("--out", required=True, help="output .onnx"), size("input size (default: the checkpoint's)"),
          arg("--batch", choices=("1", "dynamic"), default="1"),

@@ -4,10 +4,10 @@ import torch.nn.functional as F
 from structvpr_edge.labels import LABEL_GROUPS
 from structvpr_edge.layout import DescriptorLayout
 from structvpr_edge.models.alignment import SemanticAlignment
-from structvpr_edge.models.checkpoint import layout_of, load_checkpoint, save_checkpoint
+from structvpr_edge.models.checkpoint import SHIPPED, layout_of, load_checkpoint, save_checkpoint, ship
 from structvpr_edge.models.student import StructVPRStudent, StudentConfig
 from structvpr_edge.models.teacher import SegTeacher, TeacherConfig
-from structvpr_edge.errors import ModelError
+from structvpr_edge.errors import ConfigError, ModelError
 import pytest
 
 
@@ -81,3 +81,22 @@ def test_checkpoint_roundtrip_half_and_errors(tmp_path):
         load_checkpoint(tmp_path / "bad.pt")
     with pytest.raises(ModelError):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_ship_saves_half_weights_with_their_source(tmp_path):
+    model = StructVPRStudent(StudentConfig(imagenet=False)).eval()
+    run = save_checkpoint(tmp_path / "run" / "model.pt", model, (64, 48), {"mode": "structvpr++", "seed": 2}, {"steps_done": 7})
+    shipped = ship(run, "structvprpp", weights_dir=tmp_path / "weights")
+    assert shipped == tmp_path / "weights" / SHIPPED["structvprpp"]
+    payload = torch.load(shipped, weights_only=False)
+    assert {v.dtype for v in payload["state_dict"].values() if v.is_floating_point()} == {torch.float16}
+    assert payload["shipped_from"] == str(run) and payload["steps_done"] == 7 and payload["train_config"]["seed"] == 2
+    assert payload["input"]["size"] == [64, 48]
+    x = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        assert F.cosine_similarity(model(x), load_checkpoint(shipped)[0](x)).item() > 0.999
+    with pytest.raises(ConfigError, match="unknown shipped model"):
+        ship(run, "best", weights_dir=tmp_path / "weights")
+    teacher = save_checkpoint(tmp_path / "teacher.pt", SegTeacher(TeacherConfig()), (64, 48), {})
+    with pytest.raises(ModelError, match="teacher"):
+        ship(teacher, "baseline", weights_dir=tmp_path / "weights")

@@ -3,9 +3,12 @@ import json
 import sys
 from pathlib import Path
 
+from dataclasses import replace
+
 import pytest
 
 from structvpr_edge.errors import ConfigError
+from structvpr_edge.train.config import DistillConfig, dotted_overrides, load_config
 from structvpr_edge.train.table import (CONFIGS, ROWS, Row, last_val_recall, median_kd_grad_ratio, parse_row, run_dir, summarize,
                                         train_command, train_run)
 
@@ -13,7 +16,7 @@ from structvpr_edge.train.table import (CONFIGS, ROWS, Row, last_val_recall, med
 def test_parse_row_names_and_variants():
     assert parse_row("structvprpp") == ROWS["structvprpp"] and parse_row("structvprpp").distils
     assert not parse_row("student-nokd").distils and not parse_row("baseline-head").distils
-    assert parse_row("global-kd").overrides == ("distill.per_group=false", "distill.samples.enabled=false")
+    assert parse_row("global-kd").overrides == ("distill.per_group=false", "distill.samples.enabled=false", "distill.negative_weight=0")
     variant = parse_row("kd-w10=structvprpp.yaml:distill.weight=10:distill.temperature=0.2")
     assert variant == Row("kd-w10", "structvprpp.yaml", ("distill.weight=10", "distill.temperature=0.2")) and variant.distils
     assert not parse_row("off=structvprpp.yaml:distill.weight=0").distils
@@ -24,13 +27,27 @@ def test_parse_row_names_and_variants():
         parse_row("x=missing.yaml")
 
 
+def test_distilling_rows_add_one_part_each():
+    """global-kd -> + label split -> + sample weights (relational-kd) -> + teacher-ranked negatives (structvprpp)."""
+    def distill(name: str) -> DistillConfig:
+        row = ROWS[name]
+        return load_config(CONFIGS / row.config, dotted_overrides(list(row.overrides))).distill
+
+    full = distill("structvprpp")
+    assert full.negative_weight > 0 and full.per_group and full.samples.enabled
+    assert distill("relational-kd") == replace(full, negative_weight=0.0)
+    assert distill("group-kd") == replace(distill("relational-kd"), samples=replace(full.samples, enabled=False))
+    assert distill("global-kd") == replace(distill("group-kd"), per_group=False)
+    assert load_config(CONFIGS / "gpu.yaml").distill == full  # the GPU recipe trains the same method
+
+
 def test_run_dir_and_train_command():
     assert run_dir(Path("runs"), ROWS["baseline-head"], 1000, 2) == Path("runs/baseline-head-1000/s2")
     command = train_command(ROWS["global-kd"], "data/x", 300, 1, Path("out"), Path("t/model.pt"))
     assert command[:4] == [sys.executable, "-m", "structvpr_edge.cli", "train"]
     sets = [command[i + 1] for i, arg in enumerate(command) if arg == "--set"]
     assert sets == ["dataset=data/x", "seed=1", "optim.steps=300", "teacher_checkpoint=t/model.pt",
-                    "distill.per_group=false", "distill.samples.enabled=false"]
+                    "distill.per_group=false", "distill.samples.enabled=false", "distill.negative_weight=0"]
     assert "teacher_optim.steps=300" in train_command(ROWS["teacher"], "data/x", 300, 0, Path("out"), None)
 
 

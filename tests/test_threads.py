@@ -63,6 +63,23 @@ def test_auto_keeps_the_fastest_and_reuses_the_cache(conv_model, cache):
     assert (shared.threads, shared.spinning) == (2, False)  # the fastest without spinning
 
 
+def test_a_tune_timed_under_heavier_load_is_done_again(conv_model, cache):
+    calls, measure = recorder(TIMINGS)
+    busy = choose_threading(conv_model, AUTO, measure=measure, cache=cache, options=list(TIMINGS), load=1.8)
+    assert busy.source == "measured" and len(calls) == len(TIMINGS)
+    entry = json.loads(cache.path.read_text())["entries"][ort_session.machine_key(conv_model)]
+    assert entry["load_per_core"] == 1.8
+    similar = 1.8 - ort_session.LOAD_SLACK + 0.1
+    assert choose_threading(conv_model, AUTO, measure=measure, cache=cache, options=list(TIMINGS), load=similar).source == "cached"
+    assert choose_threading(conv_model, AUTO, measure=measure, cache=cache, options=list(TIMINGS), load=2.5).source == "cached"
+    assert len(calls) == len(TIMINGS)
+    quiet = choose_threading(conv_model, AUTO, measure=measure, cache=cache, options=list(TIMINGS), load=0.2)
+    assert quiet.source == "measured" and len(calls) == 2 * len(TIMINGS)
+    assert json.loads(cache.path.read_text())["entries"][ort_session.machine_key(conv_model)]["load_per_core"] == 0.2
+    cache.put("no-load", {"1/nospin": 1.0})  # where the OS has no load average: always reused
+    assert cache.get("no-load", load=0.0) == {"1/nospin": 1.0}
+
+
 def test_a_costlier_configuration_must_win_by_the_margin():
     near = {"1/spin": 1.00, "1/nospin": 1.03, "2/spin": 0.99, "2/nospin": 1.2}
     chosen = ort_session.fastest(near, shared=False, source="measured")

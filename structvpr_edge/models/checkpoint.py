@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from ..labels import CLASS_TO_GROUP, LABEL_GROUPS
 from ..layout import DescriptorLayout
 from .efficientnet_lite import MEAN_RGB, STD_RGB
@@ -118,3 +118,17 @@ def load_checkpoint(name_or_path: str | Path) -> tuple[nn.Module, dict]:
     meta = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer")}
     meta["path"] = str(path)
     return model.eval(), meta
+
+
+def ship(run_checkpoint: str | Path, name: str, weights_dir: Path = SHIPPED_DIR) -> Path:
+    """Save a finished run's model as shipped model ``name``, float16 (half the size, the same
+    Recall: every shipped figure in docs/RESULTS.md is measured from these files). Which run ships
+    is chosen on val; the source run is recorded in the file as ``shipped_from``."""
+    if name not in SHIPPED:
+        raise ConfigError(f"unknown shipped model {name!r}; known: {sorted(SHIPPED)}")
+    model, meta = load_checkpoint(run_checkpoint)
+    if meta["model_type"] == "teacher":
+        raise ModelError(f"{run_checkpoint} is a teacher; only RGB students ship")
+    extra = {k: meta[k] for k in ("stage", "steps_done") if k in meta}
+    extra["shipped_from"] = str(run_checkpoint)
+    return save_checkpoint(weights_dir / SHIPPED[name], model, tuple(meta["input"]["size"]), meta["train_config"], extra, half=True)

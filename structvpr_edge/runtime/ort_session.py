@@ -9,7 +9,8 @@ pool may spin between runs depend on the model, the CPU and what else runs on it
 2-core Xeon, two threads that spin ran 2-6x slower than one). ``threads="auto"`` times 1..N
 threads with spinning on and off for the model at hand (about a second), keeps the fastest
 (a costlier one only when it wins by MARGIN) and caches the timings per model (sha256) and
-machine in a small JSON file. Each session's pool spins after a run, so with more than one
+machine in a small JSON file, with the load they were timed under (a tune taken on a busy
+machine is done again once it is quieter). Each session's pool spins after a run, so with more than one
 session alive in the process every session runs with spinning off (sessions already open are
 reopened that way): otherwise each run fights the others' spinning threads.
 """
@@ -39,6 +40,10 @@ CACHE_FORMAT = "structvpr-edge/threads/1"
 CACHE_ENTRIES = 64  # models x machines kept; the oldest go first
 CANDIDATE = re.compile(r"[1-9]\d*/(spin|nospin)")  # a timing's key: threads/spinning
 TUNE_SECONDS = 1.0  # timing budget of one tune, shared by the candidates (session creation comes on top)
+# A cached tune is re-done when it was timed under a machine load (1-min load average per core)
+# this much heavier than now: a tune taken beside a training run chose 1 thread without
+# spinning for INT8, 1.8 ms, where 2 spinning threads run 1.4 ms on the quiet machine.
+LOAD_SLACK = 0.5
 # More threads or spinning must win by 5% to be kept: they take CPU from the cameras, the map
 # search and the rest of the vehicle, and under load they are what slows down first.
 MARGIN = 1.05
@@ -162,18 +167,24 @@ class ThreadCache:
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             return {}
 
-    def get(self, key: str) -> dict[str, float] | None:
+    def get(self, key: str, load: float | None = None) -> dict[str, float] | None:
+        """The timings for ``key``; None also when they were timed under a load more than
+        LOAD_SLACK heavier than ``load`` (the current one), so the tune is done again."""
         entry = self._read().get(key)
         if entry is None:
+            return None
+        timed_under = entry.get("load_per_core")
+        if load is not None and isinstance(timed_under, (int, float)) and timed_under - load > LOAD_SLACK:
             return None
         timings = entry["timings_ms"]
         valid = all(CANDIDATE.fullmatch(k) and isinstance(v, (int, float)) for k, v in timings.items())
         return timings if valid and any(k.endswith("/nospin") for k in timings) else None
 
-    def put(self, key: str, timings_ms: dict[str, float]) -> None:
-        """Store (newest wins, at most ``entries`` kept); a cache that cannot be written is skipped."""
+    def put(self, key: str, timings_ms: dict[str, float], load: float | None = None) -> None:
+        """Store (newest wins, at most ``entries`` kept) with the load they were timed under; a
+        cache that cannot be written is skipped."""
         entries = self._read()
-        entries[key] = {"timings_ms": timings_ms, "measured": time.time()}
+        entries[key] = {"timings_ms": timings_ms, "measured": time.time(), "load_per_core": load}
         kept = dict(sorted(entries.items(), key=lambda kv: kv[1].get("measured", 0))[-self.entries :])
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +193,14 @@ class ThreadCache:
             os.replace(scratch, self.path)  # atomic: a reader never sees half a file
         except OSError:
             pass
+
+
+def load_per_core() -> float | None:
+    """The 1-minute load average per core of the machine; None where the OS has none."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (AttributeError, OSError):
+        return None
 
 
 def machine_key(model: str | Path) -> str:
@@ -218,23 +237,25 @@ def time_session(path: str | Path, budget_s: float, warmup: int = 3, max_runs: i
 
 def choose_threading(
     path: str | Path, threads: int | str | None = AUTO, shared: bool = False, measure: Measure | None = None,
-    cache: ThreadCache | None = None, options: list[tuple[int, bool]] | None = None,
+    cache: ThreadCache | None = None, options: list[tuple[int, bool]] | None = None, load: float | None = None,
 ) -> Threading:
     """``threads`` an integer: that, spinning unless ``shared``. ``"auto"``: the fastest of the
     cached timings for this model and machine, else of a tune (``measure``, default
-    ``time_session``, over ``options``, default ``candidates(usable_cores())``), then cached."""
+    ``time_session``, over ``options``, default ``candidates(usable_cores())``), then cached
+    with the load (default ``load_per_core()``) it ran under."""
     threads = parse_threads(threads)
     if threads != AUTO:
         return Threading(threads, not shared, "explicit")
     cache = cache or ThreadCache()
     key = machine_key(path)
-    timings = cache.get(key)
+    load = load_per_core() if load is None else load
+    timings = cache.get(key, load)
     if timings is not None:
         return fastest(timings, shared, "cached")
     options = options or candidates(usable_cores())
     measure = measure or time_session(path, TUNE_SECONDS / len(options))
     timings = {_key(n, spin): measure(n, spin) for n, spin in options}
-    cache.put(key, timings)
+    cache.put(key, timings, load)
     return fastest(timings, shared, "measured")
 
 

@@ -280,7 +280,10 @@ def measure_isolated(specs: list[RunSpec], frames: int, warmup: int, block: int 
     """Each spec in its own process, one process working at a time, blocks of ``block`` frames
     in rotating order with ``settle_s`` between blocks. Returns name -> {"setup", "samples"}
     (stage -> ms per frame after ``warmup`` frames). Processes open one after another, so a
-    thread tune is never timed against another's."""
+    thread tune is never timed against another's. Each block starts with one untimed frame: the
+    first frame after a switch re-warms caches the other configurations evicted (its frame time
+    was 1.3-1.7x the median, AMX Xeon, docs/RESULTS.md issue 13), which one configuration running
+    alone, as on a vehicle, never pays."""
     from tqdm import tqdm  # noqa: PLC0415
 
     from ..errors import BackendError  # noqa: PLC0415
@@ -314,7 +317,7 @@ def measure_isolated(specs: list[RunSpec], frames: int, warmup: int, block: int 
         for r in tqdm(range(rounds), desc="blocks", unit="round", leave=False):
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 time.sleep(settle_s)
-                for timing in ask(name, min(block, frames - r * block)):
+                for timing in ask(name, 1 + min(block, frames - r * block))[1:]:
                     for stage, ms in timing.items():
                         results[name]["samples"][stage].append(ms)
     finally:

@@ -3,7 +3,8 @@
 The method's term is relational KD: the student's in-batch similarity structure of the aligned
 descriptor, and (label split) of each label group's aligned term, matched to the teacher's.
 Issue 9 asked what the field uses when relational KD is weak; three such terms are here, each
-with its own weight in ``DistillConfig`` (0 = off, the default), each (B,) so sample weights
+with its own weight in ``DistillConfig`` (0 = off, the dataclass default; the StructVPR++ configs
+switch the teacher-ranked negatives on, the one that won on val), each (B,) so sample weights
 apply to it as to the relational term:
 
 - ``feature``: the student's global and per-group sub-descriptors, through a learned linear map
@@ -28,6 +29,11 @@ from .config import DistillConfig
 from .losses import relational_kd
 
 
+def batch_similarities(parts: AlignedOutput, teacher: AlignedOutput) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, B) student and teacher aligned similarities (one inner product each, as FAISS scores)."""
+    return parts.descriptor.float() @ parts.descriptor.float().T, teacher.descriptor @ teacher.descriptor.T
+
+
 def aligned_group_sims(parts: AlignedOutput, alignment: nn.Module) -> torch.Tensor:
     """(K, B, B): each group's presence-weighted similarity, the terms of the aligned similarity."""
     vecs = F.normalize(parts.group_vecs, dim=2)
@@ -39,8 +45,7 @@ def relational_terms(parts: AlignedOutput, teacher: AlignedOutput, student_model
                      distill: DistillConfig) -> torch.Tensor:
     """(B,) per-anchor KD: the aligned similarity's in-batch structure, plus (StructVPR++) each
     label group's presence-weighted similarity structure, student against teacher."""
-    student_sim = parts.descriptor.float() @ parts.descriptor.float().T
-    kd = relational_kd(student_sim, teacher.descriptor @ teacher.descriptor.T, distill.temperature)
+    kd = relational_kd(*batch_similarities(parts, teacher), distill.temperature)
     if distill.per_group and isinstance(student_model, StructVPRStudent):
         student_groups = aligned_group_sims(parts, student_model.alignment).float()
         teacher_groups = aligned_group_sims(teacher, teacher_model.alignment)
@@ -77,8 +82,7 @@ def feature_kd(projected: tuple[torch.Tensor, torch.Tensor], teacher: AlignedOut
 
 def similarity_kd(parts: AlignedOutput, teacher: AlignedOutput) -> torch.Tensor:
     """(B,): mean over the other images of the squared difference of aligned similarities."""
-    student_sim = parts.descriptor.float() @ parts.descriptor.float().T
-    teacher_sim = teacher.descriptor @ teacher.descriptor.T
+    student_sim, teacher_sim = batch_similarities(parts, teacher)
     off_diagonal = ~torch.eye(len(student_sim), dtype=torch.bool, device=student_sim.device)
     return ((student_sim - teacher_sim) ** 2 * off_diagonal).sum(dim=1) / max(len(student_sim) - 1, 1)
 
@@ -88,8 +92,7 @@ def teacher_ranked_negatives(parts: AlignedOutput, teacher: AlignedOutput, place
     anchor and n the student's hardest negative among those the teacher ranks below p. Negatives
     the teacher itself confuses with the place are left out: its ranking is trusted only where it
     is right. 0 for an anchor without such a pair."""
-    student_sim = parts.descriptor.float() @ parts.descriptor.float().T
-    teacher_sim = teacher.descriptor @ teacher.descriptor.T
+    student_sim, teacher_sim = batch_similarities(parts, teacher)
     same = places[:, None] == places[None, :]
     positive = same & ~torch.eye(len(places), dtype=torch.bool, device=places.device)
     best_pos = torch.where(positive, teacher_sim, -torch.inf).argmax(dim=1, keepdim=True)

@@ -39,16 +39,17 @@ class Row:
 
 
 NO_WEIGHTS = "distill.samples.enabled=false"
+RELATIONAL_ONLY = "distill.negative_weight=0"
+# Each distilling row adds one part to the row above it; structvprpp is the full method.
 ROWS: dict[str, Row] = {row.name: row for row in (
     Row("teacher", "teacher.yaml"),
     Row("baseline", "baseline.yaml"),
     Row("baseline-head", "baseline-head.yaml"),
     Row("student-nokd", "student-nokd.yaml"),
-    Row("global-kd", "structvprpp.yaml", ("distill.per_group=false", NO_WEIGHTS)),
-    Row("group-kd", "structvprpp.yaml", (NO_WEIGHTS,)),
-    Row("structvprpp", "structvprpp.yaml"),
-    # + teacher-ranked hard negatives (train/distill.py), the variant that won on val (RESULTS, issue 9, session 4)
-    Row("negatives-kd", "structvprpp.yaml", ("distill.negative_weight=5",)),
+    Row("global-kd", "structvprpp.yaml", ("distill.per_group=false", NO_WEIGHTS, RELATIONAL_ONLY)),
+    Row("group-kd", "structvprpp.yaml", (NO_WEIGHTS, RELATIONAL_ONLY)),
+    Row("relational-kd", "structvprpp.yaml", (RELATIONAL_ONLY,)),  # + sample weights: StructVPR++ before issue 9's negatives
+    Row("structvprpp", "structvprpp.yaml"),  # + teacher-ranked hard negatives
     Row("structvpr", "structvpr.yaml"),
 )}
 
