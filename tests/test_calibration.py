@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 from structvpr_edge.cli import main
 from structvpr_edge.deploy import quantize as q
 from structvpr_edge.artifacts import CPU_INT8, FP16, FP32, MANIFEST, RANGES, REPORT, TRT_CACHE, TRT_INT8
-from structvpr_edge.deploy.calibration import KIT_EXPORT, CalibrationConfig, calibrate, k_center, load_manifest, prepare_kit, write_manifest
+from structvpr_edge.deploy.calibration import KIT_EXPORT, CalibrationConfig, CalibrationReport, calibrate, k_center, load_manifest, prepare_kit, write_manifest
 from structvpr_edge.errors import ConfigError, DatasetError, ModelError
 from structvpr_edge.modelinfo import ModelInfo, read_onnx_info, sha256_file
 from structvpr_edge.runtime.preprocess import Preprocessor
@@ -59,6 +60,14 @@ def test_manifest_detects_a_changed_image(place_dataset, student_onnx, tmp_path)
         load_manifest(tmp_path / "cal" / MANIFEST)
     with pytest.raises(DatasetError, match="--reselect"):  # reusing the calibration folder checks the hashes first
         calibrate(CalibrationConfig(model=student_onnx[0], images=root, out=tmp_path / "cal", num=4))
+
+
+def test_the_report_says_when_its_timings_were_taken_on_a_busy_machine(calibration_dir):
+    written = json.loads((calibration_dir / "report.json").read_text())
+    assert written["cpu_ms"] and written["cpu_load"] is not None
+    report = CalibrationReport("m.onnx", "entropy", 4, 8, "sha", {}, {}, {}, "val", cpu_ms=written["cpu_ms"])
+    busy, quiet = replace(report, cpu_load=1.8).markdown(), replace(report, cpu_load=0.1).markdown()
+    assert "load of 1.80 per core: a busy machine" in busy and "busy machine" not in quiet
 
 
 def test_calibration_folder_and_manifest(calibration_dir, place_dataset):

@@ -31,7 +31,7 @@ from ..eval.evaluate import extract
 from ..eval.models import deployed_extractor
 from ..eval.recall import recall_at_n, retrieve
 from ..modelinfo import ModelInfo, read_onnx_info, sha256_file
-from ..runtime.ort_session import side_by_side_ms
+from ..runtime.ort_session import LOAD_SLACK, load_per_core, side_by_side_ms
 from ..runtime.preprocess import Preprocessor, read_image
 from ..runtime.profiling import int8_advice
 from . import quantize as q
@@ -174,6 +174,7 @@ class CalibrationReport:
     sha256: dict[str, str] = field(default_factory=dict)  # artifact file name -> sha256 (a rebuilt kit must match)
     cpu_ms: dict[str, float] = field(default_factory=dict)  # fp32/int8/fp16 -> ms per frame on this CPU, side by side
     cpu_advice: str | None = None  # set when INT8 does not pay on this CPU
+    cpu_load: float | None = None  # 1-min load average per core while cpu_ms were timed
     seconds: float = 0.0
 
     def markdown(self) -> str:
@@ -198,6 +199,8 @@ class CalibrationReport:
             lines += ["", f"Result: {verdict}; kept in FP32: {', '.join(self.fp32_groups) or 'nothing'} ({len(self.fp32_nodes)} nodes)."]
         if self.cpu_ms:
             lines += ["", "ONNX Runtime on this CPU, side by side, threads tuned, ms per frame: " + ", ".join(f"{k.upper()} {v:.2f}" for k, v in self.cpu_ms.items())]
+            if self.cpu_load is not None and self.cpu_load > LOAD_SLACK:
+                lines += [f"(timed under a load of {self.cpu_load:.2f} per core: a busy machine; `python benchmarks/latency.py` on a quiet one measures it)"]
             lines += [f"**{self.cpu_advice}**"] if self.cpu_advice else []
         lines += ["", "Artifacts: " + ", ".join(f"`{Path(p).name}`" for p in self.artifacts.values())]
         return "\n".join(lines) + "\n"
@@ -391,6 +394,7 @@ def _write_report(run: _Quantizer, report: CalibrationReport, start: float) -> N
     report.artifacts = {"int8_cpu": str(int8["cpu"]), "int8_trt": str(int8["trt"]), "fp16": str(out / FP16), "trt_cache": str(out / TRT_CACHE), "ranges": str(out / RANGES)}
     report.quantization = {name: q.quantization_types(onnx.load(str(path))) for name, path in int8.items()}
     report.sha256 = {Path(p).name: sha256_file(Path(p)) for p in (str(model), *report.artifacts.values())}
+    report.cpu_load = load_per_core()
     report.cpu_ms = side_by_side_ms({"fp32": model, "int8": int8["cpu"], "fp16": out / FP16}, run.config.threads)
     report.cpu_advice = int8_advice(report.cpu_ms)
     report.seconds = time.perf_counter() - start
