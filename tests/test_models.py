@@ -5,6 +5,7 @@ from structvpr_edge.labels import LABEL_GROUPS
 from structvpr_edge.layout import DescriptorLayout
 from structvpr_edge.models.alignment import SemanticAlignment
 from structvpr_edge.models.checkpoint import SHIPPED, layout_of, load_checkpoint, save_checkpoint, ship
+from structvpr_edge.models.global_student import GlobalStudent, GlobalStudentConfig
 from structvpr_edge.models.student import StructVPRStudent, StudentConfig
 from structvpr_edge.models.teacher import SegTeacher, TeacherConfig
 from structvpr_edge.errors import ConfigError, ModelError
@@ -98,5 +99,8 @@ def test_ship_saves_half_weights_with_their_source(tmp_path):
     with pytest.raises(ConfigError, match="unknown shipped model"):
         ship(run, "best", weights_dir=tmp_path / "weights")
     teacher = save_checkpoint(tmp_path / "teacher.pt", SegTeacher(TeacherConfig()), (64, 48), {})
-    with pytest.raises(ModelError, match="teacher"):
+    with pytest.raises(ModelError, match="'teacher' model; baseline must be 'global'"):
         ship(teacher, "baseline", weights_dir=tmp_path / "weights")
+    with pytest.raises(ModelError, match="student-nokd must be"):  # a GeM student under the label-aware name
+        ship(save_checkpoint(tmp_path / "gem.pt", GlobalStudent(GlobalStudentConfig(imagenet=False)), (64, 48), {}), "student-nokd",
+             weights_dir=tmp_path / "weights")

@@ -24,6 +24,7 @@ from .teacher import SegTeacher, TeacherConfig
 FORMAT = "structvpr-edge/checkpoint/1"
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
 SHIPPED = {"structvprpp": "structvprpp.pt", "student-nokd": "student-nokd.pt", "baseline": "baseline.pt"}
+SHIPPED_TYPES = {"structvprpp": "structvpr++", "student-nokd": "structvpr++", "baseline": "global"}  # what each name must hold
 MODEL_TYPES = {
     "teacher": (SegTeacher, TeacherConfig),
     "structvpr++": (StructVPRStudent, StudentConfig),
@@ -127,8 +128,8 @@ def ship(run_checkpoint: str | Path, name: str, weights_dir: Path = SHIPPED_DIR)
     if name not in SHIPPED:
         raise ConfigError(f"unknown shipped model {name!r}; known: {sorted(SHIPPED)}")
     model, meta = load_checkpoint(run_checkpoint)
-    if meta["model_type"] == "teacher":
-        raise ModelError(f"{run_checkpoint} is a teacher; only RGB students ship")
+    if meta["model_type"] != SHIPPED_TYPES[name]:
+        raise ModelError(f"{run_checkpoint} holds a {meta['model_type']!r} model; {name} must be {SHIPPED_TYPES[name]!r}")
     extra = {k: meta[k] for k in ("stage", "steps_done") if k in meta}
     extra["shipped_from"] = str(run_checkpoint)
     return save_checkpoint(weights_dir / SHIPPED[name], model, tuple(meta["input"]["size"]), meta["train_config"], extra, half=True)
