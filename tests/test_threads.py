@@ -76,8 +76,9 @@ def test_a_tune_timed_under_heavier_load_is_done_again(conv_model, cache):
     quiet = choose_threading(conv_model, AUTO, measure=measure, cache=cache, options=list(TIMINGS), load=0.2)
     assert quiet.source == "measured" and len(calls) == 2 * len(TIMINGS)
     assert json.loads(cache.path.read_text())["entries"][ort_session.machine_key(conv_model)]["load_per_core"] == 0.2
-    cache.put("no-load", {"1/nospin": 1.0})  # where the OS has no load average: always reused
-    assert cache.get("no-load", load=0.0) == {"1/nospin": 1.0}
+    cache.put("no-load", {"1/nospin": 1.0})  # where the OS has no load average: reused there
+    assert cache.get("no-load", load=None) == {"1/nospin": 1.0}
+    assert cache.get("no-load", load=0.0) is None  # but a machine with one cannot tell how busy it was
 
 
 def test_a_costlier_configuration_must_win_by_the_margin():
@@ -223,6 +224,7 @@ def test_isolated_configurations_and_cameras(tiny_uint8_model):
     assert set(result) == {"one", "two"}
     for name, cameras in (("one", 1), ("two", 2)):
         assert all(len(result[name]["samples"][stage]) == 7 for stage in ("preprocess", "inference", "search", "total", "frame"))
+        assert all(len(result[name]["sustained"][stage]) == 7 for stage in ("preprocess", "inference", "search", "total", "frame"))
         threading = result[name]["setup"]["threading"]
         assert len(threading) == cameras
     assert result["one"]["setup"]["threading"][0]["source"] == "explicit"
@@ -235,3 +237,22 @@ def test_a_missing_model_file_is_a_model_error_before_any_tuning(tmp_path):
 
     with pytest.raises(ModelError, match="not found"):
         open_backend(tmp_path / "nope.onnx")
+
+
+def test_a_worker_that_dies_silently_is_a_backend_error_not_a_hang():
+    """A latency worker killed before it reports (native crash, OOM killer) must not block the harness."""
+    import multiprocessing
+    import os
+
+    from structvpr_edge.errors import BackendError
+    from structvpr_edge.runtime.profiling import receive
+
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=os._exit, args=(3,), daemon=True)
+    process.start()
+    start = time.perf_counter()
+    with pytest.raises(BackendError, match="exit code 3"):
+        receive(process, parent, poll_s=0.05)
+    assert time.perf_counter() - start < 30
+    child.close()

@@ -5,6 +5,9 @@ interfere; torch-free (a torch configuration imports torch in its own process).
 Each configuration of a comparison runs in its own process and only one process works at a
 time: blocks of frames in rotating order, so background load still hits all alike, with a
 short pause between blocks so that no thread pool is still spinning when the next one runs.
+The rotation gives the stage p50s; jitter (p99/p50) comes from one uninterrupted run of each
+configuration afterwards, as a vehicle runs it: every switch of the rotation re-warms caches
+and wakes sleeping threads, which no configuration running alone pays.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import BackendError
 
 STAGES = ("preprocess", "inference", "search", "total", "frame")  # frame: wall time of localize() (of all cameras)
 CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
@@ -276,25 +281,33 @@ def _worker(spec: RunSpec, conn) -> None:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
+def receive(process, conn, poll_s: float = 1.0):
+    """The worker's next message; a worker that died without one (a crash in a native library,
+    the OOM killer, a script that re-runs itself on spawn) is a BackendError, not a hang."""
+    while not conn.poll(poll_s):
+        if not process.is_alive():
+            raise BackendError(f"a latency worker died (exit code {process.exitcode}) without reporting")
+    return conn.recv()
+
+
 def measure_isolated(specs: list[RunSpec], frames: int, warmup: int, block: int = 10, settle_s: float = 0.02) -> dict[str, dict]:
     """Each spec in its own process, one process working at a time, blocks of ``block`` frames
-    in rotating order with ``settle_s`` between blocks. Returns name -> {"setup", "samples"}
-    (stage -> ms per frame after ``warmup`` frames). Processes open one after another, so a
+    in rotating order with ``settle_s`` between blocks. Returns name -> {"setup", "samples"
+    (stage -> ms per frame after ``warmup`` frames), "sustained" (the same for one uninterrupted
+    run of ``frames`` frames after the rotation, for jitter)}. Processes open one after another, so a
     thread tune is never timed against another's. Each block starts with one untimed frame: the
     first frame after a switch re-warms caches the other configurations evicted (its frame time
     was 1.3-1.7x the median, AMX Xeon, docs/RESULTS.md issue 13), which one configuration running
     alone, as on a vehicle, never pays."""
     from tqdm import tqdm  # noqa: PLC0415
 
-    from ..errors import BackendError  # noqa: PLC0415
-
     context = multiprocessing.get_context("spawn")
     workers: dict[str, tuple] = {}
 
     def ask(name: str, message):
-        conn = workers[name][1]
+        process, conn = workers[name]
         conn.send(message)
-        status, payload = conn.recv()
+        status, payload = receive(process, conn)
         if status != "ok":
             raise BackendError(f"configuration {name} failed: {payload}")
         return payload
@@ -306,10 +319,10 @@ def measure_isolated(specs: list[RunSpec], frames: int, warmup: int, block: int 
             process = context.Process(target=_worker, args=(spec, child), daemon=True)
             process.start()
             workers[spec.name] = (process, parent)
-            status, payload = parent.recv()
+            status, payload = receive(process, parent)
             if status != "ok":
                 raise BackendError(f"configuration {spec.name} failed to open: {payload}")
-            results[spec.name] = {"setup": payload, "samples": defaultdict(list)}
+            results[spec.name] = {"setup": payload, "samples": defaultdict(list), "sustained": defaultdict(list)}
         names = list(workers)
         for name in names:
             ask(name, warmup)
@@ -320,6 +333,11 @@ def measure_isolated(specs: list[RunSpec], frames: int, warmup: int, block: int 
                 for timing in ask(name, 1 + min(block, frames - r * block))[1:]:
                     for stage, ms in timing.items():
                         results[name]["samples"][stage].append(ms)
+        for name in names:
+            time.sleep(settle_s)
+            for timing in ask(name, 1 + frames)[1:]:
+                for stage, ms in timing.items():
+                    results[name]["sustained"][stage].append(ms)
     finally:
         for process, conn in workers.values():
             try:
@@ -329,4 +347,4 @@ def measure_isolated(specs: list[RunSpec], frames: int, warmup: int, block: int 
             process.join(timeout=10)
             if process.is_alive():
                 process.terminate()
-    return {name: {"setup": r["setup"], "samples": dict(r["samples"])} for name, r in results.items()}
+    return {name: {"setup": r["setup"], "samples": dict(r["samples"]), "sustained": dict(r["sustained"])} for name, r in results.items()}
