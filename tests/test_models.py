@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from structvpr_edge.labels import LABEL_GROUPS
 from structvpr_edge.layout import DescriptorLayout
 from structvpr_edge.models.alignment import SemanticAlignment
-from structvpr_edge.models.checkpoint import SHIPPED, layout_of, load_checkpoint, save_checkpoint, ship
+from structvpr_edge.models.checkpoint import layout_of, load_checkpoint, save_checkpoint, ship
 from structvpr_edge.models.global_student import GlobalStudent, GlobalStudentConfig
 from structvpr_edge.models.student import StructVPRStudent, StudentConfig
 from structvpr_edge.models.teacher import SegTeacher, TeacherConfig
@@ -88,7 +88,7 @@ def test_ship_saves_half_weights_with_their_source(tmp_path):
     model = StructVPRStudent(StudentConfig(imagenet=False)).eval()
     run = save_checkpoint(tmp_path / "run" / "model.pt", model, (64, 48), {"mode": "structvpr++", "seed": 2}, {"steps_done": 7})
     shipped = ship(run, "structvprpp", weights_dir=tmp_path / "weights")
-    assert shipped == tmp_path / "weights" / SHIPPED["structvprpp"]
+    assert shipped == tmp_path / "weights" / "structvprpp.pt"
     payload = torch.load(shipped, weights_only=False)
     assert {v.dtype for v in payload["state_dict"].values() if v.is_floating_point()} == {torch.float16}
     assert payload["shipped_from"] == str(run) and payload["steps_done"] == 7 and payload["train_config"]["seed"] == 2

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..artifacts import CHECKPOINT_SUFFIX
 from ..errors import ConfigError, ModelError
 from ..labels import CLASS_TO_GROUP, LABEL_GROUPS
 from ..layout import DescriptorLayout
@@ -23,8 +24,7 @@ from .teacher import SegTeacher, TeacherConfig
 
 FORMAT = "structvpr-edge/checkpoint/1"
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
-SHIPPED = {"structvprpp": "structvprpp.pt", "student-nokd": "student-nokd.pt", "baseline": "baseline.pt"}
-SHIPPED_TYPES = {"structvprpp": "structvpr++", "student-nokd": "structvpr++", "baseline": "global"}  # what each name must hold
+SHIPPED = {"structvprpp": "structvpr++", "student-nokd": "structvpr++", "baseline": "global"}  # name -> the model type it holds
 MODEL_TYPES = {
     "teacher": (SegTeacher, TeacherConfig),
     "structvpr++": (StructVPRStudent, StudentConfig),
@@ -88,10 +88,14 @@ def save_checkpoint(path: Path, model: nn.Module, image_size: tuple[int, int], t
     return path
 
 
+def shipped_path(name: str, weights_dir: Path = SHIPPED_DIR) -> Path:
+    return weights_dir / f"{name}{CHECKPOINT_SUFFIX}"
+
+
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
     """A path, or the name of a shipped model."""
     if str(name_or_path) in SHIPPED:
-        path = SHIPPED_DIR / SHIPPED[str(name_or_path)]
+        path = shipped_path(str(name_or_path))
         if not path.exists():
             raise ModelError(f"shipped model {name_or_path!r} is missing from the installed package ({path})")
         return path
@@ -128,8 +132,8 @@ def ship(run_checkpoint: str | Path, name: str, weights_dir: Path = SHIPPED_DIR)
     if name not in SHIPPED:
         raise ConfigError(f"unknown shipped model {name!r}; known: {sorted(SHIPPED)}")
     model, meta = load_checkpoint(run_checkpoint)
-    if meta["model_type"] != SHIPPED_TYPES[name]:
-        raise ModelError(f"{run_checkpoint} holds a {meta['model_type']!r} model; {name} must be {SHIPPED_TYPES[name]!r}")
+    if meta["model_type"] != SHIPPED[name]:
+        raise ModelError(f"{run_checkpoint} holds a {meta['model_type']!r} model; {name} must be {SHIPPED[name]!r}")
     extra = {k: meta[k] for k in ("stage", "steps_done") if k in meta}
     extra["shipped_from"] = str(run_checkpoint)
-    return save_checkpoint(weights_dir / SHIPPED[name], model, tuple(meta["input"]["size"]), meta["train_config"], extra, half=True)
+    return save_checkpoint(shipped_path(name, weights_dir), model, tuple(meta["input"]["size"]), meta["train_config"], extra, half=True)

@@ -42,7 +42,8 @@ CANDIDATE = re.compile(r"[1-9]\d*/(spin|nospin)")  # a timing's key: threads/spi
 TUNE_SECONDS = 1.0  # timing budget of one tune, shared by the candidates (session creation comes on top)
 # A cached tune is re-done when it was timed under a machine load (1-min load average per core)
 # this much heavier than now: a tune taken beside a training run chose 1 thread without
-# spinning for INT8, 1.8 ms, where 2 spinning threads run 1.4 ms on the quiet machine.
+# spinning for INT8, 1.8 ms, where 2 spinning threads run 1.4 ms on the quiet machine. The
+# same load (above an idle machine) is what calibrate's report calls a busy machine.
 LOAD_SLACK = 0.5
 # More threads or spinning must win by 5% to be kept: they take CPU from the cameras, the map
 # search and the rest of the vehicle, and under load they are what slows down first.
