@@ -9,7 +9,7 @@ import pytest
 from structvpr_edge.errors import ConfigError
 from structvpr_edge.runtime import ort_session
 from structvpr_edge.runtime.ort_session import AUTO, SPINNING, OrtSession, ThreadCache, candidates, choose_threading, parse_threads
-from structvpr_edge.runtime.profiling import RunSpec, int8_advice, measure_isolated, node_profile, stage_stats
+from structvpr_edge.runtime.profiling import RunSpec, SessionSpec, int8_advice, measure_isolated, node_profile, stage_stats
 
 TIMINGS = {(1, True): 3.0, (1, False): 2.5, (2, True): 1.5, (2, False): 2.0}
 
@@ -161,10 +161,13 @@ def test_a_second_session_turns_spinning_off_in_both(conv_model, cache, monkeypa
     alone.close()
 
 
-def test_side_by_side_times_every_model_and_closes_them(conv_model, cache):
-    timings = ort_session.side_by_side_ms({"a": conv_model, "b": conv_model}, threads=1, seconds=0.05)
-    assert set(timings) == {"a", "b"} and all(0 < ms < 1000 for ms in timings.values())
-    assert not list(ort_session._LIVE)
+def test_bare_sessions_are_timed_each_alone_in_its_process(conv_model, cache):
+    """calibrate's rule: every artifact in its own process, threads as for a session alone (spinning allowed)."""
+    specs = [SessionSpec("one", str(conv_model), 1), SessionSpec("two", str(conv_model), 2)]
+    result = measure_isolated(specs, frames=5, warmup=1, block=2, settle_s=0)
+    for name, threads in (("one", 1), ("two", 2)):
+        assert len(result[name]["samples"]["inference"]) == 5 and all(ms > 0 for ms in result[name]["samples"]["inference"])
+        assert result[name]["setup"]["threading"] == [{"threads": threads, "spinning": True, "source": "explicit", "timings_ms": {}}]
 
 
 def test_node_profile_names_the_work(conv_model):

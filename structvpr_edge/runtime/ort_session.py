@@ -261,26 +261,6 @@ def choose_threading(
     return fastest(timings, shared, "measured")
 
 
-def side_by_side_ms(paths: dict[str, str | Path], threads: int | str | None = AUTO, seconds: float = 1.5) -> dict[str, float]:
-    """Median ms per run of each model in its chosen threading, timed in turns in one loop so
-    that a shared CPU's load hits all alike (sessions alive together: none spins); how
-    calibrate compares its artifacts on the machine it runs on."""
-    sessions = {name: OrtSession(path, threads, ["CPUExecutionProvider"]) for name, path in paths.items()}
-    try:
-        feeds = {name: dummy_input(s.session) for name, s in sessions.items()}
-        times: dict[str, list[float]] = {name: [] for name in sessions}
-        deadline = time.perf_counter() + seconds
-        while min(map(len, times.values())) < 8 or time.perf_counter() < deadline:
-            for name, s in sessions.items():
-                start = time.perf_counter()
-                s.session.run(None, feeds[name])
-                times[name].append(1000 * (time.perf_counter() - start))
-    finally:
-        for s in sessions.values():
-            s.close()
-    return {name: float(np.median(t[2:])) for name, t in times.items()}  # the first runs warm up
-
-
 _LIVE: weakref.WeakSet = weakref.WeakSet()  # the CPU sessions open in this process
 _LOCK = threading.RLock()
 

@@ -219,6 +219,48 @@ class RunSpec:
     cameras: int = 1
     fps: float | None = None  # pace frames like a camera (idle gaps between frames); None: back to back
 
+    def open(self) -> "Rig":
+        return Rig(self)
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """One model's bare ONNX Runtime CPU session to time (no map, no preprocessing), threads
+    chosen as for a session alone in its process: how calibrate compares its artifacts, so that
+    it and latency.py give one verdict on INT8."""
+
+    name: str
+    model: str
+    threads: int | str = "auto"
+
+    def open(self) -> "SessionLoop":
+        return SessionLoop(self)
+
+
+class SessionLoop:
+    """Runs ``SessionSpec.model`` on a zero input; ``run`` reports the inference time per run."""
+
+    def __init__(self, spec: SessionSpec) -> None:
+        from .ort_session import OrtSession, dummy_input  # noqa: PLC0415
+
+        self.spec = spec
+        self.ort = OrtSession(spec.model, spec.threads, ["CPUExecutionProvider"])
+        self.feed = dummy_input(self.ort.session)
+
+    def setup(self) -> dict:
+        return {**asdict(self.spec), "threading": [self.ort.threading.to_json()]}
+
+    def run(self, frames: int) -> list[dict[str, float]]:
+        out = []
+        for _ in range(frames):
+            start = time.perf_counter()
+            self.ort.session.run(None, self.feed)
+            out.append({"inference": 1000 * (time.perf_counter() - start)})
+        return out
+
+    def close(self) -> None:
+        self.ort.close()
+
 
 class Rig:
     """``spec.cameras`` EdgeVPR instances of one model on one shared synthetic map, each camera
@@ -269,10 +311,10 @@ class Rig:
             vpr.close()
 
 
-def _worker(spec: RunSpec, conn) -> None:
+def _worker(spec: RunSpec | SessionSpec, conn) -> None:
     """A child process: open the rig, then run the blocks of frames the parent asks for."""
     try:
-        rig = Rig(spec)
+        rig = spec.open()
         conn.send(("ok", rig.setup()))
         while (frames := conn.recv()) is not None:
             conn.send(("ok", rig.run(frames)))
@@ -290,7 +332,7 @@ def receive(process, conn, poll_s: float = 1.0):
     return conn.recv()
 
 
-def measure_isolated(specs: list[RunSpec], frames: int, warmup: int, block: int = 10, settle_s: float = 0.02) -> dict[str, dict]:
+def measure_isolated(specs: list[RunSpec | SessionSpec], frames: int, warmup: int, block: int = 10, settle_s: float = 0.02) -> dict[str, dict]:
     """Each spec in its own process, one process working at a time, blocks of ``block`` frames
     in rotating order with ``settle_s`` between blocks. Returns name -> {"setup", "samples"
     (stage -> ms per frame after ``warmup`` frames), "sustained" (the same for one uninterrupted
