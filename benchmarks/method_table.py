@@ -48,7 +48,8 @@ def main() -> None:
     train_table(rows, args.dataset, seeds, args.steps, runs, args.jobs, args.teacher_steps, args.threads, tuple(args.distill_set), deadline)
     test = load_dataset(args.dataset, "test") if args.test else None
     results: dict[str, list[dict]] = {}
-    for row in [ROWS["teacher"], *rows]:
+    teacher = [ROWS["teacher"]] if any(r.distils for r in rows) and ROWS["teacher"] not in rows else []  # only where it teaches
+    for row in [*teacher, *rows]:
         steps = args.teacher_steps if row.name == "teacher" else args.steps
         for seed in seeds:
             out = run_dir(runs, row, steps, seed)
