@@ -386,7 +386,7 @@ def _measure(run: _Quantizer, dataset: VPRDataset | None, images: list[Path], ca
     return report
 
 
-def cpu_inference_ms(paths: dict[str, Path], threads, frames: int = 200) -> dict[str, float]:
+def cpu_inference_ms(paths: dict[str, Path], threads: int | str | None, frames: int = 200) -> dict[str, float]:
     """Inference p50 of each artifact on this CPU, timed by benchmarks/latency.py's rule (each in
     its own process, one at a time, rotating blocks, threads tuned for it alone): the two once
     disagreed, 1.40x against 1.20x INT8 over FP32 on one machine, when this timed the sessions

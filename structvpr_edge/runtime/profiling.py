@@ -354,6 +354,11 @@ def measure_isolated(specs: list[RunSpec | SessionSpec], frames: int, warmup: in
             raise BackendError(f"configuration {name} failed: {payload}")
         return payload
 
+    def collect(name: str, frames: int, into: str) -> None:
+        for timing in ask(name, 1 + frames)[1:]:  # the first frame re-warms the caches, untimed
+            for stage, ms in timing.items():
+                results[name][into][stage].append(ms)
+
     results: dict[str, dict] = {}
     try:
         for spec in tqdm(specs, desc="open configurations", unit="config", leave=False):
@@ -372,14 +377,10 @@ def measure_isolated(specs: list[RunSpec | SessionSpec], frames: int, warmup: in
         for r in tqdm(range(rounds), desc="blocks", unit="round", leave=False):
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 time.sleep(settle_s)
-                for timing in ask(name, 1 + min(block, frames - r * block))[1:]:
-                    for stage, ms in timing.items():
-                        results[name]["samples"][stage].append(ms)
+                collect(name, min(block, frames - r * block), "samples")
         for name in names:
             time.sleep(settle_s)
-            for timing in ask(name, 1 + frames)[1:]:
-                for stage, ms in timing.items():
-                    results[name]["sustained"][stage].append(ms)
+            collect(name, frames, "sustained")
     finally:
         for process, conn in workers.values():
             try:
