@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .data.dataset import load_dataset
+from .modelinfo import read_onnx_info, sha256_file
 from .runtime.edgevpr import EdgeVPR
 from .runtime.mapping import build_map
 from .runtime.profiling import stage_stats
@@ -26,13 +27,14 @@ GREEN, RED = (40, 180, 40), (40, 40, 220)
 
 
 def export_shipped(out: Path, model: str) -> Path:
-    """The checkpoint as an ONNX file with uint8 input (needs torch once; cached)."""
+    """The checkpoint as an ONNX file with uint8 input (needs torch; cached until the weights change)."""
     if str(model).endswith(".onnx"):
         return Path(model)
-    path = out / f"{Path(model).stem}.onnx"
-    if not path.exists():
-        from .deploy.export import export_onnx  # noqa: PLC0415
+    from .deploy.export import export_onnx  # noqa: PLC0415
+    from .models.checkpoint import resolve_checkpoint  # noqa: PLC0415
 
+    path = out / f"{Path(model).stem}.onnx"
+    if not path.exists() or read_onnx_info(path).checkpoint_sha256 != sha256_file(resolve_checkpoint(model)):
         export_onnx(model, path, uint8_input=True)
     return path
 

@@ -27,3 +27,7 @@ class MapError(StructVPRError, ValueError):
 
 class BackendError(StructVPRError, RuntimeError):
     """An inference backend (TensorRT, ONNX Runtime, torch) is unavailable or failed."""
+
+
+class UpscaleWarning(UserWarning):
+    """A frame smaller than the model's input is enlarged: no model saw enlarged images in training."""

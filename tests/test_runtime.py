@@ -12,9 +12,9 @@ import pytest
 from structvpr_edge import EdgeVPR
 from structvpr_edge.cli import main
 from structvpr_edge.data.dataset import load_dataset
-from structvpr_edge.errors import ConfigError, MapError
+from structvpr_edge.errors import ConfigError, MapError, UpscaleWarning
 from structvpr_edge.runtime.map import Place, PlaceMap, index_string
-from structvpr_edge.modelinfo import read_onnx_info
+from structvpr_edge.modelinfo import read_onnx_info, sha256_file
 from structvpr_edge.runtime.mapping import build_map, threshold_for_precision
 from structvpr_edge.runtime.preprocess import Preprocessor
 from structvpr_edge.runtime.temporal import PlaceFilter, TemporalConfig
@@ -236,6 +236,21 @@ def test_preprocess_area_resize_matches_one_inter_area(exported):
         assert [len(pre.halvings[size]) for size in sizes] == [2, 0, 1, 1, 0]
 
 
+def test_a_frame_smaller_than_the_model_input_warns_once_per_size(exported):
+    """A frame below the model input is outside what training saw (never enlarged): say so, once per size."""
+    import warnings
+
+    info = read_onnx_info(exported / "uint8.onnx")
+    pre = Preprocessor(info)
+    small, large = (info.height // 2, info.width), (2 * info.height, 2 * info.width)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for shape in (small, small, large, (info.height, info.width)):
+            pre([np.zeros((*shape, 3), np.uint8)])
+    assert [type(w.message) for w in caught] == [UpscaleWarning]
+    assert f"{info.width}x{info.height // 2} frames are enlarged" in str(caught[0].message)
+
+
 def test_single_frame_search_on_a_flat_map_is_exact(tmp_path):
     """The int8 scan + float32 re-scoring must return exactly what a float32 scan returns."""
     import faiss
@@ -294,9 +309,23 @@ def test_shipped_models_are_small_and_self_describing(name):
     assert path.stat().st_size < 3 * 2**20  # fp16 weights
     model, meta = load_checkpoint(name)
     assert meta["train_config"]["mode"] == ("baseline" if name == "baseline" else "structvpr++")
-    assert meta["train_config"]["distill"]["weight"] == (100 if name == "structvprpp" else 0 if name == "student-nokd" else 1)
+    if name != "baseline":  # baseline mode never distils, whatever its config's weight says
+        assert meta["train_config"]["distill"]["weight"] == (100 if name == "structvprpp" else 0)
     assert meta["input"]["size"] == list(meta["train_config"]["image_size"])
     assert sum(segment["size"] for segment in meta["layout"]["segments"]) == 512 and meta["steps_done"] == 1000
+
+
+def test_demo_exports_again_when_the_cached_onnx_has_other_weights(tmp_path):
+    """A demo folder from before the shipped weights changed must not run the old model."""
+    from structvpr_edge.demo import export_shipped
+    from structvpr_edge.deploy.export import export_onnx
+    from structvpr_edge.models.checkpoint import resolve_checkpoint
+
+    cached = tmp_path / "structvprpp.onnx"
+    export_onnx("baseline", cached, uint8_input=True)
+    assert read_onnx_info(cached).checkpoint_sha256 == sha256_file(resolve_checkpoint("baseline"))
+    assert export_shipped(tmp_path, "structvprpp") == cached
+    assert read_onnx_info(cached).checkpoint_sha256 == sha256_file(resolve_checkpoint("structvprpp"))
 
 
 @pytest.mark.slow

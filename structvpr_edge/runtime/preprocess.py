@@ -11,14 +11,16 @@ graph. For a float model the host normalises them into the input buffer (images.
 function training uses). Evaluation, calibration and map building feed models through this class
 too (``Preprocessor``, ``describe_files``), so they see the pixels the vehicle's runtime sees.
 
-Frames are checked before any work: an empty or absurdly large frame, or an image file that is
-truncated (a truncated JPEG decodes to a grey-padded frame that localizes somewhere else), is a
-typed error, never a hang or a silent wrong place.
+A frame smaller than the model input is enlarged, with an ``UpscaleWarning`` once per frame size:
+no model saw enlarged images in training. Frames are checked before any work: an empty or absurdly
+large frame, or an image file that is truncated (a truncated JPEG decodes to a grey-padded frame
+that localizes somewhere else), is a typed error, never a hang or a silent wrong place.
 """
 from __future__ import annotations
 
 import os
 import struct
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +30,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import ConfigError, DatasetError
+from ..errors import ConfigError, DatasetError, UpscaleWarning
 from ..images import normalize
 from ..modelinfo import ModelInfo
 
@@ -111,6 +113,10 @@ class Preprocessor:
     def halving_buffers(self, shape: tuple[int, int]) -> list[np.ndarray]:
         """Buffers of the exact halvings a frame of this (H, W) goes through, allocated once."""
         if shape not in self.halvings:
+            if shape[0] < self.info.height or shape[1] < self.info.width:  # once per new size, off the per-frame path
+                warnings.warn(f"{shape[1]}x{shape[0]} frames are enlarged to the model's {self.info.width}x{self.info.height} input; "
+                              "it never saw enlarged images in training (on the 160x120 corridor: docs/RESULTS.md, issue 9, session 8)",
+                              UpscaleWarning, stacklevel=3)
             buffers, (h, w) = [], shape
             while h % (2 * self.info.height) == 0 and w % (2 * self.info.width) == 0:
                 h, w = h // 2, w // 2
