@@ -277,3 +277,21 @@ def test_mask_loss_decay_schedule(easy, place_dataset):
         config = load_config(None, tiny_config(place_dataset, easy / "cache", mode="structvpr++", mask_loss_decay=decay, teacher_checkpoint=str(teacher)))
         stage = Stage(config, "student", easy / "decay", setup_context("cpu"), teacher)
         assert [stage.mask_weight(step) for step in (0, 12, 24)] == expected
+
+
+def test_distill_warmup_schedule(easy, place_dataset):
+    teacher = easy / "teacher" / "model.pt"
+    for warmup, expected in ((10, [0.0, 0.5, 1.0, 1.0]), (0, [1.0, 1.0, 1.0, 1.0])):
+        config = load_config(None, tiny_config(place_dataset, easy / "cache", mode="structvpr++", distill={"warmup_steps": warmup}, teacher_checkpoint=str(teacher)))
+        stage = Stage(config, "student", easy / "kd-warmup", setup_context("cpu"), teacher)
+        assert [stage.distill_scale(step) for step in (0, 5, 10, 24)] == expected
+    # the scale reaches the loss: same batch, fixed sample weights, so only the step differs
+    config = load_config(None, tiny_config(place_dataset, easy / "cache", mode="structvpr++", distill={"warmup_steps": 10, "samples": {"enabled": False}}, teacher_checkpoint=str(teacher)))
+    stage = Stage(config, "student", easy / "kd-warmup", setup_context("cpu"), teacher)
+    _, indices, places = next(iter(PlaceBatchSampler(stage.groups.places, 4, 2)))
+    labels = torch.from_numpy(places)
+    with torch.no_grad():
+        distill = [stage.losses(stage.parts, indices, labels, step)[0]["distill"].item() for step in (0, 5, 10)]
+    assert distill[0] == 0.0 and distill[2] > 0 and distill[1] == pytest.approx(distill[2] / 2, rel=1e-4)
+    with pytest.raises(ConfigError):
+        load_config(None, tiny_config(place_dataset, easy / "cache", distill={"warmup_steps": -1}))

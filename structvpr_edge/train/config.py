@@ -70,6 +70,9 @@ class DistillConfig:
     feature_weight: float = 0.0  # cosine of projected sub-descriptors to the teacher's
     similarity_weight: float = 0.0  # squared error of the aligned similarities
     negative_weight: float = 0.0  # teacher-ranked hard negatives, teacher's margin
+    # The KD schedule, tried on val (issue 9): the whole KD term rises linearly from 0 over these
+    # steps, so the student's masks and metric space form before the teacher pulls; 0 = full from step 0.
+    warmup_steps: int = 0
     samples: SampleWeightConfig = field(default_factory=SampleWeightConfig)
 
 
@@ -99,6 +102,8 @@ class TrainConfig:
             raise ConfigError(f"optim.loss must be multi_similarity or triplet, got {self.optim.loss!r}")
         if self.distill.samples.memory_batches < 0:
             raise ConfigError(f"distill.samples.memory_batches must be >= 0, got {self.distill.samples.memory_batches}")
+        if self.distill.warmup_steps < 0:
+            raise ConfigError(f"distill.warmup_steps must be >= 0, got {self.distill.warmup_steps}")
         if self.optim.steps < 1 or self.teacher_optim.steps < 1:
             raise ConfigError(f"optim.steps and teacher_optim.steps must be >= 1, got {self.optim.steps}, {self.teacher_optim.steps}")
         extra = (self.distill.feature_weight, self.distill.similarity_weight, self.distill.negative_weight)

@@ -194,6 +194,10 @@ class Stage:
         weight = self.config.mask_loss_weight if self.recipe.mask_loss else 0.0
         return weight * (1 - step / self.optim.steps) if self.config.mask_loss_decay else weight
 
+    def distill_scale(self, step: int) -> float:
+        warmup = self.config.distill.warmup_steps
+        return min(1.0, step / warmup) if warmup > 0 else 1.0
+
     def losses(self, net: nn.Module, indices: np.ndarray, labels: torch.Tensor, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """The weighted loss terms (their sum is minimised) and the sample groups of this batch
         (None without a teacher)."""
@@ -213,7 +217,7 @@ class Stage:
             kd = distill.weight * relational_terms(parts, teacher, self.model, self.teacher, distill)
             extra = extra_terms(parts, teacher, labels, self.projector, distill)
             kd = kd if extra is None else kd + extra
-            terms["distill"] = (group_weights(sample_group, distill.samples) * kd).mean()
+            terms["distill"] = self.distill_scale(step) * (group_weights(sample_group, distill.samples) * kd).mean()
         return terms, sample_group
 
     @torch.no_grad()
