@@ -1,7 +1,7 @@
 """Train every row of the method table on several seeds with one budget, then print mean +- std.
 
     python benchmarks/method_table.py --dataset data/synthcity-bench --runs runs/table \
-        [--rows baseline,baseline-head,student-nokd,global-kd,group-kd,relational-kd,structvprpp,structvpr] \
+        [--rows baseline,baseline-head,student-nokd,global-kd,group-kd,relational-kd,negatives-kd,structvprpp,structvpr] \
         [--row 'kd-w10=structvprpp.yaml:distill.weight=10'] [--seeds 3] [--steps 1000] [--jobs 1] [--test]
         [--distill-set distill.weight=10] [--deadline-min M]
 
@@ -21,7 +21,7 @@ from structvpr_edge.eval.evaluate import evaluate
 from structvpr_edge.eval.models import load_extractor
 from structvpr_edge.train.table import ROWS, last_val_recall, median_kd_grad_ratio, parse_row, run_dir, summarize, train_table
 
-DEFAULT_ROWS = "baseline,baseline-head,student-nokd,global-kd,group-kd,relational-kd,structvprpp,structvpr"
+DEFAULT_ROWS = "baseline,baseline-head,student-nokd,global-kd,group-kd,relational-kd,negatives-kd,structvprpp,structvpr"
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from structvpr_edge.train.table import (CONFIGS, ROWS, Row, last_val_recall, med
 def test_parse_row_names_and_variants():
     assert parse_row("structvprpp") == ROWS["structvprpp"] and parse_row("structvprpp").distils
     assert not parse_row("student-nokd").distils and not parse_row("baseline-head").distils
-    assert parse_row("global-kd").overrides == ("distill.per_group=false", "distill.samples.enabled=false", "distill.negative_weight=0")
+    assert parse_row("global-kd").overrides == ("distill.per_group=false", "distill.samples.enabled=false", "distill.negative_weight=0", "distill.warmup_steps=0")
     variant = parse_row("kd-w10=structvprpp.yaml:distill.weight=10:distill.temperature=0.2")
     assert variant == Row("kd-w10", "structvprpp.yaml", ("distill.weight=10", "distill.temperature=0.2")) and variant.distils
     assert not parse_row("off=structvprpp.yaml:distill.weight=0").distils
@@ -28,14 +28,16 @@ def test_parse_row_names_and_variants():
 
 
 def test_distilling_rows_add_one_part_each():
-    """global-kd -> + label split -> + sample weights (relational-kd) -> + teacher-ranked negatives (structvprpp)."""
+    """global-kd -> + label split -> + sample weights (relational-kd) -> + teacher-ranked negatives
+    (negatives-kd) -> + KD warm-up (structvprpp)."""
     def distill(name: str) -> DistillConfig:
         row = ROWS[name]
         return load_config(CONFIGS / row.config, dotted_overrides(list(row.overrides))).distill
 
     full = distill("structvprpp")
-    assert full.negative_weight > 0 and full.per_group and full.samples.enabled
-    assert distill("relational-kd") == replace(full, negative_weight=0.0)
+    assert full.negative_weight > 0 and full.per_group and full.samples.enabled and full.warmup_steps > 0
+    assert distill("negatives-kd") == replace(full, warmup_steps=0)
+    assert distill("relational-kd") == replace(distill("negatives-kd"), negative_weight=0.0)
     assert distill("group-kd") == replace(distill("relational-kd"), samples=replace(full.samples, enabled=False))
     assert distill("global-kd") == replace(distill("group-kd"), per_group=False)
     assert load_config(CONFIGS / "gpu.yaml").distill == full  # the GPU recipe trains the same method
@@ -47,7 +49,7 @@ def test_run_dir_and_train_command():
     assert command[:4] == [sys.executable, "-m", "structvpr_edge.cli", "train"]
     sets = [command[i + 1] for i, arg in enumerate(command) if arg == "--set"]
     assert sets == ["dataset=data/x", "seed=1", "optim.steps=300", "teacher_checkpoint=t/model.pt",
-                    "distill.per_group=false", "distill.samples.enabled=false", "distill.negative_weight=0"]
+                    "distill.per_group=false", "distill.samples.enabled=false", "distill.negative_weight=0", "distill.warmup_steps=0"]
     assert "teacher_optim.steps=300" in train_command(ROWS["teacher"], "data/x", 300, 0, Path("out"), None)
 
 

@@ -40,16 +40,18 @@ class Row:
 
 NO_WEIGHTS = "distill.samples.enabled=false"
 RELATIONAL_ONLY = "distill.negative_weight=0"
+NO_WARMUP = "distill.warmup_steps=0"
 # Each distilling row adds one part to the row above it; structvprpp is the full method.
 ROWS: dict[str, Row] = {row.name: row for row in (
     Row("teacher", "teacher.yaml"),
     Row("baseline", "baseline.yaml"),
     Row("baseline-head", "baseline-head.yaml"),
     Row("student-nokd", "student-nokd.yaml"),
-    Row("global-kd", "structvprpp.yaml", ("distill.per_group=false", NO_WEIGHTS, RELATIONAL_ONLY)),
-    Row("group-kd", "structvprpp.yaml", (NO_WEIGHTS, RELATIONAL_ONLY)),
-    Row("relational-kd", "structvprpp.yaml", (RELATIONAL_ONLY,)),  # + sample weights: StructVPR++ before issue 9's negatives
-    Row("structvprpp", "structvprpp.yaml"),  # + teacher-ranked hard negatives
+    Row("global-kd", "structvprpp.yaml", ("distill.per_group=false", NO_WEIGHTS, RELATIONAL_ONLY, NO_WARMUP)),
+    Row("group-kd", "structvprpp.yaml", (NO_WEIGHTS, RELATIONAL_ONLY, NO_WARMUP)),
+    Row("relational-kd", "structvprpp.yaml", (RELATIONAL_ONLY, NO_WARMUP)),  # + sample weights: StructVPR++ before issue 9's negatives
+    Row("negatives-kd", "structvprpp.yaml", (NO_WARMUP,)),  # + teacher-ranked hard negatives: StructVPR++ before the KD warm-up
+    Row("structvprpp", "structvprpp.yaml"),  # + the KD warm-up
     Row("structvpr", "structvpr.yaml"),
 )}
 
