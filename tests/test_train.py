@@ -266,6 +266,9 @@ def test_dotted_overrides_and_shipped_configs():
     assert overrides == {"distill": {"samples": {"enabled": False}}, "optim": {"steps": 10}, "mode": "baseline"}
     with pytest.raises(ConfigError):
         dotted_overrides(["steps"])
+    for wrong in ("distill.warmup_steps=abc", "distill.samples.enabled=1", "optim.steps=2.5"):  # typed, not a TypeError mid-run
+        with pytest.raises(ConfigError, match="must be"):
+            load_config(None, dotted_overrides([wrong]))
     configs = Path(__file__).resolve().parents[1] / "structvpr_edge" / "configs"
     modes = {path.stem: load_config(path).mode for path in configs.glob("*.yaml")}
     assert modes["structvprpp"] == "structvpr++" and modes["teacher"] == "teacher" and modes["gpu"] == "structvpr++"

@@ -116,6 +116,10 @@ class TrainConfig:
         return self
 
 
+# What a YAML or --set value may be for a default of each scalar type (an int is a valid float).
+SCALAR_TYPES: dict[type, tuple[type, ...]] = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+
+
 def merge(instance: Any, updates: dict, where: str = "config") -> Any:
     """A copy of dataclass ``instance`` with ``updates`` applied recursively; unknown keys raise."""
     if not isinstance(updates, dict):
@@ -130,6 +134,8 @@ def merge(instance: Any, updates: dict, where: str = "config") -> Any:
             changes[key] = merge(current, value, f"{where}.{key}")
         elif isinstance(current, tuple) and isinstance(value, list):
             changes[key] = tuple(value)
+        elif current is not None and not isinstance(value, SCALAR_TYPES.get(type(current), object)):
+            raise ConfigError(f"{where}.{key} must be {type(current).__name__}, got {value!r}")
         else:
             changes[key] = value
     return dataclasses.replace(instance, **changes)
