@@ -1,6 +1,7 @@
 """The method table's bookkeeping (structvpr_edge.train.table), without training anything."""
 import json
 import sys
+import tarfile
 from pathlib import Path
 
 from dataclasses import replace
@@ -79,3 +80,26 @@ def test_summarize_prints_mean_and_std_over_seeds():
         "| student-nokd | 2 | 60.0 ± 10.0 | 62.0 ± 2.0 |",
         "| structvprpp | 1 | 90.0 ± 0.0 |  |",
     ]
+
+
+def test_gpu_table_packs_what_a_reader_needs_and_reads_val(tmp_path):
+    """benchmarks/gpu_table.py: one tar per row with model, log and console output (no resume
+    state, no caches, since only 64 MiB come back), and each run's last val R@1."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_table
+
+    assert gpu_table.image_size(parse_row("x=structvprpp.yaml:image_size=[320,240]")) == (320, 240)
+    assert gpu_table.image_size(ROWS["structvprpp"]) == (160, 120)
+    finished, stopped = tmp_path / "runs" / "row-10" / "s0", tmp_path / "runs" / "row-10" / "s1"
+    for run in (finished, stopped):
+        run.mkdir(parents=True)
+        (run / "log.jsonl").write_text(json.dumps({"step": 9, "val_recall@1": 0.5}) + "\n")
+        (run / "last.pt").write_bytes(b"resume state")
+    (finished / "model.pt").write_bytes(b"weights")
+    out = tmp_path / "out"
+    out.mkdir()
+    gpu_table.pack(tmp_path / "runs", "row-10", [0, 1], out)
+    with tarfile.open(out / "row-10.tgz") as tar:
+        assert sorted(tar.getnames()) == ["row-10/s0/log.jsonl", "row-10/s0/model.pt", "row-10/s1/log.jsonl"]
+    table = gpu_table.val_table(tmp_path / "runs", ["row-10"], [0, 1])
+    assert [(r["finished"], r["val"]) for r in table["row-10"]] == [(True, 0.5), (False, 0.5)]
