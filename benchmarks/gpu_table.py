@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--runs", default="/tmp/table")
     parser.add_argument("--deadline-s", type=float, default=540, help="stop every run still going after this many seconds")
     args = parser.parse_args()
+    if any(not steps.isdigit() or not specs for steps, *specs in args.table):
+        parser.error("each --table is a step count, then one or more rows")
     tables = [(int(steps), [parse_row(spec) for spec in specs]) for steps, *specs in args.table]
     seeds, runs, out = list(range(args.seeds)), Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
