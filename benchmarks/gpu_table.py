@@ -8,7 +8,7 @@
 2. The shared caches, one short run per input size, then the teachers (one per seed), so that
    no two runs build the same cache and every student starts with its teacher ready.
 3. Every run of every table at once, each in its own process (one GPU, one CPU thread each);
-   runs still going at the deadline are stopped (a stopped run counts for nothing).
+   runs still going at the deadline are killed (a stopped run counts for nothing).
 4. OUT gets one tar per row (each run's model.pt, log.jsonl, train.log), written as soon as the
    row is finished, and val.json (each run's last val R@1 and KD gradient share). The test split
    is not read here: it is read once per model where the checkpoints land.
@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tarfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from structvpr_edge.train.config import dotted_overrides, load_config
@@ -42,26 +44,25 @@ def image_size(row: Row) -> tuple[int, int]:
 def warm_caches(dataset: str, sizes: set[tuple[int, int]], work: Path) -> None:
     """One one-step run of the teacher-off student per input size: it builds the label fractions and
     the frozen-backbone features of train and val that every later run of that size memory-maps."""
-    threads = []
-    for width, height in sorted(sizes):
-        row = Row(f"warm-{width}x{height}", "student-nokd.yaml", (f"image_size=[{width},{height}]",))
-        out = work / row.name
-        command = train_command(row, dataset, 1, 0, out, None)
-        threads.append(threading.Thread(target=train_run, args=(command, out, 2)))
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    def warm(size: tuple[int, int]) -> Path:
+        row = Row(f"warm-{size[0]}x{size[1]}", "student-nokd.yaml", (f"image_size=[{size[0]},{size[1]}]",))
+        return train_run(train_command(row, dataset, 1, 0, work / row.name, None), work / row.name, threads=2)
+
+    with ThreadPoolExecutor(len(sizes)) as pool:
+        list(pool.map(warm, sorted(sizes)))
 
 
 def pack(runs: Path, name: str, seeds: list[int], out: Path) -> None:
-    """One tar per row: what a later reader needs of each run, no caches."""
-    with tarfile.open(out / f"{name}.tgz", "w:gz") as tar:
+    """One tar per row: what a later reader needs of each run, no caches. Written aside and renamed,
+    so a call killed mid-write brings back no truncated tar."""
+    partial = out / f".{name}.partial"
+    with tarfile.open(partial, "w:gz") as tar:
         for seed in seeds:
             for file in ("model.pt", "log.jsonl", "train.log"):
                 path = runs / name / f"s{seed}" / file
                 if path.exists():
                     tar.add(path, arcname=f"{name}/s{seed}/{file}")
+    os.replace(partial, out / f"{name}.tgz")
 
 
 def val_table(runs: Path, names: list[str], seeds: list[int]) -> dict[str, list[dict]]:
@@ -93,7 +94,7 @@ def main() -> None:
     say("data ready")
     warm_caches(args.dataset, {image_size(row) for _, rows in tables for row in rows}, runs / "warm")
     say("caches built")
-    train_table([ROWS["teacher"]], args.dataset, seeds, args.teacher_steps, runs, jobs=len(seeds), deadline=deadline)
+    train_table([ROWS["teacher"]], args.dataset, seeds, args.teacher_steps, runs, jobs=len(seeds), deadline=deadline, stop=deadline)
     say("teachers trained")
 
     names = {f"teacher-{args.teacher_steps}": seeds}
@@ -101,21 +102,19 @@ def main() -> None:
     for steps, rows in tables:
         names |= {run_dir(runs, row, steps, 0).parent.name: seeds for row in rows}
         work = threading.Thread(target=train_table, args=(rows, args.dataset, seeds, steps, runs),
-                                kwargs={"jobs": len(rows) * len(seeds), "teacher_steps": args.teacher_steps, "deadline": deadline})
+                                kwargs={"jobs": len(rows) * len(seeds), "teacher_steps": args.teacher_steps, "deadline": deadline, "stop": deadline})
         work.start()
         workers.append(work)
     packed: set[str] = set()
     while True:
+        training = any(w.is_alive() for w in workers)
         for name, row_seeds in names.items():
             if name not in packed and all((runs / name / f"s{s}" / "model.pt").exists() for s in row_seeds):
                 pack(runs, name, row_seeds, out)
                 packed.add(name)
                 say(f"{name} finished")
-        if not any(w.is_alive() for w in workers):
+        if not training:
             break
-        if time.time() > deadline:
-            say("deadline: stopping the runs still going")
-            subprocess.run(["pkill", "-f", "structvpr_edge.cli train"], check=False)
         time.sleep(5)
     for name, row_seeds in names.items():
         if name not in packed:

@@ -2,6 +2,7 @@
 import json
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 from dataclasses import replace
@@ -62,6 +63,13 @@ def test_finished_or_late_runs_are_not_started(tmp_path):
     train_run(failing, tmp_path / "late", threads=1, deadline=0.0)
     assert not (tmp_path / "done" / "train.log").exists() and not (tmp_path / "late").exists()
 
+
+
+def test_a_run_still_going_at_the_stop_time_is_killed(tmp_path):
+    began = time.time()
+    train_run([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "slow", threads=1, stop=began + 1)
+    assert time.time() - began < 30 and not (tmp_path / "slow" / "model.pt").exists()
+    assert "stopped" in (tmp_path / "slow" / "train.log").read_text()
 
 def test_log_readers(tmp_path):
     rows = [{"step": 0, "loss": 1.0, "kd_grad_ratio": 0.2}, {"step": 9, "val_recall@1": 0.4}, {"step": 10, "loss": 0.7, "kd_grad_ratio": 5e9},

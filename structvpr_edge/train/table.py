@@ -84,38 +84,44 @@ def train_command(row: Row, dataset: str, steps: int, seed: int, out: Path, teac
     return command
 
 
-def train_run(command: list[str], out: Path, threads: int, deadline: float | None = None) -> Path:
+def train_run(command: list[str], out: Path, threads: int, deadline: float | None = None, stop: float | None = None) -> Path:
     """One run in its own process (so runs go in parallel), its console output in ``out/train.log``.
-    A run not started by ``deadline`` (a time.time() value) is skipped: a table cut short keeps what finished."""
+    A run not started by ``deadline`` (a time.time() value) is skipped, and one still going at
+    ``stop`` is killed (no model.pt: it counts as unfinished): a table cut short keeps what finished."""
     if not (out / "model.pt").exists() and (deadline is None or time.time() < deadline):
         out.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         with (out / "train.log").open("w") as log:
-            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+            try:
+                subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False,
+                               timeout=None if stop is None else max(0.0, stop - time.time()))
+            except subprocess.TimeoutExpired:
+                log.write("\nstopped: the table's stop time came\n")
     return out
 
 
 def train_table(rows: list[Row], dataset: str, seeds: list[int], steps: int, runs: Path, jobs: int = 1,
                 teacher_steps: int | None = None, threads: int = 1, distill_overrides: tuple[str, ...] = (),
-                deadline: float | None = None) -> None:
+                deadline: float | None = None, stop: float | None = None) -> None:
     """Teachers first (one per seed), then every other row, ``jobs`` runs at a time, seeds interleaved
     so a table cut short still has every row on its first seeds. The first teacher and the first
     student go first, side by side: they build the shared caches (label fractions, frozen-backbone
     features) that the other runs then read; a distilling run waits for its seed's teacher.
-    ``distill_overrides`` apply to the rows that distil (e.g. a KD weight chosen on val)."""
+    ``distill_overrides`` apply to the rows that distil (e.g. a KD weight chosen on val);
+    ``deadline`` and ``stop`` are train_run's."""
     teacher = ROWS["teacher"]
     teacher_steps = teacher_steps or steps
     teachers = {s: run_dir(runs, teacher, teacher_steps, s) for s in seeds}
 
     def teacher_job(seed: int) -> Path:
-        return train_run(train_command(teacher, dataset, teacher_steps, seed, teachers[seed], None), teachers[seed], threads, deadline)
+        return train_run(train_command(teacher, dataset, teacher_steps, seed, teachers[seed], None), teachers[seed], threads, deadline, stop)
 
     def student_job(row_seed: tuple[Row, int]) -> Path:
         row, seed = row_seed
         if row.distils:  # the overrides may not switch the teacher off: they apply to distilling rows only
             row = Row(row.name, row.config, row.overrides + distill_overrides)
         out = run_dir(runs, row, steps, seed)
-        return train_run(train_command(row, dataset, steps, seed, out, teachers[seed] / "model.pt" if row.distils else None), out, threads, deadline)
+        return train_run(train_command(row, dataset, steps, seed, out, teachers[seed] / "model.pt" if row.distils else None), out, threads, deadline, stop)
 
     students = [(r, s) for s in seeds for r in rows if r != teacher]
     with ThreadPoolExecutor(max(1, jobs)) as pool:
