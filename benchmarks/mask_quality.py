@@ -16,39 +16,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
 from structvpr_edge.data.dataset import load_dataset
 from structvpr_edge.errors import DatasetError, ModelError
-from structvpr_edge.images import read_label, read_rgb
+from structvpr_edge.eval.masks import mask_scores, summarise
 from structvpr_edge.labels import LABEL_GROUPS
 from structvpr_edge.models.checkpoint import load_checkpoint
 from structvpr_edge.models.student import StructVPRStudent
-from structvpr_edge.train.data import label_fractions, normalize_images
-
-
-@torch.no_grad()
-def mask_scores(model: StructVPRStudent, image_size: tuple[int, int], images: list[Path], labels: list[Path], batch: int = 64) -> dict:
-    """Per image: soft overlap, and per group (intersection, union) cell counts of the argmax."""
-    overlap, inter, union = [], np.zeros((len(images), len(LABEL_GROUPS))), np.zeros((len(images), len(LABEL_GROUPS)))
-    for start in tqdm(range(0, len(images), batch), desc="masks", unit="batch", leave=False):
-        rgb = np.stack([read_rgb(p, image_size) for p in images[start : start + batch]])
-        predicted = model.forward_parts(normalize_images(rgb)).mask_logits.softmax(dim=1).numpy()
-        grid = (predicted.shape[3], predicted.shape[2])
-        truth = np.stack([label_fractions(read_label(p, None), grid) for p in labels[start : start + batch]]) / 255
-        overlap.extend(np.minimum(predicted, truth).sum(axis=1).mean(axis=(1, 2)))
-        dominated = truth.max(axis=1) > 0.5
-        for k in range(len(LABEL_GROUPS)):
-            pred_k, true_k = (predicted.argmax(axis=1) == k) & dominated, (truth.argmax(axis=1) == k) & dominated
-            inter[start : start + len(rgb), k] = (pred_k & true_k).sum(axis=(1, 2))
-            union[start : start + len(rgb), k] = (pred_k | true_k).sum(axis=(1, 2))
-    return {"overlap": np.array(overlap), "intersection": inter, "union": union}
-
-
-def summarise(scores: dict, rows: np.ndarray) -> dict:
-    iou = scores["intersection"][rows].sum(axis=0) / np.maximum(scores["union"][rows].sum(axis=0), 1)
-    return {"overlap": float(scores["overlap"][rows].mean()), "iou": dict(zip(LABEL_GROUPS, iou.round(3).tolist()))}
 
 
 def main() -> None:

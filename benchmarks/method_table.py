@@ -3,11 +3,12 @@
     python benchmarks/method_table.py --dataset data/synthcity-bench --runs runs/table \
         [--rows baseline,baseline-head,student-nokd,global-kd,group-kd,relational-kd,negatives-kd,structvprpp,structvpr] \
         [--row 'kd-w10=structvprpp.yaml:distill.weight=10'] [--seeds 3] [--steps 1000] [--jobs 1] [--test]
-        [--distill-set distill.weight=10] [--deadline-min M]
+        [--distill-set distill.weight=10] [--set real.root=../shared/data/camvid] [--real-val] [--deadline-min M]
 
 Val R@1 (the last validation of each run) is always reported: settings are chosen on it.
 ``--test`` also evaluates every finished run on the test split, for the report (read once per
-finished model). Writes every run's figures to --json (default RUNS/table-STEPS.json).
+finished model). ``--real-val`` adds the real val columns: corridor R@1 / R@5 and the students'
+mask mIoU on CamVid val. Writes every run's figures to --json (default RUNS/table-STEPS.json).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from structvpr_edge.data.dataset import load_dataset
 from structvpr_edge.eval.evaluate import evaluate
 from structvpr_edge.eval.models import load_extractor
-from structvpr_edge.train.table import ROWS, last_val_recall, median_kd_grad_ratio, parse_row, run_dir, summarize, train_table
+from structvpr_edge.train.table import ROWS, last_val_recall, median_kd_grad_ratio, parse_row, real_val, run_dir, summarize, train_table
 
 DEFAULT_ROWS = "baseline,baseline-head,student-nokd,global-kd,group-kd,relational-kd,negatives-kd,structvprpp,structvpr"
 
@@ -37,6 +38,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     parser.add_argument("--distill-set", action="append", default=[], metavar="KEY=VALUE",
                         help="an option for every row that distils (e.g. distill.weight=10)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="an option for every row and the teachers (e.g. real.root=../shared/data/camvid)")
+    parser.add_argument("--real-val", action="store_true", help="add the real val columns (corridor R@1/R@5, CamVid-val mask mIoU)")
+    parser.add_argument("--corridor", default="../shared/data/corridor", help="the real place-recognition val")
+    parser.add_argument("--camvid", default="../shared/data/camvid", help="real street frames with labels (val split)")
     parser.add_argument("--deadline-min", type=float, default=None, help="start no run after this many minutes")
     parser.add_argument("--test", action="store_true", help="also evaluate every finished run on the test split")
     parser.add_argument("--json", help="where to write every run's figures (default RUNS/table-STEPS.json)")
@@ -45,7 +51,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s] if "," in args.seeds else list(range(int(args.seeds)))
     runs = Path(args.runs)
     deadline = time.time() + 60 * args.deadline_min if args.deadline_min is not None else None
-    train_table(rows, args.dataset, seeds, args.steps, runs, args.jobs, args.teacher_steps, args.threads, tuple(args.distill_set), deadline)
+    train_table(rows, args.dataset, seeds, args.steps, runs, args.jobs, args.teacher_steps, args.threads, tuple(args.distill_set), deadline,
+                overrides=tuple(args.overrides))
     test = load_dataset(args.dataset, "test") if args.test else None
     results: dict[str, list[dict]] = {}
     teacher = [ROWS["teacher"]] if any(r.distils for r in rows) and ROWS["teacher"] not in rows else []  # only where it teaches
@@ -56,6 +63,8 @@ def main() -> None:
             if not (out / "model.pt").exists():
                 continue
             figures = {"seed": seed, "val": last_val_recall(out), "kd_grad_ratio": median_kd_grad_ratio(out)}
+            if args.real_val:
+                figures |= real_val(out / "model.pt", Path(args.corridor), Path(args.camvid))
             if test is not None:
                 report = evaluate(load_extractor(str(out / "model.pt")), test).to_json()
                 figures["test"] = report["recall"]["1"]

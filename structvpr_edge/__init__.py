@@ -4,18 +4,21 @@
 
 The runtime imports without torch; training and export import it when used.
 """
-__version__ = "0.1.0"
-__all__ = ["EdgeVPR", "Localization", "Place", "PlaceMap", "__version__"]
+from .errors import (BackendError, ConfigError, DatasetError, MapError, ModelError, StructVPRError, ThresholdError,
+                     UncalibratedWarning, UpscaleWarning)
+
+__version__ = "0.1.0"  # the one place the version is written: setup.py reads it
+__all__ = ["EdgeVPR", "Localization", "Match", "TemporalConfig", "PlaceMap", "Place", "Threshold",
+           "StructVPRError", "ConfigError", "DatasetError", "ModelError", "MapError", "ThresholdError", "BackendError",
+           "UpscaleWarning", "UncalibratedWarning", "__version__"]
+LAZY = {"EdgeVPR": "edgevpr", "Localization": "edgevpr", "Match": "edgevpr", "TemporalConfig": "temporal",
+        "PlaceMap": "map", "Place": "map", "Threshold": "map"}  # name -> its module in runtime/
 
 
 def __getattr__(name: str):
-    """Lazy exports: ``import structvpr_edge`` stays cheap for the command line."""
-    if name in ("EdgeVPR", "Localization"):
-        from .runtime import edgevpr
+    """Lazy exports: ``import structvpr_edge`` stays cheap for the command line (no numpy, no faiss)."""
+    if name in LAZY:
+        from importlib import import_module
 
-        return getattr(edgevpr, name)
-    if name in ("Place", "PlaceMap"):
-        from .runtime import map as place_map
-
-        return getattr(place_map, name)
+        return getattr(import_module(f".runtime.{LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'structvpr_edge' has no attribute {name!r}")

@@ -14,11 +14,20 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from . import __version__
 from .artifacts import BACKENDS
 from .data.dataset import DEFAULT_POSITIVE_RADIUS_M
 from .errors import ConfigError, StructVPRError
+from .labels import SCHEMES
+from .files import check_not_an_input
 
 SYNTH_PRESETS = ("smoke", "benchmark", "benchmark-hard")  # data/synthcity/generate.PRESETS, not imported to parse (tests/test_cli.py)
+SEGMENTERS = ("espnet-cityscapes",)  # deploy/segmenter.SEGMENTERS, not imported to parse: torch (tests/test_espnet.py)
+
+
+DESCRIPTION = ("StructVPR++-style visual place recognition for vehicles and robots: generate data, train, export and "
+               "quantize models, build maps of geo-tagged images and localize camera frames in them. Commands marked "
+               "[needs torch] need PyTorch; the others run on an edge device without it.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,6 +35,27 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each option's help ends with its default, unless it has none (None, off, empty) or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if any(action.default is none for none in (None, False, argparse.SUPPRESS)) or action.default == [] or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def version() -> str:
+    """The installed package's version, or the source tree's when it is not installed."""
+    from importlib.metadata import PackageNotFoundError  # noqa: PLC0415
+    from importlib.metadata import version as installed  # noqa: PLC0415
+
+    try:
+        return installed("structvpr-edge")
+    except PackageNotFoundError:
+        return __version__
 
 
 def _number(convert, valid, what: str):
@@ -43,10 +73,19 @@ def _number(convert, valid, what: str):
     return parse
 
 
-_positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+def _count(limit: int):
+    """An argparse type: an integer in 1..``limit`` (a count beyond it is a typo that would exhaust memory or processes)."""
+    return _number(int, lambda v: 1 <= v <= limit, f"an integer in 1..{limit}")
+
+
+_positive_int = _count(1_000_000)
+_batch = _count(1024)
+_seed = _number(int, lambda v: 0 <= v < 2**32, "a seed in 0..2**32-1")
+_recall_points = _number(float, lambda v: -100 <= v <= 100, "Recall@1 points in -100..100")
 _positive_float = _number(float, lambda v: v > 0, "a finite number > 0")
 _fraction = _number(float, lambda v: 0 < v < 1, "a number in (0, 1)")
 _opset = _number(int, lambda v: 11 <= v <= 20, "an ONNX opset in 11..20 (17 is the newest TensorRT 8.6 parses)")
+_non_negative = _number(float, lambda v: v >= 0, "a finite number >= 0")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -55,9 +94,16 @@ def _size(text: str) -> tuple[int, int]:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 320x240, got {text!r}") from None
-    if width <= 0 or height <= 0:
-        raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
+    from .images import MAX_SIDE  # noqa: PLC0415 - OpenCV is imported only when a size is given
+
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
+        raise argparse.ArgumentTypeError(f"image size must be 1..{MAX_SIDE} pixels per side, got {text!r}")
     return width, height
+
+
+def _side(text: str) -> int:
+    """One side of --size (the old --width / --height), bounded as --size is."""
+    return _size(f"{text}x{text}")[0]
 
 
 def _threads(text: str) -> int | str:
@@ -77,6 +123,22 @@ def _check_output(path: str | None) -> None:
         raise ConfigError(f"cannot write {path}: {existing} is not a writable folder")
 
 
+OUTPUTS = ("out", "json", "plot", "retrievals")  # the options naming what a command writes
+INPUTS = ("model", "onnx", "checkpoint", "config", "dataset", "val_dataset", "images", "pngs", "parity_images", "calibration", "map", "frames")
+IN_PLACE = ("convert-checkpoint",)  # rewrites its input on purpose (written aside, swapped in whole)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before any work, for every command: no output may name one of the command's inputs."""
+    if args.command in IN_PLACE:
+        return
+    values = [getattr(args, name, None) for name in INPUTS]
+    inputs = [v for value in values for v in (value if isinstance(value, list) else [value])]
+    for name in OUTPUTS:
+        if getattr(args, name, None):
+            check_not_an_input(getattr(args, name), inputs)
+
+
 def arg(*flags: str, **options) -> tuple:
     """One option, as ``add_argument`` takes it; ``one_of=(arg, ...)``: mutually exclusive options."""
     return flags, options
@@ -87,10 +149,23 @@ def model(note: str = "", **options) -> tuple:
     return arg("--model", required="default" not in options, help=kinds + note, **options)
 
 
-def dataset(what: str = "dataset root (standard VPR layout, see README)", split: str | None = "test") -> tuple:
-    """--dataset and, unless ``split`` is None, --split with that default."""
+def dataset(what: str = "dataset root (standard VPR layout, see README)", split: str | None = "test", or_bag: bool = False) -> tuple:
+    """--dataset (or, ``or_bag``, --bag instead) and, unless ``split`` is None, --split with that default."""
     splits = (arg("--split", default=split, help=f"split of --dataset (default {split})"),) if split else ()
+    if or_bag:
+        return arg(one_of=(arg("--dataset", help=what), BAG)), *splits
     return arg("--dataset", required=True, help=what), *splits
+
+
+def _check_drive_options(args: argparse.Namespace, topics: tuple[str, ...]) -> None:
+    """The topic options go with --bag, and --bag needs ``topics`` (checked before any work)."""
+    given = [t for t in ("image_topic", "pose_topic") if getattr(args, t, None)]
+    if args.bag:
+        missing = ["--" + t.replace("_", "-") for t in topics if t not in given]
+        if missing:
+            raise ConfigError(f"--bag needs {' and '.join(missing)}")
+    elif given:
+        raise ConfigError(f"{', '.join('--' + t.replace('_', '-') for t in given)} go with --bag")
 
 
 def size(what: str) -> tuple:
@@ -98,70 +173,106 @@ def size(what: str) -> tuple:
 
 
 THREADS = arg("--threads", type=_threads, default="auto", help="CPU inference threads: auto (measured, cached) or a count")
-RUNTIME = (model(), arg("--backend", default="auto", choices=BACKENDS), THREADS)  # every command that runs EdgeVPR
+RUNTIME_NEEDS = "torch only for a checkpoint or shipped --model"  # what the commands that run EdgeVPR need
+MAX_POSE_GAP_S, MAP_SPACING_M = 0.5, 2.0  # data/drives.DEFAULT_MAX_GAP_S and DEFAULT_MIN_SPACING_M, not imported to parse (tests/test_drives.py)
+BAG = arg("--bag", help="a ROS 2 drive: rosbag2 folder (sqlite3 or MCAP storage), or one .mcap / .db3 file")
+IMAGE_TOPIC = arg("--image-topic", help="camera topic of --bag: sensor_msgs/msg/Image (bgr8, rgb8, mono8) or CompressedImage (JPEG, PNG)")
+POSE_TOPIC = arg("--pose-topic", help="pose topic of --bag: sensor_msgs/msg/NavSatFix (to UTM, zone from the data), nav_msgs/msg/Odometry, "
+                                      "geometry_msgs/msg/PoseStamped or PoseWithCovarianceStamped")
+POSE_GAP = arg("--max-pose-gap", type=_non_negative, default=MAX_POSE_GAP_S, metavar="SECONDS",
+               help=f"frames farther in time than this from every pose are skipped and counted (default {MAX_POSE_GAP_S})")
+TRUST = arg("--trust-checkpoint", action="store_true",
+            help="also open a .pt checkpoint that holds more than tensors and plain data: loading it runs any code the file "
+                 "carries, with your permissions. Only for a file from a source you trust (docs/security.md)")
+RUNTIME = (model(), arg("--backend", default="auto", choices=BACKENDS,
+                        help="inference backend; auto: by --model (.engine/.plan TensorRT, .onnx ONNX Runtime, else torch)"),
+           THREADS, TRUST)  # every command that runs EdgeVPR
 COMMANDS: dict[str, tuple[str, tuple, dict[str, str], Callable]] = {}  # name -> help, options, old spellings, handler
 
 
-def command(name: str, help: str, *options: tuple, renamed: dict[str, str] | None = None):
+def command(name: str, help: str, *options: tuple, renamed: dict[str, str] | None = None, needs: str = ""):
     """Register the decorated handler as subcommand ``name``. ``renamed``: old spelling -> today's,
     still accepted (users' scripts keep working) with a warning on stderr; an old spelling that is
-    itself a hidden option (a part of today's) is kept as given."""
+    itself a hidden option (a part of today's) is kept as given. ``needs``: what it needs beyond the
+    edge install (torch, TensorRT), said in its one-line help."""
 
     def register(handler: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
-        COMMANDS[name] = (help, options, renamed or {}, handler)
+        COMMANDS[name] = (f"{help} [needs {needs}]" if needs else help, options, renamed or {}, handler)
         return handler
 
     return register
 
 
 @command("demo", "generate a route, map it, localize a night/winter drive with the shipped model",
-         arg("--out", default="demo-output"), model(default="structvprpp"), arg("--places", type=_positive_int, default=120), THREADS)
+         arg("--out", default="demo-output", help="output folder: the route, the map, demo.json and demo.png"), model(default="structvprpp"),
+         arg("--places", type=_count(10_000), default=120, help="places along the demo route"), THREADS, TRUST, needs="torch")
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import print_summary, run_demo
 
-    print_summary(run_demo(args.out, model=args.model, places=args.places, threads=args.threads))
+    print_summary(run_demo(args.out, model=args.model, places=args.places, threads=args.threads, trust_checkpoint=args.trust_checkpoint))
 
 
 @command("synth", "generate a SynthCity VPR benchmark",
-         arg("--out", required=True, help="output dataset folder"), arg("--seed", type=int, default=0),
-         arg("--preset", default="benchmark", choices=SYNTH_PRESETS),
-         arg("--workers", type=_positive_int, default=None, help="processes (default: all cores)"),
-         arg("--splits", default="train,val,test", help="comma-separated subset of train,val,test to render"))
+         arg("--out", required=True, help="output dataset folder"), arg("--seed", type=_seed, default=0, help="random seed of the city"),
+         arg("--preset", default="benchmark", choices=SYNTH_PRESETS,
+             help="smoke: a tiny city for tests; benchmark: the standard set; benchmark-hard: queries shifted and turned, imperfect labels"),
+         arg("--workers", type=_count(1024), default=None, help="processes (default: all cores)"),
+         arg("--splits", default="train,val,test", help="comma-separated subset of train,val,test to render"),
+         arg("--format", choices=("folder", "rosbag2"), default="folder",
+             help="folder: the VPR layout; rosbag2: the demo route in the --preset's city as two MCAP bags, OUT/drive1 (day) and "
+                  "OUT/drive2 (night, winter), with CompressedImage JPEG frames and NavSatFix fixes (its frames also in OUT/route)"),
+         arg("--places", type=_positive_int, default=120, help="places along the route of --format rosbag2"))
 def cmd_synth(args: argparse.Namespace) -> None:
     from .data.synthcity import generate_dataset
 
+    if args.format == "rosbag2":
+        from .data.synthcity.bags import CAMERA_TOPIC, FIX_TOPIC, generate_route_bags
+
+        bags = generate_route_bags(args.out, seed=args.seed, places=args.places, preset=args.preset)
+        print(f"SynthCity drives written to {', '.join(map(str, bags.values()))} (camera {CAMERA_TOPIC}, fixes {FIX_TOPIC})")
+        return
     out = generate_dataset(Path(args.out), seed=args.seed, preset=args.preset, workers=args.workers, splits=tuple(args.splits.split(",")))
     print(f"SynthCity dataset written to {out}")
 
 
 @command("synth-preview", "PNG contact sheet of SynthCity conditions with labels",
-         arg("--out", required=True, help="output PNG"), arg("--seed", type=int, default=0))
+         arg("--out", required=True, help="output PNG"), arg("--seed", type=_seed, default=0, help="random seed of the city"))
 def cmd_synth_preview(args: argparse.Namespace) -> None:
     from .data.synthcity import write_preview
 
     print(f"preview written to {write_preview(Path(args.out), seed=args.seed)}")
 
 
-@command("labels", "label maps for a dataset from your own segmentation model",
+@command("labels", "label maps for a dataset: the shipped street segmenter, your ONNX model or your PNGs",
          arg("--images", required=True, help="images root, e.g. ROOT/images (walked recursively)"),
          arg("--out", required=True, help="label root, e.g. ROOT/labels (same relative paths, .png)"),
-         arg(one_of=(arg("--onnx", help="ONNX model: (B,3,H,W) RGB -> logits (B,C,h,w) or class ids (B,h,w)"),
-                     arg("--pngs", help="folder of predicted class-id PNGs mirroring --images"))),
-         arg("--scheme", choices=("cityscapes", "ade20k"), default="cityscapes", help="the model's classes"),
-         size("network input (default: the model's, else the image's)"), arg("--batch-size", type=_positive_int, default=4),
-         arg("--mean", type=float, nargs=3, help="RGB mean in [0, 1] (default: ImageNet)"),
-         arg("--std", type=float, nargs=3, help="RGB std in [0, 1] (default: ImageNet)"),
-         arg("--overwrite", action="store_true", help="redo label maps that already exist"))
+         arg(one_of=(arg("--segmenter", choices=SEGMENTERS, default=SEGMENTERS[0],
+                         help="the shipped segmenter (default): ESPNet trained on Cityscapes, MIT"),
+                     arg("--onnx", help="your ONNX model: (B,3,H,W) RGB -> logits (B,C,h,w) or class ids (B,h,w)"),
+                     arg("--pngs", help="folder of predicted class-id PNGs mirroring --images")), required=False),
+         arg("--scheme", choices=SCHEMES, help="the classes of --onnx or --pngs (default cityscapes)"),
+         size("network input (default: ESPNet's 480x360; --onnx: the model's, else the image's)"),
+         arg("--batch-size", type=_batch, default=4, help="images per segmenter call"),
+         arg("--mean", type=float, nargs=3, help="--onnx: RGB mean in [0, 1] (default: ImageNet)"),
+         arg("--std", type=float, nargs=3, help="--onnx: RGB std in [0, 1] (default: ImageNet)"),
+         arg("--overwrite", action="store_true", help="redo label maps that already exist"), needs="torch for the shipped --segmenter")
 def cmd_labels(args: argparse.Namespace) -> None:
     from .data.segmentation import IMAGENET_MEAN, IMAGENET_STD, convert_label_pngs, missing_labels, segment_folder
 
-    images, out = Path(args.images), Path(args.out)
-    if args.onnx:
-        summary = segment_folder(images, Path(args.onnx), out, scheme=args.scheme, input_size=args.size, mean=tuple(args.mean or IMAGENET_MEAN),
-                                 std=tuple(args.std or IMAGENET_STD), batch_size=args.batch_size, overwrite=args.overwrite)
-        print(f"{summary.written} label maps written to {out} ({summary.cached} already there, kept)")
+    images, out, scheme = Path(args.images), Path(args.out), args.scheme or "cityscapes"
+    if args.pngs:
+        print(f"{convert_label_pngs(Path(args.pngs), out, scheme=scheme)} label maps written to {out}")
     else:
-        print(f"{convert_label_pngs(Path(args.pngs), out, scheme=args.scheme)} label maps written to {out}")
+        if args.onnx:
+            summary = segment_folder(images, Path(args.onnx), out, scheme=scheme, input_size=args.size, mean=tuple(args.mean or IMAGENET_MEAN),
+                                     std=tuple(args.std or IMAGENET_STD), batch_size=args.batch_size, overwrite=args.overwrite)
+        else:
+            if scheme != "cityscapes" or args.mean or args.std:
+                raise ConfigError(f"--scheme, --mean and --std describe your --onnx model; {args.segmenter} brings its own")
+            from .deploy.segmenter import SIZE, label_folder
+
+            summary = label_folder(images, out, size=args.size or SIZE, batch_size=args.batch_size, overwrite=args.overwrite)
+        print(f"{summary.written} label maps written to {out} ({summary.cached} already there, kept)")
     missing = missing_labels(images, out)
     if missing:  # the dataset loader uses labels only when every image has one
         print(f"warning: {len(missing)} images have no label map, e.g. {missing[0]}", file=sys.stderr)
@@ -169,12 +280,12 @@ def cmd_labels(args: argparse.Namespace) -> None:
 
 @command("train", "train a teacher, baseline or StructVPR(++) student",
          arg("--config", required=True, help="YAML config (see structvpr_edge/configs/)"),
-         arg("--seed", type=int, default=None, help="override the config's seed"),
+         arg("--seed", type=_seed, default=None, help="override the config's seed"),
          arg("--out", required=True, help="run folder: model.pt, last.pt, log.jsonl, curves.png"),
          arg("--stages", help="comma-separated subset of teacher,student (default: what the mode needs)"),
          arg("--resume", action="store_true", help="continue from OUT/last.pt"),
          arg("--set", action="append", default=[], metavar="KEY=VALUE",
-             help="override a config value, e.g. --set distill.samples.enabled=false (repeatable)"))
+             help="override a config value, e.g. --set distill.samples.enabled=false (repeatable)"), needs="torch")
 def cmd_train(args: argparse.Namespace) -> None:
     from .train.config import dotted_overrides, load_config
     from .train.trainer import train
@@ -187,51 +298,77 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"model written to {train(config, Path(args.out), stages=stages, resume=args.resume)}")
 
 
-@command("eval", "Recall@N of a model on a dataset split",
-         model(", or a reference: pixels | imagenet-gem | label-oracle"), *dataset(),
+@command("eval", "Recall@N of a model on a dataset split, or of a map along a recorded drive",
+         model(", or a reference: pixels | imagenet-gem | label-oracle"), *dataset(or_bag=True),
+         arg("--map", help="with --bag: the map to localize the drive in"), IMAGE_TOPIC, POSE_TOPIC, POSE_GAP,
          arg("--radius", type=_positive_float, default=DEFAULT_POSITIVE_RADIUS_M, help="positive radius in metres"),
          size("resize images to this (default: the model's, else the dataset's)"),
-         arg("--batch-size", type=_positive_int, default=32), arg("--json", help="write the report here"),
-         arg("--plot", help="write the Recall@N curve PNG here"), arg("--retrievals", help="write a PNG of queries with their top-5 here"),
-         renamed={"--image-size": "--size"})
+         arg("--batch-size", type=_batch, default=32, help="images per model call"), arg("--json", help="write the report here"),
+         arg("--plot", help="write the Recall@N curve PNG here (with --bag: the error along the route)"),
+         arg("--retrievals", help="write a PNG of queries with their top-5 here"),
+         TRUST, renamed={"--image-size": "--size"}, needs="torch for a checkpoint, a shipped name or imagenet-gem")
 def cmd_eval(args: argparse.Namespace) -> None:
+    for output in (args.json, args.plot, args.retrievals):
+        _check_output(output)
+    _check_drive_options(args, ("image_topic", "pose_topic"))
+    report = _eval_drive(args) if args.bag else _eval_dataset(args)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _eval_dataset(args: argparse.Namespace) -> dict:
     from .data.dataset import load_dataset
     from .eval.evaluate import evaluate
     from .eval.models import load_extractor
     from .eval.plots import plot_recall_curves, plot_retrievals
 
-    for output in (args.json, args.plot, args.retrievals):
-        _check_output(output)
+    if args.map:
+        raise ConfigError("--map goes with --bag (a dataset is evaluated database against queries)")
     data = load_dataset(args.dataset, split=args.split, positive_radius=args.radius)
-    result = evaluate(load_extractor(args.model, image_size=args.size), data, batch_size=args.batch_size)
-    report = {"model": args.model, "dataset": str(args.dataset), "split": args.split, **result.to_json()}
-    print(json.dumps(report, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    result = evaluate(load_extractor(args.model, image_size=args.size, trust_checkpoint=args.trust_checkpoint), data, batch_size=args.batch_size)
     if args.plot:
         plot_recall_curves({args.model: result.recall}, Path(args.plot), title=f"{Path(args.dataset).name}/{args.split}")
     if args.retrievals:
         plot_retrievals(data, result.predictions, Path(args.retrievals))
+    return {"model": args.model, "dataset": str(args.dataset), "split": args.split, **result.to_json()}
+
+
+def _eval_drive(args: argparse.Namespace) -> dict:
+    """Recall@N and localization error of a map along a drive, against the drive's own poses."""
+    from .data.drives import Skipped, read_drive
+    from .eval.drive import DRIVE_NS, evaluate_drive, plot_drive_errors
+    from .runtime.edgevpr import EdgeVPR
+
+    if not args.map or args.retrievals or args.size:
+        raise ConfigError("--bag needs --map, and takes neither --retrievals nor --size")
+    skipped = Skipped()
+    frames, frame_id, total = read_drive(args.bag, args.image_topic, args.pose_topic, skipped, args.max_pose_gap)
+    with EdgeVPR(args.model, map=args.map, top_k=max(DRIVE_NS), max_batch=16, trust_checkpoint=args.trust_checkpoint) as vpr:
+        report = evaluate_drive(vpr, frames, frame_id=frame_id, radius=args.radius, total=total)
+    if args.plot:
+        plot_drive_errors(report, args.plot, title=f"{Path(args.bag).name} in {Path(args.map).name}")
+    return {"model": args.model, "map": str(args.map), "bag": str(args.bag), "frame_id": frame_id, **report.to_json(), "skipped": skipped.__dict__}
 
 
 @command("ship", "save a finished run's model as a shipped model (float16, inside the package)",
          arg("checkpoint", help="the run's model.pt, chosen on val"),
-         arg("--name", required=True, help="shipped name: structvprpp, student-nokd or baseline"))
+         arg("--name", required=True, help="shipped name: structvprpp, student-nokd or baseline"), TRUST, needs="torch")
 def cmd_ship(args: argparse.Namespace) -> None:
     from .models.checkpoint import ship
 
-    print(f"shipped {args.name}: {ship(args.checkpoint, args.name)}")
+    print(f"shipped {args.name}: {ship(args.checkpoint, args.name, trust_checkpoint=args.trust_checkpoint)}")
 
 
 @command("export", "checkpoint -> ONNX with metadata, parity and TensorRT checks",
          model(), arg("--out", required=True, help="output .onnx"), size("input size (default: the checkpoint's)"),
-         arg("--batch", choices=("1", "dynamic"), default="1"),
-         arg("--width", type=int, help=argparse.SUPPRESS), arg("--height", type=int, help=argparse.SUPPRESS),  # one side of --size
+         arg("--batch", choices=("1", "dynamic"), default="1", help="1: a fixed batch of one frame; dynamic: any batch size"),
+         arg("--width", type=_side, help=argparse.SUPPRESS), arg("--height", type=_side, help=argparse.SUPPRESS),  # one side of --size
          arg("--opset", type=_opset, default=17, help="17 is the newest TensorRT 8.6 parses"),
          arg("--uint8-input", action="store_true", help="fold BGR->RGB and (x/255-mean)/std into the graph"),
-         arg("--parity-images", help="folder of real images for the parity check (besides random frames)"),
-         renamed={"--width": "--size", "--height": "--size"})
+         arg("--parity-images", help="folder of real images for the parity check (besides random frames)"), TRUST,
+         renamed={"--width": "--size", "--height": "--size"}, needs="torch")
 def cmd_export(args: argparse.Namespace) -> None:
     from .data.dataset import list_images
     from .deploy.export import export_onnx, read_parity_images
@@ -240,7 +377,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     width, height = args.size or (args.width, args.height)  # a side left out stays the checkpoint's
     images = read_parity_images(list_images(Path(args.parity_images))) if args.parity_images else None
     report = export_onnx(args.model, args.out, width=width, height=height, batch=args.batch, opset=args.opset,
-                         uint8_input=args.uint8_input, parity_images=images)
+                         uint8_input=args.uint8_input, parity_images=images, trust_checkpoint=args.trust_checkpoint)
     print(f"ONNX written to {report.path} (input {report.input_shape}, simplified with {report.simplifier})")
     print(f"parity over {report.parity_images} frames: min cosine {report.parity_min_cosine:.7f}, max abs diff {report.parity_max_abs_diff:.3g}")
     print(check_trt_friendly(report.path).summary())
@@ -251,17 +388,17 @@ def cmd_export(args: argparse.Namespace) -> None:
          *dataset("calibration images: a dataset root (its train split) or an image folder", split=None),
          arg("--out", required=True, help="calibration folder, e.g. calibration/NAME"),
          arg("--num", type=_positive_int, default=512, help="calibration images, chosen by greedy k-center"),
-         arg("--method", choices=("entropy", "minmax", "percentile"), default="entropy"),
-         arg("--max-recall-drop", type=float, default=None, help="Recall@1 points INT8 may lose; keeps sensitive layers in FP32 until met"),
-         arg("--val-dataset", default=None, help="validation dataset root for cosine and Recall@1/5"), arg("--val-split", default="val"),
-         arg("--reselect", action="store_true", help="choose new images even if OUT/manifest.json exists"), THREADS,
-         renamed={"--images": "--dataset", "--val": "--val-dataset"})
+         arg("--method", choices=("entropy", "minmax", "percentile"), default="entropy", help="how INT8 ranges are chosen from the activations"),
+         arg("--max-recall-drop", type=_recall_points, default=None, help="Recall@1 points INT8 may lose; keeps sensitive layers in FP32 until met"),
+         arg("--val-dataset", default=None, help="validation dataset root for cosine and Recall@1/5"), arg("--val-split", default="val", help="split of --val-dataset"),
+         arg("--reselect", action="store_true", help="choose new images even if OUT/manifest.json exists"), THREADS, TRUST,
+         renamed={"--images": "--dataset", "--val": "--val-dataset"}, needs="torch unless --model is the FP32 ONNX export")
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from .deploy.calibration import CalibrationConfig, calibrate
 
     report = calibrate(CalibrationConfig(
         model=args.model, images=args.dataset, out=args.out, num=args.num, method=args.method, max_recall_drop=args.max_recall_drop,
-        val=args.val_dataset, val_split=args.val_split, reselect=args.reselect, threads=args.threads))
+        val=args.val_dataset, val_split=args.val_split, reselect=args.reselect, threads=args.threads, trust_checkpoint=args.trust_checkpoint))
     print(report.markdown())
     print(f"calibration written to {args.out} in {report.seconds:.1f} s")
 
@@ -269,13 +406,14 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 @command("build-engine", "TensorRT engine (8.6, 10.x, 11.x) plus its JSON manifest",
          arg(one_of=(arg("--onnx", help="FP32 ONNX (or the FP16 / Q/DQ graph from calibrate)"),
                      arg("--model", help="shipped model NAME: build from its calibration kit calibration/NAME (no images needed)"))),
-         arg("--precision", choices=("fp32", "fp16", "int8"), required=True),
-         arg("--workspace", type=int, default=1024, help="workspace memory pool in MB"),
-         arg("--min-batch", type=int), arg("--opt-batch", type=int), arg("--max-batch", type=int, help="dynamic-batch profile (default 1/1/8)"),
+         arg("--precision", choices=("fp32", "fp16", "int8"), required=True, help="engine precision; int8 needs a calibration kit (--calibration or --model)"),
+         arg("--workspace", type=_count(1 << 20), default=1024, help="workspace memory pool in MB"),
+         arg("--min-batch", type=_batch, help="dynamic-batch profile: smallest batch"),
+         arg("--opt-batch", type=_batch, help="dynamic-batch profile: the batch to tune for"), arg("--max-batch", type=_batch, help="dynamic-batch profile (default 1/1/8)"),
          arg("--timing-cache", help="timing cache file, read if present and written back"),
-         arg("--dla-core", type=int, default=None, help="build for this DLA core (Jetson), GPU fallback on"),
+         arg("--dla-core", type=_number(int, lambda v: 0 <= v <= 15, "a DLA core in 0..15"), default=None, help="build for this DLA core (Jetson), GPU fallback on"),
          arg("--calibration", help="calibration/NAME folder (FP16/Q-DQ graphs, TensorRT cache)"),
-         arg("--out", required=True, help="engines/NAME.engine (manifest written to NAME.engine.json)"))
+         arg("--out", required=True, help="engines/NAME.engine (manifest written to NAME.engine.json)"), needs="TensorRT")
 def cmd_build_engine(args: argparse.Namespace) -> None:
     from .deploy.calibration import prepare_kit
     from .deploy.engine import EngineBuildConfig, build_engine
@@ -292,51 +430,108 @@ def cmd_build_engine(args: argparse.Namespace) -> None:
     print(f"the same build with trtexec:\n  {manifest['trtexec']}")
 
 
-@command("build-map", "describe geo-tagged reference images into a FAISS map",
-         *RUNTIME, *dataset("dataset root (its --split database) or a folder of @east@north@... images"),
-         arg("--out", required=True, help="map folder"), arg("--index", default="auto", choices=["auto", "flat", "hnsw", "ivf"]),
-         arg("--append", action="store_true", help="add the images to the existing map in --out"), renamed={"--images": "--dataset"})
+@command("build-map", "describe geo-tagged reference images, or a recorded drive, into a FAISS map",
+         *RUNTIME, *dataset("dataset root (its --split database), a folder of @east@north@... images, or a folder of images with --poses",
+                            or_bag=True),
+         arg("--poses", help="pose CSV of the images in --dataset: columns file, east and north (or lat and lon), optional heading "
+                             "and time (docs/drives.md)"),
+         IMAGE_TOPIC, POSE_TOPIC, POSE_GAP,
+         arg("--spacing", type=_non_negative, default=MAP_SPACING_M, metavar="METRES",
+             help=f"with --bag or --poses: a frame closer than this to the last place kept is skipped (default {MAP_SPACING_M}; 0 keeps all)"),
+         arg("--out", required=True, help="map folder"),
+         arg("--index", default="auto", choices=["auto", "flat", "hnsw", "ivf"], help="FAISS index: flat is exact; auto is flat up to 200,000 places, else ivf"),
+         arg("--append", action="store_true", help="add the images to the existing map in --out"), renamed={"--images": "--dataset"},
+         needs=RUNTIME_NEEDS)
 def cmd_build_map(args: argparse.Namespace) -> None:
+    from .data.drives import Skipped, read_drive
     from .runtime.edgevpr import EdgeVPR
-    from .runtime.mapping import build_map
+    from .runtime.mapping import build_map, build_map_from_frames
 
-    with EdgeVPR(args.model, backend=args.backend, threads=args.threads, max_batch=16) as vpr:
-        place_map = build_map(vpr, args.dataset, args.out, index_type=args.index, append=args.append, split=args.split)
-    print(f"map with {len(place_map)} places ({place_map.factory}) written to {args.out}")
+    _check_drive_options(args, ("image_topic", "pose_topic"))
+    if args.poses and args.bag:
+        raise ConfigError("--poses names the poses of the images in --dataset; a --bag has its own --pose-topic")
+    skipped = Skipped()
+    if args.bag:  # topics checked and poses read before the model is loaded
+        frames, frame_id, total = read_drive(args.bag, args.image_topic, args.pose_topic, skipped, args.max_pose_gap, args.spacing)
+    with EdgeVPR(args.model, backend=args.backend, threads=args.threads, max_batch=16, trust_checkpoint=args.trust_checkpoint) as vpr:
+        if args.bag:
+            place_map = build_map_from_frames(vpr, frames, frame_id, args.out, index_type=args.index, append=args.append, total=total)
+        else:
+            place_map = build_map(vpr, args.dataset, args.out, index_type=args.index, append=args.append, split=args.split,
+                                  poses=args.poses, min_spacing_m=args.spacing, skipped=skipped)
+    frame = f", frame {place_map.manifest.frame_id}" if place_map.manifest.frame_id else ""
+    counts = f"; {skipped.summary()}" if args.bag or args.poses else ""
+    print(f"map with {len(place_map)} places ({place_map.factory}{frame}) written to {args.out}{counts}")
 
 
-@command("calibrate-threshold", "pick the confidence threshold reaching a target precision",
-         *RUNTIME, arg("--map", required=True), *dataset("dataset whose --split queries lie in the map's area", split="val"),
-         arg("--precision", type=_fraction, default=0.99, help="target precision in (0, 1) on those queries (never the test split)"),
-         renamed={"--val": "--dataset"})
+@command("calibrate-threshold", "pick the confidence threshold reaching a target precision and store it in the map",
+         *RUNTIME, arg("--map", required=True, help="map folder; the threshold is stored in it"),
+         *dataset("dataset whose --split queries lie in the map's area (any split)", split="val"),
+         arg("--precision", type=_fraction, default=0.99,
+             help="target precision in (0, 1) on those queries; measuring it needs at least 1/(1 - precision) correct top-1 "
+                  "matches among them (100 for 0.99, 10 for 0.9), else the command says the most they can measure"),
+         renamed={"--val": "--dataset"}, needs=RUNTIME_NEEDS)
 def cmd_calibrate_threshold(args: argparse.Namespace) -> None:
     from .runtime.edgevpr import EdgeVPR
     from .runtime.mapping import calibrate_threshold
 
-    with EdgeVPR(args.model, backend=args.backend, threads=args.threads, max_batch=16) as vpr:
+    with EdgeVPR(args.model, backend=args.backend, threads=args.threads, max_batch=16, trust_checkpoint=args.trust_checkpoint) as vpr:
         threshold = calibrate_threshold(vpr, args.map, args.dataset, args.precision, split=args.split)
     print(json.dumps(threshold.__dict__, indent=2))
+    print(f"threshold stored in {args.map}: precision {threshold.precision:.3f}, recall {threshold.recall:.3f}, measured on the "
+          f"{threshold.queries} queries of split {args.split} ({threshold.correct} with a correct top-1 match)", file=sys.stderr)
 
 
-@command("localize", "localize image files against a map; one JSON line per frame",
-         *RUNTIME, arg("--map", required=True), arg("--top-k", type=_positive_int, default=5),
-         arg("--temporal", action="store_true", help="frames are a sequence: apply the temporal filter"), arg("frames", nargs="+"))
+@command("localize", "localize image files, or the frames of a recorded drive, against a map; one JSON line per frame",
+         *RUNTIME, arg("--map", required=True, help="map folder (structvpr-edge build-map)"),
+         arg("--top-k", type=_count(1000), default=5, help="map entries listed per frame"),
+         arg("--temporal", action="store_true", help="frames are a sequence: apply the temporal filter"),
+         arg("frames", nargs="*", help="image files, in order"),
+         BAG, IMAGE_TOPIC,
+         arg("--out", help="with --bag: write the poses to a ROS 2 .mcap (PoseWithCovarianceStamped + DiagnosticArray per frame) "
+                           "or a .csv instead of printing them (docs/drives.md)"), needs=RUNTIME_NEEDS)
 def cmd_localize(args: argparse.Namespace) -> None:
+    from .data.drives import Skipped, read_drive
+    from .files import check_not_an_input
     from .runtime.edgevpr import EdgeVPR
+    from .runtime.outputs import check_out, localize_frames, write_poses
     from .runtime.preprocess import read_image
 
-    with EdgeVPR(args.model, map=args.map, backend=args.backend, top_k=args.top_k, threads=args.threads, temporal=args.temporal) as vpr:
-        for path in args.frames:
-            print(json.dumps({"frame": path, **vpr.localize(read_image(path)).to_json()}), flush=True)
+    if bool(args.frames) == bool(args.bag):
+        raise ConfigError("give image files or --bag, one of them")
+    _check_drive_options(args, ("image_topic",))
+    if args.out:
+        if not args.bag:
+            raise ConfigError("--out goes with --bag (image files print one JSON line each)")
+        _check_output(args.out)
+        check_out(args.out)
+        check_not_an_input(args.out, [args.bag, args.map])
+    skipped = Skipped()
+    if args.bag:
+        frames, _, total = read_drive(args.bag, args.image_topic, skipped=skipped)
+    with EdgeVPR(args.model, map=args.map, backend=args.backend, top_k=args.top_k, threads=args.threads, temporal=args.temporal,
+                 max_batch=16 if args.bag else 1, trust_checkpoint=args.trust_checkpoint) as vpr:
+        if not args.bag:
+            for path in args.frames:
+                print(json.dumps({"frame": path, **vpr.localize(read_image(path)).to_json()}), flush=True)
+            return
+        results = ((frame.stamp_ns, frame.source, result) for frame, result in localize_frames(vpr, frames, total=total))
+        if not args.out:
+            for stamp, source, result in results:
+                print(json.dumps({"frame": source, "stamp_ns": stamp, **result.to_json()}), flush=True)
+            return
+        written = write_poses(args.out, results, vpr.map.manifest.frame_id, {"map": str(args.map), "model": str(args.model), "bag": str(args.bag)})
+    print(f"{written} poses in frame {vpr.map.manifest.frame_id or 'map'} written to {args.out}; {skipped.summary()}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="structvpr-edge", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="structvpr-edge", description=DESCRIPTION, epilog="structvpr-edge COMMAND --help lists a command's options.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, options, _, handler) in COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
         for flags, kwargs in options:
-            target = sub.add_mutually_exclusive_group(required=True) if "one_of" in kwargs else sub
+            target = sub.add_mutually_exclusive_group(required=kwargs.get("required", True)) if "one_of" in kwargs else sub
             for one_flags, one_kwargs in kwargs.get("one_of", [(flags, kwargs)]):
                 target.add_argument(*one_flags, **one_kwargs)
         sub.set_defaults(func=handler)
@@ -363,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # usage errors and --help: a code to return, also when called in-process
         return exc.code if isinstance(exc.code, int) else 2
     try:
+        _check_outputs(args)
         args.func(args)
     except (StructVPRError, OSError) as exc:  # operator errors (a path, a permission, a full disk): one line, no traceback
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

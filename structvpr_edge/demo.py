@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .data.dataset import load_dataset
+from .errors import ModelError
 from .modelinfo import read_onnx_info, sha256_file
 from .runtime.edgevpr import EdgeVPR
 from .runtime.mapping import build_map
@@ -26,16 +27,21 @@ from .runtime.profiling import stage_stats
 GREEN, RED = (40, 180, 40), (40, 40, 220)
 
 
-def export_shipped(out: Path, model: str) -> Path:
-    """The checkpoint as an ONNX file with uint8 input (needs torch; cached until the weights change)."""
+def export_shipped(out: Path, model: str, trust_checkpoint: bool = False) -> Path:
+    """The checkpoint as an ONNX file with uint8 input (needs torch; cached until the weights change).
+    ``trust_checkpoint``: also open a checkpoint that needs code to load (models/checkpoint.py)."""
     if str(model).endswith(".onnx"):
         return Path(model)
     from .deploy.export import export_onnx  # noqa: PLC0415
     from .models.checkpoint import resolve_checkpoint  # noqa: PLC0415
 
     path = out / f"{Path(model).stem}.onnx"
-    if not path.exists() or read_onnx_info(path).checkpoint_sha256 != sha256_file(resolve_checkpoint(model)):
-        export_onnx(model, path, uint8_input=True)
+    try:  # a missing, damaged or outdated cached export is exported again
+        cached = read_onnx_info(path).checkpoint_sha256 == sha256_file(resolve_checkpoint(model))
+    except ModelError:
+        cached = False
+    if not cached:
+        export_onnx(model, path, uint8_input=True, trust_checkpoint=trust_checkpoint)
     return path
 
 
@@ -52,14 +58,15 @@ def sheet(queries: list[Path], matches: list[Path], correct: list[bool], out_png
     return out_png
 
 
-def run_demo(out: str | Path = "demo-output", model: str = "structvprpp", places: int = 120, seed: int = 3, threads: int | None = None) -> dict:
+def run_demo(out: str | Path = "demo-output", model: str = "structvprpp", places: int = 120, seed: int = 3, threads: int | None = None,
+             trust_checkpoint: bool = False) -> dict:
     from .data.synthcity.route import generate_route  # noqa: PLC0415
 
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_shipped(out, model, trust_checkpoint)  # a model that cannot be opened fails before the route is drawn
     route = generate_route(out / "route", seed=seed, places=places)
-    onnx_path = export_shipped(out, model)
     dataset = load_dataset(route, "test")
     order = np.argsort([int(v) for v in dataset.queries.column("place_id")], kind="stable")  # driving order
     query_paths = [dataset.queries.paths[i] for i in order]

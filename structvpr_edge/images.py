@@ -5,6 +5,7 @@ through these functions, so a model sees the same pixels whichever of them feeds
 """
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import cv2
 import numpy as np
 
 from .errors import DatasetError
+
+MAX_SIDE = 16384  # pixels per side of a frame; beyond this it is a corrupt header, not a camera
+JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers carry the size
 
 
 def read_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
@@ -22,6 +26,45 @@ def read_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     if size is not None and (image.shape[1], image.shape[0]) != size:
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header, None for other formats."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data.startswith(b"\xff\xd8"):
+        i = 2
+        while i + 9 <= len(data) and data[i] == 0xFF:
+            marker, length = data[i + 1], struct.unpack(">H", data[i + 2 : i + 4])[0]
+            if marker in JPEG_SOF:
+                height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+                return width, height
+            i += 2 + length
+    return None
+
+
+def is_truncated(data: bytes) -> bool:
+    """A JPEG must end its last scan with EOI; a PNG must end with IEND (OpenCV pads what is missing)."""
+    if data.startswith(b"\xff\xd8"):
+        return b"\xff\xd9" not in data[data.rfind(b"\xff\xda") :]
+    if data.startswith(b"\x89PNG"):
+        return b"IEND" not in data[-16:]
+    return False
+
+
+def decode_image(data: bytes, what: str) -> np.ndarray:
+    """A BGR frame from encoded image bytes (an image file's, a CompressedImage message's), or a
+    DatasetError naming ``what`` and why not, checked before decoding: a truncated JPEG decodes
+    to a grey-padded frame that localizes somewhere else."""
+    dims = header_size(data)
+    if dims is not None and not (1 <= dims[0] <= MAX_SIDE and 1 <= dims[1] <= MAX_SIDE):
+        raise DatasetError(f"cannot read {what}: its header says {dims[0]}x{dims[1]} pixels (at most {MAX_SIDE} per side)")
+    if is_truncated(data):
+        raise DatasetError(f"cannot read {what}: the data is truncated")
+    frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if frame is None:
+        raise DatasetError(f"cannot read {what}: not a decodable image")
+    return frame
 
 
 def read_label(path: Path, size: tuple[int, int] | None) -> np.ndarray:

@@ -6,10 +6,12 @@ Pixels that belong to no class carry ``IGNORE`` (255).
 
 Label PNGs always hold Cityscapes train ids. Maps from an ADE20K-trained model are converted
 once, each ADE20K class to a representative train id of its group (``GROUP_TO_CITYSCAPES``),
-so the rest of the code reads one format.
+and CamVid's own labels class by class (``CAMVID_TO_CITYSCAPES``), so the rest of the code
+reads one format.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from .errors import ConfigError, DatasetError
@@ -112,15 +114,58 @@ ADE20K_TO_CITYSCAPES: np.ndarray = _ade20k_to_cityscapes_table()
 ADE20K_TO_GROUP: np.ndarray = CITYSCAPES_TO_GROUP[ADE20K_TO_CITYSCAPES]
 """uint8[256] lookup: ADE20K class id -> label group id (255 = ignore)."""
 
-SCHEMES: tuple[str, ...] = ("cityscapes", "ade20k")
-_TO_CITYSCAPES = {"cityscapes": np.arange(256, dtype=np.uint8), "ade20k": ADE20K_TO_CITYSCAPES}
-_TO_GROUP = {"cityscapes": CITYSCAPES_TO_GROUP, "ade20k": ADE20K_TO_GROUP}
+# CamVid, the 11-class version of SegNet's copy (ids 0..10, 11 = void), each class mapped to the
+# Cityscapes train id that names the same thing (a bicyclist is a rider), void to ignore.
+CAMVID_CLASSES: tuple[str, ...] = (
+    "sky", "building", "pole", "road", "pavement", "tree", "sign/symbol", "fence", "car", "pedestrian", "bicyclist", "void",
+)
+CAMVID_TO_CITYSCAPES_CLASS: dict[str, str] = {
+    "sky": "sky", "building": "building", "pole": "pole", "road": "road", "pavement": "sidewalk",
+    "tree": "vegetation", "sign/symbol": "traffic sign", "fence": "fence", "car": "car", "pedestrian": "person",
+    "bicyclist": "rider",
+}
+
+
+def _camvid_to_cityscapes_table() -> np.ndarray:
+    table = np.full(256, IGNORE, dtype=np.uint8)
+    for camvid_id, name in enumerate(CAMVID_CLASSES):
+        if name in CAMVID_TO_CITYSCAPES_CLASS:
+            table[camvid_id] = CLASS_ID[CAMVID_TO_CITYSCAPES_CLASS[name]]
+    return table
+
+
+CAMVID_TO_CITYSCAPES: np.ndarray = _camvid_to_cityscapes_table()
+"""uint8[256] lookup: CamVid class id -> Cityscapes train id (void and unknown ids -> 255 = ignore)."""
+
+SCHEMES: tuple[str, ...] = ("cityscapes", "ade20k", "camvid")
+# How many class ids each scheme has (0..n-1; IGNORE may also occur): a model's logits have that
+# many channels, and a label map with any other id was made for another table.
+SCHEME_CLASSES: dict[str, int] = {"cityscapes": len(CITYSCAPES_CLASSES), "ade20k": len(ADE20K_CLASSES), "camvid": len(CAMVID_CLASSES)}
+_TO_CITYSCAPES = {"cityscapes": np.arange(256, dtype=np.uint8), "ade20k": ADE20K_TO_CITYSCAPES, "camvid": CAMVID_TO_CITYSCAPES}
+_TO_GROUP = {scheme: CITYSCAPES_TO_GROUP[table] for scheme, table in _TO_CITYSCAPES.items()}
 
 
 def check_scheme(scheme: str) -> None:
     """Raise ConfigError unless ``scheme`` names a class-id scheme we can map (see SCHEMES)."""
     if scheme not in SCHEMES:
         raise ConfigError(f"unknown label scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
+
+
+def check_class_ids(class_map: np.ndarray, scheme: str, source: str, error: type[Exception] = DatasetError) -> None:
+    """Raise ``error`` naming ``source`` if ``class_map`` holds ids outside the table of ``scheme``
+    (0..n-1 and IGNORE): such a map was made with other classes, and mapping it would mislabel pixels."""
+    check_scheme(scheme)
+    if class_map.dtype != np.uint8:
+        raise error(f"{source} must hold uint8 class ids, holds {class_map.dtype}")
+    known = np.zeros(256, dtype=bool)
+    known[: SCHEME_CLASSES[scheme]] = known[IGNORE] = True
+    present = np.flatnonzero(np.bincount(class_map.ravel(), minlength=256))
+    unknown = present[~known[present]]
+    if unknown.size:
+        raise error(
+            f"{source} has class ids {unknown[:8].tolist()} outside the {scheme} table "
+            f"(0..{SCHEME_CLASSES[scheme] - 1}, {IGNORE} = ignore)"
+        )
 
 
 def _lookup(tables: dict[str, np.ndarray], class_map: np.ndarray, scheme: str) -> np.ndarray:
@@ -131,7 +176,7 @@ def _lookup(tables: dict[str, np.ndarray], class_map: np.ndarray, scheme: str) -
 
 
 def to_groups(class_map: np.ndarray, scheme: str) -> np.ndarray:
-    """Map a uint8 class-id image of ``scheme`` ("cityscapes" train ids or "ade20k") to label-group ids."""
+    """Map a uint8 class-id image of ``scheme`` ("cityscapes" train ids, "ade20k" or "camvid") to label-group ids."""
     return _lookup(_TO_GROUP, class_map, scheme)
 
 
@@ -145,6 +190,19 @@ def ade20k_to_cityscapes(class_map: np.ndarray) -> np.ndarray:
     return to_cityscapes(class_map, "ade20k")
 
 
+def camvid_to_cityscapes(class_map: np.ndarray) -> np.ndarray:
+    """CamVid class ids (11-class version) -> Cityscapes train ids (void -> 255 = ignore)."""
+    return to_cityscapes(class_map, "camvid")
+
+
 def classes_to_groups(label_map: np.ndarray) -> np.ndarray:
     """Map a uint8 class-id image (Cityscapes train ids) to label-group ids (255 = ignore)."""
     return to_groups(label_map, "cityscapes")
+
+
+def label_fractions(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (K, H, W): per label group, 255 x the fraction of each cell of a (W, H) grid it covers
+    (the teacher's input, and the mask head's target)."""
+    groups = classes_to_groups(label)
+    planes = [cv2.resize((groups == k).astype(np.float32), size, interpolation=cv2.INTER_AREA) for k in range(NUM_GROUPS)]
+    return np.round(np.stack(planes) * 255).astype(np.uint8)

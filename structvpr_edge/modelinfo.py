@@ -2,15 +2,21 @@
 and the descriptor layout. Stored as ONNX metadata props and in engine manifests; torch-free."""
 from __future__ import annotations
 
-import hashlib
 import json
+import math
+from numbers import Integral, Real
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import ModelError
+from .files import sha256_of
+from .images import MAX_SIDE
 from .layout import DescriptorLayout
+from .safety import check_onnx
 
 PREFIX = "structvpr."
+COLOURS = ("BGR", "RGB")
+DTYPES = {True: "uint8", False: "float32"}  # the input's dtype, by uint8_input
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,34 @@ class ModelInfo:
     model_version: str = ""
     checkpoint_sha256: str = ""
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Metadata is data from a file: every field typed and bounded when it is read, not on the first frame."""
+        sides = [getattr(self, n) for n in ("width", "height")]
+        if not all(isinstance(v, Integral) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE for v in sides):
+            raise ModelError(f"model metadata: input size must be integers in 1..{MAX_SIDE}, got {self.width!r}x{self.height!r}")
+        if not isinstance(self.uint8_input, bool) or self.colour not in COLOURS:
+            raise ModelError(f"model metadata: uint8_input must be true/false and colour one of {COLOURS}, got {self.uint8_input!r}, {self.colour!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in values) or (name == "std" and min(values) <= 0):
+                raise ModelError(f"model metadata: {name} must be 3 finite numbers (std > 0), got {values!r}")
+
+    def check_io(self, inputs: list[tuple[str, str, list]], outputs: list[tuple[str, list]]) -> None:
+        """Refuse a graph whose (name, dtype, shape) input and (name, shape) output disagree with this
+        metadata, when it is opened rather than on its first frame. A dimension the graph leaves
+        symbolic (the batch) matches anything."""
+        image = [None, self.height, self.width, 3] if self.uint8_input else [None, 3, self.height, self.width]
+        expected = ([(self.input_name, DTYPES[self.uint8_input], image)], [(self.output_name, [None, self.layout.dim])])
+
+        def fits(got: tuple, want: tuple) -> bool:
+            *names, shape = got
+            *wanted, dims = want
+            return names == wanted and len(shape) == len(dims) and all(w is None or not isinstance(d, int) or d == w for d, w in zip(shape, dims))
+
+        for kind, got, want in zip(("input", "output"), (inputs, outputs), expected):
+            if len(got) != 1 or not fits(got[0], want[0]):
+                raise ModelError(f"the model's graph {kind} {got} disagrees with its metadata, which expects {want}: re-export it with structvpr-edge export")
 
     @property
     def input_name(self) -> str:
@@ -61,6 +95,7 @@ def read_onnx_info(path) -> ModelInfo:
     """ModelInfo of an exported ONNX file, read with onnxruntime (no onnx package needed)."""
     import onnxruntime as ort  # noqa: PLC0415
 
+    check_onnx(path)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
@@ -71,8 +106,5 @@ def read_onnx_info(path) -> ModelInfo:
 
 
 def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
     with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_of(handle)

@@ -12,6 +12,7 @@ import pytest
 from structvpr_edge.data.names import ImageName, format_name
 
 CORRIDOR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "corridor"
+CAMVID = CORRIDOR.parent / "camvid"
 
 
 # Module fixtures that take more than ~10 s: a test that uses one is marked slow, so -m "not slow"
@@ -28,16 +29,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
-@pytest.fixture(scope="session")
-def corridor() -> Path:
-    """The real corridor images: missing in CI is a failure (the tests on real data would silently
-    not run), elsewhere a skip that says where they are looked for."""
-    if not (CORRIDOR / "images").is_dir():
-        message = f"real corridor images not found at {CORRIDOR}"
+def _shared_data(root: Path, what: str) -> Path:
+    """``root`` of real data in ../shared: missing in CI is a failure (the tests on real data would
+    silently not run), elsewhere a skip that says where it is looked for."""
+    if not (root / "images").is_dir():
+        message = f"{what} not found at {root}"
         if os.environ.get("CI"):
             pytest.fail(f"{message}; CI must provide them (the CI environment variable is set)")
         pytest.skip(message)
-    return CORRIDOR
+    return root
+
+
+@pytest.fixture(scope="session")
+def corridor() -> Path:
+    """The real corridor images."""
+    return _shared_data(CORRIDOR, "real corridor images")
+
+
+@pytest.fixture(scope="session")
+def camvid() -> Path:
+    """CamVid's real street frames and labels (images/, labels/; train and val)."""
+    return _shared_data(CAMVID, "CamVid frames and labels")
 
 
 def write_tiny_dataset(root: Path, with_labels: bool = True, with_metadata: bool = True) -> Path:

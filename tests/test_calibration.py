@@ -126,6 +126,8 @@ def test_gate_keeps_sensitive_groups_in_fp32(student_onnx, place_dataset, tmp_pa
     config = CalibrationConfig(model=student_onnx[0], images=place_dataset, out=out, num=6, method="minmax", val=place_dataset, max_recall_drop=-100.0)
     with pytest.raises(ModelError, match="even with first conv, last projection, normalization, GeM power in FP32"):
         calibrate(config)  # INT8 cannot gain 100 pp over FP32: every group is tried, one at a time
+    assert not out.exists()  # gated before the swap: the rejected kit is set aside whole
+    out = tmp_path / "strict.rejected"
     report = json.loads((out / "report.json").read_text())
     assert [step["fp32_groups"] for step in report["gate"]] == [
         [], ["first conv"], ["first conv", "last projection"], ["first conv", "last projection", "normalization"],

@@ -46,3 +46,49 @@ def test_synth_preset_choices_are_the_generator_presets(capsys):
 def test_a_dataset_is_required_in_some_spelling(capsys):
     assert main(["build-map", "--model", "m.onnx", "--out", "o"]) == 2
     assert "--dataset" in capsys.readouterr().err
+
+
+# --- a command line a person can read (issue 26) --------------------------------------------------------
+
+def subcommand_parsers() -> dict:
+    import argparse
+
+    from structvpr_edge.cli import build_parser
+
+    return next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_every_option_of_every_command_has_help_text():
+    missing = [f"{name} {action.option_strings or action.dest}" for name, sub in subcommand_parsers().items()
+               for action in sub._actions if not action.help]
+    assert missing == []
+
+
+def test_every_option_with_a_default_shows_it():
+    """Defaults that say something (not None, off or empty) appear in the option's help."""
+    hidden = [f"{name} {action.option_strings}" for name, sub in subcommand_parsers().items() for action in sub._actions
+              if action.default not in (None, False, [], "==SUPPRESS==") and "default" not in sub._get_formatter()._get_help_string(action)]
+    assert hidden == []
+
+
+def test_version_prints_the_package_version(capsys):
+    from importlib.metadata import PackageNotFoundError, version
+
+    import structvpr_edge
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"structvpr-edge {structvpr_edge.__version__}\n"
+    try:  # one version: setup.py reads the package's
+        assert version("structvpr-edge") == structvpr_edge.__version__
+    except PackageNotFoundError:
+        pass
+
+
+def test_top_level_help_is_plain_and_says_which_commands_need_torch(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "``" not in text and "--version" in text
+    lines = {name: sub.description for name, sub in subcommand_parsers().items()}  # each command's one line, as listed
+    assert all(" ".join(line.split()) in " ".join(text.split()) for line in lines.values())
+    assert all("[needs torch" in lines[name] for name in ("demo", "train", "ship", "export"))
+    assert all("[needs" not in lines[name] for name in ("synth", "synth-preview"))

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from structvpr_edge import EdgeVPR, PlaceMap
 from structvpr_edge.cli import main
 from structvpr_edge.data.dataset import load_dataset
-from structvpr_edge.errors import ConfigError, MapError, ModelError, StructVPRError
+from structvpr_edge.errors import ConfigError, DatasetError, MapError, ModelError, StructVPRError
 from structvpr_edge.runtime.map import MapLock, Place, Threshold
 from structvpr_edge.runtime.mapping import build_map, calibrate_threshold, describe_paths, threshold_for_precision
 from structvpr_edge.runtime.preprocess import MAX_SIDE, read_image
@@ -156,8 +156,12 @@ def ctx(tmp_path_factory, place_dataset):
     shutil.copytree(live(root / "map"), legacy)
     (root / "garbage.onnx").write_bytes(os.urandom(2048))
     (root / "empty").mkdir()
+    kit = root / "kit"  # a folder of the user's that is no map: a calibration kit's manifest and a note
+    kit.mkdir()
+    (kit / "manifest.json").write_text('{"format": "structvpr-edge/calibration/1"}\n')
+    (kit / "notes.txt").write_text("mine\n")
     return SimpleNamespace(
-        legacy=legacy, garbage_onnx=root / "garbage.onnx", empty=root / "empty",
+        legacy=legacy, garbage_onnx=root / "garbage.onnx", empty=root / "empty", checkpoint=Path(checkpoint), kit=kit,
         root=root, onnx=onnx_path, float_onnx=float_path, nan_onnx=nan_model(float_path, root / "nan.onnx"),
         flipped=flipped_model(onnx_path, root / "flipped.onnx"), map=root / "map", dataset=place_dataset,
         bad=write_bad_images(root / "bad", queries[0]), frame=cv2.imread(str(queries[0])), few=folder,
@@ -344,6 +348,138 @@ API_CASES.update({
 })
 
 
+# --- issue 29: user files, map files that hang, metadata against the graph, wrong types, bounds -------
+
+
+def fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def dev_zero_link(path: Path) -> None:
+    path.unlink()
+    path.symlink_to("/dev/zero")
+
+
+def with_metadata(c, name: str, **changes) -> Path:
+    """The uint8 model's graph with some structvpr metadata values replaced (JSON)."""
+    import onnx
+
+    model = onnx.load(str(c.onnx))
+    for entry in model.metadata_props:
+        key = entry.key.removeprefix("structvpr.")
+        if key in changes:
+            entry.value = json.dumps(changes[key])
+    out = c.root / "scratch" / f"meta-{name}.onnx"
+    out.parent.mkdir(exist_ok=True)
+    onnx.save(model, str(out))
+    return out
+
+
+def renamed_output(c) -> Path:
+    """The uint8 model with its output tensor renamed (the metadata still says "descriptor")."""
+    import onnx
+
+    model = onnx.load(str(c.onnx))
+    name = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = ["renamed" if o == name else o for o in node.output]
+    model.graph.output[0].name = "renamed"
+    out = c.root / "scratch" / "renamed-output.onnx"
+    onnx.save(model, str(out))
+    return out
+
+
+def rewrite_entries(c, name: str, change) -> Path:
+    """A map copy whose index holds ``change``d vectors, its checksum updated to match: only a
+    check of the contents at load can catch it."""
+    import faiss
+
+    from structvpr_edge.modelinfo import sha256_file
+
+    directory = scratch_map(c, name)
+    generation = live(directory)
+    index = faiss.read_index(str(generation / "index.faiss"))
+    fresh = faiss.IndexFlatIP(index.d)
+    fresh.add(change(index.reconstruct_n(0, index.ntotal)))
+    faiss.write_index(fresh, str(generation / "index.faiss"))
+    manifest = json.loads((generation / "manifest.json").read_text())
+    manifest["checksums"]["index.faiss"] = sha256_file(generation / "index.faiss")
+    (generation / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+def nan_row(vectors: np.ndarray) -> np.ndarray:
+    vectors[1, 3] = np.nan
+    return vectors
+
+
+def threshold(**score) -> dict:
+    return {"threshold": {"score": 0.5, "margin": 0.0, "precision": 0.9, "recall": 0.5, **score}}
+
+
+LAYOUT_100 = {"kind": "global", "segments": [{"name": "global", "start": 0, "size": 100}]}
+API_CASES.update({
+    # outputs: the user's folders and the inputs are never written
+    "build-into-a-user-folder": lambda c, v: build_map(v, c.few, c.kit),
+    "build-into-its-own-images": lambda c, v: build_map(v, c.few, c.few),
+    "save-into-a-user-folder": lambda c, v: PlaceMap.load(c.map).save(c.kit),
+    "calibrate-into-a-user-folder": lambda c, v: calibrate_into(c, c.few),
+    "calibrate-into-a-map": lambda c, v: calibrate_into(c, c.map),
+    "export-over-its-checkpoint": lambda c, v: export_over_its_checkpoint(c),
+    # map files that would hang or are not what they say
+    **{f"load-{file}-{how.__name__}": (lambda c, v, file=file, how=how: PlaceMap.load(damage(c, f"{file}-{how.__name__}", file, how)))
+       for file in ("index.faiss", "places.sqlite", "manifest.json", "../CURRENT") for how in (fifo, dev_zero_link)},
+    "load-nan-entries": lambda c, v: PlaceMap.load(rewrite_entries(c, "nan-entries", nan_row)),
+    "load-non-unit-entries": lambda c, v: PlaceMap.load(rewrite_entries(c, "x2-entries", lambda x: 2 * x)),
+    # manifests of the wrong type
+    "load-manifest-top-level-int": lambda c, v: PlaceMap.load(damage(c, "top-int", "manifest.json", lambda p: p.write_text("5"))),
+    "load-manifest-top-level-list": lambda c, v: PlaceMap.load(damage(c, "top-list", "manifest.json", lambda p: p.write_text("[1, 2]"))),
+    "load-manifest-dim-10**12": lambda c, v: PlaceMap.load(edit_manifest(c, "dim-huge", lambda d: d.update(dim=10**12))),
+    "load-manifest-dim-str": lambda c, v: PlaceMap.load(edit_manifest(c, "dim-str", lambda d: d.update(dim=str(d["dim"])))),
+    "load-manifest-count-float": lambda c, v: PlaceMap.load(edit_manifest(c, "count-float", lambda d: d.update(count=float(d["count"])))),
+    "load-manifest-index-type-int": lambda c, v: PlaceMap.load(edit_manifest(c, "itype", lambda d: d.update(index_type=3))),
+    **{f"load-threshold-score-{k}": (lambda c, v, k=k, x=x: PlaceMap.load(edit_manifest(c, f"thr-{k}", lambda d: d.update(threshold(score=x)))))
+       for k, x in (("str", "0.5"), ("null", None), ("list", [0.5]), ("nan", float("nan")), ("bool", True))},
+    **{f"load-threshold-{k}": (lambda c, v, k=k, x=x: PlaceMap.load(edit_manifest(c, f"thr-whole-{k}", lambda d: d.update(threshold=x))))
+       for k, x in (("str", "0.5"), ("list", [0.5, 0.0, 0.9, 0.5]), ("int", 1))},
+    # model metadata against the graph, checked when the model is opened
+    "model-output-size-100-vs-512": lambda c, v: EdgeVPR(with_metadata(c, "dim100", layout=LAYOUT_100), threads=1),
+    "model-output-renamed": lambda c, v: EdgeVPR(renamed_output(c), threads=1),
+    "model-colour-XYZ": lambda c, v: EdgeVPR(with_metadata(c, "xyz", colour="XYZ"), threads=1),
+    "model-uint8-flag-off-on-a-uint8-graph": lambda c, v: EdgeVPR(with_metadata(c, "flag", uint8_input=False), threads=1),
+    "model-uint8-flag-a-string": lambda c, v: EdgeVPR(with_metadata(c, "flagstr", uint8_input="yes"), threads=1),
+    **{f"model-width-{w!r}": (lambda c, v, w=w: EdgeVPR(with_metadata(c, f"w{w}", width=w), threads=1)) for w in (0, -64, "64", 10**6, 32)},
+    "model-mean-2-values": lambda c, v: EdgeVPR(with_metadata(c, "mean2", mean=[0.5, 0.5]), threads=1),
+    "model-std-zero": lambda c, v: EdgeVPR(with_metadata(c, "std0", std=[0.5, 0.0, 0.5]), threads=1),
+    # numbers bounded before any work
+    "threads-2**40": lambda c, v: EdgeVPR(c.onnx, threads=2**40),
+    "max_batch-10**7": lambda c, v: EdgeVPR(c.onnx, max_batch=10**7),
+    "top_k-10**6": lambda c, v: EdgeVPR(c.onnx, top_k=10**6),
+    "map-dim-10**12": lambda c, v: PlaceMap(10**12, "h", SHA),
+    "build-batch-size-10**7": lambda c, v: describe_paths(v, sorted(c.few.iterdir()), batch_size=10**7),
+    **{f"calibration-max-recall-drop-{x!r}": (lambda c, v, x=x: calibration_config(c, x)) for x in (float("nan"), float("inf"), -101.0, "1")},
+})
+
+
+def export_over_its_checkpoint(c):
+    from structvpr_edge.deploy.export import export_onnx
+
+    return export_onnx(c.checkpoint, c.checkpoint)
+
+
+def calibrate_into(c, out: Path):
+    from structvpr_edge.deploy.calibration import CalibrationConfig, calibrate
+
+    return calibrate(CalibrationConfig(model=c.float_onnx, images=c.few, out=out, num=2))
+
+
+def calibration_config(c, drop):
+    from structvpr_edge.deploy.calibration import CalibrationConfig
+
+    return CalibrationConfig(model=c.float_onnx, images=c.few, out=c.root / "scratch" / "cal", max_recall_drop=drop, val=c.dataset)
+
+
 @pytest.mark.parametrize("case", sorted(API_CASES))
 def test_api_bad_input_gives_a_typed_error(ctx, vpr, case):
     started = time.monotonic()
@@ -393,12 +529,38 @@ def cli_cases(c) -> dict[str, list[str]]:
         "no-command": [],
         "unknown-command": ["fly"],
         "localize-without-model": ["localize", "--map", m, "x.jpg"],
+        # issue 29: an output that is an input, a folder of the user's, unbounded numbers
+        "export-out-is-the-checkpoint": ["export", "--model", str(c.checkpoint), "--out", str(c.checkpoint)],
+        "eval-json-is-the-model": ["eval", *model, "--dataset", str(c.dataset), "--json", str(c.onnx)],
+        "eval-plot-is-the-model": ["eval", *model, "--dataset", str(c.dataset), "--plot", str(c.onnx)],
+        "eval-retrievals-is-the-dataset": ["eval", *model, "--dataset", str(c.dataset), "--retrievals", str(c.dataset)],
+        "calibrate-out-is-the-model": ["calibrate", "--model", str(c.float_onnx), "--dataset", str(c.few), "--out", str(c.float_onnx)],
+        "build-map-out-is-the-images": ["build-map", *model, "--images", str(c.few), "--out", str(c.few)],
+        "build-map-into-a-kit": ["build-map", *model, "--images", str(c.few), "--out", str(c.kit)],
+        "labels-out-is-the-images": ["labels", "--images", str(c.few), "--out", str(c.few), "--pngs", str(c.few)],
+        **{f"synth-seed-{x}": ["synth", "--out", str(c.root / "scratch" / "s"), "--seed", x] for x in ("-1", str(2**32))},
+        "synth-preview-seed--1": ["synth-preview", "--out", str(c.root / "scratch" / "p.png"), "--seed", "-1"],
+        "synth-workers-10**6": ["synth", "--out", str(c.root / "scratch" / "s"), "--workers", str(10**6)],
+        "train-seed--1": ["train", "--config", "c.yaml", "--out", str(c.root / "scratch" / "t"), "--seed", "-1"],
+        "demo-places-10**9": ["demo", "--places", str(10**9)],
+        **{f"eval-size-{x}": ["eval", "--model", "pixels", "--dataset", str(c.dataset), "--size", x] for x in ("100000x100000", "64x0")},
+        "eval-batch-size-10**7": ["eval", "--model", "pixels", "--dataset", str(c.dataset), "--batch-size", str(10**7)],
+        "export-width-10**6": ["export", "--model", "structvprpp", "--out", str(c.root / "scratch" / "e.onnx"), "--width", str(10**6)],
+        **{f"calibrate-max-recall-drop-{x}": ["calibrate", "--model", str(c.float_onnx), "--dataset", str(c.few), "--out",
+                                             str(c.root / "scratch" / "cal"), "--val-dataset", str(c.dataset), "--max-recall-drop", x]
+           for x in ("nan", "inf", "-101", "101")},
+        "localize-threads-2**40": [*localize, "--threads", str(2**40), str(c.bad["garbage.jpg"])],
+        "localize-top-k-10**6": [*localize, "--top-k", str(10**6), str(c.bad["garbage.jpg"])],
+        "build-engine-workspace-0": ["build-engine", "--onnx", str(c.float_onnx), "--precision", "fp16", "--out", "e.engine", "--workspace", "0"],
+        "build-engine-max-batch-10**7": ["build-engine", "--onnx", str(c.float_onnx), "--precision", "fp16", "--out", "e.engine", "--max-batch",
+                                         str(10**7)],
+        "build-engine-dla-core--1": ["build-engine", "--onnx", str(c.float_onnx), "--precision", "fp16", "--out", "e.engine", "--dla-core", "-1"],
     }
 
 
 CLI_NAMES = sorted(cli_cases(SimpleNamespace(onnx=Path("m"), map=Path("m"), root=Path("r"), bad={k: Path(k) for k in (
     "truncated.jpg", "truncated.png", "huge-header.png", "huge-header.jpg", "garbage.jpg", "missing.jpg", "folder.jpg", "fifo.jpg",
-    "empty.jpg")}, few=Path("f"), dataset=Path("d"), flipped=Path("f"), float_onnx=Path("f"))))
+    "empty.jpg")}, few=Path("f"), dataset=Path("d"), flipped=Path("f"), float_onnx=Path("f"), checkpoint=Path("c"), kit=Path("k"))))
 
 
 def assert_one_line_error(err: str) -> None:
@@ -574,3 +736,185 @@ def test_localization_json_has_no_infinity(ctx):
     with EdgeVPR(ctx.onnx, map=single) as vpr:
         text = json.dumps(vpr.localize(ctx.frame).to_json())
     assert "Infinity" not in text and json.loads(text)["margin"] is None
+
+
+# --- issue 29: nothing of the user's deleted or overwritten, map files by name, state kept on refusal ----
+
+
+def test_refused_outputs_leave_the_users_files_as_they_were(ctx):
+    before = {p: p.read_bytes() for p in (ctx.checkpoint, ctx.onnx, *ctx.kit.iterdir(), *ctx.few.iterdir())}
+    for argv in (["build-map", "--model", str(ctx.onnx), "--images", str(ctx.few), "--out", str(ctx.kit)],
+                 ["build-map", "--model", str(ctx.onnx), "--images", str(ctx.few), "--out", str(ctx.few)],
+                 ["export", "--model", str(ctx.checkpoint), "--out", str(ctx.checkpoint)],
+                 ["eval", "--model", str(ctx.onnx), "--dataset", str(ctx.dataset), "--json", str(ctx.onnx)]):
+        assert main(argv) == 2, argv
+    assert {p: p.read_bytes() for p in before} == before and sorted(p.name for p in ctx.kit.iterdir()) == ["manifest.json", "notes.txt"]
+
+
+def test_a_writer_removes_only_the_names_it_wrote(tmp_path):
+    directory = tmp_path / "map"
+    place_map = killtest.make_map(directory, 20, 8)
+    (directory / "manifest.json").write_text("the user's")  # names of the old format, beside CURRENT
+    (directory / "index.faiss").write_text("the user's")
+    (live(directory) / "notes.txt").write_text("the user's, inside a generation")
+    place_map.add(*killtest.random_entries(np.random.default_rng(5), 2, 8, "x"))
+    place_map.save(directory)
+    assert (directory / "manifest.json").read_text() == "the user's" and (directory / "index.faiss").read_text() == "the user's"
+    assert sorted(p.name for p in (directory / "gen-00000001").iterdir()) == ["notes.txt"]  # our files gone, the user's kept
+    assert len(PlaceMap.load(directory)) == 22
+
+
+@pytest.mark.parametrize("name", ["route%31", "route#2", "what?"])
+def test_a_map_folder_of_any_name_loads_its_own_places(tmp_path, name):
+    killtest.make_map(tmp_path / "route1", 12, 8, seed=1)  # where an unquoted %31 would lead
+    place_map = PlaceMap(8, "layout", killtest.MODEL_SHA, "flat")
+    place_map.add(unit(12, 8), [Place(f"{name}-{i}", i, 0) for i in range(12)])
+    place_map.save(tmp_path / name)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with deadline():
+        assert [p.id for p in PlaceMap.load(tmp_path / name).places] == [f"{name}-{i}" for i in range(12)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no stray database created beside it
+
+
+def test_a_generation_number_past_eight_digits_keeps_the_map(tmp_path):
+    directory = tmp_path / "map"
+    killtest.make_map(directory, 10, 8)
+    (directory / "gen-00000001").rename(directory / "gen-99999999")
+    (directory / "CURRENT").write_text("gen-99999999\n")
+    place_map = PlaceMap.load(directory)
+    place_map.add(*killtest.random_entries(np.random.default_rng(6), 3, 8, "x"))
+    place_map.save(directory)
+    assert (directory / "CURRENT").read_text().strip() == "gen-100000000" and len(PlaceMap.load(directory)) == 13
+
+
+def test_a_planted_lock_link_is_not_followed(tmp_path):
+    directory = tmp_path / "map"
+    place_map = killtest.make_map(directory, 10, 8)
+    (directory / ".lock").unlink()
+    (directory / ".lock").symlink_to(tmp_path / "outside")
+    with deadline(), pytest.raises(MapError, match="link"):
+        place_map.save(directory)
+    assert not (tmp_path / "outside").exists() and len(PlaceMap.load(directory)) == 10
+
+
+def test_a_fifo_as_the_threads_cache_is_ignored_not_waited_on(ctx, tmp_path):
+    from structvpr_edge.runtime.ort_session import ThreadCache, choose_threading
+
+    os.mkfifo(tmp_path / "threads.json")
+    with deadline(10):
+        chosen = choose_threading(ctx.onnx, "auto", cache=ThreadCache(tmp_path / "threads.json"), measure=lambda n, spin: 1.0, options=[(1, False)])
+    assert chosen.source == "measured" and (tmp_path / "threads.json").is_file()  # replaced by a regular file
+
+
+def test_a_refused_batch_leaves_the_temporal_filter_as_it_was(ctx):
+    with EdgeVPR(ctx.onnx, map=ctx.map, temporal=True, max_batch=1) as vpr:
+        vpr.localize(ctx.frame)
+        rows, belief = vpr.filter.rows.copy(), vpr.filter.belief.copy()
+        with pytest.raises(ConfigError):
+            vpr.localize_batch([np.zeros((48, 64, 3), np.uint8), np.zeros((48, 64), np.uint8)])
+        assert np.array_equal(vpr.filter.rows, rows) and np.array_equal(vpr.filter.belief, belief)
+
+
+def test_the_temporal_filter_follows_a_map_that_grows(ctx):
+    with EdgeVPR(ctx.onnx, map=PlaceMap.load(ctx.map), temporal=True) as vpr:
+        first = vpr.localize(ctx.frame)
+        size = len(vpr.map)
+        vpr.map.add(np.repeat(vpr.describe(ctx.frame)[None], 3, axis=0), [Place(f"new-{i}", first.east, first.north) for i in range(3)])
+        result = vpr.localize(ctx.frame)  # the new entries are the best candidates: rows the map did not have before
+    assert result.matches[0].row >= size and (result.east, result.north) == (first.east, first.north)
+
+
+def test_a_full_disk_during_a_save_is_a_map_error_and_the_old_map_stays(ctx, monkeypatch, capsys):
+    import sqlite3
+
+    directory = scratch_map(ctx, "full-disk")
+    connect = sqlite3.connect
+
+    def full(target, *args, uri=False, **kwargs):
+        if not uri:  # the writer's database; loading (a read-only URI) still works
+            raise sqlite3.OperationalError("database or disk is full")
+        return connect(target, *args, uri=uri, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", full)
+    argv = ["build-map", "--model", str(ctx.onnx), "--images", str(ctx.few), "--out", str(directory), "--append"]
+    assert main(argv) == 2
+    assert_one_line_error(capsys.readouterr().err)
+    monkeypatch.undo()
+    assert len(PlaceMap.load(directory)) == 6 and not list(directory.glob(".gen-tmp-*"))
+
+
+def test_a_retried_append_adds_nothing_twice(ctx):
+    directory = scratch_map(ctx, "append-twice")
+    argv = ["build-map", "--model", str(ctx.onnx), "--images", str(ctx.few), "--out", str(directory), "--append"]
+    assert main(argv) == 0 and main(argv) == 0
+    place_map = PlaceMap.load(directory)
+    assert len(place_map) == 6 + 4 and len({(p.id, p.source) for p in place_map.places}) == 10
+    assert (directory / "CURRENT").read_text().strip() == "gen-00000002"  # the retry wrote no generation
+
+
+def test_a_failed_export_keeps_the_previous_onnx(ctx, monkeypatch):
+    from structvpr_edge.deploy import export
+
+    out = ctx.root / "scratch" / "previous.onnx"
+    shutil.copy(ctx.onnx, out)
+    before = out.read_bytes()
+
+    def broken(*args):
+        raise ModelError("parity failed")
+
+    monkeypatch.setattr(export, "check_parity", broken)
+    with pytest.raises(ModelError):
+        export.export_onnx(ctx.checkpoint, out, uint8_input=True)
+    assert out.read_bytes() == before and sorted(p.name for p in out.parent.glob(".previous.onnx*")) == []
+
+
+def test_the_demo_exports_again_over_a_truncated_cached_file(ctx):
+    from structvpr_edge.demo import export_shipped
+    from structvpr_edge.modelinfo import read_onnx_info
+
+    out = ctx.root / "scratch" / "demo"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "student.onnx").write_bytes(ctx.onnx.read_bytes()[:1000])
+    path = export_shipped(out, str(ctx.checkpoint))
+    assert read_onnx_info(path).layout.dim == 512
+
+
+def old_kit(root: Path, model: Path) -> Path:
+    """A kit's files (compared byte for byte afterwards): its report records ``model`` as its CPU INT8 graph."""
+    from structvpr_edge.modelinfo import sha256_file
+
+    kit = root / "old-kit"
+    kit.mkdir()
+    shutil.copy(model, kit / "model.int8.cpu.onnx")
+    (kit / "manifest.json").write_text('{"format": "structvpr-edge/calibration/1"}\n')
+    (kit / "report.json").write_text(json.dumps({"sha256": {"model.int8.cpu.onnx": sha256_file(kit / "model.int8.cpu.onnx")}}))
+    return kit
+
+
+def test_a_failed_recalibration_leaves_the_old_kit_whole(ctx, tmp_path, monkeypatch):
+    from structvpr_edge.deploy import calibration
+
+    kit = old_kit(tmp_path, ctx.float_onnx)
+    before = {p.name: p.read_bytes() for p in kit.iterdir()}
+    options = {"model": ctx.float_onnx, "images": ctx.few, "out": kit, "num": 2, "reselect": True}
+    with pytest.raises(DatasetError):  # a typo in the validation set, found before any work
+        calibration.calibrate(calibration.CalibrationConfig(**options, val=tmp_path / "nope"))
+
+    def broken(*args):
+        raise ModelError("killed half way")
+
+    monkeypatch.setattr(calibration, "_quantize", broken)  # a failure after the images were chosen and hashed
+    with pytest.raises(ModelError):
+        calibration.calibrate(calibration.CalibrationConfig(**options))
+    assert {p.name: p.read_bytes() for p in kit.iterdir()} == before and sorted(p.name for p in tmp_path.iterdir()) == ["old-kit"]
+
+
+def test_a_mixed_kit_is_refused_by_name(ctx, tmp_path):
+    from structvpr_edge.deploy.calibration import prepare_kit
+
+    kit = old_kit(tmp_path, ctx.float_onnx)
+    shutil.copy(ctx.onnx, kit / "model.int8.cpu.onnx")  # another calibration's graph beside this report
+    with pytest.raises(ModelError, match="model.int8.cpu.onnx"):
+        EdgeVPR(kit / "model.int8.cpu.onnx", threads=1)
+    with pytest.raises(ModelError, match="model.int8.cpu.onnx"):
+        prepare_kit(kit)

@@ -82,7 +82,8 @@ def test_map_build_localize_save_append(exported, place_dataset, tmp_path):
         assert set(first.timing_ms) == {"preprocess", "inference", "search", "total"}
         assert not first.confident  # no threshold calibrated yet
         assert (first.east, first.north) == (first.matches[0].east, first.matches[0].north)
-        build_map(vpr, place_dataset, tmp_path / "map", append=True)
+        build_map(vpr, place_dataset, tmp_path / "map", append=True, split="val")  # other images: added
+        build_map(vpr, place_dataset, tmp_path / "map", append=True)  # the same images again: nothing added
     assert len(PlaceMap.load(tmp_path / "map")) == 12
 
 
@@ -150,7 +151,7 @@ def test_threshold_reaches_target_precision():
 
 def test_temporal_filter_fixes_isolated_mistakes():
     poses = np.column_stack([np.arange(100) * 5.0, np.zeros(100), np.zeros(100)])
-    place_filter = PlaceFilter(poses, TemporalConfig(max_move_m=12, temperature=0.05))
+    place_filter = PlaceFilter(TemporalConfig(max_move_m=12, temperature=0.05))
     single, filtered = 0, 0
     rng = np.random.default_rng(1)
     for t in range(60):
@@ -162,7 +163,7 @@ def test_temporal_filter_fixes_isolated_mistakes():
         order = np.argsort(-scores)
         rows, scores = rows[order], scores[order]
         single += rows[0] == true
-        posterior = place_filter.update(rows, scores)
+        posterior = place_filter.update(rows, scores, poses)
         filtered += place_filter.rows[np.argmax(posterior)] == true
     assert filtered > single and filtered >= 56
 

@@ -4,14 +4,17 @@ The dataset loader looks for ``ROOT/labels/SPLIT/.../name.png`` next to each
 ``ROOT/images/SPLIT/.../name.jpg``, holding Cityscapes train ids (see ``labels.py``). For the
 standard VPR layout pass the two roots, and every split and subset is covered:
 
+    structvpr-edge labels --images ROOT/images --out ROOT/labels       # the shipped ESPNet (deploy/segmenter.py)
     structvpr-edge labels --images ROOT/images --out ROOT/labels --onnx seg.onnx --scheme ade20k
     structvpr-edge labels --images ROOT/images --out ROOT/labels --pngs PREDICTIONS --scheme ade20k
 
 Label PNGs already written are kept (a cache): segmenting a dataset on a CPU takes long, and a
-rerun after an interruption carries on where it stopped.
+rerun after an interruption carries on where it stopped. Each PNG is written aside and renamed,
+so an interrupted run never leaves half a label map that a rerun would keep.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +24,8 @@ from tqdm import tqdm
 
 from ..errors import BackendError, ConfigError, DatasetError, ModelError
 from ..images import read_rgb
-from ..labels import check_scheme, to_cityscapes
+from ..labels import SCHEME_CLASSES, check_class_ids, check_scheme, to_cityscapes
+from ..safety import check_onnx
 from .dataset import IMAGE_EXTENSIONS
 
 # What most segmentation models (mmseg, torchvision, SegFormer) were trained with, RGB in [0, 1].
@@ -58,10 +62,14 @@ def _files_under(root: Path, extensions: tuple[str, ...], out: Path) -> list[Pat
     return files
 
 
+def image_files(images_root: Path, labels_root: Path) -> list[Path]:
+    """The images under ``images_root`` (sorted; DatasetError if none), minus ``labels_root`` if nested."""
+    return _files_under(images_root, IMAGE_EXTENSIONS, labels_root)
+
+
 def missing_labels(images_root: Path, labels_root: Path) -> list[Path]:
     """Images under ``images_root`` without a label map (the loader needs one for every image)."""
-    images = _files_under(images_root, IMAGE_EXTENSIONS, labels_root)
-    return [p for p in images if not label_path(p, images_root, labels_root).exists()]
+    return [p for p in image_files(images_root, labels_root) if not label_path(p, images_root, labels_root).exists()]
 
 
 def _as_uint8(ids: np.ndarray, error: type[Exception], source: str) -> np.ndarray:
@@ -73,8 +81,11 @@ def _as_uint8(ids: np.ndarray, error: type[Exception], source: str) -> np.ndarra
 
 def _write_png(path: Path, label: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), label):
+    partial = path.with_name(f".{path.name}.partial.png")
+    if not cv2.imwrite(str(partial), label):
+        partial.unlink(missing_ok=True)
         raise DatasetError(f"cannot write label map {path}")
+    os.replace(partial, path)  # whole or absent: the cache never keeps half a map
 
 
 def convert_label_pngs(src_dir: Path, out_dir: Path, scheme: str) -> int:
@@ -90,6 +101,7 @@ def convert_label_pngs(src_dir: Path, out_dir: Path, scheme: str) -> int:
         if ids is None or ids.ndim != 2:
             raise DatasetError(f"{src} is not a single-channel class-id PNG")
         ids = _as_uint8(ids, DatasetError, str(src))
+        check_class_ids(ids, scheme, str(src))
         _write_png(out_dir / src.relative_to(src_dir), to_cityscapes(ids, scheme))
     return len(pngs)
 
@@ -97,6 +109,7 @@ def convert_label_pngs(src_dir: Path, out_dir: Path, scheme: str) -> int:
 def _open_model(path: Path):  # -> onnxruntime.InferenceSession, imported lazily
     if not path.is_file():
         raise ModelError(f"segmentation model not found: {path}")
+    check_onnx(path)
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -116,16 +129,21 @@ def _open_model(path: Path):  # -> onnxruntime.InferenceSession, imported lazily
     return session
 
 
-def _class_ids(output: np.ndarray, batch: int, model: Path) -> np.ndarray:
-    """(B, h, w) uint8 class ids from logits (B, C, h, w) or ids (B, h, w)."""
+def _class_ids(output: np.ndarray, batch: int, model: Path, scheme: str) -> np.ndarray:
+    """(B, h, w) uint8 class ids of ``scheme`` from logits (B, C, h, w) or ids (B, h, w); a class
+    count or an id the scheme does not have means the model was made for other classes."""
     if output.ndim == 4 and output.shape[0] == batch:
+        if output.shape[1] != SCHEME_CLASSES[scheme]:
+            raise ModelError(f"{model} outputs {output.shape[1]} classes; a {scheme} model outputs {SCHEME_CLASSES[scheme]}")
         output = output.argmax(axis=1)
     elif not (output.ndim == 3 and output.shape[0] == batch and np.issubdtype(output.dtype, np.integer)):
         raise ModelError(
             f"{model} must output logits (B, C, h, w) or integer class ids (B, h, w); "
             f"got {output.dtype} {output.shape} for a batch of {batch}"
         )
-    return _as_uint8(output, ModelError, str(model))
+    ids = _as_uint8(output, ModelError, str(model))
+    check_class_ids(ids, scheme, str(model), ModelError)
+    return ids
 
 
 def _preprocess(rgb: np.ndarray, size: tuple[int, int], mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -149,19 +167,21 @@ def segment_folder(
 ) -> SegmentSummary:
     """Segment every image under ``images_root`` and write Cityscapes-train-id PNGs under ``out_root``.
 
-    The model takes (B, 3, H, W) float RGB normalised as ``(x / 255 - mean) / std`` and outputs
-    logits (B, C, h, w) or class ids (B, h, w) of ``scheme``; ids are resized to each image's
-    size with nearest neighbour. The network input is ``input_size`` (W, H), else the model's
-    fixed input size, else the first image's size. A model exported with a fixed batch runs at
-    that batch. Existing label PNGs are kept unless ``overwrite``.
+    The model takes (B, 3, H, W) float RGB normalised as ``(x / 255 - mean) / std``; its first
+    output is logits (B, C, h, w) with C the class count of ``scheme``, or class ids (B, h, w) of
+    ``scheme`` (anything else is a ModelError naming the model). Every image is resized to the
+    network input, ``input_size`` (W, H), else the model's fixed input size, else the first
+    image's size, so frames of mixed sizes share one input; ids are resized back to each image's
+    size with nearest neighbour. A model exported with a fixed batch runs at that batch.
+    Existing label PNGs are kept unless ``overwrite``.
     """
     check_scheme(scheme)
     if batch_size <= 0:
         raise ConfigError(f"batch_size must be positive, got {batch_size}")
     images_root, onnx_model, out_root = Path(images_root), Path(onnx_model), Path(out_root)
-    images = _files_under(images_root, IMAGE_EXTENSIONS, out_root)
+    images = image_files(images_root, out_root)
     session = _open_model(onnx_model)
-    model_input = session.get_inputs()[0]
+    model_input, first_output = session.get_inputs()[0], session.get_outputs()[0].name
     batch_dim, _, height, width = model_input.shape
     fixed_size = (width, height) if isinstance(width, int) and isinstance(height, int) else None
     if input_size is not None and fixed_size is not None and tuple(input_size) != fixed_size:
@@ -181,8 +201,11 @@ def segment_folder(
             batch = np.stack([_preprocess(rgb, size, mean_, std_) for rgb in rgbs])
             if isinstance(batch_dim, int) and len(batch) < batch_size:  # a fixed-batch model: pad the last one
                 batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch), axis=0)])
-            output = session.run(None, {model_input.name: batch.astype(_INPUT_DTYPES[model_input.type])})[0]
-            for path, rgb, ids in zip(paths, rgbs, _class_ids(output, len(batch), onnx_model)):
+            try:
+                output = session.run([first_output], {model_input.name: batch.astype(_INPUT_DTYPES[model_input.type])})[0]
+            except Exception as exc:  # onnxruntime's own types: a shape the model cannot take, mostly
+                raise ModelError(f"{onnx_model} failed on {paths[0]} (input {size[0]}x{size[1]}): {exc}") from exc
+            for path, rgb, ids in zip(paths, rgbs, _class_ids(output, len(batch), onnx_model, scheme)):
                 ids = cv2.resize(ids, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
                 _write_png(label_path(path, images_root, out_root), to_cityscapes(ids, scheme))
             progress.update(len(paths))

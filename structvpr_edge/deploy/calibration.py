@@ -16,23 +16,27 @@ fog) are represented instead of drowned by the common daylight frames. Torch-fre
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..artifacts import CALIBRATION_FORMAT, CPU_INT8, FP16, FP32, MANIFEST, RANGES, REPORT, REPORT_MD, TRT_CACHE, TRT_INT8
+from ..artifacts import CALIBRATION_FORMAT, CPU_INT8, FP16, FP32, KIT_FILES, MANIFEST, RANGES, REPORT, REPORT_MD, TRT_CACHE, TRT_INT8
 from ..data.dataset import VPRDataset, list_images, load_dataset
 from ..errors import BackendError, ConfigError, DatasetError, ModelError
 from ..eval.evaluate import extract
+from ..files import open_regular
 from ..eval.models import deployed_extractor
 from ..eval.recall import recall_at_n, retrieve
 from ..modelinfo import ModelInfo, read_onnx_info, sha256_file
 from ..runtime.ort_session import LOAD_SLACK, load_per_core
 from ..runtime.preprocess import Preprocessor, read_image
+from ..safety import check_onnx, confined
 from ..runtime.profiling import SessionSpec, int8_advice, measure_isolated, stage_stats
 from . import quantize as q
 
@@ -52,10 +56,21 @@ class CalibrationConfig:
     val_split: str = "val"
     reselect: bool = False  # choose new images even if manifest.json exists
     threads: int | None = None
+    trust_checkpoint: bool = False  # a checkpoint that needs code to load is refused unless True (docs/security.md)
 
     def __post_init__(self) -> None:
+        """Options checked when they are given, before an export or a calibration pass is spent on them."""
         self.model, self.images, self.out = Path(self.model), Path(self.images), Path(self.out)
         self.val = Path(self.val) if self.val is not None else None
+        if isinstance(self.num, bool) or not isinstance(self.num, int) or self.num <= 0:
+            raise ConfigError(f"--num must be a positive integer, got {self.num!r}")
+        if self.method not in q.METHODS:
+            raise ConfigError(f"--method must be one of {q.METHODS}, got {self.method!r}")
+        drop = self.max_recall_drop
+        if drop is not None and (isinstance(drop, bool) or not isinstance(drop, (int, float)) or not -100 <= drop <= 100):
+            raise ConfigError(f"--max-recall-drop must be Recall@1 points in -100..100, got {drop!r}")
+        if drop is not None and self.val is None:
+            raise ConfigError("--max-recall-drop needs a validation dataset (--val-dataset DATASET)")
 
 
 def candidate_root(images: Path) -> Path:
@@ -90,7 +105,7 @@ def write_manifest(path: Path, root: Path, images: list[Path], model: Path, cand
     manifest = {
         "format": CALIBRATION_FORMAT,
         "root": str(root.resolve()),
-        "model": str(model),
+        "model": recorded(model, path.parent),
         "model_sha256": sha256_file(model),
         "weights": weights,
         "weights_sha256": read_onnx_info(model).checkpoint_sha256,
@@ -102,6 +117,12 @@ def write_manifest(path: Path, root: Path, images: list[Path], model: Path, cand
     }
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def recorded(path: Path, kit: Path) -> str:
+    """How a kit records a path: a file of its own by name (a kit is written aside, moved whole and
+    may be copied), any other as given."""
+    return path.name if path.parent == kit else str(path)
 
 
 def load_manifest(path: Path) -> tuple[dict, list[Path]]:
@@ -120,6 +141,7 @@ def load_manifest(path: Path) -> tuple[dict, list[Path]]:
     paths, bad = [], []
     for entry in entries:
         image = root / entry["path"]
+        confined(image, root, DatasetError)  # a crafted manifest names no file outside its image root
         digest = sha256_file(image) if image.is_file() else None
         if digest is None:
             bad.append(f"{image} is missing")
@@ -248,7 +270,7 @@ def _select(config: CalibrationConfig, weights: str | None) -> tuple[list[Path],
     return chosen, count
 
 
-def export_fp32(weights: str, out: Path) -> Path:
+def export_fp32(weights: str, out: Path, trust_checkpoint: bool = False) -> Path:
     """The FP32 ONNX of a checkpoint or shipped model, exported as KIT_EXPORT says (needs torch)."""
     try:
         from .export import export_onnx  # noqa: PLC0415
@@ -257,7 +279,7 @@ def export_fp32(weights: str, out: Path) -> Path:
             f"exporting {weights} to ONNX needs torch (pip install 'structvpr-edge[train]'); "
             f"or copy {out} from a machine that has it"
         ) from exc
-    export_onnx(weights, out, **KIT_EXPORT)
+    export_onnx(weights, out, trust_checkpoint=trust_checkpoint, **KIT_EXPORT)
     return out
 
 
@@ -273,9 +295,9 @@ def prepare_kit(folder: Path) -> Path:
     folder = Path(folder)
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-        report = json.loads((folder / REPORT).read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{folder} is not a calibration folder ({exc}); run `structvpr-edge calibrate`") from exc
+    report = check_kit(folder)
     fp32, weights = folder / FP32, manifest.get("weights")
     redo = f"recalibrate: structvpr-edge calibrate --model {weights or 'MODEL'} --dataset DATASET --val-dataset DATASET --out {folder} --reselect"
     if not fp32.is_file():
@@ -298,13 +320,7 @@ def _check(config: CalibrationConfig):
     """The FP32 model's proto and ModelInfo, after validating the options."""
     import onnx  # noqa: PLC0415
 
-    if config.num <= 0:
-        raise ConfigError(f"--num must be positive, got {config.num}")
-    if config.method not in q.METHODS:
-        raise ConfigError(f"--method must be one of {q.METHODS}, got {config.method!r}")
-    if config.max_recall_drop is not None and config.val is None:
-        raise ConfigError("--max-recall-drop needs a validation dataset (--val-dataset DATASET)")
-    proto = onnx.load(str(config.model))
+    proto = onnx.load(str(check_onnx(config.model)))
     info = ModelInfo.from_props({p.key: p.value for p in proto.metadata_props})
     if info.extra.get("precision", "fp32") != "fp32":
         raise ConfigError(f"{config.model} is already {info.extra['precision']}; calibrate the FP32 export")
@@ -374,7 +390,7 @@ def _measure(run: _Quantizer, dataset: VPRDataset | None, images: list[Path], ca
     reference, *others = (describe(run.path(a), paths, a, config.threads) for a in ("FP32", "INT8 cpu", "INT8 trt", "FP16"))
     outputs = dict(zip(("INT8 cpu", "INT8 trt", "FP16"), others))
     report = CalibrationReport(
-        model=str(config.model), method=config.method, images=len(images), candidates=candidates,
+        model=recorded(config.model, config.out), method=config.method, images=len(images), candidates=candidates,
         manifest_sha256=sha256_file(config.out / MANIFEST), artifacts={}, quantization={}, cosine={},
         cosine_on=f"{config.val}/{config.val_split}, {len(paths)} images" if dataset else f"the {len(images)} calibration images",
         max_recall_drop_pp=config.max_recall_drop,
@@ -401,9 +417,10 @@ def _write_report(run: _Quantizer, report: CalibrationReport, start: float) -> N
     import onnx  # noqa: PLC0415
 
     out, model, int8 = run.config.out, run.config.model, {"cpu": run.path("INT8 cpu"), "trt": run.path("INT8 trt")}
-    report.artifacts = {"int8_cpu": str(int8["cpu"]), "int8_trt": str(int8["trt"]), "fp16": str(out / FP16), "trt_cache": str(out / TRT_CACHE), "ranges": str(out / RANGES)}
+    files = {"int8_cpu": int8["cpu"], "int8_trt": int8["trt"], "fp16": out / FP16, "trt_cache": out / TRT_CACHE, "ranges": out / RANGES}
+    report.artifacts = {key: path.name for key, path in files.items()}
     report.quantization = {name: q.quantization_types(onnx.load(str(path))) for name, path in int8.items()}
-    report.sha256 = {Path(p).name: sha256_file(Path(p)) for p in (str(model), *report.artifacts.values())}
+    report.sha256 = {path.name: sha256_file(path) for path in (model, *files.values())}
     report.cpu_load = load_per_core()
     report.cpu_ms = cpu_inference_ms({"fp32": model, "int8": int8["cpu"], "fp16": out / FP16}, run.config.threads)
     report.cpu_advice = int8_advice(report.cpu_ms)
@@ -412,26 +429,83 @@ def _write_report(run: _Quantizer, report: CalibrationReport, start: float) -> N
     (out / REPORT_MD).write_text(report.markdown())
 
 
-def calibrate(config: CalibrationConfig) -> CalibrationReport:
-    """The whole workflow; writes every artifact and both reports into ``config.out``.
+def check_kit(folder: Path) -> dict:
+    """The kit's report, once every kit file present is the one it describes (sha256): a kit whose
+    swap a kill interrupted (no report) or a mix of two calibrations is refused, naming the file."""
+    redo = f"recalibrate: structvpr-edge calibrate ... --out {folder}"
+    try:
+        report = json.loads((folder / REPORT).read_text())
+        recorded_sha = report["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{folder} is not a whole calibration kit ({exc}); {redo}") from exc
+    for name, digest in recorded_sha.items():
+        if (folder / name).is_file() and sha256_file(folder / name) != digest:
+            raise ModelError(f"{folder / name} is not the file {folder / REPORT} describes (a mix of two calibrations); {redo}")
+    return report
 
-    Raises ModelError (after writing the reports) when ``max_recall_drop`` is set and even
-    keeping every sensitive group in FP32 does not bring the Recall@1 drop within it.
+
+def _check_out(folder: Path) -> None:
+    """A kit is written into a new or empty folder, or over a kit: never among a user's other files."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file; --out names the kit's folder")
+    if folder.is_dir() and any(folder.iterdir()):
+        try:
+            with open_regular(folder / MANIFEST, 64 << 20, ConfigError) as handle:
+                is_kit = json.loads(handle.read()).get("format") == CALIBRATION_FORMAT
+        except (ValueError, AttributeError):  # ConfigError is a ValueError
+            is_kit = False
+        if not is_kit:
+            raise ConfigError(f"{folder} is not empty and holds no calibration kit: a kit is written into a new or empty folder, or over a kit")
+
+
+def _swap(stage: Path, target: Path) -> None:
+    """Move a written kit into ``target`` whole. A new folder is one rename; into an existing kit,
+    file by file with report.json last, so a kill in between leaves files the report present does
+    not describe, which check_kit (and EdgeVPR) refuse by name. Only kit file names are replaced."""
+    if not target.exists():
+        os.rename(stage, target)
+        return
+    for name in KIT_FILES:
+        if (stage / name).is_file():
+            os.replace(stage / name, target / name)
+
+
+def calibrate(config: CalibrationConfig) -> CalibrationReport:
+    """The whole workflow. Every artifact and both reports are written into a folder beside
+    ``config.out`` and moved into it whole once they pass the accuracy gate, so a failure or a
+    kill leaves the previous kit as it was.
+
+    Raises ModelError when ``max_recall_drop`` is set and even keeping every sensitive group in
+    FP32 does not bring the Recall@1 drop within it; that kit goes to ``OUT.rejected`` instead.
     """
     start = time.perf_counter()
-    config.out.mkdir(parents=True, exist_ok=True)
-    weights = None if config.model.suffix == ".onnx" else str(config.model)
-    if weights is not None:  # a checkpoint or shipped name: calibrate its export, kept in the folder
-        config.model = export_fp32(weights, config.out / FP32)
-    proto, info = _check(config)
-    paths, candidates = _select(config, weights)
-    run = _quantize(config, proto, info, paths)
-    dataset = load_dataset(config.val, split=config.val_split) if config.val is not None else None
-    report = _measure(run, dataset, paths, candidates)
-    _write_report(run, report, start)
-    if report.within_budget is False:
+    final = config.out
+    _check_out(final)
+    dataset = load_dataset(config.val, split=config.val_split) if config.val is not None else None  # a typo costs nothing
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = final.parent / f".{final.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+    stage.mkdir()
+    try:
+        if (final / MANIFEST).is_file():  # its images are reused unless --reselect
+            shutil.copy(final / MANIFEST, stage / MANIFEST)
+        staged = replace(config, out=stage)
+        weights = None if config.model.suffix == ".onnx" else str(config.model)
+        if weights is not None:  # a checkpoint or shipped name: calibrate its export, kept in the folder
+            staged.model = export_fp32(weights, stage / FP32, config.trust_checkpoint)
+        proto, info = _check(staged)
+        paths, candidates = _select(staged, weights)
+        run = _quantize(staged, proto, info, paths)
+        report = _measure(run, dataset, paths, candidates)
+        _write_report(run, report, start)
+        target = final if report.within_budget is not False else final.with_name(final.name + ".rejected")
+        _swap(stage, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # this run's own folder: whatever a failure left in it
+    if weights is not None:
+        config.model = target / FP32
+    if target != final:
         raise ModelError(
             f"INT8 Recall@1 drops {report.gate[-1].drop_pp['1']:.2f} pp (budget {config.max_recall_drop} pp) even with "
-            f"{', '.join(report.fp32_groups)} in FP32; artifacts and {config.out / REPORT_MD} are written"
+            f"{', '.join(report.fp32_groups)} in FP32; {final} is unchanged, the rejected kit and its report are in {target}"
         )
     return report

@@ -17,6 +17,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import ConfigError, ModelError
+from ..files import check_not_an_input, replace_whole
 from ..images import normalize
 from ..layout import DescriptorLayout
 from ..modelinfo import ModelInfo, sha256_file
@@ -150,13 +151,16 @@ def export_onnx(
     opset: int = 17,
     uint8_input: bool = False,
     parity_images: list[np.ndarray] | None = None,
+    trust_checkpoint: bool = False,
 ) -> ExportReport:
-    """Checkpoint -> simplified ONNX with metadata; raises ModelError if parity fails."""
-    import onnx  # noqa: PLC0415
-
+    """Checkpoint -> simplified ONNX with metadata; raises ModelError if parity fails.
+    ``trust_checkpoint``: also open a checkpoint that needs code to load (models/checkpoint.py).
+    The file is written aside and moved over ``out`` only once parity holds: a kill or a failed
+    check leaves the previous ``out`` as it was."""
     if batch not in ("1", "dynamic"):
         raise ConfigError(f"batch must be 1 or dynamic, got {batch!r}")
-    model, meta = load_checkpoint(checkpoint)
+    check_not_an_input(out, [resolve_checkpoint(checkpoint)])
+    model, meta = load_checkpoint(checkpoint, trust_checkpoint)
     size = meta["input"]["size"] if meta["input"]["kind"] == "rgb" else (0, 0)
     width, height = width or size[0], height or size[1]
     if width <= 0 or height <= 0 or width % 16 or height % 8:
@@ -168,17 +172,24 @@ def export_onnx(
     dynamic_axes = {info.input_name: {0: "batch"}, info.output_name: {0: "batch"}} if batch == "dynamic" else None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        net, (dummy,), str(out), input_names=[info.input_name], output_names=[info.output_name],
-        opset_version=opset, dynamic_axes=dynamic_axes, dynamo=False,
-    )
-    proto, tool = simplify(onnx.load(str(out)))
-    for key, value in info.to_props().items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(out))
-    cosine, diff, count = check_parity(model, out, info, parity_images or [], batch)
-    return ExportReport(str(out), list(dummy.shape), tool, cosine, diff, count)
+    done: dict = {}
+
+    def write(tmp: Path) -> None:
+        import onnx  # noqa: PLC0415
+
+        torch.onnx.export(
+            net, (dummy,), str(tmp), input_names=[info.input_name], output_names=[info.output_name],
+            opset_version=opset, dynamic_axes=dynamic_axes, dynamo=False,
+        )
+        proto, done["tool"] = simplify(onnx.load(str(tmp)))
+        for key, value in info.to_props().items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(tmp))
+        done["parity"] = check_parity(model, tmp, info, parity_images or [], batch)
+
+    replace_whole(out, write)
+    return ExportReport(str(out), list(dummy.shape), done["tool"], *done["parity"])
 
 
 def check_parity(model: nn.Module, onnx_path: Path, info: ModelInfo, images: list[np.ndarray], batch: str) -> tuple[float, float, int]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError
+from ..safety import check_onnx
 
 # TensorRT 8.6 parses opsets up to 17; 10.x and 11.x parse more.
 MAX_OPSET = 17
@@ -142,7 +143,7 @@ def check_trt_friendly(model, max_opset: int = MAX_OPSET) -> TrtCheckReport:
 
     if isinstance(model, (str, Path)):
         try:
-            model = onnx.load(str(model))
+            model = onnx.load(str(check_onnx(model)))
         except Exception as exc:  # onnx raises DecodeError and friends
             raise ModelError(f"cannot read ONNX model {model}: {exc}") from exc
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)

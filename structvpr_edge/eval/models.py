@@ -21,14 +21,14 @@ from .references import REFERENCE_MODELS
 class CheckpointExtractor:
     """A trained checkpoint (torch): RGB students, or the label-map teacher."""
 
-    def __init__(self, name_or_path: str | Path, image_size: tuple[int, int] | None = None) -> None:
+    def __init__(self, name_or_path: str | Path, image_size: tuple[int, int] | None = None, trust_checkpoint: bool = False) -> None:
         import torch  # noqa: PLC0415
 
         from ..models.checkpoint import load_checkpoint
 
         self._torch = torch
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, self.meta = load_checkpoint(name_or_path)
+        self.model, self.meta = load_checkpoint(name_or_path, trust_checkpoint)
         self.model.to(self.device)
         spec = self.meta["input"]
         self.input_kind = spec["kind"]
@@ -36,7 +36,8 @@ class CheckpointExtractor:
         self.label_size = tuple(spec["size"])
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        from ..train.data import label_fractions, normalize_images  # noqa: PLC0415
+        from ..labels import label_fractions
+        from ..train.data import normalize_images  # noqa: PLC0415
 
         if self.input_kind == "labels":
             x = self._torch.from_numpy(np.stack([label_fractions(b, self.label_size) for b in batch]).astype(np.float32) / 255)
@@ -79,8 +80,9 @@ def deployed_extractor(path: str | Path, image_size: tuple[int, int] | None = No
     return DeployedExtractor(backend.infer, backend.info, backend.max_batch, str(path), image_size)
 
 
-def load_extractor(model: str, image_size: tuple[int, int] | None = None):
-    """Reference name, shipped model name, checkpoint, ONNX file or TensorRT engine -> extractor."""
+def load_extractor(model: str, image_size: tuple[int, int] | None = None, trust_checkpoint: bool = False):
+    """Reference name, shipped model name, checkpoint, ONNX file or TensorRT engine -> extractor.
+    ``trust_checkpoint``: also open a checkpoint that needs code to load (models/checkpoint.py)."""
     if model in REFERENCE_MODELS:
         return REFERENCE_MODELS[model](image_size=image_size)
     if backend_for(model) != "torch":
@@ -88,7 +90,7 @@ def load_extractor(model: str, image_size: tuple[int, int] | None = None):
     from ..models.checkpoint import SHIPPED  # noqa: PLC0415
 
     if model in SHIPPED or Path(model).suffix == CHECKPOINT_SUFFIX:
-        return CheckpointExtractor(model, image_size)
+        return CheckpointExtractor(model, image_size, trust_checkpoint)
     raise ModelError(
         f"unknown model {model!r}; use a checkpoint (.pt), an ONNX file (.onnx), a TensorRT engine ({' or '.join(ENGINE_SUFFIXES)}), "
         f"a shipped model {sorted(SHIPPED)} or a built-in reference {sorted(REFERENCE_MODELS)}"

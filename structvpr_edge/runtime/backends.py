@@ -33,6 +33,9 @@ class OnnxRuntimeBackend:
         self.ort = OrtSession(path, threads=threads)
         session = self.ort.session
         self.info = ModelInfo.from_props(session.get_modelmeta().custom_metadata_map)
+        dtypes = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
+        self.info.check_io([(i.name, dtypes.get(i.type, i.type), i.shape) for i in session.get_inputs()],
+                           [(o.name, o.shape) for o in session.get_outputs()])
         declared = session.get_inputs()[0].shape[0]
         self.max_batch = declared if isinstance(declared, int) else max_batch
 
@@ -49,9 +52,10 @@ class OnnxRuntimeBackend:
 
 
 class TorchBackend:
-    """Reference backend: float input, eager PyTorch on the CPU (or CUDA when available)."""
+    """Reference backend: float input, eager PyTorch on the CPU (or CUDA when available).
+    ``trust_checkpoint``: also open a checkpoint that needs code to load (models/checkpoint.py)."""
 
-    def __init__(self, checkpoint: str | Path, threads: int | str | None = "auto", max_batch: int = 1) -> None:
+    def __init__(self, checkpoint: str | Path, threads: int | str | None = "auto", max_batch: int = 1, trust_checkpoint: bool = False) -> None:
         try:
             import torch  # noqa: PLC0415
         except ImportError as exc:
@@ -66,7 +70,7 @@ class TorchBackend:
             torch.set_num_threads(threads)
         self.threading = {"threads": torch.get_num_threads(), "source": "explicit" if threads != AUTO else "torch default"}
         self.torch = torch
-        self.model, meta = load_checkpoint(checkpoint)
+        self.model, meta = load_checkpoint(checkpoint, trust_checkpoint)
         width, height = meta["input"]["size"]
         self.info = model_info(meta, width, height, uint8_input=False, checkpoint_sha=sha256_file(resolve_checkpoint(checkpoint)))
         self.max_batch = max_batch
@@ -79,12 +83,14 @@ class TorchBackend:
         self.model = None
 
 
-def open_backend(model: str | Path, backend: str = "auto", threads: int | str | None = "auto", max_batch: int = 1) -> Backend:
+def open_backend(model: str | Path, backend: str = "auto", threads: int | str | None = "auto", max_batch: int = 1,
+                 trust_checkpoint: bool = False) -> Backend:
     """Pick and open a backend for ``model`` (engine, ONNX file, checkpoint or shipped name).
 
     ``auto``: an engine runs on TensorRT; an ONNX file on ONNX Runtime (whose CUDA/TensorRT
     providers take the GPU when present); a checkpoint on torch. ``threads``: an integer, or
-    ``"auto"`` (None: the same), measured for ONNX Runtime (ort_session.py).
+    ``"auto"`` (None: the same), measured for ONNX Runtime (ort_session.py). ``trust_checkpoint``:
+    see TorchBackend.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -99,4 +105,4 @@ def open_backend(model: str | Path, backend: str = "auto", threads: int | str | 
         return TensorRTBackend(model, max_batch=max_batch)
     if backend == "onnxruntime":
         return OnnxRuntimeBackend(model, threads=threads, max_batch=max_batch)
-    return TorchBackend(model, threads=threads, max_batch=max_batch)
+    return TorchBackend(model, threads=threads, max_batch=max_batch, trust_checkpoint=trust_checkpoint)

@@ -14,24 +14,35 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import MODEL_SUFFIXES
+from ..artifacts import MODEL_SUFFIXES, check_kit_member
 from ..data.dataset import DEFAULT_POSITIVE_RADIUS_M
-from ..errors import ConfigError, MapError, ModelError
+from ..errors import ConfigError, MapError, ModelError, UncalibratedWarning
 from ..modelinfo import sha256_file
 from .backends import Backend, open_backend
 from .map import PlaceMap
-from .preprocess import Preprocessor
+from .ort_session import MAX_THREADS
+from .preprocess import Preprocessor, check_frame
 from .temporal import PlaceFilter, TemporalConfig
 
 
 
 @dataclass(frozen=True)
 class Match:
+    """One map entry retrieved for a frame.
+
+    row: the entry's row in the map (PlaceMap.places[row])
+    id: the entry's place id (Place.id)
+    east, north: the entry's position, metres in the map's frame (PlaceMap.manifest.frame_id)
+    heading: the entry's compass heading in degrees (0 = north, 90 = east), NaN when unknown
+    similarity: cosine similarity of the frame's descriptor to the entry's, in [-1, 1]
+    """
+
     row: int
     id: str
     east: float
@@ -42,7 +53,20 @@ class Match:
 
 @dataclass
 class Localization:
-    """Top-k map entries, the pose estimate and how sure it is; times in milliseconds."""
+    """One frame's answer: the retrieved map entries, the pose estimate and whether to trust it.
+
+    matches: the top_k map entries (Match), best first
+    east, north: the estimated position, metres in the map's frame: the chosen entry's (the top-1,
+        or with temporal=True the filter's choice)
+    heading: the chosen entry's compass heading in degrees, NaN when the map has none
+    confident: whether the chosen entry passes the map's calibrated threshold (score and margin);
+        always False on a map without one (see calibrated)
+    margin: similarity of the chosen entry minus the best entry at another place (> 25 m away);
+        inf when every retrieved entry is near the chosen one
+    timing_ms: milliseconds per stage for this frame: preprocess, inference, search and total
+    calibrated: whether the map has a confidence threshold (structvpr-edge calibrate-threshold);
+        when False, confident says nothing about the match
+    """
 
     matches: list[Match]
     east: float
@@ -51,11 +75,13 @@ class Localization:
     confident: bool
     margin: float
     timing_ms: dict[str, float] = field(default_factory=dict)
+    calibrated: bool = True
 
     def to_json(self) -> dict:
+        """A JSON-safe dict: NaN heading and infinite margin become null."""
         return {
             "east": self.east, "north": self.north, "heading": None if np.isnan(self.heading) else self.heading,
-            "confident": self.confident, "margin": self.margin if math.isfinite(self.margin) else None,
+            "confident": self.confident, "calibrated": self.calibrated, "margin": self.margin if math.isfinite(self.margin) else None,
             "matches": [{**m.__dict__, "heading": None if np.isnan(m.heading) else m.heading} for m in self.matches],
             "timing_ms": self.timing_ms,
         }
@@ -78,14 +104,40 @@ def margin_to_other_places(scores: np.ndarray, rows: np.ndarray, poses: np.ndarr
     return float(scores[chosen] - (scores[far[0]] if len(far) else scores[others[-1]]))
 
 
+# The most each count option may ask for: beyond these it is a typo, and 2**40 threads or a 10**7
+# frame input buffer would fail deep inside ONNX Runtime or numpy instead of here.
+LIMITS = {"top_k": 1000, "max_batch": 1024, "threads": MAX_THREADS, "batch_size": 1024}
+
+
 def positive_int(name: str, value: object) -> int:
-    """A count option (top_k, max_batch, threads): a real int >= 1, not "5", 2.5 or True."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    """A count option (top_k, max_batch, threads, batch_size): a real int in 1..LIMITS[name], not "5", 2.5 or True."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= LIMITS[name]:
+        raise ConfigError(f"{name} must be an integer in 1..{LIMITS[name]}, got {value!r}")
     return int(value)
 
 
 class EdgeVPR:
+    """Localize camera frames in a place map with an exported model; one instance per camera thread.
+
+    model: an ONNX file (.onnx), a TensorRT engine (.engine/.plan), a checkpoint (.pt, needs torch)
+        or a shipped model name (structvprpp, student-nokd, baseline; needs torch)
+    map: a map folder (structvpr-edge build-map) or a PlaceMap; None to set one later with set_map
+    backend: "auto" (by the model's suffix), "tensorrt", "onnxruntime" or "torch"
+    top_k: how many map entries each Localization lists
+    colour: channel order of the frames given: "BGR" (OpenCV's) or "RGB"
+    threads: CPU inference threads: "auto" (timed once per model and machine, cached), a count,
+        or None for the backend's default
+    max_batch: the most frames one inference call takes; larger batches are split
+    temporal: True (or a TemporalConfig) to filter the frames of a moving vehicle over time
+    gpu_index: search the map on the GPU when faiss has GPU support
+    trust_checkpoint: also open a .pt that holds more than tensors and plain data; loading it runs
+        the code it carries (docs/security.md)
+
+    Frames are HxWx3 uint8 arrays at the camera's resolution; a frame smaller than the model's input
+    is enlarged, with an UpscaleWarning. A map answers only to the model it was built with (MapError).
+    Attributes: info (the model's ModelInfo), map (the PlaceMap or None), top_k, model_sha256.
+    """
+
     def __init__(
         self,
         model: str | Path,
@@ -97,6 +149,7 @@ class EdgeVPR:
         max_batch: int = 1,
         temporal: bool | TemporalConfig = False,
         gpu_index: bool = False,
+        trust_checkpoint: bool = False,  # a .pt that needs code to load is refused unless True (docs/security.md)
     ) -> None:
         if not isinstance(model, (str, os.PathLike)) or not str(model):
             raise ConfigError(f"model must be a file path or a shipped model name, got {model!r}")
@@ -105,19 +158,22 @@ class EdgeVPR:
         top_k, max_batch = positive_int("top_k", top_k), positive_int("max_batch", max_batch)
         if threads not in (None, "auto"):
             positive_int("threads", threads)
-        self.backend: Backend | None = open_backend(model, backend, threads=threads, max_batch=max_batch)
+        self.backend: Backend | None = open_backend(model, backend, threads=threads, max_batch=max_batch, trust_checkpoint=trust_checkpoint)
         self.info = self.backend.info
         # The map is tied to these exact bytes: metadata alone would pass a damaged or retrained file.
         self.model_sha256 = sha256_file(model) if Path(model).is_file() else self.info.checkpoint_sha256
+        check_kit_member(model, self.model_sha256)
         self.preprocess = Preprocessor(self.info, colour, max_batch=max(1, min(max_batch, self.backend.max_batch)))
         self.top_k = top_k
         self.map: PlaceMap | None = None
         self.filter: PlaceFilter | None = None
+        self.warned_uncalibrated = False  # UncalibratedWarning is given once per instance
         if map is not None:
             self.set_map(map, temporal, gpu_index)
 
     def set_map(self, place_map: str | Path | PlaceMap, temporal: bool | TemporalConfig | None = None, gpu_index: bool = False) -> None:
-        """Switch maps; ``temporal`` None keeps the current filter setting (re-started on the new map)."""
+        """Switch to another map (a folder or a PlaceMap); temporal=None keeps the current filter setting,
+        re-started on the new map."""
         if not isinstance(place_map, (str, os.PathLike, PlaceMap)):
             raise ConfigError(f"map must be a map folder or a PlaceMap, got {type(place_map).__name__}")
         place_map = place_map if isinstance(place_map, PlaceMap) else PlaceMap.load(place_map)
@@ -131,11 +187,13 @@ class EdgeVPR:
         self.map = place_map
         self.filter = None
         if temporal:
-            self.filter = PlaceFilter(place_map.poses, temporal if isinstance(temporal, TemporalConfig) else None)
+            self.filter = PlaceFilter(temporal if isinstance(temporal, TemporalConfig) else None)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         """The backend's descriptors, refused when not finite: a NaN descriptor has no nearest place."""
         descriptors = np.asarray(self.backend.infer(batch), dtype=np.float32)
+        if descriptors.shape != (len(batch), self.info.layout.dim):
+            raise ModelError(f"the model returned descriptors of shape {descriptors.shape}, its metadata says ({len(batch)}, {self.info.layout.dim})")
         if not np.isfinite(descriptors).all():
             raise ModelError("the model returned a NaN or inf descriptor: the model file is damaged or not a descriptor model")
         return descriptors
@@ -145,6 +203,8 @@ class EdgeVPR:
             raise ConfigError("this EdgeVPR is closed; create a new one")
         if not isinstance(frames, (list, tuple)) or not frames:
             raise ConfigError(f"expected a non-empty list of frames, got {frames!r:.60}")
+        for frame in frames:  # every frame before any work: a refused batch changes nothing
+            check_frame(frame, self.preprocess.colour)
         return list(frames)
 
     def describe_batch(self, frames: list[np.ndarray]) -> np.ndarray:
@@ -155,17 +215,24 @@ class EdgeVPR:
         return np.concatenate(out)
 
     def describe(self, frame: np.ndarray) -> np.ndarray:
+        """The (D,) L2-normalised descriptor of one HxWx3 uint8 frame, without a map."""
         return self.describe_batch([frame])[0]
 
     def localize(self, frame: np.ndarray) -> Localization:
+        """Where one HxWx3 uint8 frame (BGR unless colour="RGB") was taken, on the loaded map."""
         return self.localize_batch([frame])[0]
 
     def localize_batch(self, frames: list[np.ndarray]) -> list[Localization]:
-        """Per frame: the top-k entries, the pose estimate and the confidence flag, with stage times."""
+        """Per frame: the top-k entries, the pose estimate and the confidence flag, with stage times.
+        Every frame is searched before the temporal filter sees one: a refused batch leaves it as it was."""
         frames = self._frames(frames)
         if self.map is None:
             raise MapError("no map loaded: pass map=... or call set_map()")
-        results = []
+        if self.map.manifest.threshold is None and not self.warned_uncalibrated:
+            self.warned_uncalibrated = True
+            warnings.warn("the map has no confidence threshold, so every result's confident is False: run structvpr-edge "
+                          "calibrate-threshold on it with queries of its area", UncalibratedWarning, stacklevel=2)
+        found = []
         chunk = len(self.preprocess.input)
         for start in range(0, len(frames), chunk):
             part = frames[start : start + chunk]
@@ -177,8 +244,8 @@ class EdgeVPR:
             scores, rows = self.map.search(descriptors, self.top_k)
             t3 = time.perf_counter()
             per_frame = {"preprocess": (t1 - t0) * 1e3 / len(part), "inference": (t2 - t1) * 1e3 / len(part), "search": (t3 - t2) * 1e3 / len(part)}
-            results += [self._result(scores[i], rows[i], per_frame) for i in range(len(part))]
-        return results
+            found += [(scores[i], rows[i], per_frame) for i in range(len(part))]
+        return [self._result(*one) for one in found]
 
     def _result(self, scores: np.ndarray, rows: np.ndarray, timing: dict[str, float]) -> Localization:
         poses = self.map.poses
@@ -187,13 +254,13 @@ class EdgeVPR:
         ]
         chosen = 0  # the candidate whose pose is returned; the confidence is about that pose
         if self.filter is not None:
-            posterior = self.filter.update(rows, scores)
+            posterior = self.filter.update(rows, scores, poses)
             chosen = int(np.flatnonzero(rows == self.filter.rows[int(np.argmax(posterior))])[0])
         margin = margin_to_other_places(scores, rows, poses, chosen)
         threshold = self.map.manifest.threshold
         confident = threshold is not None and bool(scores[chosen] >= threshold.score and margin >= threshold.margin)
         east, north, heading = map(float, poses[rows[chosen]])
-        return Localization(matches, east, north, heading, confident, margin, {**timing, "total": sum(timing.values())})
+        return Localization(matches, east, north, heading, confident, margin, {**timing, "total": sum(timing.values())}, threshold is not None)
 
     def close(self) -> None:
         """Free the session / engine buffers; the instance is unusable afterwards."""

@@ -27,15 +27,17 @@ import json
 import math
 import os
 import re
-import shutil
 import sqlite3
+import stat
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.request import pathname2url
 
 import numpy as np
 
 from ..errors import MapError
+from ..files import open_regular, sha256_of
 from ..modelinfo import sha256_file
 from .quantized_scan import QuantizedScan
 
@@ -44,17 +46,29 @@ EXACT_LIMIT = 200_000  # above this many entries "auto" picks an approximate ind
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 FEW_QUERIES = 64  # below this many queries per search: one FAISS thread, and the int8 scan on flat maps
 FILES = ("index.faiss", "places.sqlite")  # the checksummed files of a generation
-GENERATION = re.compile(r"gen-\d{8}")
+GENERATION = re.compile(r"gen-\d{8,}")  # at least 8 digits: gen-99999999 is followed by gen-100000000
 SHA256 = re.compile(r"[0-9a-f]{64}")
-LEFTOVERS = re.compile(r"\.gen-tmp-.*|CURRENT\.tmp-.*|gen-\d{8}")  # removed by a writer unless CURRENT names it
-LEGACY = ("index.faiss", "places.sqlite", "manifest.json", "index.faiss.tmp", "places.sqlite.tmp", "manifest.json.tmp")
+LEFTOVERS = re.compile(r"\.gen-tmp-.*|CURRENT\.tmp-.*|gen-\d{8,}")  # removed by a writer unless CURRENT names it
+GENERATION_FILES = (*FILES, "manifest.json", "places.sqlite-journal")  # every name a writer creates in a generation
+LEGACY = ("index.faiss", "places.sqlite", "manifest.json")  # a map of the format before generations
+MAX_DIM = 1 << 16
+MAX_ENTRIES = 1 << 32
+MAX_SMALL_FILE = 1 << 20  # CURRENT, manifest.json
+NORM_TOLERANCE = 1e-2  # |norm - 1| of a stored descriptor (5x more for the 8/16-bit codes of approximate indexes)
 LOCK_TIMEOUT_S = 60.0
 POINTS_PER_LIST = 39  # FAISS wants this many training points per inverted list
 
 
 @dataclass(frozen=True)
 class Place:
-    """Metadata of one map entry."""
+    """Metadata of one map entry.
+
+    id: the place's id (the image's pano_id, file stem or drive timestamp)
+    east, north: position in metres, in the map's frame (manifest.frame_id; UTM for the VPR layout)
+    heading: compass heading in degrees (0 = north, 90 = east), NaN when unknown
+    timestamp: when the image was taken, as given (nanoseconds for a drive), "" when unknown
+    source: the image file (relative to the dataset) or the drive it came from
+    """
 
     id: str
     east: float
@@ -64,18 +78,46 @@ class Place:
     source: str = ""
 
 
+def _check_field(owner: str, name: str, value: object, kind: type | tuple[type, ...], valid=lambda v: True, what: str = "") -> None:
+    """One field of the manifest's schema: its type (a bool is no number) and its range."""
+    if isinstance(value, bool) or not isinstance(value, kind) or not valid(value):
+        raise MapError(f"{owner}.{name} must be {what or getattr(kind, '__name__', kind)}, got {value!r:.60}")
+
+
 @dataclass
 class Threshold:
-    """Confidence rule: top-1 similarity >= score and margin to the best distant entry >= margin."""
+    """Confidence rule: a frame is confident when both its similarity and its margin reach these.
+    Picked by structvpr-edge calibrate-threshold and stored in the map's manifest.
+
+    score: the least cosine similarity of the chosen entry
+    margin: the least lead of that similarity over the best entry at another place (> 25 m away)
+    precision: fraction of the accepted queries whose match was correct, measured when it was picked
+    recall: fraction of all queries accepted and correct
+    queries: how many queries precision and recall were measured on (0: not recorded)
+    correct: how many of those queries had a correct top-1 match, accepted or not
+    """
 
     score: float
     margin: float
-    precision: float  # measured on validation queries when the threshold was picked
+    precision: float
     recall: float
+    queries: int = 0
+    correct: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("score", "margin", "precision", "recall"):
+            _check_field("threshold", name, getattr(self, name), (int, float), math.isfinite, "a finite number")
+        for name in ("precision", "recall"):
+            _check_field("threshold", name, getattr(self, name), (int, float), lambda v: 0 <= v <= 1, "a number in [0, 1]")
+        _check_field("threshold", "queries", self.queries, int, lambda v: v >= 0, "an integer >= 0")
+        _check_field("threshold", "correct", self.correct, int, lambda v: 0 <= v <= self.queries, "an integer in 0..queries")
 
 
 @dataclass
 class MapManifest:
+    """The schema of manifest.json: every field typed and bounded when it is made (and so when a
+    map is loaded), not when a frame first uses it."""
+
     format: str
     count: int
     dim: int
@@ -86,6 +128,17 @@ class MapManifest:
     created: str
     checksums: dict[str, str] = field(default_factory=dict)
     threshold: Threshold | None = None
+    frame_id: str = ""  # the frame of the places' east/north, e.g. utm_32N (the UTM zone) from a drive's GNSS; "" unknown
+
+    def __post_init__(self) -> None:
+        for name in ("format", "layout_hash", "model_sha256", "index_string", "created", "frame_id"):
+            _check_field("manifest", name, getattr(self, name), str)
+        _check_field("manifest", "count", self.count, int, lambda v: 0 <= v <= MAX_ENTRIES, f"an integer in 0..{MAX_ENTRIES}")
+        _check_field("manifest", "dim", self.dim, int, lambda v: 1 <= v <= MAX_DIM, f"an integer in 1..{MAX_DIM}")
+        _check_field("manifest", "index_type", self.index_type, str, lambda v: v in INDEX_TYPES, f"one of {INDEX_TYPES}")
+        _check_field("manifest", "checksums", self.checksums, dict)
+        if self.threshold is not None:
+            _check_field("manifest", "threshold", self.threshold, Threshold, what="a threshold object or null")
 
 
 def index_string(index_type: str, count: int, dim: int) -> str:
@@ -114,14 +167,24 @@ def check_trainable(factory: str, count: int) -> None:
         )
 
 
+def is_map_folder(directory: Path) -> bool:
+    """Whether a map may be written into this existing folder: it is empty, holds a map (its
+    CURRENT, or the files of the format before generations) or only what a writer leaves."""
+    names = {p.name for p in directory.iterdir()}
+    return "CURRENT" in names or set(LEGACY) <= names or all(n == ".lock" or LEFTOVERS.fullmatch(n) for n in names)
+
+
 def check_writable(directory: str | Path) -> Path:
-    """Fail early, before any long work, when a map cannot be written to ``directory``; creates nothing."""
+    """Fail early, before any long work, when a map cannot be written to ``directory``; creates nothing.
+    A folder that is neither empty nor a map is the user's: refused, never written into or cleaned."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise MapError(f"{directory} is a file, not a map folder")
     existing = next(p for p in (directory, *directory.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise MapError(f"cannot write a map to {directory}: {existing} is not a writable folder")
+    if existing == directory and not is_map_folder(directory):
+        raise MapError(f"{directory} is not empty and holds no map: a map is written into a new or empty folder, or over a map")
     return directory
 
 
@@ -141,11 +204,16 @@ class MapLock:
         self.directory, self.timeout_s, self.fd = directory, timeout_s, -1
 
     def __enter__(self) -> "MapLock":
-        try:
+        lock = self.directory / ".lock"
+        try:  # never through a planted link (O_NOFOLLOW), never blocking on a planted FIFO (O_NONBLOCK)
             self.directory.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            self.fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise MapError(f"cannot write a map to {self.directory}: {exc.strerror or exc}") from exc
+            reason = "it is a link" if lock.is_symlink() else exc.strerror or exc
+            raise MapError(f"cannot write a map to {self.directory}: cannot take {lock} ({reason})") from exc
+        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+            os.close(self.fd)
+            raise MapError(f"cannot write a map to {self.directory}: {lock} is not a regular file; remove it")
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:
@@ -169,8 +237,9 @@ def read_current(directory: Path) -> str:
             raise MapError(f"{directory} is a map of an older format (no crash-safe generations): rebuild it with structvpr-edge build-map")
         raise MapError(f"{directory} is not a map: no CURRENT file (build one with structvpr-edge build-map)")
     try:
-        name = pointer.read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
+        with open_regular(pointer, MAX_SMALL_FILE, MapError, follow=False) as handle:
+            name = handle.read().decode().strip()
+    except UnicodeDecodeError as exc:
         raise MapError(f"{pointer} cannot be read: {exc}") from exc
     if not GENERATION.fullmatch(name):
         raise MapError(f"{pointer} is corrupt (names {name[:40]!r}); rebuild the map")
@@ -178,10 +247,14 @@ def read_current(directory: Path) -> str:
 
 
 def _read_manifest(path: Path) -> MapManifest:
+    with open_regular(path, MAX_SMALL_FILE, MapError, follow=False) as handle:
+        text = handle.read()
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a JSON object, got {type(data).__name__}")
         raw_threshold = data.pop("threshold", None)
-        manifest = MapManifest(**data, threshold=Threshold(**raw_threshold) if raw_threshold else None)
+        manifest = MapManifest(**data, threshold=None if raw_threshold is None else Threshold(**raw_threshold))
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
         raise MapError(f"{path} is malformed: {exc}") from exc
     if manifest.format != FORMAT:
@@ -196,7 +269,16 @@ def _read_manifest(path: Path) -> MapManifest:
 
 
 class PlaceMap:
-    """Descriptors + metadata; search returns the best map entries for query descriptors."""
+    """Descriptors of geo-tagged reference images in a FAISS index, with their places and the
+    confidence threshold; search returns the best entries for query descriptors. Built and saved by
+    structvpr-edge build-map, opened with PlaceMap.load (a map folder of crash-safe generations).
+
+    dim: descriptor length
+    layout_hash: hash of the model's descriptor layout; queries of another layout are refused
+    model_sha256: sha256 of the model file whose descriptors the map holds
+    index_type: "auto" (exact up to 200,000 entries, else ivf), "flat" (exact), "hnsw" or "ivf"
+    expected_size: entries about to be added, to pick and check the "auto"/"ivf" index
+    """
 
     # FAISS's OpenMP thread count is process-wide: set only when a search wants another count
     # than the last one set here, never on every query.
@@ -205,8 +287,8 @@ class PlaceMap:
     def __init__(self, dim: int, layout_hash: str, model_sha256: str, index_type: str = "auto", expected_size: int = 0) -> None:
         import faiss  # noqa: PLC0415
 
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise MapError(f"descriptor dimension must be a positive integer, got {dim!r}")
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= MAX_DIM:
+            raise MapError(f"descriptor dimension must be an integer in 1..{MAX_DIM}, got {dim!r}")
         self.faiss = faiss
         self.index_type = index_type
         self.factory = index_string(index_type, expected_size, dim)
@@ -222,12 +304,29 @@ class PlaceMap:
         self._pending: list[tuple[np.ndarray, list[Place]]] = []  # additions since then, re-applied on a merge
         self._threshold_changed = False
 
+    def _check_entries(self, folder: Path, chunk: int = 65536) -> None:
+        """Refuse a loaded index whose entries add() would have refused (NaN, inf, not unit norm),
+        a chunk at a time; the 8/16-bit codes of approximate indexes get 5x the tolerance."""
+        ivf = self.faiss.try_extract_index_ivf(self.index)
+        if ivf is not None:  # an IVF index reconstructs rows through a direct map, dropped afterwards
+            ivf.make_direct_map(True)
+        tolerance = NORM_TOLERANCE * (1 if self.factory == "Flat" else 5)
+        try:
+            for start in range(0, self.index.ntotal, chunk):
+                _check_unit(self.index.reconstruct_n(start, min(chunk, self.index.ntotal - start)), tolerance)
+        except MapError:
+            raise MapError(f"{folder}/index.faiss holds entries that are not finite unit vectors; the map is corrupt, rebuild it") from None
+        finally:
+            if ivf is not None:
+                ivf.make_direct_map(False)
+
     def _exact_scan(self) -> QuantizedScan | None:
         """The 8-bit scan that speeds up single-frame search on an exact (flat) map."""
         return QuantizedScan(self.faiss, self.index) if self.factory == "Flat" else None
 
     @property
     def dim(self) -> int:
+        """Descriptor length."""
         return self.manifest.dim
 
     def __len__(self) -> int:
@@ -258,9 +357,7 @@ class PlaceMap:
             raise MapError(f"{len(descriptors)} descriptors need a list of as many places")
         if not all(isinstance(p, Place) and math.isfinite(p.east) and math.isfinite(p.north) for p in places):
             raise MapError("every place must be a Place with a finite east and north")
-        norms = np.linalg.norm(descriptors, axis=1)
-        if not np.all(np.isfinite(norms)) or np.any(np.abs(norms - 1) > 1e-2):
-            raise MapError("map descriptors must be finite and L2-normalised")
+        _check_unit(descriptors, NORM_TOLERANCE)
         if not self.index.is_trained:
             check_trainable(self.factory, len(descriptors))
             ivf = self.faiss.try_extract_index_ivf(self.index)
@@ -370,26 +467,30 @@ class PlaceMap:
             index = self.faiss.index_gpu_to_cpu(index)
         tmp = directory / f".gen-tmp-{os.getpid()}-{os.urandom(4).hex()}"
         tmp.mkdir()
-        blob = self.faiss.serialize_index(index).tobytes()
-        with (tmp / "index.faiss").open("wb") as handle:
-            handle.write(blob)
-            handle.flush()
-            os.fsync(handle.fileno())
-        with sqlite3.connect(tmp / "places.sqlite") as db:
-            db.execute("CREATE TABLE places (row INTEGER PRIMARY KEY, id TEXT, east REAL, north REAL, heading REAL, timestamp TEXT, source TEXT)")
-            db.executemany(
-                "INSERT INTO places VALUES (?, ?, ?, ?, ?, ?, ?)",
-                ((i, p.id, p.east, p.north, None if np.isnan(p.heading) else p.heading, p.timestamp, p.source) for i, p in enumerate(self.places)),
-            )
-        db.close()
-        _fsync(tmp / "places.sqlite")
-        self.manifest.checksums = {"index.faiss": hashlib.sha256(blob).hexdigest(), "places.sqlite": sha256_file(tmp / "places.sqlite")}
-        with (tmp / "manifest.json").open("w") as handle:
-            handle.write(json.dumps(asdict(self.manifest), indent=2) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        _fsync(tmp)
-        os.rename(tmp, directory / name)
+        try:
+            blob = self.faiss.serialize_index(index).tobytes()
+            with (tmp / "index.faiss").open("wb") as handle:
+                handle.write(blob)
+                handle.flush()
+                os.fsync(handle.fileno())
+            with sqlite3.connect(tmp / "places.sqlite") as db:
+                db.execute("CREATE TABLE places (row INTEGER PRIMARY KEY, id TEXT, east REAL, north REAL, heading REAL, timestamp TEXT, source TEXT)")
+                db.executemany(
+                    "INSERT INTO places VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    ((i, p.id, p.east, p.north, None if np.isnan(p.heading) else p.heading, p.timestamp, p.source) for i, p in enumerate(self.places)),
+                )
+            db.close()
+            _fsync(tmp / "places.sqlite")
+            self.manifest.checksums = {"index.faiss": hashlib.sha256(blob).hexdigest(), "places.sqlite": sha256_file(tmp / "places.sqlite")}
+            with (tmp / "manifest.json").open("w") as handle:
+                handle.write(json.dumps(asdict(self.manifest), indent=2) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            _fsync(tmp)
+            os.rename(tmp, directory / name)
+        except (OSError, sqlite3.Error) as exc:  # a full disk, a quota: the old generation stays live
+            _remove_generation(tmp)
+            raise MapError(f"cannot write the map to {directory}: {exc}") from exc
         _fsync(directory)
 
     @classmethod
@@ -413,23 +514,33 @@ class PlaceMap:
     @classmethod
     def _load_generation(cls, directory: Path, name: str, verify: bool) -> "PlaceMap":
         folder = directory / name
+        if folder.is_symlink():  # its files would be read wherever the link leads (docs/security.md)
+            raise MapError(f"{folder} is a link, not a generation folder inside {directory}; rebuild the map")
         if not folder.is_dir():
             raise FileNotFoundError(folder)
+        if not (folder / "manifest.json").exists():
+            raise FileNotFoundError(folder / "manifest.json")
         manifest = _read_manifest(folder / "manifest.json")
         for file, expected in manifest.checksums.items():
-            if verify and sha256_file(folder / file) != expected:
-                raise MapError(f"{folder}: {file} does not match its checksum; the map is corrupt, rebuild it")
+            if not (folder / file).exists() and not (folder / file).is_symlink():
+                raise FileNotFoundError(folder / file)
+            # a regular file of a size the manifest allows, checked before a byte is hashed or parsed
+            with open_regular(folder / file, _max_bytes(file, manifest), MapError, follow=False) as handle:
+                if verify and sha256_of(handle) != expected:
+                    raise MapError(f"{folder}: {file} does not match its checksum; the map is corrupt, rebuild it")
         place_map = cls(manifest.dim, manifest.layout_hash, manifest.model_sha256, manifest.index_type)  # empty, then filled
         try:
             place_map.index = place_map.faiss.read_index(str(folder / "index.faiss"))
         except RuntimeError as exc:
             raise MapError(f"{folder}/index.faiss cannot be read: {str(exc).splitlines()[0]}") from exc
         place_map.manifest, place_map.factory = manifest, manifest.index_string
+        if place_map.index.d != manifest.dim:
+            raise MapError(f"{folder}: the index holds {place_map.index.d}-d entries, the manifest says {manifest.dim}")
+        place_map._check_entries(folder)
         place_map.scan = place_map._exact_scan()
-        if not (folder / "places.sqlite").is_file():
-            raise FileNotFoundError(folder / "places.sqlite")
         try:  # immutable: a generation never changes, and a read-only open must not write a journal
-            with sqlite3.connect(f"file:{folder / 'places.sqlite'}?mode=ro&immutable=1", uri=True) as db:
+            uri = f"file:{pathname2url(str(folder / 'places.sqlite'))}?mode=ro&immutable=1"  # quoted: %, # and ? in folder names
+            with sqlite3.connect(uri, uri=True) as db:
                 rows = db.execute("SELECT id, east, north, heading, timestamp, source FROM places ORDER BY row").fetchall()
             db.close()
         except sqlite3.Error as exc:
@@ -454,11 +565,40 @@ def _publish(directory: Path, name: str) -> None:
     _fsync(directory)
 
 
+def _remove_generation(folder: Path) -> None:
+    """Remove the files a writer creates in a generation, then the folder if that emptied it: a
+    file of anyone else's in it keeps the folder (and itself) where it is."""
+    for name in GENERATION_FILES:
+        path = folder / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
 def _remove_leftovers(directory: Path, keep: str | None) -> None:
-    """Interrupted writes' temp folders/files and retired generations (called under the writer lock)."""
+    """Interrupted writes' temp folders/files and retired generations (called under the writer lock);
+    only the names a writer creates are touched."""
     for path in directory.iterdir():
-        if path.name != keep and (LEFTOVERS.fullmatch(path.name) or path.name in LEGACY):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+        if path.name == keep or not LEFTOVERS.fullmatch(path.name):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            _remove_generation(path)
+        elif path.name.startswith("CURRENT.tmp-"):
+            path.unlink()
+
+
+def _check_unit(descriptors: np.ndarray, tolerance: float) -> None:
+    norms = np.linalg.norm(descriptors, axis=1)
+    if not np.all(np.isfinite(norms)) or np.any(np.abs(norms - 1) > tolerance):
+        raise MapError("map descriptors must be finite and L2-normalised")
+
+
+def _max_bytes(file: str, manifest: MapManifest) -> int:
+    """The most bytes a generation file of this many entries can hold: a float32 vector plus 1 KiB
+    of index structure per entry (and per IVF list), 16 KiB of metadata row per entry."""
+    if file == "index.faiss":
+        return (manifest.count + 1024) * (4 * manifest.dim + 1024) + MAX_SMALL_FILE
+    return (manifest.count + 64) * (16 << 10)

@@ -29,11 +29,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError, ConfigError, ModelError
+from ..files import open_regular
 from ..modelinfo import sha256_file
+from ..safety import check_onnx
 from .profiling import cpu_name
 
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 AUTO = "auto"
+MAX_THREADS = 1024  # beyond this a thread count is a typo (ONNX Runtime fails deep inside on 2**40)
+CACHE_BYTES = 1 << 20  # the threading cache holds CACHE_ENTRIES small entries
 SPINNING = "session.intra_op.allow_spinning"
 CACHE_ENV = "STRUCTVPR_EDGE_CACHE"  # folder of the threading cache (default: the user cache dir)
 CACHE_FORMAT = "structvpr-edge/threads/1"
@@ -73,8 +77,7 @@ def create_session(
     (None: ORT's default, every core), the pool's spinning on or off and, with
     ``profile_prefix``, ONNX Runtime's per-node profiler on."""
     ort = _ort()
-    if not Path(path).is_file():
-        raise ModelError(f"ONNX model {path} not found")
+    check_onnx(path)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: QDQ graphs make the optimizer warn about every folded constant
@@ -99,8 +102,8 @@ def parse_threads(value: str | int | None) -> int | str:
         number = int(value) if isinstance(value, str) else value
     except ValueError:
         number = None
-    if isinstance(number, bool) or not isinstance(number, (int, np.integer)) or number < 1:
-        raise ConfigError(f"threads must be 'auto' or an integer >= 1, got {value!r}")
+    if isinstance(number, bool) or not isinstance(number, (int, np.integer)) or not 1 <= number <= MAX_THREADS:
+        raise ConfigError(f"threads must be 'auto' or an integer in 1..{MAX_THREADS}, got {value!r}")
     return int(number)
 
 
@@ -161,11 +164,12 @@ class ThreadCache:
         self.path, self.entries = Path(path), entries
 
     def _read(self) -> dict[str, dict]:
-        try:
-            data = json.loads(self.path.read_text())
+        try:  # a FIFO or a device there is ignored (and replaced by put), never waited on
+            with open_regular(self.path, CACHE_BYTES, ConfigError) as handle:
+                data = json.loads(handle.read())
             entries = data["entries"] if data.get("format") == CACHE_FORMAT else {}
             return {k: v for k, v in entries.items() if isinstance(v, dict) and isinstance(v.get("timings_ms"), dict)}
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):  # ConfigError is a ValueError
             return {}
 
     def get(self, key: str, load: float | None = None) -> dict[str, float] | None:

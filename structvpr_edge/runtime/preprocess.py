@@ -19,7 +19,6 @@ that localizes somewhere else), is a typed error, never a hang or a silent wrong
 from __future__ import annotations
 
 import os
-import struct
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -31,14 +30,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import ConfigError, DatasetError, UpscaleWarning
-from ..images import normalize
-from ..modelinfo import ModelInfo
+from ..images import MAX_SIDE, decode_image, normalize
+from ..modelinfo import COLOURS, ModelInfo
 
-COLOURS = ("BGR", "RGB")
-MAX_SIDE = 16384  # pixels per side of a frame; beyond this it is a corrupt header, not a camera
 MAX_FILE_BYTES = 256 << 20
 CACHED_SIZES = 8  # frame sizes whose halving buffers are kept (a camera has one or two)
-JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers carry the size
 
 
 def check_frame(frame: object, colour: str = "BGR") -> None:
@@ -50,30 +46,6 @@ def check_frame(frame: object, colour: str = "BGR") -> None:
         raise ConfigError(f"a frame must be 1..{MAX_SIDE} pixels on each side, got {frame.shape[1]}x{frame.shape[0]}")
 
 
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG or JPEG header, None for other formats."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24:
-        return struct.unpack(">II", data[16:24])
-    if data.startswith(b"\xff\xd8"):
-        i = 2
-        while i + 9 <= len(data) and data[i] == 0xFF:
-            marker, length = data[i + 1], struct.unpack(">H", data[i + 2 : i + 4])[0]
-            if marker in JPEG_SOF:
-                height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-                return width, height
-            i += 2 + length
-    return None
-
-
-def is_truncated(data: bytes) -> bool:
-    """A JPEG must end its last scan with EOI; a PNG must end with IEND (OpenCV pads what is missing)."""
-    if data.startswith(b"\xff\xd8"):
-        return b"\xff\xd9" not in data[data.rfind(b"\xff\xda") :]
-    if data.startswith(b"\x89PNG"):
-        return b"IEND" not in data[-16:]
-    return False
-
-
 def read_image(path: str | Path) -> np.ndarray:
     """A BGR frame from an image file, or a DatasetError saying why not (checked before decoding)."""
     path = Path(path)
@@ -82,15 +54,7 @@ def read_image(path: str | Path) -> np.ndarray:
     size = path.stat().st_size
     if not 0 < size <= MAX_FILE_BYTES:
         raise DatasetError(f"cannot read image {path}: {size} bytes (expected 1..{MAX_FILE_BYTES})")
-    data = path.read_bytes()
-    dims = header_size(data)
-    if dims is not None and not (1 <= dims[0] <= MAX_SIDE and 1 <= dims[1] <= MAX_SIDE):
-        raise DatasetError(f"cannot read image {path}: its header says {dims[0]}x{dims[1]} pixels (at most {MAX_SIDE} per side)")
-    if is_truncated(data):
-        raise DatasetError(f"cannot read image {path}: the file is truncated")
-    frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if frame is None:
-        raise DatasetError(f"cannot read image {path}: not a decodable image")
+    frame = decode_image(path.read_bytes(), f"image {path}")
     check_frame(frame)
     return frame
 

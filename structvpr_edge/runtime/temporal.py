@@ -17,6 +17,13 @@ from ..errors import ConfigError
 
 @dataclass
 class TemporalConfig:
+    """Settings of the temporal filter (EdgeVPR(temporal=TemporalConfig(...))).
+
+    max_move_m: the farthest, in metres, the vehicle moves between two frames
+    temperature: how sharply a frame's similarities weigh its candidates (smaller: sharper)
+    teleport: probability of a jump to a place out of reach, in (0, 1): lets the filter recover from a wrong lock
+    """
+
     max_move_m: float = 25.0
     temperature: float = 0.02
     teleport: float = 1e-3  # > 0: with none, a belief with no reachable candidate would be 0/0
@@ -31,19 +38,21 @@ class TemporalConfig:
 
 
 class PlaceFilter:
-    def __init__(self, poses: np.ndarray, config: TemporalConfig | None = None) -> None:
-        self.poses = poses[:, :2]  # (N, 2) east, north of every map entry
+    """The belief over map rows. It holds no copy of the map's poses: each update is given the
+    map's current ones, so it follows a map that grows (``add``, a merged save) under it."""
+
+    def __init__(self, config: TemporalConfig | None = None) -> None:
         self.config = config or TemporalConfig()
         self.rows = np.zeros(0, dtype=np.int64)
         self.belief = np.zeros(0)
 
-    def update(self, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """Fold in one frame's candidates (best first); returns the posterior over ``rows``."""
+    def update(self, rows: np.ndarray, scores: np.ndarray, poses: np.ndarray) -> np.ndarray:
+        """Fold in one frame's candidates (best first) given the map's (N, 2+) poses; returns the posterior over ``rows``."""
         valid = rows >= 0
         rows, scores = rows[valid], scores[valid]
         likelihood = np.exp((scores - scores.max()) / self.config.temperature)
         if len(self.rows):
-            distance = np.linalg.norm(self.poses[rows][:, None] - self.poses[self.rows][None], axis=2)
+            distance = np.linalg.norm(poses[rows][:, None, :2] - poses[self.rows][None, :, :2], axis=2)
             reachable = (distance <= self.config.max_move_m).astype(np.float64)
             prior = reachable @ self.belief + self.config.teleport
         else:

@@ -12,6 +12,7 @@ and the stream of an instance must not be used by two threads at once.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -112,17 +113,27 @@ def check_engine_compatible(manifest: dict, running_trt_version: str, gpu_name: 
         )
 
 
+def read_engine(engine: str | Path, manifest: dict) -> bytes:
+    """The engine's bytes, only if they are the ones its manifest records: a swapped or altered
+    file never reaches TensorRT's deserializer."""
+    blob = Path(engine).read_bytes()
+    if hashlib.sha256(blob).hexdigest() != manifest.get("engine_sha256"):
+        raise BackendError(f"{engine} is not the engine its manifest records (sha256 differs), so it was not loaded; rebuild it with:\n  {manifest['command']}")
+    return blob
+
+
 class TensorRTBackend:
     def __init__(self, engine: str | Path, max_batch: int = 1, device_index: int = 0) -> None:
         trt = import_tensorrt()
         require(detect(trt), "named_tensors")
         manifest = load_engine_manifest(engine)
+        blob = read_engine(engine, manifest)
         gpu = gpu_info(device_index)
         check_engine_compatible(manifest, trt.__version__, gpu.name, gpu.compute_capability)
         self.primary = PrimaryContext(device_index)
         self.info = ModelInfo.from_props(manifest["model_info"])
         with self.primary.active() as cuda:
-            self.engine: tensorrt.ICudaEngine | None = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(engine).read_bytes())
+            self.engine: tensorrt.ICudaEngine | None = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(blob)
             if self.engine is None:
                 raise BackendError(f"TensorRT could not deserialize {engine}; rebuild it with:\n  {manifest['command']}")
             self.context: tensorrt.IExecutionContext | None = self.engine.create_execution_context()

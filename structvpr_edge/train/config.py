@@ -77,6 +77,20 @@ class DistillConfig:
 
 
 @dataclass
+class RealConfig:
+    """Real labelled street frames beside the place dataset (``data/real_frames.py``): real pixels
+    for every loss, real label maps for the mask head and the teacher. ``root`` None: off."""
+
+    root: str | None = None  # e.g. ../shared/data/camvid
+    split: str = "train"
+    scheme: str = "camvid"  # class ids of the label maps: camvid | cityscapes | ade20k
+    labels_root: str | None = None  # label maps of another origin (a segmenter's) instead of ROOT/labels
+    places_per_batch: int = 4  # of optim.places_per_batch: the weight of the real frames in every batch
+    window: int = 2  # consecutive labelled frames of a sequence that count as one place
+    views: int = 4  # photometric + crop views written per place
+
+
+@dataclass
 class TrainConfig:
     mode: str = "structvpr++"
     dataset: str = "data/synthcity-bench"
@@ -94,6 +108,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     teacher_optim: OptimConfig = field(default_factory=OptimConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    real: RealConfig = field(default_factory=RealConfig)
 
     def validate(self) -> "TrainConfig":
         if self.mode not in MODES:
@@ -111,6 +126,8 @@ class TrainConfig:
             raise ConfigError(f"distill.feature_weight, similarity_weight and negative_weight must be >= 0, got {extra}")
         if not self.distill.weight >= 0 or not self.distill.temperature > 0:
             raise ConfigError(f"distill.weight must be >= 0 and distill.temperature > 0, got {self.distill.weight}, {self.distill.temperature}")
+        if self.real.root is not None and not 0 < self.real.places_per_batch < self.optim.places_per_batch:
+            raise ConfigError(f"real.places_per_batch must be in 1..optim.places_per_batch - 1, got {self.real.places_per_batch}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         return self

@@ -12,22 +12,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..errors import DatasetError
 from ..images import normalize, read_label, read_rgb
-from ..labels import NUM_GROUPS, classes_to_groups
+from ..labels import label_fractions
 from ..models.efficientnet_lite import MEAN_RGB, STD_RGB
-
-
-def label_fractions(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 (K, H, W): per label group, 255 x the fraction of each cell of a (W, H) grid it covers."""
-    groups = classes_to_groups(label)
-    planes = [cv2.resize((groups == k).astype(np.float32), size, interpolation=cv2.INTER_AREA) for k in range(NUM_GROUPS)]
-    return np.round(np.stack(planes) * 255).astype(np.uint8)
 
 
 def normalize_images(images: np.ndarray) -> torch.Tensor:
@@ -99,6 +91,28 @@ def to_model_input(array: np.ndarray, indices: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(rows.astype(np.float32))
 
 
+class RowStack:
+    """Rows of several arrays (memory-mapped caches) addressed as one array: each source keeps a
+    cache of its own, so adding real frames to a run does not rebuild the synthetic cache."""
+
+    def __init__(self, *arrays: np.ndarray) -> None:
+        self.arrays = arrays
+        self.starts = np.cumsum([0] + [len(a) for a in arrays])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, indices: np.ndarray) -> np.ndarray:
+        indices = np.asarray(indices)
+        source = np.searchsorted(self.starts, indices, side="right") - 1
+        out = np.empty((len(indices), *self.arrays[0].shape[1:]), self.arrays[0].dtype)
+        for k, array in enumerate(self.arrays):
+            rows = source == k
+            if rows.any():
+                out[rows] = array[indices[rows] - self.starts[k]]
+        return out
+
+
 class PlaceBatchSampler:
     """Endless P places x K images batches; with ``world`` ranks each rank gets its own P places.
 
@@ -134,3 +148,15 @@ class PlaceBatchSampler:
                     labels.append(np.full(self.k, place))
                 yield epoch, np.concatenate(indices), np.concatenate(labels)
             epoch += 1
+
+
+class MixedPlaceSampler:
+    """Every batch: the main sampler's places, then the real sampler's (their place labels shifted
+    past the main ones, so no real place shares a label with a synthetic one)."""
+
+    def __init__(self, main: PlaceBatchSampler, real: PlaceBatchSampler) -> None:
+        self.main, self.real = main, real
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        for (epoch, indices, labels), (_, real_indices, real_labels) in zip(self.main, self.real):
+            yield epoch, np.concatenate([indices, real_indices]), np.concatenate([labels, real_labels + len(self.main.places)])

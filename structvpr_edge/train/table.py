@@ -69,6 +69,10 @@ def parse_row(spec: str) -> Row:
     return Row(name, config, tuple(overrides))
 
 
+def with_overrides(row: Row, overrides: tuple[str, ...]) -> Row:
+    return Row(row.name, row.config, row.overrides + overrides) if overrides else row
+
+
 def run_dir(runs: Path, row: Row, steps: int, seed: int) -> Path:
     return runs / f"{row.name}-{steps}" / f"s{seed}"
 
@@ -102,14 +106,16 @@ def train_run(command: list[str], out: Path, threads: int, deadline: float | Non
 
 def train_table(rows: list[Row], dataset: str, seeds: list[int], steps: int, runs: Path, jobs: int = 1,
                 teacher_steps: int | None = None, threads: int = 1, distill_overrides: tuple[str, ...] = (),
-                deadline: float | None = None, stop: float | None = None) -> None:
+                deadline: float | None = None, stop: float | None = None, overrides: tuple[str, ...] = ()) -> None:
     """Teachers first (one per seed), then every other row, ``jobs`` runs at a time, seeds interleaved
     so a table cut short still has every row on its first seeds. The first teacher and the first
     student go first, side by side: they build the shared caches (label fractions, frozen-backbone
     features) that the other runs then read; a distilling run waits for its seed's teacher.
-    ``distill_overrides`` apply to the rows that distil (e.g. a KD weight chosen on val);
+    ``distill_overrides`` apply to the rows that distil (e.g. a KD weight chosen on val),
+    ``overrides`` to every row and the teachers (e.g. real frames in training);
     ``deadline`` and ``stop`` are train_run's."""
-    teacher = ROWS["teacher"]
+    rows = [with_overrides(r, overrides) for r in rows]
+    teacher = with_overrides(ROWS["teacher"], overrides)
     teacher_steps = teacher_steps or steps
     teachers = {s: run_dir(runs, teacher, teacher_steps, s) for s in seeds}
 
@@ -141,6 +147,30 @@ def train_table(rows: list[Row], dataset: str, seeds: list[int], steps: int, run
             return student_job(row_seed)
 
         list(pool.map(after_teacher, students))
+
+
+def real_val(model: Path, corridor: Path, camvid: Path) -> dict[str, float]:
+    """The real val columns: R@1 and R@5 on the corridor (real place recognition, never trained
+    on), and for a StructVPR++ student the mean IoU of its masks on CamVid val (real street labels).
+    A teacher reads label maps, which the corridor has not: it gets no real columns."""
+    from ..data.dataset import load_dataset  # evaluation only when asked: the table runs without it
+    from ..eval.evaluate import evaluate
+    from ..eval.masks import folder_pairs, mask_scores, summarise
+    from ..eval.models import load_extractor
+    from ..models.checkpoint import load_checkpoint
+    from ..models.student import StructVPRStudent
+
+    extractor = load_extractor(str(model))
+    if extractor.input_kind != "rgb":
+        return {}
+    recall = evaluate(extractor, load_dataset(corridor, "test")).recall
+    figures = {"corridor R@1": recall["1"], "corridor R@5": recall["5"]}
+    student, meta = load_checkpoint(model)
+    if isinstance(student, StructVPRStudent):
+        images, labels = folder_pairs(camvid / "images" / "val", camvid / "labels" / "val")
+        scores = mask_scores(student, tuple(meta["input"]["size"]), images, labels, scheme="camvid")
+        figures["camvid mIoU"] = summarise(scores, np.arange(len(images)))["mean_iou"]
+    return figures
 
 
 def last_val_recall(out: Path) -> float | None:

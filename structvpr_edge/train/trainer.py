@@ -27,12 +27,13 @@ from tqdm import tqdm
 
 from ..data.dataset import load_dataset
 from ..data.places import place_groups
+from ..data.real_frames import FrameViews, real_places
 from ..errors import ConfigError, DatasetError
 from ..eval.recall import recall_at_n, retrieve
-from ..models.checkpoint import build_model, load_checkpoint, save_checkpoint
+from ..models.checkpoint import build_model, load_checkpoint, load_resume_state, save_checkpoint, save_resume_state
 from .config import OptimConfig, TrainConfig, config_to_dict, recipe
 from .curves import plot_training_curves
-from .data import PlaceBatchSampler, fraction_array, frozen_feature_array, to_model_input
+from .data import MixedPlaceSampler, PlaceBatchSampler, RowStack, fraction_array, frozen_feature_array, to_model_input
 from .distill import FeatureProjector, extra_terms, relational_terms
 from .losses import mask_loss, multi_similarity_loss, triplet_margin_loss
 from .weights import GROUPS, Keys, RankMemory, group_weights, sample_groups
@@ -132,6 +133,7 @@ class Stage:
         if self.recipe.labels and self.groups.label_paths is None:
             raise DatasetError(f"mode {self.mode!r} needs label maps, and {train!r} has none; train mode 'baseline' instead")
         self.inputs, self.fractions = self._arrays(self.groups.paths, self.groups.label_paths)
+        self.real_places = self._add_real_frames() if config.real.root is not None else None
         self.val = self._load_val()
         from_frozen = self.recipe.rgb and self.model.backbone.frozen_blocks > 0
         self.parts = PartsModule(self.model, from_frozen)
@@ -164,6 +166,25 @@ class Stage:
                 arrays = (inputs, fractions)
             self.ctx.barrier()
         return arrays
+
+    def _add_real_frames(self) -> list[np.ndarray]:
+        """Real frames' places, their inputs and fractions stacked after the main dataset's rows."""
+        real = self.config.real
+        views = FrameViews(real.window, real.views, seed=self.config.seed)
+        groups = real_places(real.root, real.split, real.scheme, Path(self.config.cache_dir), views, real.labels_root)
+        inputs, fractions = self._arrays(groups.paths, groups.label_paths)
+        offset = len(self.groups.paths)
+        self.inputs = RowStack(self.inputs, inputs) if inputs is not None else None
+        self.fractions = RowStack(self.fractions, fractions) if fractions is not None else None
+        return [members + offset for members in groups.places]
+
+    def sampler(self) -> PlaceBatchSampler | MixedPlaceSampler:
+        optim, seed, ctx = self.optim, self.config.seed, self.ctx
+        if self.real_places is None:
+            return PlaceBatchSampler(self.groups.places, optim.places_per_batch, optim.images_per_place, seed, ctx.rank, ctx.world)
+        real_count = self.config.real.places_per_batch
+        main = PlaceBatchSampler(self.groups.places, optim.places_per_batch - real_count, optim.images_per_place, seed, ctx.rank, ctx.world)
+        return MixedPlaceSampler(main, PlaceBatchSampler(self.real_places, real_count, optim.images_per_place, seed, ctx.rank, ctx.world))
 
     def _load_val(self):
         root = Path(self.config.dataset)
@@ -243,7 +264,7 @@ class Stage:
         start = 0
         last = out / "last.pt"
         if resume and last.exists():
-            state = torch.load(last, map_location="cpu", weights_only=False)
+            state = load_resume_state(last)
             self.model.load_state_dict(state["state_dict"])
             if self.projector is not None:
                 self.projector.load_state_dict(state["projector"])
@@ -253,7 +274,7 @@ class Stage:
         net: nn.Module = self.parts
         if ctx.world > 1:
             net = nn.parallel.DistributedDataParallel(self.parts, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-        sampler = PlaceBatchSampler(self.groups.places, optim.places_per_batch, optim.images_per_place, self.config.seed, ctx.rank, ctx.world)
+        sampler = self.sampler()
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else nullcontext()
         log = (out / "log.jsonl").open("a") if ctx.is_main else None
         shares: Counter = Counter()
@@ -300,7 +321,7 @@ class Stage:
                     log.flush()
             if ctx.is_main and ((step + 1) % optim.checkpoint_every == 0 or done):
                 projector = {"projector": self.projector.state_dict()} if self.projector is not None else {}
-                torch.save({"state_dict": self.model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step + 1, **projector}, last)
+                save_resume_state(last, {"state_dict": self.model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step + 1, **projector})
             if out_of_time:
                 if log:
                     log.write(json.dumps({"step": step, "stopped": "time budget", "time_s": round(elapsed, 1)}) + "\n")

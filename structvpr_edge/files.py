@@ -1,0 +1,86 @@
+"""Files a user hands us and files we write for them, handled so that neither a hang nor a lost
+file can happen; torch-free.
+
+Why: a path is the user's. A FIFO or a link to ``/dev/zero`` where a file is expected must be
+refused before a byte is read (reading would block or never end); an output path that names one
+of the inputs must be refused before the work that would overwrite it; and a file we replace
+must be replaced whole (written aside in the same folder, then ``os.replace``), so a kill or a
+failed check leaves the previous file as it was.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import ConfigError, StructVPRError
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file (links and relative spellings included)."""
+    a, b = Path(a), Path(b)
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet: compare where they would be
+        return a.resolve() == b.resolve()
+
+
+def check_not_an_input(output: str | Path, inputs: Iterable[str | Path | None], error: type[StructVPRError] = ConfigError) -> None:
+    """Refuse an output path that is one of the inputs (writing it would destroy that input)."""
+    for source in inputs:
+        if source is not None and str(source) and same_file(output, source):
+            raise error(f"the output {output} is the input {source}: writing it would destroy the input; choose another path")
+
+
+@contextmanager
+def open_regular(path: str | Path, max_bytes: int, error: type[StructVPRError], follow: bool = True) -> Iterator[BinaryIO]:
+    """``path`` opened for reading once it is known to be a regular file of at most ``max_bytes``
+    (checked on the open descriptor: no race with a swap). ``follow=False`` also refuses a link.
+    O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if not follow and Path(path).is_symlink():
+            raise error(f"{path} is a link, not a regular file") from None
+        raise error(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{path} is not a regular file")
+        if info.st_size > max_bytes:
+            raise error(f"{path} holds {info.st_size} bytes, more than the {max_bytes} it can hold")
+        os.set_blocking(fd, True)
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
+        yield handle
+
+
+def sha256_of(handle: BinaryIO) -> str:
+    """The sha256 of what is left to read in ``handle``, in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def replace_whole(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """``write(tmp)`` a file beside ``path``, then move it over ``path`` in one step: a kill or an
+    error in ``write`` (a failed check included) leaves the previous ``path`` untouched."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        write(tmp)
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,186 @@
+"""The shipped street segmenter: ESPNet loads every tensor of its weights, exports to ONNX
+exactly, labels real street frames well (and random weights badly), and refuses bad input."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from structvpr_edge import cli
+from structvpr_edge.data import segmentation
+from structvpr_edge.data.segmentation import convert_label_pngs, segment_folder
+from structvpr_edge.deploy import segmenter
+from structvpr_edge.deploy.segmenter import MEAN_RGB, STD_RGB, LabelGraph, export_segmenter, label_folder
+from structvpr_edge.errors import ConfigError, DatasetError, ModelError
+from structvpr_edge.eval.label_iou import folder_iou
+from structvpr_edge.images import normalize
+from structvpr_edge.labels import CAMVID_CLASSES, GROUP_ID, IGNORE, camvid_to_cityscapes, to_groups
+from structvpr_edge.models.espnet import WEIGHTS, ESPNet, load_espnet
+from tests.test_segmentation import CITYSCAPES_IDS, write_images, write_model
+
+CAMVID_FRAMES = ("0016E5_07959", "0016E5_08097", "0016E5_08159")  # val frames far apart in the sequence
+
+
+def test_shipped_weights_load_every_tensor_and_match_their_provenance():
+    state = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
+    model = load_espnet()
+    loaded = model.state_dict()
+    assert len(state) == 189
+    for key, tensor in state.items():
+        assert torch.equal(loaded[key], tensor), key
+    assert sorted(k for k in loaded if k not in state) == sorted(k for k in loaded if k.endswith("num_batches_tracked"))
+    assert not model.training
+    provenance = (WEIGHTS.parent / "ESPNET-PROVENANCE.md").read_text()
+    assert hashlib.sha256(WEIGHTS.read_bytes()).hexdigest() in provenance
+    assert "MIT License" in (WEIGHTS.parent / "ESPNET-LICENSE").read_text()
+
+
+def test_a_state_dict_that_does_not_match_is_a_model_error_naming_the_file(tmp_path):
+    state = ESPNet().state_dict()
+    variants = {
+        "missing.pth": ({k: v for k, v in state.items() if k != "encoder.level1.conv.weight"}, "missing encoder.level1.conv.weight"),
+        "extra.pth": ({**state, "decoder.extra.weight": torch.zeros(1)}, "unexpected decoder.extra.weight"),
+        "shape.pth": ({**state, "classifier.weight": torch.zeros(19, 19, 2, 2)}, r"classifier.weight is \(19, 19, 2, 2\)"),
+        "list.pth": ([1, 2], "not a state dict"),
+    }
+    for name, (content, message) in variants.items():
+        torch.save(content, tmp_path / name)
+        with pytest.raises(ModelError, match=message) as error:
+            load_espnet(tmp_path / name)
+        assert str(tmp_path / name) in str(error.value)
+    (tmp_path / "junk.pth").write_bytes(b"not a pickle")
+    with pytest.raises(ModelError, match="junk.pth"):
+        load_espnet(tmp_path / "junk.pth")
+    with pytest.raises(ModelError, match="not found"):
+        load_espnet(tmp_path / "absent.pth")
+
+
+def test_onnx_export_matches_torch_at_another_size(tmp_path):
+    report = export_segmenter(tmp_path / "espnet.onnx")
+    assert report.parity_max_abs_diff < 1e-3 and report.parity_ids_equal == 1.0
+    pixels = np.random.default_rng(3).integers(0, 256, (2, 40, 72, 3), dtype=np.uint8)  # dynamic batch and size
+    x = normalize(pixels, MEAN_RGB, STD_RGB)
+    with torch.inference_mode():
+        ids, logits = (t.numpy() for t in LabelGraph(load_espnet()).eval()(torch.from_numpy(x)))
+    onnx_ids, onnx_logits = ort.InferenceSession(report.path, providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    assert onnx_ids.dtype == np.uint8 and onnx_ids.shape == (2, 40, 72) and logits.shape == (2, 20, 40, 72)
+    assert np.abs(onnx_logits - logits).max() < 1e-3
+    assert (onnx_ids == ids).mean() > 0.999
+    assert onnx_ids.max() < 19  # the shipped decision never answers void
+
+
+def test_camvid_ids_map_to_cityscapes_and_groups():
+    camvid = np.arange(len(CAMVID_CLASSES) + 1, dtype=np.uint8)  # every class, void, one id past the table
+    assert camvid_to_cityscapes(camvid).tolist() == [10, 2, 5, 0, 1, 8, 7, 4, 13, 11, 12, IGNORE, IGNORE]
+    groups = ["sky", "building", "pole_sign", "ground", "ground", "vegetation", "pole_sign", "building",
+              "dynamic", "dynamic", "dynamic"]
+    assert to_groups(camvid, "camvid").tolist() == [GROUP_ID[g] for g in groups] + [IGNORE, IGNORE]
+
+
+def test_folder_iou_on_hand_made_maps(tmp_path):
+    truth = np.array([[0, 0, 3, 3], [8, 8, 11, 11]], np.uint8)  # CamVid: sky sky road road / car car void void
+    pred = np.array([[10, 2, 0, 0], [13, 0, 13, 2]], np.uint8)  # Cityscapes: sky building road road / car road car building
+    for folder, label in (("truth", truth), ("pred", pred)):
+        (tmp_path / folder / "val").mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / folder / "val" / "a.png"), label)
+    result = folder_iou(tmp_path / "pred", tmp_path / "truth")
+    assert result.frames == 1
+    assert result.iou["sky"] == pytest.approx(1 / 2) and result.iou["ground"] == pytest.approx(2 / 3)
+    assert result.iou["dynamic"] == pytest.approx(1 / 2) and result.iou["building"] == 0.0  # void pixels left out
+    assert np.isnan(result.iou["vegetation"]) and result.mean == pytest.approx((1 / 2 + 2 / 3 + 1 / 2 + 0) / 4)
+    cv2.imwrite(str(tmp_path / "truth" / "val" / "b.png"), truth)
+    with pytest.raises(DatasetError, match="no prediction"):
+        folder_iou(tmp_path / "pred", tmp_path / "truth")
+    (tmp_path / "truth" / "val" / "b.png").unlink()
+    cv2.imwrite(str(tmp_path / "truth" / "val" / "a.png"), np.full((2, 4), 40, np.uint8))
+    with pytest.raises(DatasetError, match=r"truth/val/a.png has class ids \[40\] outside the camvid table"):
+        folder_iou(tmp_path / "pred", tmp_path / "truth")
+
+
+def camvid_frames(camvid: Path, out: Path) -> tuple[Path, Path]:
+    """A few CamVid val frames and their labels under ``out``; the last frame shrunk to an odd
+    size (frames of mixed sizes), its label with it."""
+    for name in CAMVID_FRAMES:
+        for kind, suffix in (("images", ".jpg"), ("labels", ".png")):
+            (out / kind).mkdir(parents=True, exist_ok=True)
+            shutil.copy(camvid / kind / "val" / f"{name}{suffix}", out / kind / f"{name}{suffix}")
+    last = CAMVID_FRAMES[-1]
+    image = cv2.imread(str(out / "images" / f"{last}.jpg"))
+    cv2.imwrite(str(out / "images" / f"{last}.jpg"), cv2.resize(image, (318, 239), interpolation=cv2.INTER_AREA))
+    label = cv2.imread(str(out / "labels" / f"{last}.png"), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(out / "labels" / f"{last}.png"), cv2.resize(label, (318, 239), interpolation=cv2.INTER_NEAREST))
+    return out / "images", out / "labels"
+
+
+@pytest.mark.slow
+def test_labels_command_labels_real_streets_well_and_random_weights_do_not(camvid, tmp_path, capsys):
+    """The default of ``structvpr-edge labels`` on real street frames (one of another size) writes
+    Cityscapes train ids that match CamVid's labels on our groups; random weights do not."""
+    images, truth = camvid_frames(camvid, tmp_path / "camvid")
+    assert cli.main(["labels", "--images", str(images), "--out", str(tmp_path / "espnet")]) == 0
+    assert "3 label maps written" in capsys.readouterr().out
+    for name in CAMVID_FRAMES:
+        label = cv2.imread(str(tmp_path / "espnet" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        assert label.shape == cv2.imread(str(images / f"{name}.jpg")).shape[:2]
+        assert label.dtype == np.uint8 and label.max() < 19
+    shipped = folder_iou(tmp_path / "espnet", truth)
+    torch.manual_seed(0)
+    torch.save(ESPNet().state_dict(), tmp_path / "random.pth")
+    label_folder(images, tmp_path / "random", weights=tmp_path / "random.pth")
+    random = folder_iou(tmp_path / "random", truth)
+    scores = f"shipped {shipped.iou} mean {shipped.mean:.3f}; random weights {random.iou} mean {random.mean:.3f}"
+    assert shipped.mean >= 0.5 and random.mean < 0.2, scores
+    assert shipped.iou["sky"] > 0.8 and shipped.iou["ground"] > 0.6, scores
+
+
+def test_labels_command_refuses_options_of_another_segmenter(tmp_path, capsys):
+    write_images(tmp_path / "images")
+    base = ["labels", "--images", str(tmp_path / "images"), "--out", str(tmp_path / "out")]
+    for extra, message in ((["--scheme", "ade20k"], "--scheme"), (["--mean", "0", "0", "0"], "--mean"),
+                           (["--size", "100x75"], "multiples of 8"), (["--onnx", "m.onnx", "--segmenter", "espnet-cityscapes"], "not allowed")):
+        assert cli.main(base + extra) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before any work
+    assert cli.main(["labels", "--images", str(tmp_path / "absent"), "--out", str(tmp_path / "out")]) == 2
+    assert "missing folder" in capsys.readouterr().err
+    assert cli.SEGMENTERS == segmenter.SEGMENTERS
+
+
+@pytest.mark.parametrize("output, classes, ids, message", [
+    ("logits", 21, CITYSCAPES_IDS, "outputs 21 classes; a cityscapes model outputs 19"),
+    ("ids", 30, {**CITYSCAPES_IDS, "red": 25}, r"class ids \[25\] outside the cityscapes table"),
+])
+def test_a_segmenter_made_for_other_classes_is_a_model_error_and_writes_nothing(tmp_path, output, classes, ids, message):
+    write_images(tmp_path / "images")
+    model = write_model(tmp_path / "seg.onnx", ids, classes, output)
+    with pytest.raises(ModelError, match=message) as error:
+        segment_folder(tmp_path / "images", model, tmp_path / "labels", "cityscapes", mean=(0, 0, 0), std=(1, 1, 1))
+    assert str(model) in str(error.value)
+    assert not list(tmp_path.glob("labels/**/*.png"))
+
+
+def test_a_label_png_with_ids_outside_the_table_is_a_dataset_error(tmp_path):
+    (tmp_path / "pred").mkdir()
+    cv2.imwrite(str(tmp_path / "pred" / "a.png"), np.array([[2, 6], [151, 255]], np.uint8))
+    with pytest.raises(DatasetError, match=r"pred/a.png has class ids \[151\] outside the ade20k table"):
+        convert_label_pngs(tmp_path / "pred", tmp_path / "labels", "ade20k")
+    assert not (tmp_path / "labels").exists()
+
+
+def test_a_label_map_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A write that fails half way (a full disk) leaves no label map a rerun would keep as done."""
+    def half_write(path, label, *args):
+        Path(path).write_bytes(b"\x89PNG half")
+        return False
+
+    monkeypatch.setattr(segmentation.cv2, "imwrite", half_write)
+    target = tmp_path / "labels" / "a.png"
+    with pytest.raises(DatasetError, match="cannot write"):
+        segmentation._write_png(target, np.zeros((2, 2), np.uint8))
+    assert not list(target.parent.iterdir())  # nor a partial file
