@@ -20,58 +20,14 @@ A shipped model name is exported to ONNX first (needs torch once), as the vehicl
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
+from structvpr_edge.bench.drives import FIXED_COST, best_seconds, drive_bag, drive_folder, stream_long_bag
 from structvpr_edge.data.dataset import load_dataset
-from structvpr_edge.data.drives import Skipped, check_drive, compressed_image, nav_sat_fix, read_drive, read_track, utm_to_latlon, write_bag
-from structvpr_edge.data.names import ImageName, format_name
-from structvpr_edge.data.synthcity.bags import CAMERA_TOPIC, FIX_TOPIC, FRAME_PERIOD_NS, START_NS, TOPICS, UTM_EPSG, generate_route_bags
+from structvpr_edge.data.synthcity.bags import generate_route_bags
 from structvpr_edge.demo import export_shipped
 from structvpr_edge.runtime.edgevpr import EdgeVPR
-from structvpr_edge.runtime.mapping import describe_frames, describe_paths
-from structvpr_edge.runtime.preprocess import read_image
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def timed(run) -> float:
-    started = time.perf_counter()
-    run()
-    return time.perf_counter() - started
-
-
-EAST, NORTH, STEP_M = 520_000.0, 4_000_000.0, 4.5  # the straight road, driving north
-
-
-def drive_folder(folder: Path, jpegs: list[bytes], frames: int) -> list[Path]:
-    """The frames of ``drive_bag`` as ``@east@north@`` files."""
-    folder.mkdir(parents=True)
-    paths = [folder / format_name(ImageName(EAST, NORTH + STEP_M * i, pano_id=f"f{i:06d}")) for i in range(frames)]
-    for i, path in enumerate(paths):
-        path.write_bytes(jpegs[i % len(jpegs)])
-    return paths
-
-
-def drive_bag(path: Path, jpegs: list[bytes], frames: int) -> Path:
-    """``frames`` frames cycling through ``jpegs`` along the straight road, a fix per frame."""
-    lat, lon = utm_to_latlon(np.full(frames, EAST), NORTH + STEP_M * np.arange(frames), UTM_EPSG)
-
-    def records():
-        for i in range(frames):
-            stamp = START_NS + i * FRAME_PERIOD_NS
-            yield CAMERA_TOPIC, stamp, compressed_image(jpegs[i % len(jpegs)], stamp)
-            yield FIX_TOPIC, stamp, nav_sat_fix(float(lat[i]), float(lon[i]), stamp)
-
-    return write_bag(path, TOPICS, tqdm(records(), desc="write bag", total=2 * frames, unit="msg", mininterval=5))
 
 
 def main() -> None:
@@ -92,22 +48,9 @@ def main() -> None:
     bag = drive_bag(work / "drive", jpegs, args.frames)
     model = export_shipped(work, args.model)
 
-    def bag_frames():
-        return read_drive(bag, CAMERA_TOPIC, FIX_TOPIC)[0]
-
     with EdgeVPR(model, threads=args.threads, max_batch=16) as vpr:
-        runs = {
-            "folder: read + decode": lambda: [read_image(p) for p in paths],
-            "bag: read + decode + pose": lambda: sum(1 for _ in bag_frames()),
-            "folder: describe_paths": lambda: describe_paths(vpr, paths),
-            "bag: read_drive + describe_frames": lambda: describe_frames(vpr, bag_frames()),
-            "bag: fixed cost (check topics, read poses)": lambda: (check_drive(bag, CAMERA_TOPIC, FIX_TOPIC), read_track(bag, FIX_TOPIC, Skipped())),
-        }
-        best = {name: float("inf") for name in runs}
-        for _ in range(args.repeats):  # alternating, so a change in the machine's load hits both paths
-            for name, run in runs.items():
-                best[name] = min(best[name], timed(run))
-    fixed = best.pop("bag: fixed cost (check topics, read poses)")
+        best = best_seconds(vpr, paths, bag, args.repeats)
+    fixed = best.pop(FIXED_COST)
     print(f"\n{args.frames} frames ({len(jpegs)} distinct 320x240 JPEGs), best of {args.repeats}, model {Path(model).name}, "
           f"{args.threads} thread(s)\n| path | frames/s |\n| --- | --- |")
     for name, seconds in best.items():
@@ -119,13 +62,7 @@ def main() -> None:
     if args.long:
         bag = drive_bag(work / "long", jpegs, args.long)
         size_mb = sum(f.stat().st_size for f in bag.iterdir()) / 2**20
-        skipped = Skipped()
-        frames, _, total = read_drive(bag, CAMERA_TOPIC, FIX_TOPIC, skipped)
-        rows, every, started = [(0, rss_mb())], max(1, total // 20), time.perf_counter()
-        for i, _ in enumerate(tqdm(frames, desc="stream long bag", total=total, unit="frame", mininterval=5), 1):
-            if i % every == 0:
-                rows.append((i, rss_mb()))
-        seconds = time.perf_counter() - started
+        total, seconds, skipped, rows = stream_long_bag(bag)
         print(f"\nlong bag: {total} frames, {size_mb:.0f} MB, streamed (decoded + posed) at {total / seconds:.0f} frames/s; {skipped.summary()}")
         print("| frames | RSS MB |\n| --- | --- |\n" + "\n".join(f"| {n} | {rss:.1f} |" for n, rss in rows))
         print(f"RSS after 5 % -> end: {rows[1][1]:.1f} -> {rows[-1][1]:.1f} MB ({rows[-1][1] - rows[1][1]:+.1f})")

@@ -15,14 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
-from structvpr_edge.data.dataset import load_dataset
-from structvpr_edge.errors import DatasetError, ModelError
-from structvpr_edge.eval.masks import mask_scores, summarise
+from structvpr_edge.bench.quality import mask_report
 from structvpr_edge.labels import LABEL_GROUPS
-from structvpr_edge.models.checkpoint import load_checkpoint
-from structvpr_edge.models.student import StructVPRStudent
 
 
 def main() -> None:
@@ -32,18 +26,7 @@ def main() -> None:
     parser.add_argument("--model", action="append", required=True, help="StructVPR++ checkpoint or shipped name")
     parser.add_argument("--json", help="write the summary here")
     args = parser.parse_args()
-    queries = load_dataset(args.dataset, args.split).queries
-    if queries.label_paths is None:
-        raise DatasetError(f"{args.dataset}/{args.split} has no label maps to compare the masks with")
-    conditions = np.array(queries.column("condition") or ["all"] * len(queries))
-    report = {}
-    for name in args.model:
-        model, meta = load_checkpoint(name)
-        if not isinstance(model, StructVPRStudent):
-            raise ModelError(f"{name} is a {meta['model_type']} model: only StructVPR++ students predict masks")
-        scores = mask_scores(model, tuple(meta["input"]["size"]), queries.paths, queries.label_paths)
-        report[name] = {"all": summarise(scores, np.arange(len(conditions)))}
-        report[name].update({c: summarise(scores, np.flatnonzero(conditions == c)) for c in sorted(set(conditions))})
+    report = mask_report(args.dataset, args.split, args.model)
     print("| model | condition | overlap | " + " | ".join(f"{g} IoU" for g in LABEL_GROUPS) + " |")
     print("|" + " --- |" * (3 + len(LABEL_GROUPS)))
     for name, by_condition in report.items():

@@ -2,8 +2,8 @@
 
     python benchmarks/method_table.py --dataset data/synthcity-bench --runs runs/table \
         [--rows baseline,baseline-head,student-nokd,global-kd,group-kd,relational-kd,negatives-kd,structvprpp,structvpr] \
-        [--row 'kd-w10=structvprpp.yaml:distill.weight=10'] [--seeds 3] [--steps 1000] [--jobs 1] [--test]
-        [--distill-set distill.weight=10] [--set real.root=../shared/data/camvid] [--real-val] [--deadline-min M]
+        [--row 'kd-w0.1=structvprpp.yaml:distill.weight=0.1'] [--seeds 3] [--steps 1000] [--jobs 1] [--test]
+        [--distill-set distill.weight=0.1] [--set real.root=../shared/data/camvid] [--real-val] [--deadline-min M]
 
 Val R@1 (the last validation of each run) is always reported: settings are chosen on it.
 ``--test`` also evaluates every finished run on the test split, for the report (read once per
@@ -17,10 +17,8 @@ import json
 import time
 from pathlib import Path
 
+from structvpr_edge.bench.table import ROWS, parse_row, summarize, table_results, train_table
 from structvpr_edge.data.dataset import load_dataset
-from structvpr_edge.eval.evaluate import evaluate
-from structvpr_edge.eval.models import load_extractor
-from structvpr_edge.train.table import ROWS, last_val_recall, median_kd_grad_ratio, parse_row, real_val, run_dir, summarize, train_table
 
 DEFAULT_ROWS = "baseline,baseline-head,student-nokd,global-kd,group-kd,relational-kd,negatives-kd,structvprpp,structvpr"
 
@@ -37,7 +35,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (1 on a 2-core CPU; several on a GPU)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     parser.add_argument("--distill-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an option for every row that distils (e.g. distill.weight=10)")
+                        help="an option for every row that distils (e.g. distill.weight=0.1)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="an option for every row and the teachers (e.g. real.root=../shared/data/camvid)")
     parser.add_argument("--real-val", action="store_true", help="add the real val columns (corridor R@1/R@5, CamVid-val mask mIoU)")
@@ -54,22 +52,8 @@ def main() -> None:
     train_table(rows, args.dataset, seeds, args.steps, runs, args.jobs, args.teacher_steps, args.threads, tuple(args.distill_set), deadline,
                 overrides=tuple(args.overrides))
     test = load_dataset(args.dataset, "test") if args.test else None
-    results: dict[str, list[dict]] = {}
-    teacher = [ROWS["teacher"]] if any(r.distils for r in rows) and ROWS["teacher"] not in rows else []  # only where it teaches
-    for row in [*teacher, *rows]:
-        steps = args.teacher_steps if row.name == "teacher" else args.steps
-        for seed in seeds:
-            out = run_dir(runs, row, steps, seed)
-            if not (out / "model.pt").exists():
-                continue
-            figures = {"seed": seed, "val": last_val_recall(out), "kd_grad_ratio": median_kd_grad_ratio(out)}
-            if args.real_val:
-                figures |= real_val(out / "model.pt", Path(args.corridor), Path(args.camvid))
-            if test is not None:
-                report = evaluate(load_extractor(str(out / "model.pt")), test).to_json()
-                figures["test"] = report["recall"]["1"]
-                figures |= {f"test {c}": r["1"] for c, r in report["per_condition"].items()}
-            results.setdefault(row.name, []).append(figures)
+    real = (Path(args.corridor), Path(args.camvid)) if args.real_val else None
+    results = table_results(rows, seeds, args.steps, args.teacher_steps, runs, real, test)
     Path(args.json or runs / f"table-{args.steps}.json").write_text(json.dumps(results, indent=2) + "\n")
     columns = sorted({c for runs_ in results.values() for r in runs_ for c in r if c not in ("seed", "kd_grad_ratio")},
                      key=lambda c: (c != "val", c != "test", c))

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
-from structvpr_edge import EdgeVPR
-from structvpr_edge.runtime.quantized_scan import QuantizedScan
-from structvpr_edge.runtime.profiling import camera_frames, synthetic_map
+from structvpr_edge.bench.rig import scan_crossover
 
 
 def main() -> None:
@@ -22,18 +18,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    frames = camera_frames(8, (640, 480))
     print("| map entries | 8-bit scan p50 ms | float32 scan p50 ms |\n| --- | --- | --- |")
-    with EdgeVPR(args.model, threads=args.threads) as vpr:
-        for size in args.sizes:
-            place_map, _ = synthetic_map(vpr, size, "flat")
-            vpr.set_map(place_map)
-            scan, times = QuantizedScan(place_map.faiss, place_map.index, min_entries=0), {True: [], False: []}  # the scan at every size
-            for i in range(args.frames):
-                place_map.scan = scan if i % 2 == 0 else None
-                times[i % 2 == 0].append(vpr.localize(frames[i % len(frames)]).timing_ms["search"])
-            warm = len(times[True]) // 10  # the first frames of each size warm caches up
-            print(f"| {size} | {np.median(times[True][warm:]):.3f} | {np.median(times[False][warm:]):.3f} |")
+    for size, scan_ms, float_ms in scan_crossover(args.model, args.sizes, args.frames, args.threads):
+        print(f"| {size} | {scan_ms:.3f} | {float_ms:.3f} |")
 
 
 if __name__ == "__main__":

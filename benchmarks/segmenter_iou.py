@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from structvpr_edge.deploy.segmenter import SIZE, Decision, label_folder
-from structvpr_edge.eval.label_iou import folder_iou
+from structvpr_edge.bench.quality import segmenter_rows, time_labels_command
+from structvpr_edge.deploy.segmenter import SIZE
 from structvpr_edge.labels import LABEL_GROUPS
 
 SHARED_CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
@@ -39,34 +36,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/segmenter-iou"))
     args = parser.parse_args()
 
-    val_images, val_labels = args.camvid / "images" / "val", args.camvid / "labels" / "val"
-    print(f"ESPNet (Cityscapes) on CamVid val ({len(list(val_images.glob('*.jpg')))} frames), IoU per label group, void ignored")
+    frames = len(list((args.camvid / "images" / "val").glob("*.jpg")))
+    print(f"ESPNet (Cityscapes) on CamVid val ({frames} frames), IoU per label group, void ignored")
     print("| input | decision | " + " | ".join(LABEL_GROUPS) + " | mean | s/frame |")
     print("|" + " --- |" * (len(LABEL_GROUPS) + 4))
-    rows = [(size, Decision()) for size in args.sizes] + [(SIZE, Decision(mirror=False)), (SIZE, Decision(void=True))]
-    for (width, height), decision in rows:
-        out = args.work / f"val-{width}x{height}-mirror{int(decision.mirror)}-void{int(decision.void)}"
-        start = time.perf_counter()
-        summary = label_folder(val_images, out, size=(width, height), overwrite=True, decision=decision)
-        seconds = (time.perf_counter() - start) / summary.written  # the ONNX export (a few s) included
-        result = folder_iou(out, val_labels, label_scheme="camvid")
+    for (width, height), decision, result, seconds in segmenter_rows(args.camvid, args.sizes, args.work):
         print(f"| {width}x{height} | mirror={decision.mirror} void={decision.void} | "
               + " | ".join(f"{v:.3f}" for v in result.iou.values()) + f" | {result.mean:.3f} | {seconds:.3f} |", flush=True)
-
     if args.frames:
-        sources = sorted((args.camvid / "images" / "train").glob("*.jpg")) + sorted(val_images.glob("*.jpg"))
-        folder = args.work / f"frames-{args.frames}"
-        (folder / "images").mkdir(parents=True, exist_ok=True)
-        for i in range(args.frames):
-            link = folder / "images" / f"{i:05d}_{sources[i % len(sources)].name}"
-            if not link.exists():
-                link.symlink_to(sources[i % len(sources)].resolve())
-        command = [sys.executable, "-m", "structvpr_edge.cli", "labels", "--images", str(folder / "images"),
-                   "--out", str(folder / "labels"), "--overwrite"]
-        start = time.perf_counter()
-        subprocess.run(command, check=True)  # its progress bar shows on this terminal
-        seconds = time.perf_counter() - start
-        load = os.getloadavg()[0]
+        seconds, load = time_labels_command(args.camvid, args.frames, args.work)
         print(f"structvpr-edge labels, {args.frames} CamVid frames at {SIZE[0]}x{SIZE[1]}: {seconds:.1f} s wall "
               f"({args.frames / seconds:.2f} frames/s, ONNX export included) on {os.cpu_count()} cores, load {load:.1f} at the end")
 

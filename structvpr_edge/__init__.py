@@ -4,6 +4,8 @@
 
 The runtime imports without torch; training and export import it when used.
 """
+from importlib import import_module
+
 from .errors import (BackendError, ConfigError, DatasetError, MapError, ModelError, StructVPRError, ThresholdError,
                      UncalibratedWarning, UpscaleWarning)
 
@@ -18,7 +20,5 @@ LAZY = {"EdgeVPR": "edgevpr", "Localization": "edgevpr", "Match": "edgevpr", "Te
 def __getattr__(name: str):
     """Lazy exports: ``import structvpr_edge`` stays cheap for the command line (no numpy, no faiss)."""
     if name in LAZY:
-        from importlib import import_module
-
         return getattr(import_module(f".runtime.{LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'structvpr_edge' has no attribute {name!r}")

@@ -22,7 +22,8 @@ from .labels import SCHEMES
 from .files import check_not_an_input
 
 SYNTH_PRESETS = ("smoke", "benchmark", "benchmark-hard")  # data/synthcity/generate.PRESETS, not imported to parse (tests/test_cli.py)
-SEGMENTERS = ("espnet-cityscapes",)  # deploy/segmenter.SEGMENTERS, not imported to parse: torch (tests/test_espnet.py)
+SEGMENTERS = ("espnet-cityscapes",)
+DEFAULT_MAX_RECALL_DROP, DEFAULT_MIN_COSINE = 1.0, 0.95  # deploy/calibration's, not imported to parse: onnx (tests/test_cli.py)  # deploy/segmenter.SEGMENTERS, not imported to parse: torch (tests/test_espnet.py)
 
 
 DESCRIPTION = ("StructVPR++-style visual place recognition for vehicles and robots: generate data, train, export and "
@@ -205,11 +206,14 @@ def command(name: str, help: str, *options: tuple, renamed: dict[str, str] | Non
 
 @command("demo", "generate a route, map it, localize a night/winter drive with the shipped model",
          arg("--out", default="demo-output", help="output folder: the route, the map, demo.json and demo.png"), model(default="structvprpp"),
-         arg("--places", type=_count(10_000), default=120, help="places along the demo route"), THREADS, TRUST, needs="torch")
+         arg("--places", type=_count(10_000), default=120, help="places along the demo route"),
+         arg("--from-bags", action="store_true", help="the route as two ROS 2 bags (MCAP): map from one, localize the other (needs .[ros])"),
+         THREADS, TRUST, needs="torch")
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import print_summary, run_demo
+    from .demo import print_summary, run_bag_demo, run_demo
 
-    print_summary(run_demo(args.out, model=args.model, places=args.places, threads=args.threads, trust_checkpoint=args.trust_checkpoint))
+    run = run_bag_demo if args.from_bags else run_demo
+    print_summary(run(args.out, model=args.model, places=args.places, threads=args.threads, trust_checkpoint=args.trust_checkpoint))
 
 
 @command("synth", "generate a SynthCity VPR benchmark",
@@ -279,7 +283,7 @@ def cmd_labels(args: argparse.Namespace) -> None:
 
 
 @command("train", "train a teacher, baseline or StructVPR(++) student",
-         arg("--config", required=True, help="YAML config (see structvpr_edge/configs/)"),
+         arg("--config", required=True, help="YAML config (see structvpr_edge/configs/), or a checkpoint (.pt): the config it was trained with"),
          arg("--seed", type=_seed, default=None, help="override the config's seed"),
          arg("--out", required=True, help="run folder: model.pt, last.pt, log.jsonl, curves.png"),
          arg("--stages", help="comma-separated subset of teacher,student (default: what the mode needs)"),
@@ -361,9 +365,13 @@ def cmd_ship(args: argparse.Namespace) -> None:
     print(f"shipped {args.name}: {ship(args.checkpoint, args.name, trust_checkpoint=args.trust_checkpoint)}")
 
 
-@command("export", "checkpoint -> ONNX with metadata, parity and TensorRT checks",
-         model(), arg("--out", required=True, help="output .onnx"), size("input size (default: the checkpoint's)"),
-         arg("--batch", choices=("1", "dynamic"), default="1", help="1: a fixed batch of one frame; dynamic: any batch size"),
+@command("export", "checkpoint -> ONNX with metadata, parity and TensorRT checks; or a shipped model's INT8 / FP16 graph",
+         model(), arg("--out", required=True, help="output .onnx"),
+         arg("--precision", choices=("fp32", "int8", "fp16"), default="fp32",
+             help="fp32: export the checkpoint; int8 (ONNX Runtime's CPU form) or fp16: a shipped model's graph from the calibration "
+                  "kit that ships with it, rebuilt from the weights and recorded ranges (a model of yours: structvpr-edge calibrate)"),
+         size("input size (default: the checkpoint's)"),
+         arg("--batch", choices=("1", "dynamic"), help="1 (the default): a fixed batch of one frame; dynamic: any batch size"),
          arg("--width", type=_side, help=argparse.SUPPRESS), arg("--height", type=_side, help=argparse.SUPPRESS),  # one side of --size
          arg("--opset", type=_opset, default=17, help="17 is the newest TensorRT 8.6 parses"),
          arg("--uint8-input", action="store_true", help="fold BGR->RGB and (x/255-mean)/std into the graph"),
@@ -374,13 +382,34 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .deploy.export import export_onnx, read_parity_images
     from .deploy.trt_check import check_trt_friendly
 
+    if args.precision != "fp32":
+        _export_from_kit(args)
+        return
     width, height = args.size or (args.width, args.height)  # a side left out stays the checkpoint's
     images = read_parity_images(list_images(Path(args.parity_images))) if args.parity_images else None
-    report = export_onnx(args.model, args.out, width=width, height=height, batch=args.batch, opset=args.opset,
+    report = export_onnx(args.model, args.out, width=width, height=height, batch=args.batch or "1", opset=args.opset,
                          uint8_input=args.uint8_input, parity_images=images, trust_checkpoint=args.trust_checkpoint)
     print(f"ONNX written to {report.path} (input {report.input_shape}, simplified with {report.simplifier})")
     print(f"parity over {report.parity_images} frames: min cosine {report.parity_min_cosine:.7f}, max abs diff {report.parity_max_abs_diff:.3g}")
     print(check_trt_friendly(report.path).summary())
+
+
+def _export_from_kit(args: argparse.Namespace) -> None:
+    """``export --precision int8|fp16`` of a shipped model: its kit's graph, rebuilt where missing."""
+    import shutil
+
+    from .artifacts import CPU_INT8, FP16, shipped_kit
+    from .deploy.calibration import KIT_EXPORT, prepare_kit
+
+    shaping = {"--size": args.size or args.width or args.height, "--batch": args.batch not in (None, KIT_EXPORT["batch"]),
+               "--opset": args.opset != KIT_EXPORT["opset"], "--parity-images": args.parity_images}
+    if any(shaping.values()):  # the kit's graph is uint8-input, dynamic batch: --uint8-input and --batch dynamic agree with it
+        raise ConfigError(f"--precision {args.precision} takes the kit's graph as calibrated ({KIT_EXPORT}): "
+                          f"{', '.join(k for k, v in shaping.items() if v)} cannot change it")
+    graph = prepare_kit(shipped_kit(args.model)) / {"int8": CPU_INT8, "fp16": FP16}[args.precision]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(graph, args.out)
+    print(f"{args.precision.upper()} ONNX of {args.model} written to {args.out} (from {graph})")
 
 
 @command("calibrate", "INT8 (CPU and TensorRT forms) and FP16 variants of an FP32 ONNX, with an accuracy gate",
@@ -389,42 +418,61 @@ def cmd_export(args: argparse.Namespace) -> None:
          arg("--out", required=True, help="calibration folder, e.g. calibration/NAME"),
          arg("--num", type=_positive_int, default=512, help="calibration images, chosen by greedy k-center"),
          arg("--method", choices=("entropy", "minmax", "percentile"), default="entropy", help="how INT8 ranges are chosen from the activations"),
-         arg("--max-recall-drop", type=_recall_points, default=None, help="Recall@1 points INT8 may lose; keeps sensitive layers in FP32 until met"),
+         arg("--max-recall-drop", type=_recall_points, default=None,
+             help=f"with --val-dataset: Recall@1 points either INT8 form may lose; sensitive layers are kept in FP32 until it holds, "
+                  f"else the kit is rejected (default {DEFAULT_MAX_RECALL_DROP})"),
          arg("--val-dataset", default=None, help="validation dataset root for cosine and Recall@1/5"), arg("--val-split", default="val", help="split of --val-dataset"),
-         arg("--reselect", action="store_true", help="choose new images even if OUT/manifest.json exists"), THREADS, TRUST,
+         arg("--min-cosine", type=_number(float, lambda v: -1 <= v <= 1, "a cosine in -1..1"), default=DEFAULT_MIN_COSINE,
+             help="without --val-dataset: the mean descriptor cosine to FP32 either INT8 form must keep on the calibration images, "
+                  "sensitive layers kept in FP32 until it holds, else the kit is rejected"),
+         arg("--reselect", action="store_true", help="choose new images even if OUT/manifest.json exists"),
+         arg("--overwrite-shipped", action="store_true", help="allow --out to be a kit that ships with the package (maintainers regenerating it)"),
+         THREADS, TRUST,
          renamed={"--images": "--dataset", "--val": "--val-dataset"}, needs="torch unless --model is the FP32 ONNX export")
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from .deploy.calibration import CalibrationConfig, calibrate
 
     report = calibrate(CalibrationConfig(
         model=args.model, images=args.dataset, out=args.out, num=args.num, method=args.method, max_recall_drop=args.max_recall_drop,
-        val=args.val_dataset, val_split=args.val_split, reselect=args.reselect, threads=args.threads, trust_checkpoint=args.trust_checkpoint))
+        val=args.val_dataset, val_split=args.val_split, min_cosine=args.min_cosine, reselect=args.reselect,
+        overwrite_shipped=args.overwrite_shipped, threads=args.threads,
+        trust_checkpoint=args.trust_checkpoint))
     print(report.markdown())
     print(f"calibration written to {args.out} in {report.seconds:.1f} s")
 
 
 @command("build-engine", "TensorRT engine (8.6, 10.x, 11.x) plus its JSON manifest",
-         arg(one_of=(arg("--onnx", help="FP32 ONNX (or the FP16 / Q/DQ graph from calibrate)"),
-                     arg("--model", help="shipped model NAME: build from its calibration kit calibration/NAME (no images needed)"))),
-         arg("--precision", choices=("fp32", "fp16", "int8"), required=True, help="engine precision; int8 needs a calibration kit (--calibration or --model)"),
+         arg("--model", required=True, help="the model as a graph: an ONNX file (the FP32 export, or the FP16 / Q/DQ graph from calibrate), "
+                                             "or a shipped name (structvprpp), built from the calibration kit that ships with it (no images "
+                                             "needed; its graphs are rebuilt from the weights, which needs torch once)"),
+         arg("--precision", choices=("fp32", "fp16", "int8"), required=True,
+             help="engine precision; int8 needs a calibration kit (--calibration, or a shipped --model)"),
          arg("--workspace", type=_count(1 << 20), default=1024, help="workspace memory pool in MB"),
          arg("--min-batch", type=_batch, help="dynamic-batch profile: smallest batch"),
          arg("--opt-batch", type=_batch, help="dynamic-batch profile: the batch to tune for"), arg("--max-batch", type=_batch, help="dynamic-batch profile (default 1/1/8)"),
          arg("--timing-cache", help="timing cache file, read if present and written back"),
          arg("--dla-core", type=_number(int, lambda v: 0 <= v <= 15, "a DLA core in 0..15"), default=None, help="build for this DLA core (Jetson), GPU fallback on"),
-         arg("--calibration", help="calibration/NAME folder (FP16/Q-DQ graphs, TensorRT cache)"),
-         arg("--out", required=True, help="engines/NAME.engine (manifest written to NAME.engine.json)"), needs="TensorRT")
+         arg("--calibration", help="calibration folder from structvpr-edge calibrate (FP16/Q-DQ graphs, TensorRT cache); "
+                                   "default for a shipped --model: the kit that ships with it"),
+         arg("--out", required=True, help="engines/NAME.engine (manifest written to NAME.engine.json)"),
+         renamed={"--onnx": "--model"}, needs="TensorRT")
 def cmd_build_engine(args: argparse.Namespace) -> None:
+    from .artifacts import FP32, MODEL_SUFFIXES, backend_for, shipped_kit
     from .deploy.calibration import prepare_kit
     from .deploy.engine import EngineBuildConfig, build_engine
+    from .trt_compat import import_tensorrt
 
-    calibration, onnx = args.calibration, args.onnx
-    if args.model:  # a calibration kit (calibration/NAME) holds the graphs, rebuilt from the weights if missing
-        calibration = calibration or str(Path("calibration") / args.model)
-        onnx = prepare_kit(Path(calibration))
+    trt = import_tensorrt()  # before any graph is written
+    calibration, onnx = args.calibration, args.model
+    if Path(args.model).suffix not in MODEL_SUFFIXES and Path(args.model).name == args.model:  # a shipped name: its kit holds the graphs
+        calibration = prepare_kit(Path(calibration) if calibration else shipped_kit(args.model))
+        onnx = calibration / FP32
+    elif backend_for(args.model) != "onnxruntime":
+        raise ConfigError(f"build-engine builds from an ONNX file or a shipped model's kit, got {args.model}: "
+                          "export a checkpoint first (structvpr-edge export --uint8-input --batch dynamic)")
     manifest = build_engine(EngineBuildConfig(
         onnx=onnx, precision=args.precision, out=args.out, min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
-        workspace_mb=args.workspace, timing_cache=args.timing_cache, dla_core=args.dla_core, calibration=calibration))
+        workspace_mb=args.workspace, timing_cache=args.timing_cache, dla_core=args.dla_core, calibration=calibration), trt=trt)
     print(f"engine written to {args.out} ({manifest['plan']['why']}; TensorRT {manifest['tensorrt_version']}, "
           f"{manifest['gpu_name']}, {manifest['build_seconds']:.0f} s); manifest beside it")
     print(f"the same build with trtexec:\n  {manifest['trtexec']}")
@@ -440,8 +488,13 @@ def cmd_build_engine(args: argparse.Namespace) -> None:
              help=f"with --bag or --poses: a frame closer than this to the last place kept is skipped (default {MAP_SPACING_M}; 0 keeps all)"),
          arg("--out", required=True, help="map folder"),
          arg("--index", default="auto", choices=["auto", "flat", "hnsw", "ivf"], help="FAISS index: flat is exact; auto is flat up to 200,000 places, else ivf"),
-         arg("--append", action="store_true", help="add the images to the existing map in --out"), renamed={"--images": "--dataset"},
-         needs=RUNTIME_NEEDS)
+         arg("--append", action="store_true", help="add the images to the existing map in --out"),
+         arg("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+             help="describe on Ray (pip install structvpr-edge[cluster]): a cluster's ADDRESS, or none to start Ray on this machine; "
+                  "--dataset only (docs/maps.md)"),
+         arg("--ray-workers", type=_count(4096), default=2, help="with --ray: workers, one model each (default 2)"),
+         arg("--ray-gpus", type=_non_negative, default=0.0, help="with --ray: GPUs per worker (default 0: CPU)"),
+         renamed={"--images": "--dataset"}, needs=RUNTIME_NEEDS)
 def cmd_build_map(args: argparse.Namespace) -> None:
     from .data.drives import Skipped, read_drive
     from .runtime.edgevpr import EdgeVPR
@@ -450,6 +503,8 @@ def cmd_build_map(args: argparse.Namespace) -> None:
     _check_drive_options(args, ("image_topic", "pose_topic"))
     if args.poses and args.bag:
         raise ConfigError("--poses names the poses of the images in --dataset; a --bag has its own --pose-topic")
+    if args.ray is not None and args.bag:
+        raise ConfigError("--ray describes the images of --dataset (with names or --poses); a --bag is built in one process")
     skipped = Skipped()
     if args.bag:  # topics checked and poses read before the model is loaded
         frames, frame_id, total = read_drive(args.bag, args.image_topic, args.pose_topic, skipped, args.max_pose_gap, args.spacing)
@@ -457,11 +512,30 @@ def cmd_build_map(args: argparse.Namespace) -> None:
         if args.bag:
             place_map = build_map_from_frames(vpr, frames, frame_id, args.out, index_type=args.index, append=args.append, total=total)
         else:
+            describe = None
+            if args.ray is not None:
+                from .cluster import RayConfig, ray_describer
+                config = RayConfig(address=args.ray or None, workers=args.ray_workers, gpus=args.ray_gpus)
+                describe = ray_describer(args.model, vpr.info.layout.dim, config, backend=args.backend)
             place_map = build_map(vpr, args.dataset, args.out, index_type=args.index, append=args.append, split=args.split,
-                                  poses=args.poses, min_spacing_m=args.spacing, skipped=skipped)
+                                  poses=args.poses, min_spacing_m=args.spacing, skipped=skipped, describe=describe)
     frame = f", frame {place_map.manifest.frame_id}" if place_map.manifest.frame_id else ""
     counts = f"; {skipped.summary()}" if args.bag or args.poses else ""
     print(f"map with {len(place_map)} places ({place_map.factory}{frame}) written to {args.out}{counts}")
+
+
+@command("cut-tiles", "cut a map into square geographic tiles, loaded on the vehicle around a GNSS prior (docs/maps.md)",
+         arg("--map", required=True, help="map folder (structvpr-edge build-map; flat or ivfpq index)"),
+         arg("--out", required=True, help="tile folder: one map per tile and tiles.json"),
+         arg("--tile-size", type=_positive_float, default=500.0, metavar="METRES", help="side of a tile (default 500)"),
+         arg("--overlap", type=_non_negative, default=50.0, metavar="METRES",
+             help="places this close to a tile are in it too (default 50; a prior radius up to it loads one tile)"))
+def cmd_cut_tiles(args: argparse.Namespace) -> None:
+    from .runtime.map import PlaceMap
+    from .runtime.tiles import cut_tiles
+
+    index = cut_tiles(PlaceMap.load(args.map), args.out, args.tile_size, args.overlap)
+    print(f"{len(index.tiles)} tiles of {args.tile_size:g} m (overlap {args.overlap:g} m) written to {args.out}")
 
 
 @command("calibrate-threshold", "pick the confidence threshold reaching a target precision and store it in the map",

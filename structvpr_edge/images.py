@@ -18,11 +18,18 @@ MAX_SIDE = 16384  # pixels per side of a frame; beyond this it is a corrupt head
 JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers carry the size
 
 
+def imread(path: Path, flags: int = cv2.IMREAD_COLOR, what: str = "image") -> np.ndarray:
+    """An image file decoded by OpenCV as it is (BGR by default), or a DatasetError naming it: data
+    preparation and figures; the runtime's ``read_image`` adds the checks a frame from outside needs."""
+    image = cv2.imread(str(path), flags)
+    if image is None:
+        raise DatasetError(f"cannot read {what} {path}")
+    return image
+
+
 def read_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     """An RGB image, area-resized to ``size`` (W, H) unless None or already that size."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DatasetError(f"cannot read image {path}")
+    image = imread(path)
     if size is not None and (image.shape[1], image.shape[0]) != size:
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -2,12 +2,14 @@
 and the descriptor layout. Stored as ONNX metadata props and in engine manifests; torch-free."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from numbers import Integral, Real
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import __version__
 from .errors import ModelError
 from .files import sha256_of
 from .images import MAX_SIDE
@@ -15,6 +17,7 @@ from .layout import DescriptorLayout
 from .safety import check_onnx
 
 PREFIX = "structvpr."
+GRAPH_FIELD = 7  # ModelProto.graph in onnx.proto
 COLOURS = ("BGR", "RGB")
 DTYPES = {True: "uint8", False: "float32"}  # the input's dtype, by uint8_input
 
@@ -31,7 +34,9 @@ class ModelInfo:
     label_groups: tuple[str, ...] = ()
     model_type: str = ""
     model_version: str = ""
-    checkpoint_sha256: str = ""
+    checkpoint_sha256: str = ""  # the checkpoint file exported (its bytes: a kit's calibration belongs to it)
+    weights_sha256: str = ""  # fingerprint of the weights (weights_fingerprint at export): what a map answers to
+    graph_sha256: str = ""  # graph_digest of the ONNX as written: weights edited after export are caught
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -89,6 +94,63 @@ class ModelInfo:
             return cls(**data)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"malformed structvpr metadata: {exc}") from exc
+
+
+def model_info(meta: dict, width: int, height: int, uint8_input: bool, weights_sha256: str) -> ModelInfo:
+    """The ModelInfo of checkpoint ``meta`` at this input size and format; ``weights_sha256`` is
+    ``models.checkpoint.weights_fingerprint`` of its loaded model."""
+    spec = meta["input"]
+    if spec["kind"] != "rgb":
+        raise ModelError(f"only RGB students are deployed; {meta['path']} is a {meta['model_type']}")
+    return ModelInfo(
+        width, height, uint8_input, colour="BGR" if uint8_input else "RGB", mean=tuple(spec["mean"]), std=tuple(spec["std"]),
+        layout=DescriptorLayout.from_dict(meta["layout"]), label_groups=tuple(meta["label_groups"]), model_type=meta["model_type"],
+        model_version=meta.get("version", __version__), checkpoint_sha256=sha256_file(meta["path"]), weights_sha256=weights_sha256,
+    )
+
+
+def graph_digest(data: bytes) -> str:
+    """sha256 of the ``graph`` field (weights and nodes, metadata left out) of a serialized ONNX
+    ModelProto, read from the protobuf wire format: the runtime needs no onnx package for it, and
+    the digest can be stamped into the metadata it leaves out."""
+    digest, pos = hashlib.sha256(), 0
+
+    def varint() -> int:
+        nonlocal pos
+        value = shift = 0
+        while True:
+            if pos >= len(data):
+                raise ModelError("the ONNX file is truncated")
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+
+    while pos < len(data):
+        key = varint()
+        kind = key & 7
+        size = {0: None, 1: 8, 2: -1, 5: 4}.get(kind, 0)
+        if size == 0:
+            raise ModelError(f"the ONNX file is not a protobuf model (wire type {kind})")
+        if size is None:
+            varint()
+            continue
+        size = varint() if size == -1 else size
+        if key >> 3 == GRAPH_FIELD:
+            digest.update(data[pos : pos + size])
+        pos += size
+    return digest.hexdigest()
+
+
+def verified_weights(path: str | Path, info: ModelInfo) -> str:
+    """``info.weights_sha256`` once the ONNX file at ``path`` holds the graph its metadata records
+    (ModelError otherwise: weights edited or damaged since export). "" for a model exported before
+    fingerprints, whose identity is then its file's sha256."""
+    if info.graph_sha256 and graph_digest(Path(path).read_bytes()) != info.graph_sha256:
+        raise ModelError(f"{path}: its weights are not the ones it was exported with (edited or damaged); export it again")
+    return info.weights_sha256 if info.graph_sha256 else ""
 
 
 def read_onnx_info(path) -> ModelInfo:

@@ -169,3 +169,42 @@ def place_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def hard_place_dataset(tmp_path_factory) -> Path:
     return write_hard_place_dataset(tmp_path_factory.mktemp("hard_places"), {"train": 96, "val": 6, "test": 40})
+
+
+# The tiny student (random weights) as a checkpoint, its ONNX export and its calibration, built once
+# a session for the export, calibration, kit, install and TensorRT tests. Imported when first used:
+# torch and the deploy code stay out of the tests that need neither.
+STUDENT_SIZE = (64, 48)
+
+
+@pytest.fixture(scope="session")
+def student_checkpoint(tmp_path_factory) -> Path:
+    import torch
+
+    from structvpr_edge.models.checkpoint import save_checkpoint
+    from structvpr_edge.models.student import StructVPRStudent, StudentConfig
+
+    torch.manual_seed(0)
+    model = StructVPRStudent(StudentConfig(imagenet=False))
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "student.pt", model, STUDENT_SIZE, {})
+
+
+@pytest.fixture(scope="session")
+def student_onnx(student_checkpoint, tmp_path_factory):
+    """(path, ExportReport) of the tiny student, dynamic batch, float input."""
+    from structvpr_edge.deploy.export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "student.onnx"
+    return out, export_onnx(student_checkpoint, out, batch="dynamic")
+
+
+@pytest.fixture(scope="session")
+def calibration_dir(student_onnx, place_dataset, tmp_path_factory) -> Path:
+    """A calibration of the tiny student through the CLI, with the validation gate (budget 100 pp)."""
+    from structvpr_edge.cli import main
+
+    out = tmp_path_factory.mktemp("calibration") / "tiny"
+    args = ["calibrate", "--model", str(student_onnx[0]), "--images", str(place_dataset), "--out", str(out), "--num", "12",
+            "--val", str(place_dataset), "--max-recall-drop", "100", "--threads", "1"]
+    assert main(args) == 0
+    return out

@@ -18,17 +18,6 @@ from structvpr_edge.deploy.calibration import KIT_EXPORT, CalibrationConfig, Cal
 from structvpr_edge.errors import ConfigError, DatasetError, ModelError
 from structvpr_edge.modelinfo import ModelInfo, read_onnx_info, sha256_file
 from structvpr_edge.runtime.preprocess import Preprocessor
-from tests.test_export import student_checkpoint, student_onnx  # noqa: F401 - shared session fixtures
-
-
-@pytest.fixture(scope="session")
-def calibration_dir(student_onnx, place_dataset, tmp_path_factory) -> Path:
-    """A calibration of the tiny student through the CLI, with the validation gate (budget 100 pp)."""
-    out = tmp_path_factory.mktemp("calibration") / "tiny"
-    args = ["calibrate", "--model", str(student_onnx[0]), "--images", str(place_dataset), "--out", str(out), "--num", "12",
-            "--val", str(place_dataset), "--max-recall-drop", "100", "--threads", "1"]
-    assert main(args) == 0
-    return out
 
 
 def _load(path: Path):
@@ -191,8 +180,9 @@ def test_a_calibrated_checkpoint_is_a_kit_that_rebuilds_its_graphs(student_check
     kit.mkdir()
     for name in (MANIFEST, RANGES, TRT_CACHE, REPORT):
         shutil.copy(out / name, kit / name)
-    assert prepare_kit(kit) == kit / FP32
-    assert {n: sha256_file(kit / n) for n in (FP32, TRT_INT8)} == {n: report.sha256[n] for n in (FP32, TRT_INT8)}
+    assert prepare_kit(kit) == kit
+    graphs = (FP32, TRT_INT8, CPU_INT8, FP16)  # every graph rebuilt, byte for byte the calibrated one
+    assert {n: sha256_file(kit / n) for n in graphs} == {n: report.sha256[n] for n in graphs}
     (kit / MANIFEST).write_text(json.dumps({**manifest, "weights_sha256": "0" * 64}))
     with pytest.raises(ModelError, match="other weights"):
         prepare_kit(kit)

@@ -17,16 +17,16 @@ import pytest
 pytest.importorskip("rosbags", reason="the ros extra: pip install -e '.[ros]'")
 pytest.importorskip("pyproj", reason="the ros extra: pip install -e '.[ros]'")
 
-from structvpr_edge import cli  # noqa: E402
-from structvpr_edge.cli import main  # noqa: E402
-from structvpr_edge.data import drives  # noqa: E402
-from structvpr_edge.data.dataset import load_dataset  # noqa: E402
-from structvpr_edge.data.drives import Skipped, Track, read_drive, read_frames, read_pose_csv, read_track, typestore, write_bag  # noqa: E402
-from structvpr_edge.data.synthcity.bags import CAMERA_TOPIC, FIX_TOPIC, generate_route_bags  # noqa: E402
-from structvpr_edge.errors import DatasetError, MapError  # noqa: E402
-from structvpr_edge.runtime.edgevpr import EdgeVPR, Localization, Match  # noqa: E402
-from structvpr_edge.runtime.map import PlaceMap  # noqa: E402
-from structvpr_edge.runtime.outputs import DIAGNOSTICS_TOPIC, POSE_TOPIC, TOPICS, covariance, messages  # noqa: E402
+from structvpr_edge import cli
+from structvpr_edge.cli import main
+from structvpr_edge.data import drives
+from structvpr_edge.data.dataset import load_dataset
+from structvpr_edge.data.drives import Skipped, Track, read_drive, read_frames, read_pose_csv, read_track, typestore, write_bag
+from structvpr_edge.data.synthcity.bags import CAMERA_TOPIC, FIX_TOPIC, generate_route_bags
+from structvpr_edge.errors import DatasetError, MapError
+from structvpr_edge.runtime.edgevpr import EdgeVPR, Localization, Match
+from structvpr_edge.runtime.map import PlaceMap
+from structvpr_edge.runtime.outputs import DIAGNOSTICS_TOPIC, POSE_TOPIC, TOPICS, covariance, messages
 
 PLACES = 10
 T0 = 1_000_000_000_000

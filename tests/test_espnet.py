@@ -17,7 +17,7 @@ from structvpr_edge.data import segmentation
 from structvpr_edge.data.segmentation import convert_label_pngs, segment_folder
 from structvpr_edge.deploy import segmenter
 from structvpr_edge.deploy.segmenter import MEAN_RGB, STD_RGB, LabelGraph, export_segmenter, label_folder
-from structvpr_edge.errors import ConfigError, DatasetError, ModelError
+from structvpr_edge.errors import DatasetError, ModelError
 from structvpr_edge.eval.label_iou import folder_iou
 from structvpr_edge.images import normalize
 from structvpr_edge.labels import CAMVID_CLASSES, GROUP_ID, IGNORE, camvid_to_cityscapes, to_groups

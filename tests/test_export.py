@@ -15,24 +15,9 @@ from structvpr_edge.errors import ModelError
 from structvpr_edge.deploy.export import PARITY_MIN_COSINE, export_onnx
 from structvpr_edge.modelinfo import read_onnx_info, sha256_file
 from structvpr_edge.runtime.preprocess import Preprocessor
-from structvpr_edge.models.checkpoint import load_checkpoint, save_checkpoint
-from structvpr_edge.models.student import StructVPRStudent, StudentConfig
-
-SIZE = (64, 48)
-
-
-@pytest.fixture(scope="session")
-def student_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = StructVPRStudent(StudentConfig(imagenet=False))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "student.pt", model, SIZE, {})
-
-
-@pytest.fixture(scope="session")
-def student_onnx(student_checkpoint, tmp_path_factory):
-    """(path, ExportReport) of the tiny student, dynamic batch, float input."""
-    out = tmp_path_factory.mktemp("onnx") / "student.onnx"
-    return out, export_onnx(student_checkpoint, out, batch="dynamic")
+from structvpr_edge.models.checkpoint import load_checkpoint
+from structvpr_edge.models.student import StudentConfig
+from tests.conftest import STUDENT_SIZE as SIZE
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:

@@ -7,11 +7,12 @@ from structvpr_edge.models.alignment import SemanticAlignment
 from structvpr_edge.models.global_student import GlobalStudent, GlobalStudentConfig
 from structvpr_edge.models.student import StructVPRStudent, StudentConfig
 from structvpr_edge.models.teacher import AlignedOutput, SegTeacher, TeacherConfig
-from structvpr_edge.train.config import DistillConfig, TrainConfig
+from structvpr_edge.train.config import DistillConfig, OldConfigWarning, TrainConfig, load_config, recipe
 from structvpr_edge.train.losses import MultiSimilarityConfig, mask_loss, multi_similarity_loss, relational_kd, triplet_margin_loss
 from structvpr_edge.errors import ConfigError
-from structvpr_edge.train.distill import (FeatureProjector, aligned_group_sims, extra_terms, feature_kd, relational_terms, similarity_kd,
+from structvpr_edge.train.distill import (FeatureProjector, aligned_group_sims, feature_kd, relational_terms, similarity_kd,
                                           teacher_ranked_negatives)
+from structvpr_edge.train.objective import Batch, objective, part_values
 from structvpr_edge.train.weights import GROUPS, Keys, RankMemory, SampleWeightConfig, group_weights, positive_ranks, sample_groups
 
 
@@ -22,7 +23,7 @@ def _clustered(noise: float) -> tuple[torch.Tensor, torch.Tensor]:
     return F.normalize(centres[labels] + noise * torch.randn(12, 16), dim=1), labels
 
 
-@pytest.mark.parametrize("loss", [lambda d, l: multi_similarity_loss(d, l, MultiSimilarityConfig()), lambda d, l: triplet_margin_loss(d, l, 0.1)])
+@pytest.mark.parametrize("loss", [lambda d, y: multi_similarity_loss(d, y, MultiSimilarityConfig()), lambda d, y: triplet_margin_loss(d, y, 0.1)])
 def test_metric_losses_prefer_clustered_descriptors(loss):
     tight, labels = _clustered(0.05)
     loose, _ = _clustered(2.0)
@@ -40,13 +41,13 @@ def test_relational_kd_is_zero_for_identical_structure_and_positive_otherwise():
 
 
 def hand_kd(student_sim: np.ndarray, teacher_sim: np.ndarray, tau: float) -> np.ndarray:
-    """Per anchor i: tau^2 KL(p || q), p and q the softmax of row i over the other images j != i."""
+    """Per anchor i: KL(p || q), p and q the softmax of row i over the other images j != i."""
     result = []
     for i in range(len(student_sim)):
         others = [j for j in range(len(student_sim)) if j != i]
         p = np.exp(teacher_sim[i, others] / tau) / np.exp(teacher_sim[i, others] / tau).sum()
         q = np.exp(student_sim[i, others] / tau) / np.exp(student_sim[i, others] / tau).sum()
-        result.append(tau**2 * np.sum(p * np.log(p / q)))
+        result.append(np.sum(p * np.log(p / q)))
     return np.array(result)
 
 
@@ -221,11 +222,68 @@ def test_feature_kd_weights_groups_by_teacher_presence():
         FeatureProjector(GlobalStudent(GlobalStudentConfig(imagenet=False)), teacher_model)
 
 
-def test_extra_terms_are_off_by_default_and_add_up_when_on():
-    rng = np.random.default_rng(2)
-    (_, student_parts), (_, teacher_parts) = random_parts(rng, batch=6), random_parts(rng, batch=6)
-    places = torch.tensor([0, 0, 1, 1, 2, 2])
-    assert extra_terms(student_parts, teacher_parts, places, None, DistillConfig()) is None
-    both = extra_terms(student_parts, teacher_parts, places, None, DistillConfig(similarity_weight=2.0, negative_weight=3.0))
-    expected = 2 * similarity_kd(student_parts, teacher_parts) + 3 * teacher_ranked_negatives(student_parts, teacher_parts, places)
-    assert torch.allclose(both, expected)
+def fixed_batch(batch: int = 8) -> tuple[dict, dict, Batch, StructVPRStudent, SegTeacher]:
+    """A StructVPR++ batch of random outputs, student and teacher, 4 places of 2 images, mixed sample groups."""
+    rng = np.random.default_rng(7)
+    (student, student_parts), (teacher, teacher_parts) = random_parts(rng, batch=batch), random_parts(rng, batch=batch)
+    student_parts.mask_logits = torch.tensor(rng.normal(size=(batch, 2, 3, 4)), dtype=torch.float32)
+    fractions = torch.tensor(rng.dirichlet(np.ones(2), size=(batch, 6, 8)).transpose(0, 3, 1, 2), dtype=torch.float32)
+    places = torch.arange(batch // 2).repeat_interleave(2)
+    groups = torch.tensor([0, 1, 2, 3, 1, 1, 0, 2])[:batch]
+    torch.manual_seed(0)
+    models = StructVPRStudent(StudentConfig(imagenet=False, presence_power=0.5), num_groups=2), SegTeacher(TeacherConfig(presence_power=0.25), num_groups=2)
+    return student, teacher, Batch(student_parts, places, fractions, teacher_parts, groups), *models
+
+
+def old_formula(student: dict, teacher: dict, batch: Batch, step: int, distill: dict, mask_weight: float, warmup: int) -> float:
+    """The objective as config version 1 wrote it (docs/method.md before issue 27), by hand:
+    L_MS + lambda_mask L_mask + s(t) mean_i w_i (weight tau^2 (KL_i + g mean_k KL_ik) + lambda_sim S_i + lambda_neg N_i)."""
+    tau, weight = distill["temperature"], distill["weight"]
+    s, t = student["descriptor"] @ student["descriptor"].T, teacher["descriptor"] @ teacher["descriptor"].T
+    group_kd = np.mean([hand_kd(hand_group_sim(student, k, 0.5), hand_group_sim(teacher, k, 0.25), tau) for k in range(2)], axis=0)
+    relational = tau**2 * (hand_kd(s, t, tau) + distill["group_weight"] * group_kd)
+    similarity = np.array([np.mean([(s[i, j] - t[i, j]) ** 2 for j in range(len(s)) if j != i]) for i in range(len(s))])
+    negatives = hand_teacher_negatives(s, t, batch.places.tolist())
+    sample_weights = np.array([2.0, 1.0, 0.5, 0.0])[batch.sample_groups.numpy()]  # SampleWeightConfig's defaults, by group
+    per_anchor = weight * relational + distill["similarity_weight"] * similarity + distill["negative_weight"] * negatives
+    metric = multi_similarity_loss(batch.parts.descriptor, batch.places, MultiSimilarityConfig()).item()
+    mask = mask_loss(batch.parts.mask_logits, batch.fractions).item()
+    return metric + mask_weight * mask + min(1.0, step / warmup) * np.mean(sample_weights * per_anchor)
+
+
+@pytest.mark.parametrize("distill", [
+    {"weight": 100, "temperature": 0.1, "group_weight": 1.0, "similarity_weight": 0.0, "negative_weight": 5.0},  # structvprpp.yaml
+    {"weight": 30, "temperature": 0.2, "group_weight": 0.5, "similarity_weight": 2.0, "negative_weight": 1.0},
+])
+def test_the_objective_of_an_old_config_is_the_old_formula(tmp_path, distill):
+    """A config of version 1 (distill.weight multiplied tau^2 KL) is converted on reading, and the
+    objective of a fixed batch built from it is what the old formula gives, at every step of the warm-up."""
+    student, teacher, batch, student_model, teacher_model = fixed_batch()
+    path = tmp_path / "old.yaml"
+    path.write_text(f"mode: structvpr++\ndistill: {distill | {'warmup_steps': 4}}\n")
+    with pytest.warns(OldConfigWarning, match="distill.weight"):
+        config = load_config(path)
+    assert config.distill.weight == pytest.approx(distill["weight"] * distill["temperature"] ** 2, rel=1e-12)
+    terms = objective(config, recipe("structvpr++", True), config.optim, student_model, teacher_model)
+    assert [t.name for t in terms] == ["metric", "mask", "distill/relational", *(["distill/similarity"] * (distill["similarity_weight"] > 0)), "distill/negatives"]
+    for step in (0, 1, 4, 9):
+        got = sum(part_values(terms, batch, step).values()).item()
+        assert got == pytest.approx(old_formula(student, teacher, batch, step, distill, 0.5, 4), rel=1e-5, abs=1e-7)
+
+
+def test_each_weight_scales_its_own_term_and_weight_0_drops_it():
+    student, teacher, batch, student_model, teacher_model = fixed_batch()
+    config = load_config(None, {"mode": "structvpr++", "distill": {"weight": 1.0, "negative_weight": 3.0}})
+    parts = part_values(objective(config, recipe("structvpr++", True), config.optim, student_model, teacher_model), batch, 10)
+    doubled = load_config(None, {"mode": "structvpr++", "distill": {"weight": 2.0, "negative_weight": 3.0}})
+    relational_only = load_config(None, {"mode": "structvpr++", "distill": {"weight": 1.0}})
+    negatives_only = load_config(None, {"mode": "structvpr++", "distill": {"weight": 0.0, "negative_weight": 3.0}})
+
+    def distill(conf: TrainConfig) -> float:
+        return part_values(objective(conf, recipe("structvpr++", True), conf.optim, student_model, teacher_model), batch, 10)["distill"].item()
+
+    assert distill(doubled) - parts["distill"].item() == pytest.approx(distill(relational_only), rel=1e-5)
+    assert distill(relational_only) + distill(negatives_only) == pytest.approx(parts["distill"].item(), rel=1e-5)
+    assert [t.name for t in objective(negatives_only, recipe("structvpr++", True), config.optim, student_model, teacher_model)] == ["metric", "mask", "distill/negatives"]
+    no_teacher = objective(config, recipe("structvpr++", False), config.optim, student_model, None)
+    assert set(part_values(no_teacher, batch, 10)) == {"metric", "mask"}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from structvpr_edge.data.real_frames import FrameViews, real_places, sequence_frames
+from structvpr_edge.data.real_frames import FrameViews, real_places
 from structvpr_edge.errors import ConfigError, DatasetError
 from structvpr_edge.train.config import load_config
 from structvpr_edge.train.data import MixedPlaceSampler, PlaceBatchSampler, RowStack

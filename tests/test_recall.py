@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from structvpr_edge.errors import DatasetError
-from structvpr_edge.eval.recall import per_group_recall, recall_at_n, retrieve
+from structvpr_edge.metrics import per_group_recall, recall_at_n, retrieve
 
 
 def test_recall_on_hand_made_case():

@@ -34,8 +34,7 @@ from structvpr_edge.runtime.mapping import build_map, calibrate_threshold, descr
 from structvpr_edge.runtime.preprocess import MAX_SIDE, read_image
 from structvpr_edge.runtime.temporal import TemporalConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import killtest  # noqa: E402
+from structvpr_edge.bench import killtest
 
 CASE_SECONDS = 20  # a case still running after this is a hang
 
@@ -131,6 +130,18 @@ def flipped_model(source: Path, out: Path) -> Path:
     return out
 
 
+def other_weights_model(source: Path, out: Path) -> Path:
+    """The same graph, its metadata naming other weights (as a retrained model's would)."""
+    import onnx
+
+    model = onnx.load(str(source))
+    for prop in model.metadata_props:
+        if prop.key == "structvpr.weights_sha256":
+            prop.value = json.dumps("0" * 64)
+    onnx.save(model, str(out))
+    return out
+
+
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory, place_dataset):
     """Models (good, NaN, flipped), a map, bad image files and a small folder of good images."""
@@ -163,7 +174,8 @@ def ctx(tmp_path_factory, place_dataset):
     return SimpleNamespace(
         legacy=legacy, garbage_onnx=root / "garbage.onnx", empty=root / "empty", checkpoint=Path(checkpoint), kit=kit,
         root=root, onnx=onnx_path, float_onnx=float_path, nan_onnx=nan_model(float_path, root / "nan.onnx"),
-        flipped=flipped_model(onnx_path, root / "flipped.onnx"), map=root / "map", dataset=place_dataset,
+        flipped=flipped_model(onnx_path, root / "flipped.onnx"), other=other_weights_model(onnx_path, root / "other.onnx"),
+        map=root / "map", dataset=place_dataset,
         bad=write_bad_images(root / "bad", queries[0]), frame=cv2.imread(str(queries[0])), few=folder,
     )
 
@@ -267,7 +279,7 @@ API_CASES.update({
     "localize-without-map": lambda c, v: EdgeVPR(c.onnx).localize(c.frame),
     # integrity
     "flipped-weights-vs-map": lambda c, v: EdgeVPR(c.flipped, map=c.map),
-    "float-model-vs-uint8-map": lambda c, v: EdgeVPR(c.float_onnx, map=c.map),
+    "other-weights-vs-map": lambda c, v: EdgeVPR(c.other, map=c.map),
     "nan-model-describe": lambda c, v: EdgeVPR(c.nan_onnx).describe(c.frame),
     "nan-model-describe_batch": lambda c, v: EdgeVPR(c.nan_onnx, max_batch=2).describe_batch([c.frame, c.frame]),
     "other-layout-map": lambda c, v: v.set_map(PlaceMap(4, "other", SHA)),
@@ -551,10 +563,10 @@ def cli_cases(c) -> dict[str, list[str]]:
            for x in ("nan", "inf", "-101", "101")},
         "localize-threads-2**40": [*localize, "--threads", str(2**40), str(c.bad["garbage.jpg"])],
         "localize-top-k-10**6": [*localize, "--top-k", str(10**6), str(c.bad["garbage.jpg"])],
-        "build-engine-workspace-0": ["build-engine", "--onnx", str(c.float_onnx), "--precision", "fp16", "--out", "e.engine", "--workspace", "0"],
-        "build-engine-max-batch-10**7": ["build-engine", "--onnx", str(c.float_onnx), "--precision", "fp16", "--out", "e.engine", "--max-batch",
+        "build-engine-workspace-0": ["build-engine", "--model", str(c.float_onnx), "--precision", "fp16", "--out", "e.engine", "--workspace", "0"],
+        "build-engine-max-batch-10**7": ["build-engine", "--model", str(c.float_onnx), "--precision", "fp16", "--out", "e.engine", "--max-batch",
                                          str(10**7)],
-        "build-engine-dla-core--1": ["build-engine", "--onnx", str(c.float_onnx), "--precision", "fp16", "--out", "e.engine", "--dla-core", "-1"],
+        "build-engine-dla-core--1": ["build-engine", "--model", str(c.float_onnx), "--precision", "fp16", "--out", "e.engine", "--dla-core", "-1"],
     }
 
 
@@ -601,6 +613,20 @@ def test_good_inputs_still_work(ctx, vpr):
     assert np.isfinite(result.east) and len(result.matches) == 5 and result.margin == result.margin
     assert vpr.describe(np.zeros((1, 1, 3), np.uint8)).shape == (vpr.info.layout.dim,)
     assert vpr.describe(np.zeros((48, 64, 3), np.uint8)[:, ::-1]).shape == (vpr.info.layout.dim,)  # negative strides
+
+
+def test_the_same_weights_in_another_form_match_the_map(ctx):
+    """A map answers to the weights: their float-input export and the checkpoint itself match a map
+    built with the uint8 export; a map from before fingerprints still takes its own model file and
+    refuses another, saying why."""
+    frame = read_image(load_dataset(ctx.dataset, "val").queries.paths[0])
+    for model in (ctx.float_onnx, ctx.checkpoint):
+        with EdgeVPR(model, map=ctx.map) as other_form:
+            assert np.isfinite(other_form.localize(frame).east)
+    old = edit_manifest(ctx, "nofingerprint", lambda d: d.pop("weights_sha256"))
+    EdgeVPR(ctx.onnx, map=old).close()
+    with pytest.raises(MapError, match="records no weights fingerprint"):
+        EdgeVPR(ctx.float_onnx, map=old)
 
 
 VALID_DTYPES = [np.uint8, np.float32, np.int16, np.bool_, np.float64]

@@ -336,3 +336,16 @@ def test_demo_localizes_a_night_drive_with_the_shipped_model(tmp_path):
     summary = run_demo(tmp_path / "demo", places=30, threads=2)
     assert summary["recall@1"] >= 0.7 and summary["recall@1_temporal"] >= summary["recall@1"] - 0.05
     assert Path(summary["figure"]).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_demo_from_bags_scores_what_the_folder_demo_scores(tmp_path):
+    """The same route recorded as two bags: the map from drive1's bag, drive2 localized from its own
+    bag and fixes, gives the folder demo's Recall@1 (the same frames, poses through UTM and back)."""
+    pytest.importorskip("rosbags")
+    from structvpr_edge.demo import run_bag_demo, run_demo
+
+    folder = run_demo(tmp_path / "folder", places=30, threads=1)
+    bags = run_bag_demo(tmp_path / "bags", places=30, threads=1)
+    assert bags["frames"] == 30 and bags["recall"]["1"] == pytest.approx(folder["recall@1"])
+    assert bags["error_m"]["median"] < 5.0 and Path(bags["figure"]).stat().st_size > 0

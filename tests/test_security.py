@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +126,10 @@ COMMANDS = {
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_a_crafted_checkpoint_runs_no_code_through_the_cli(command, evil, tmp_path, tiny_dataset, capsys):
+def test_a_crafted_checkpoint_runs_no_code_through_the_cli(command, evil, tmp_path, tiny_dataset, capsys, monkeypatch):
+    from tests.trt_standin import make_tensorrt
+
+    monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt("10"))  # build-engine looks for TensorRT before the kit's weights
     shipped = {name: shipped_path(name).read_bytes() for name in SHIPPED}
     assert main(COMMANDS[command](evil, tmp_path, tiny_dataset)) == 2
     err = capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The method table's bookkeeping (structvpr_edge.train.table), without training anything."""
+"""The method table's bookkeeping (structvpr_edge.bench.table), without training anything."""
 import json
 import sys
 import tarfile
@@ -11,7 +11,7 @@ import pytest
 
 from structvpr_edge.errors import ConfigError
 from structvpr_edge.train.config import DistillConfig, dotted_overrides, load_config
-from structvpr_edge.train.table import (CONFIGS, ROWS, Row, last_val_recall, median_kd_grad_ratio, parse_row, run_dir, summarize,
+from structvpr_edge.bench.table import (CONFIGS, ROWS, Row, last_val_recall, median_kd_grad_ratio, parse_row, run_dir, summarize,
                                         train_command, train_run)
 
 
@@ -21,7 +21,7 @@ def test_parse_row_names_and_variants():
     assert parse_row("global-kd").overrides == ("distill.per_group=false", "distill.samples.enabled=false", "distill.negative_weight=0", "distill.warmup_steps=0")
     variant = parse_row("kd-w10=structvprpp.yaml:distill.weight=10:distill.temperature=0.2")
     assert variant == Row("kd-w10", "structvprpp.yaml", ("distill.weight=10", "distill.temperature=0.2")) and variant.distils
-    assert not parse_row("off=structvprpp.yaml:distill.weight=0").distils
+    assert not parse_row("off=structvprpp.yaml:distill.enabled=false").distils and parse_row("neg=structvprpp.yaml:distill.weight=0").distils
     assert all((CONFIGS / row.config).is_file() for row in ROWS.values())
     with pytest.raises(ConfigError, match="unknown row"):
         parse_row("magic")
@@ -91,10 +91,9 @@ def test_summarize_prints_mean_and_std_over_seeds():
 
 
 def test_gpu_table_packs_what_a_reader_needs_and_reads_val(tmp_path):
-    """benchmarks/gpu_table.py: one tar per row with model, log and console output (no resume
+    """bench/gpu_table.py: one tar per row with model, log and console output (no resume
     state, no caches, since only 64 MiB come back), and each run's last val R@1."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import gpu_table
+    from structvpr_edge.bench import gpu_table
 
     assert gpu_table.image_size(parse_row("x=structvprpp.yaml:image_size=[320,240]")) == (320, 240)
     assert gpu_table.image_size(ROWS["structvprpp"]) == (160, 120)

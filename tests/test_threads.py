@@ -1,4 +1,4 @@
-"""Threading chosen by measurement (runtime/ort_session.py) and the latency harness (runtime/profiling.py)."""
+"""Threading chosen by measurement (runtime/ort_session.py), the timing harness (timing.py) and the lab's rig (bench/rig.py)."""
 import json
 import time
 from pathlib import Path
@@ -6,10 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from structvpr_edge.artifacts import CACHE_ENV
 from structvpr_edge.errors import ConfigError
 from structvpr_edge.runtime import ort_session
 from structvpr_edge.runtime.ort_session import AUTO, SPINNING, OrtSession, ThreadCache, candidates, choose_threading, parse_threads
-from structvpr_edge.runtime.profiling import RunSpec, SessionSpec, int8_advice, measure_isolated, node_profile, stage_stats
+from structvpr_edge.bench.latency import node_profile
+from structvpr_edge.bench.rig import RunSpec
+from structvpr_edge.timing import SessionSpec, int8_advice, measure_isolated, stage_stats
 
 TIMINGS = {(1, True): 3.0, (1, False): 2.5, (2, True): 1.5, (2, False): 2.0}
 
@@ -33,7 +36,7 @@ def conv_model(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch) -> ThreadCache:
-    monkeypatch.setenv(ort_session.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     return ThreadCache()
 
 
@@ -197,7 +200,7 @@ def tiny_uint8_model(tmp_path, monkeypatch) -> str:
     from structvpr_edge.models.checkpoint import save_checkpoint
     from structvpr_edge.models.student import StructVPRStudent, StudentConfig
 
-    monkeypatch.setenv(ort_session.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     torch.manual_seed(0)
     checkpoint = save_checkpoint(tmp_path / "student.pt", StructVPRStudent(StudentConfig(imagenet=False)).eval(), (64, 48), {})
     return str(export_onnx(checkpoint, tmp_path / "uint8.onnx", uint8_input=True).path)
@@ -205,7 +208,7 @@ def tiny_uint8_model(tmp_path, monkeypatch) -> str:
 
 def test_rig_paces_frames_like_a_camera(tiny_uint8_model):
     """--fps: a frame starts one camera period after the previous one (5 gaps of 40 ms at 25 fps)."""
-    from structvpr_edge.runtime.profiling import Rig
+    from structvpr_edge.bench.rig import Rig
 
     rig = Rig(RunSpec("paced", tiny_uint8_model, threads=1, map_size=100, frame_size=(128, 96), fps=25))
     try:
@@ -248,7 +251,7 @@ def test_a_worker_that_dies_silently_is_a_backend_error_not_a_hang():
     import os
 
     from structvpr_edge.errors import BackendError
-    from structvpr_edge.runtime.profiling import receive
+    from structvpr_edge.timing import receive
 
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()

@@ -1,10 +1,12 @@
 """Training runs a few steps on tiny datasets (tests/conftest.py): ``hard_place_dataset``, which
 untrained models do not solve, for training quality; the easy ``place_dataset`` for the mechanics."""
+import dataclasses
 import json
 import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +20,9 @@ from structvpr_edge.data.dataset import load_dataset
 from structvpr_edge.errors import ConfigError, DatasetError
 from structvpr_edge.eval.evaluate import evaluate
 from structvpr_edge.eval.models import load_extractor
-from structvpr_edge.models.checkpoint import load_checkpoint, save_checkpoint
+from structvpr_edge.models.checkpoint import build_model, load_checkpoint, save_checkpoint, shipped_path
 from structvpr_edge.models.student import StructVPRStudent
-from structvpr_edge.train.config import Recipe, config_to_dict, load_config, recipe
+from structvpr_edge.train.config import OldConfigWarning, Recipe, config_to_dict, load_config, recipe
 from structvpr_edge.train.data import PlaceBatchSampler
 from structvpr_edge.train.trainer import Stage, gradient_ratio, setup_context, train
 
@@ -134,7 +136,7 @@ def test_no_gradient_reaches_the_teacher(easy, place_dataset):
 
 
 def test_student_nokd_trains_without_a_teacher(place_dataset, tmp_path):
-    """distill.weight 0 (the student-nokd row): no teacher stage, no teacher loaded, no distill term."""
+    """distill.enabled false (the student-nokd row): no teacher stage, no teacher loaded, no distill term."""
     config = load_config(CONFIGS / "student-nokd.yaml", tiny_config(place_dataset, tmp_path / "cache", optim={**FAST, "steps": 8}))
     model = train(config, tmp_path / "nokd")
     assert not (tmp_path / "nokd" / "teacher").exists()
@@ -184,10 +186,10 @@ def test_kd_shares_reports_every_distillation_term(easy, place_dataset):
 
 
 def test_recipe_of_each_mode():
-    assert recipe("structvpr++", 1.0).distill and recipe("structvpr", 1.0).labels
-    assert recipe("structvpr++", 0.0) == Recipe("structvpr++", rgb=True, labels=True, mask_loss=True, distill=False)
-    assert recipe("structvpr", 0.0) == recipe("baseline", 1.0) == Recipe("global", rgb=True, labels=False, mask_loss=False, distill=False)
-    assert recipe("teacher", 1.0) == Recipe("teacher", rgb=False, labels=True, mask_loss=False, distill=False)
+    assert recipe("structvpr++", True).distill and recipe("structvpr", True).labels
+    assert recipe("structvpr++", False) == Recipe("structvpr++", rgb=True, labels=True, mask_loss=True, distill=False)
+    assert recipe("structvpr", False) == recipe("baseline", True) == Recipe("global", rgb=True, labels=False, mask_loss=False, distill=False)
+    assert recipe("teacher", True) == Recipe("teacher", rgb=False, labels=True, mask_loss=False, distill=False)
 
 
 def test_baseline_head_has_the_conv_head_of_the_label_aware_student(place_dataset, tmp_path):
@@ -274,20 +276,28 @@ def test_dotted_overrides_and_shipped_configs():
     assert modes["structvprpp"] == "structvpr++" and modes["teacher"] == "teacher" and modes["gpu"] == "structvpr++"
 
 
+def scaled_weights(stage: Stage, steps: tuple[int, ...]) -> dict[str, list[float]]:
+    """weight * schedule(step) of each term of the stage's objective."""
+    return {term.name: [term.weight * term.schedule(step) for step in steps] for term in stage.terms}
+
+
 def test_mask_loss_decay_schedule(easy, place_dataset):
     teacher = easy / "teacher" / "model.pt"
     for decay, expected in ((True, [0.5, 0.25, 0.0]), (False, [0.5, 0.5, 0.5])):
         config = load_config(None, tiny_config(place_dataset, easy / "cache", mode="structvpr++", mask_loss_decay=decay, teacher_checkpoint=str(teacher)))
         stage = Stage(config, "student", easy / "decay", setup_context("cpu"), teacher)
-        assert [stage.mask_weight(step) for step in (0, 12, 24)] == expected
+        assert scaled_weights(stage, (0, 12, 24))["mask"] == expected
 
 
 def test_distill_warmup_schedule(easy, place_dataset):
     teacher = easy / "teacher" / "model.pt"
     for warmup, expected in ((10, [0.0, 0.5, 1.0, 1.0]), (0, [1.0, 1.0, 1.0, 1.0])):
-        config = load_config(None, tiny_config(place_dataset, easy / "cache", mode="structvpr++", distill={"warmup_steps": warmup}, teacher_checkpoint=str(teacher)))
+        config = load_config(None, tiny_config(place_dataset, easy / "cache", mode="structvpr++", distill={"warmup_steps": warmup, "negative_weight": 5.0},
+                                               teacher_checkpoint=str(teacher)))
         stage = Stage(config, "student", easy / "kd-warmup", setup_context("cpu"), teacher)
-        assert [stage.distill_scale(step) for step in (0, 5, 10, 24)] == expected
+        weights = scaled_weights(stage, (0, 5, 10, 24))
+        assert weights["distill/relational"] == expected and weights["distill/negatives"] == [5 * e for e in expected]
+        assert weights["metric"] == [1.0] * 4
     # the scale reaches the loss: same batch, fixed sample weights, so only the step differs
     config = load_config(None, tiny_config(place_dataset, easy / "cache", mode="structvpr++", distill={"warmup_steps": 10, "samples": {"enabled": False}}, teacher_checkpoint=str(teacher)))
     stage = Stage(config, "student", easy / "kd-warmup", setup_context("cpu"), teacher)
@@ -298,3 +308,84 @@ def test_distill_warmup_schedule(easy, place_dataset):
     assert distill[0] == 0.0 and distill[2] > 0 and distill[1] == pytest.approx(distill[2] / 2, rel=1e-4)
     with pytest.raises(ConfigError):
         load_config(None, tiny_config(place_dataset, easy / "cache", distill={"warmup_steps": -1}))
+
+
+def write_yaml(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_an_old_config_is_converted_with_a_warning(tmp_path):
+    """Version 1 (no config_version): distill.weight multiplied tau^2 KL and 0 switched the teacher
+    off; global_student.feature_hw was set by hand. Version 2 reads as written, silently."""
+    cases = [({"weight": 100}, {"enabled": True, "weight": 1.0}), ({"weight": 10, "temperature": 0.2}, {"weight": 0.4, "temperature": 0.2}),
+             ({"temperature": 0.05}, {"weight": 0.25}), ({"weight": 0, "negative_weight": 5}, {"enabled": False})]
+    for old, new in cases:
+        with pytest.warns(OldConfigWarning, match="version 1") as caught:
+            config = load_config(write_yaml(tmp_path / "old.yaml", {"distill": old}))
+        assert str(tmp_path / "old.yaml") in str(caught[0].message)
+        assert all(getattr(config.distill, key) == pytest.approx(value) for key, value in new.items()), (old, config.distill)
+    with pytest.warns(OldConfigWarning, match="feature_hw"):
+        assert load_config(write_yaml(tmp_path / "hw.yaml", {"global_student": {"feature_hw": [8, 10]}})).global_student.feature_hw == (8, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_config(write_yaml(tmp_path / "new.yaml", {"config_version": 2, "distill": {"weight": 100}})).distill.weight == 100
+        assert load_config(tmp_path / "new.yaml", {"distill": {"weight": 3}}).distill.weight == 3  # overrides are of the current version
+        for path in CONFIGS.glob("*.yaml"):
+            load_config(path)
+    assert not load_config(CONFIGS / "student-nokd.yaml").distill.enabled
+
+
+def test_config_errors_of_version_2(tmp_path):
+    with pytest.raises(ConfigError, match="config_version"):
+        load_config(write_yaml(tmp_path / "future.yaml", {"config_version": 3}))
+    with pytest.raises(ConfigError, match="feature_hw is derived"):
+        load_config(write_yaml(tmp_path / "hw.yaml", {"config_version": 2, "global_student": {"feature_hw": [8, 10]}}))
+    with pytest.raises(ConfigError, match="feature_hw is derived"):
+        load_config(None, {"global_student": {"feature_hw": [8, 10]}})
+    with pytest.raises(ConfigError, match="distill.enabled=false"):
+        load_config(None, {"mode": "structvpr", "distill": {"weight": 0}})
+    assert load_config(None, {"mode": "baseline", "distill": {"weight": 0}}).distill.weight == 0  # no teacher in that mode
+    with pytest.raises(ConfigError, match="image_size"):  # what feature_hw is derived from
+        load_config(None, {"image_size": "320x240"})
+
+
+def test_feature_hw_follows_image_size():
+    """MixVPR's token mixing is built for the backbone's features of the configured image size."""
+    for size, hw in (([64, 48], (3, 4)), ([160, 120], (8, 10)), ([320, 240], (15, 20))):
+        config = load_config(None, {"mode": "baseline", "image_size": size, "global_student": {"aggregator": "mixvpr", "frozen_blocks": 11}})
+        assert config.global_student.feature_hw == hw
+        model = build_model("global", dataclasses.asdict(config.global_student)).eval()
+        assert model(torch.zeros(1, 3, size[1], size[0])).shape == (1, 512)
+
+
+@pytest.mark.parametrize("name", ["structvprpp", "student-nokd", "baseline"])
+def test_a_shipped_model_reads_as_its_config_and_gives_the_same_descriptors(name):
+    """A shipped checkpoint's stored config reads as a config (one of version 1 converted, with a
+    warning), and the model it builds, with the shipped weights, gives the shipped model's descriptors."""
+    shipped, meta = load_checkpoint(name)
+    stored = meta["train_config"]
+    if "config_version" in stored:  # written since version 2: read as it is
+        config = load_config(shipped_path(name))
+        assert config_to_dict(config) == stored
+    else:
+        with pytest.warns(OldConfigWarning):
+            config = load_config(shipped_path(name))
+        assert config.mode == stored["mode"] and config.distill.enabled == (stored["distill"]["weight"] > 0)
+        if config.distill.enabled:
+            assert config.distill.weight == pytest.approx(stored["distill"]["weight"] * stored["distill"]["temperature"] ** 2)
+    section = {"structvpr++": "student", "global": "global_student"}[meta["model_type"]]
+    rebuilt = build_model(meta["model_type"], dataclasses.asdict(getattr(config, section)))
+    rebuilt.load_state_dict(shipped.state_dict())
+    x = torch.randn(2, 3, *reversed(config.image_size), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), shipped(x))
+
+
+def test_a_checkpoint_config_reads_back_as_the_same_config(tmp_path):
+    config = load_config(None, {"mode": "baseline", "image_size": [64, 48], "distill": {"weight": 0.3}, "global_student": {"dim": 64}})
+    model = build_model("global", dataclasses.asdict(config.global_student))
+    path = save_checkpoint(tmp_path / "model.pt", model, config.image_size, config_to_dict(config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_config(path) == config

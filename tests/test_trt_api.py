@@ -357,7 +357,7 @@ def _repaired_stubs(out: Path) -> Path:
     """tensorrt-stubs 10.13.0.35.1 as mypy can read it: copied out of site-packages (it ships no
     py.typed, so mypy skips it there) with its five unparsable signatures mended (a parameter
     named ``in``; a default before a non-default)."""
-    from importlib.metadata import PackageNotFoundError, distribution  # noqa: PLC0415
+    from importlib.metadata import PackageNotFoundError, distribution
 
     try:
         files = [f for f in distribution("tensorrt-stubs").files or [] if f.suffix == ".pyi"]

@@ -7,7 +7,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from structvpr_edge.deploy.trt_check import check_trt_friendly
 from structvpr_edge.errors import ModelError
-from tests.test_export import student_checkpoint, student_onnx  # noqa: F401 - shared session fixtures
 
 
 def _model(nodes, inputs, outputs, initializers=(), opset=17):

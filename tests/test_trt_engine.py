@@ -17,8 +17,6 @@ from structvpr_edge.runtime.tensorrt_backend import GpuInfo, check_engine_compat
 from structvpr_edge.errors import BackendError, ConfigError, DatasetError, ModelError
 from structvpr_edge.modelinfo import sha256_file
 from structvpr_edge.trt_compat import detect
-from tests.test_calibration import calibration_dir  # noqa: F401 - shared session fixtures
-from tests.test_export import student_checkpoint, student_onnx  # noqa: F401
 from tests.trt_standin import make_tensorrt
 
 GPU = GpuInfo("Stand-in Orin", "8.7", "12.6", 12060)
@@ -128,7 +126,7 @@ def test_manifest_records_the_build(student_onnx, calibration_dir, tmp_path):
     assert loaded["precision"] == "fp16" and loaded["onnx_sha256"] == sha256_file(calibration_dir / FP16)
     assert loaded["calibration_manifest_sha256"] == sha256_file(calibration_dir / MANIFEST)
     assert loaded["model_info"]["structvpr.width"] == "64" and loaded["build_seconds"] >= 0
-    assert "--timing-cache" in loaded["command"] and loaded["command"].startswith("structvpr-edge build-engine --onnx ")
+    assert "--timing-cache" in loaded["command"] and loaded["command"].startswith("structvpr-edge build-engine --model ")
     assert loaded["trtexec"] == (f"trtexec --onnx={calibration_dir / FP16} --saveEngine={engine} --memPoolSize=workspace:1024 "
                                  "--stronglyTyped --minShapes=images:1x3x48x64 --optShapes=images:1x3x48x64 --maxShapes=images:8x3x48x64 "
                                  f"--timingCacheFile={cache_file}")
@@ -137,7 +135,7 @@ def test_manifest_records_the_build(student_onnx, calibration_dir, tmp_path):
 def test_engine_compatibility_check_says_how_to_rebuild(student_onnx, tmp_path):
     _, manifest = _build("10", "fp32", student_onnx[0], tmp_path)
     check_engine_compatible(manifest, "10.13.0.35", GPU.name, "8.7")
-    with pytest.raises(BackendError, match=r"TensorRT: built with 10.13.0.35, running 10.13.1(.|\n)*structvpr-edge build-engine --onnx"):
+    with pytest.raises(BackendError, match=r"TensorRT: built with 10.13.0.35, running 10.13.1(.|\n)*structvpr-edge build-engine --model"):
         check_engine_compatible(manifest, "10.13.1", GPU.name, "8.7")
     with pytest.raises(BackendError, match=r"GPU: built with Stand-in Orin, running NVIDIA H100.*compute capability: built with 8\.7, running 9\.0"):
         check_engine_compatible(manifest, "10.13.0.35", "NVIDIA H100", "9.0")

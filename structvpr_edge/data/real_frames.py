@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import DatasetError
+from ..images import imread
 from ..labels import check_scheme, to_cityscapes
 from .places import PlaceGroups
 
@@ -106,10 +107,9 @@ def real_places(root: str | Path, split: str, scheme: str, out: Path, conf: Fram
             image_out = folder / "images" / f"{frame.stem}_v{view}.jpg"
             label_out = folder / "labels" / f"{frame.stem}_v{view}.png"
             if not (image_out.exists() and label_out.exists()):
-                image = cv2.imread(str(frame), cv2.IMREAD_COLOR)
                 label_file = labels / f"{frame.stem}.png"
-                label = cv2.imread(str(label_file), cv2.IMREAD_UNCHANGED)
-                if image is None or label is None or label.ndim != 2 or label.shape != image.shape[:2]:
+                image, label = imread(frame), imread(label_file, cv2.IMREAD_UNCHANGED, what="label map")
+                if label.ndim != 2 or label.shape != image.shape[:2]:
                     raise DatasetError(f"{frame}: needs a readable image and a one-channel label map of its size at {label_file}")
                 rng = np.random.default_rng([conf.seed, place, view])  # one stream a view: a resumed run draws the same
                 box = crop_box(image.shape[:2], conf.crop_min, rng)

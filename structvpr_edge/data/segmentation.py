@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import BackendError, ConfigError, DatasetError, ModelError
-from ..images import read_rgb
+from ..images import imread, read_rgb
 from ..labels import SCHEME_CLASSES, check_class_ids, check_scheme, to_cityscapes
 from ..safety import check_onnx
 from .dataset import IMAGE_EXTENSIONS
@@ -97,8 +97,8 @@ def convert_label_pngs(src_dir: Path, out_dir: Path, scheme: str) -> int:
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     pngs = _files_under(src_dir, (".png",), out_dir)
     for src in tqdm(pngs, desc="convert", unit="image", leave=False):
-        ids = cv2.imread(str(src), cv2.IMREAD_UNCHANGED)
-        if ids is None or ids.ndim != 2:
+        ids = imread(src, cv2.IMREAD_UNCHANGED, what="class-id PNG")
+        if ids.ndim != 2:
             raise DatasetError(f"{src} is not a single-channel class-id PNG")
         ids = _as_uint8(ids, DatasetError, str(src))
         check_class_ids(ids, scheme, str(src))
@@ -111,7 +111,7 @@ def _open_model(path: Path):  # -> onnxruntime.InferenceSession, imported lazily
         raise ModelError(f"segmentation model not found: {path}")
     check_onnx(path)
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # noqa: PLC0415
     except ImportError as exc:
         raise BackendError("an ONNX segmentation model needs onnxruntime (pip install onnxruntime)") from exc
     available = ort.get_available_providers()

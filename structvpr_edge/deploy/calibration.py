@@ -10,6 +10,9 @@ A calibration lives in one folder, ``calibration/NAME/`` (file names: structvpr_
     model.fp16.onnx        FP16 inside, FP32 inputs/outputs (TensorRT 11, ORT CUDA)
     report.json / .md      accuracy gate: descriptor cosine and Recall@1/5 against FP32
 
+Only the small files need to travel (a clone, a wheel): every graph is rebuilt from the weights
+and ranges.json on demand, byte for byte the one calibrated (``prepare_kit``).
+
 Images are chosen by greedy k-center on FP32 descriptors, so rare conditions (night, winter,
 fog) are represented instead of drowned by the common daylight frames. Torch-free.
 """
@@ -26,22 +29,25 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import CALIBRATION_FORMAT, CPU_INT8, FP16, FP32, KIT_FILES, MANIFEST, RANGES, REPORT, REPORT_MD, TRT_CACHE, TRT_INT8
+from ..artifacts import CALIBRATION_FORMAT, CPU_INT8, FP16, FP32, KIT_FILES, MANIFEST, RANGES, REPORT, REPORT_MD, TRT_CACHE, TRT_INT8, cache_folder, is_shipped_kit
 from ..data.dataset import VPRDataset, list_images, load_dataset
 from ..errors import BackendError, ConfigError, DatasetError, ModelError
 from ..eval.evaluate import extract
-from ..files import open_regular
+from ..files import open_regular, replace_whole
 from ..eval.models import deployed_extractor
-from ..eval.recall import recall_at_n, retrieve
+from ..metrics import recall_at_n, retrieve
 from ..modelinfo import ModelInfo, read_onnx_info, sha256_file
 from ..runtime.ort_session import LOAD_SLACK, load_per_core
 from ..runtime.preprocess import Preprocessor, read_image
 from ..safety import check_onnx, confined
-from ..runtime.profiling import SessionSpec, int8_advice, measure_isolated, stage_stats
+from ..timing import SessionSpec, int8_advice, measure_isolated, stage_stats
 from . import quantize as q
 
 # How calibrate exports a checkpoint or shipped model into the folder (recorded in the manifest).
 KIT_EXPORT: dict[str, Any] = {"uint8_input": True, "batch": "dynamic", "opset": 17}
+INT8_FORMS = ("INT8 cpu", "INT8 trt")  # both gated: the TensorRT form once passed at mean cosine 0.61 unchecked
+DEFAULT_MAX_RECALL_DROP = 1.0  # Recall@1 points either INT8 form may lose on the validation set
+DEFAULT_MIN_COSINE = 0.95  # without a validation set: the mean descriptor cosine to FP32 either INT8 form must keep
 
 
 @dataclass
@@ -51,10 +57,12 @@ class CalibrationConfig:
     out: Path  # calibration/NAME
     num: int = 512
     method: str = "entropy"
-    max_recall_drop: float | None = None  # Recall@1 percentage points INT8 may lose against FP32
-    val: Path | None = None  # VPR dataset for the accuracy gate
+    max_recall_drop: float | None = None  # Recall@1 points INT8 may lose against FP32 (needs val; DEFAULT_MAX_RECALL_DROP)
+    val: Path | None = None  # VPR dataset for the accuracy gate; without one the gate is min_cosine
+    min_cosine: float = DEFAULT_MIN_COSINE  # the gate without val: mean cosine to FP32 on the calibration images
     val_split: str = "val"
     reselect: bool = False  # choose new images even if manifest.json exists
+    overwrite_shipped: bool = False  # out may be a kit that ships with the package (a maintainer regenerating it)
     threads: int | None = None
     trust_checkpoint: bool = False  # a checkpoint that needs code to load is refused unless True (docs/security.md)
 
@@ -71,6 +79,10 @@ class CalibrationConfig:
             raise ConfigError(f"--max-recall-drop must be Recall@1 points in -100..100, got {drop!r}")
         if drop is not None and self.val is None:
             raise ConfigError("--max-recall-drop needs a validation dataset (--val-dataset DATASET)")
+        if self.val is not None and drop is None:
+            self.max_recall_drop = DEFAULT_MAX_RECALL_DROP
+        if isinstance(self.min_cosine, bool) or not isinstance(self.min_cosine, (int, float)) or not -1 <= self.min_cosine <= 1:
+            raise ConfigError(f"--min-cosine must be a cosine in -1..1, got {self.min_cosine!r}")
 
 
 def candidate_root(images: Path) -> Path:
@@ -166,11 +178,11 @@ def calibration_batches(paths: list[Path], info: ModelInfo) -> Iterator[np.ndarr
 
 @dataclass
 class GateStep:
-    """One quantization tried by the accuracy gate."""
+    """One quantization tried by the accuracy gate; drop and cosine are the worse INT8 form's."""
 
     fp32_groups: list[str]
-    recall_int8: dict[str, float]
-    drop_pp: dict[str, float]
+    recall_int8: dict[str, dict[str, float]]  # INT8 form -> Recall@N (with a validation set)
+    drop_pp: dict[str, float]  # N -> Recall@N points lost by the worse form (with a validation set)
     cosine_mean: float
     cosine_min: float
 
@@ -189,6 +201,7 @@ class CalibrationReport:
     recall_fp32: dict[str, float] = field(default_factory=dict)
     recall: dict[str, dict[str, float]] = field(default_factory=dict)
     max_recall_drop_pp: float | None = None
+    min_cosine: float | None = None  # the gate's floor when there was no validation set
     gate: list[GateStep] = field(default_factory=list)
     fp32_groups: list[str] = field(default_factory=list)
     fp32_nodes: list[str] = field(default_factory=list)
@@ -214,10 +227,16 @@ class CalibrationReport:
         if self.recall_fp32:
             lines += ["", "| artifact | Recall@1 | Recall@5 |", "| --- | --- | --- |", f"| FP32 | {100 * self.recall_fp32['1']:.2f} | {100 * self.recall_fp32['5']:.2f} |"]
             lines += [f"| {name} | {100 * r['1']:.2f} | {100 * r['5']:.2f} |" for name, r in self.recall.items()]
-        if self.gate:
-            lines += ["", f"Accuracy gate: Recall@1 drop budget {self.max_recall_drop_pp} pp.", "", "| layers kept in FP32 | R@1 drop (pp) | R@5 drop (pp) |", "| --- | --- | --- |"]
+        if self.gate and self.recall_fp32:
+            lines += ["", f"Accuracy gate, both INT8 forms: Recall@1 drop budget {self.max_recall_drop_pp} pp.", "",
+                      "| layers kept in FP32 | worse R@1 drop (pp) | worse R@5 drop (pp) |", "| --- | --- | --- |"]
             lines += [f"| {', '.join(s.fp32_groups) or 'none'} | {s.drop_pp['1']:.2f} | {s.drop_pp['5']:.2f} |" for s in self.gate]
-            verdict = {True: "within budget", False: "NOT within budget", None: "no budget set"}[self.within_budget]
+        elif self.gate:
+            lines += ["", f"Accuracy gate, both INT8 forms (no validation set): mean cosine to FP32 at least {self.min_cosine}.", "",
+                      "| layers kept in FP32 | worse mean cosine | worse min cosine |", "| --- | --- | --- |"]
+            lines += [f"| {', '.join(s.fp32_groups) or 'none'} | {s.cosine_mean:.5f} | {s.cosine_min:.5f} |" for s in self.gate]
+        if self.gate:
+            verdict = "within budget" if self.within_budget else "NOT within budget"
             lines += ["", f"Result: {verdict}; kept in FP32: {', '.join(self.fp32_groups) or 'nothing'} ({len(self.fp32_nodes)} nodes)."]
         if self.cpu_ms:
             lines += ["", "ONNX Runtime on this CPU, each artifact alone as `benchmarks/latency.py` times it, threads tuned, inference p50 ms: " + ", ".join(f"{k.upper()} {v:.2f}" for k, v in self.cpu_ms.items())]
@@ -283,13 +302,44 @@ def export_fp32(weights: str, out: Path, trust_checkpoint: bool = False) -> Path
     return out
 
 
+def kit_workspace(folder: Path) -> Path:
+    """Where a kit's graphs are rebuilt: the kit itself when it can be written (a clone), else a copy
+    of its small files in the user cache, one per report (a wheel in a read-only site-packages)."""
+    if os.access(folder, os.W_OK):
+        return folder
+    work = cache_folder() / "kits" / f"{folder.name}-{sha256_file(folder / REPORT)[:16]}"
+    work.mkdir(parents=True, exist_ok=True)
+    for name in KIT_FILES:  # REPORT last: a copy cut short has none, and check_kit refuses it
+        if (folder / name).is_file() and not (work / name).is_file():
+            shutil.copy(folder / name, work / name)
+    return work
+
+
+def _rebuild(work: Path, name: str, report: dict, build) -> None:
+    """``build(tmp)`` the graph ``name`` aside; it replaces nothing unless its bytes are the ones
+    the kit's report records (the same weights, ranges and tools give the same file)."""
+    def write(tmp: Path) -> None:
+        build(tmp)
+        digest, expected = sha256_file(tmp), report["sha256"].get(name)
+        if expected is not None and digest != expected:
+            raise ModelError(
+                f"{name} rebuilt in {work} is not the calibrated file (sha256 {digest[:12]}, the report says {expected[:12]}): this "
+                "machine's onnx / onnxruntime (torch for model.onnx) differ from the calibrating one's; copy the kit's .onnx files "
+                "from a machine that has them, or recalibrate"
+            )
+
+    replace_whole(work / name, write)
+
+
 def prepare_kit(folder: Path) -> Path:
-    """The FP32 graph of a calibration folder, its TensorRT Q/DQ graph beside it; both rebuilt from
-    the recorded weights and ranges where missing (a committed kit holds only small files).
+    """The folder holding every graph of calibration kit ``folder`` (the FP32 export, both INT8
+    forms, FP16), each rebuilt from the recorded weights and ranges where missing, byte for byte
+    the calibrated one: ``folder`` itself, or its copy in the user cache when it is read-only.
     Torch is needed only to export a missing FP32 graph.
 
     ModelError when the graph comes from other weights than the calibrated ones (the ranges
-    belong to those) or lacks a tensor the ranges name (another exporter renamed it)."""
+    belong to those), lacks a tensor the ranges name (another exporter renamed it), or rebuilds
+    to other bytes."""
     import onnx  # noqa: PLC0415
 
     folder = Path(folder)
@@ -297,23 +347,32 @@ def prepare_kit(folder: Path) -> Path:
         manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{folder} is not a calibration folder ({exc}); run `structvpr-edge calibrate`") from exc
-    report = check_kit(folder)
-    fp32, weights = folder / FP32, manifest.get("weights")
+    check_kit(folder)
+    work = kit_workspace(folder)
+    report = check_kit(work)
+    fp32, weights = work / FP32, manifest.get("weights")
     redo = f"recalibrate: structvpr-edge calibrate --model {weights or 'MODEL'} --dataset DATASET --val-dataset DATASET --out {folder} --reselect"
     if not fp32.is_file():
         if weights is None:
             raise ConfigError(f"{folder} has no {FP32} and records no weights to export it from; {redo}")
-        export_fp32(weights, fp32)
+        _rebuild(work, FP32, report, lambda tmp: export_fp32(weights, tmp))
     if read_onnx_info(fp32).checkpoint_sha256 != manifest["weights_sha256"]:
         raise ModelError(f"{fp32} was exported from other weights than {folder} was calibrated with; {redo}")
     graph = onnx.load(str(fp32)).graph
     tensors = {o for node in graph.node for o in node.output} | {i.name for i in graph.input}
-    unknown = sorted(set(q.load_ranges(folder / RANGES).keys()) - tensors)
+    unknown = sorted(set(q.load_ranges(work / RANGES).keys()) - tensors)
     if unknown:
         raise ModelError(f"{fp32} lacks {len(unknown)} tensors the ranges name (e.g. {unknown[0]}): another exporter built it; {redo}")
-    if not (folder / TRT_INT8).is_file():
-        q.quantize(fp32, folder / RANGES, folder / TRT_INT8, q.TRT_FORM, manifest["method"], report["fp32_nodes"])
-    return fp32
+    nodes = report["fp32_nodes"]
+    derived = {
+        TRT_INT8: lambda tmp: q.quantize(fp32, work / RANGES, tmp, q.TRT_FORM, manifest["method"], nodes),
+        CPU_INT8: lambda tmp: q.quantize(fp32, work / RANGES, tmp, q.CPU_FORM, manifest["method"], nodes),
+        FP16: lambda tmp: q.convert_fp16(fp32, tmp),
+    }
+    for name, build in derived.items():
+        if not (work / name).is_file():
+            _rebuild(work, name, report, build)
+    return work
 
 
 def _check(config: CalibrationConfig):
@@ -363,23 +422,30 @@ def _quantize(config: CalibrationConfig, proto, info: ModelInfo, paths: list[Pat
     return run
 
 
-def _gate(run: _Quantizer, report: CalibrationReport, dataset: VPRDataset, reference: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
-    """Keep the sensitive groups in FP32 one at a time, in order, until the INT8 Recall@1 drop is
-    within ``max_recall_drop`` (or none is left); ``outputs`` ends with the final INT8 descriptors."""
-    budget, remaining, paths = run.config.max_recall_drop, list(run.groups), dataset.database.paths + dataset.queries.paths
-    report.recall_fp32 = _recall(reference, dataset)
+def _gate(run: _Quantizer, report: CalibrationReport, dataset: VPRDataset | None, paths: list[Path], reference: np.ndarray,
+          outputs: dict[str, np.ndarray]) -> None:
+    """Keep the sensitive groups in FP32 one at a time, in order, until both INT8 forms pass (or
+    none is left): a Recall@1 drop within ``max_recall_drop`` on the validation set, or without
+    one a mean cosine to FP32 of at least ``min_cosine`` on ``paths``. ``outputs`` ends with the
+    final INT8 descriptors."""
+    config, remaining = run.config, list(run.groups)
+    if dataset is not None:
+        report.recall_fp32 = _recall(reference, dataset)
     while True:
-        recall = _recall(outputs["INT8 cpu"], dataset)
-        drop = {n: 100 * (report.recall_fp32[n] - recall[n]) for n in recall}
-        cosine = _cosine(reference, outputs["INT8 cpu"])
-        report.gate.append(GateStep(list(report.fp32_groups), recall, drop, cosine["mean"], cosine["min"]))
-        if budget is None or drop["1"] <= budget or not remaining:
+        cosine = [_cosine(reference, outputs[form]) for form in INT8_FORMS]
+        recall = {form: _recall(outputs[form], dataset) for form in INT8_FORMS} if dataset is not None else {}
+        drop = {n: max(100 * (report.recall_fp32[n] - r[n]) for r in recall.values()) for n in report.recall_fp32}
+        step = GateStep(list(report.fp32_groups), recall, drop, min(c["mean"] for c in cosine), min(c["min"] for c in cosine))
+        report.gate.append(step)
+        passed = drop["1"] <= config.max_recall_drop if dataset is not None else step.cosine_mean >= config.min_cosine
+        if passed or not remaining:
             break
         report.fp32_groups.append(remaining.pop(0))
         run.write_int8(report.fp32_groups)
-        outputs.update({artifact: describe(run.path(artifact), paths, artifact, run.config.threads) for artifact in ("INT8 cpu", "INT8 trt")})
-    report.recall = {name: _recall(d, dataset) for name, d in outputs.items()}
-    report.within_budget = None if budget is None else drop["1"] <= budget
+        outputs.update({form: describe(run.path(form), paths, form, config.threads) for form in INT8_FORMS})
+    if dataset is not None:
+        report.recall = {name: _recall(d, dataset) for name, d in outputs.items()}
+    report.within_budget = passed
 
 
 def _measure(run: _Quantizer, dataset: VPRDataset | None, images: list[Path], candidates: int) -> CalibrationReport:
@@ -393,10 +459,9 @@ def _measure(run: _Quantizer, dataset: VPRDataset | None, images: list[Path], ca
         model=recorded(config.model, config.out), method=config.method, images=len(images), candidates=candidates,
         manifest_sha256=sha256_file(config.out / MANIFEST), artifacts={}, quantization={}, cosine={},
         cosine_on=f"{config.val}/{config.val_split}, {len(paths)} images" if dataset else f"the {len(images)} calibration images",
-        max_recall_drop_pp=config.max_recall_drop,
+        max_recall_drop_pp=config.max_recall_drop, min_cosine=None if dataset is not None else config.min_cosine,
     )
-    if dataset is not None:
-        _gate(run, report, dataset, reference, outputs)
+    _gate(run, report, dataset, paths, reference, outputs)
     report.fp32_nodes = _group_nodes(run.groups, report.fp32_groups)
     report.cosine = {name: _cosine(reference, d) for name, d in outputs.items()}
     return report
@@ -444,8 +509,12 @@ def check_kit(folder: Path) -> dict:
     return report
 
 
-def _check_out(folder: Path) -> None:
-    """A kit is written into a new or empty folder, or over a kit: never among a user's other files."""
+def _check_out(folder: Path, overwrite_shipped: bool) -> None:
+    """A kit is written into a new or empty folder, or over a kit: never among a user's other files,
+    and over a kit that ships with the package only when asked (README's pipeline once replaced it)."""
+    if is_shipped_kit(folder) and not overwrite_shipped:
+        raise ConfigError(f"{folder} is where the package's shipped kits live: write your kit elsewhere (e.g. --out kits/NAME), "
+                          "or pass --overwrite-shipped to regenerate a shipped kit")
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{folder} is a file; --out names the kit's folder")
     if folder.is_dir() and any(folder.iterdir()):
@@ -480,7 +549,7 @@ def calibrate(config: CalibrationConfig) -> CalibrationReport:
     """
     start = time.perf_counter()
     final = config.out
-    _check_out(final)
+    _check_out(final, config.overwrite_shipped)
     dataset = load_dataset(config.val, split=config.val_split) if config.val is not None else None  # a typo costs nothing
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = final.parent / f".{final.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
@@ -497,15 +566,16 @@ def calibrate(config: CalibrationConfig) -> CalibrationReport:
         run = _quantize(staged, proto, info, paths)
         report = _measure(run, dataset, paths, candidates)
         _write_report(run, report, start)
-        target = final if report.within_budget is not False else final.with_name(final.name + ".rejected")
+        target = final if report.within_budget else final.with_name(final.name + ".rejected")
         _swap(stage, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # this run's own folder: whatever a failure left in it
     if weights is not None:
         config.model = target / FP32
     if target != final:
-        raise ModelError(
-            f"INT8 Recall@1 drops {report.gate[-1].drop_pp['1']:.2f} pp (budget {config.max_recall_drop} pp) even with "
-            f"{', '.join(report.fp32_groups)} in FP32; {final} is unchanged, the rejected kit and its report are in {target}"
-        )
+        last, kept = report.gate[-1], ", ".join(report.fp32_groups) or "nothing"
+        failure = (f"INT8 Recall@1 drops {last.drop_pp['1']:.2f} pp (budget {config.max_recall_drop} pp, --max-recall-drop)" if dataset is not None
+                   else f"INT8 descriptors keep a mean cosine of {last.cosine_mean:.4f} to FP32 on the calibration images, below "
+                        f"--min-cosine {config.min_cosine} (a --val-dataset gates on Recall@1 instead)")
+        raise ModelError(f"{failure} even with {kept} in FP32; {final} is unchanged, the rejected kit and its report are in {target}")
     return report

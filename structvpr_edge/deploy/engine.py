@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..artifacts import ENGINE_FORMAT, FP16, MANIFEST, TRT_CACHE, TRT_INT8, engine_manifest_path
+from ..artifacts import ENGINE_FORMAT, FORMATS, FP16, MANIFEST, TRT_CACHE, TRT_INT8, engine_manifest_path
 from ..errors import BackendError, ConfigError, ModelError
 from ..modelinfo import PREFIX, ModelInfo, sha256_file
 from ..runtime.tensorrt_backend import GpuInfo, gpu_info
@@ -53,7 +53,7 @@ class EngineBuildConfig:
 
     def command(self) -> str:
         """The build-engine command line that rebuilds this engine."""
-        args = ["structvpr-edge", "build-engine", "--onnx", str(self.onnx), "--precision", self.precision, "--workspace", str(self.workspace_mb)]
+        args = ["structvpr-edge", "build-engine", "--model", str(self.onnx), "--precision", self.precision, "--workspace", str(self.workspace_mb)]
         for flag, value in (
             ("--min-batch", self.min_batch), ("--opt-batch", self.opt_batch), ("--max-batch", self.max_batch),
             ("--timing-cache", self.timing_cache), ("--dla-core", self.dla_core), ("--calibration", self.calibration),
@@ -72,18 +72,18 @@ def _onnx_props(path: Path) -> dict[str, str]:
 
 
 def find_graphs(config: EngineBuildConfig) -> dict[str, Path]:
-    """precision tag -> ONNX: ``--onnx`` under the tag calibrate stamped on it, plus the FP16 and
+    """precision tag -> ONNX: ``--model`` under the tag calibrate stamped on it, plus the FP16 and
     Q/DQ graphs of ``--calibration``."""
     tag = ModelInfo.from_props(_onnx_props(config.onnx)).extra.get("precision", "fp32")
-    if tag == "int8-cpu":
-        raise ModelError(f"{config.onnx} is the ONNX Runtime CPU form (u8 activations); TensorRT builds from {TRT_INT8}")
+    if tag in FORMATS and "build-engine" not in FORMATS[tag].consumers:
+        raise ModelError(f"{config.onnx} is {FORMATS[tag].what}; TensorRT builds from {TRT_INT8}")
     graphs = {tag: config.onnx}
     if config.calibration is not None:
         if not (config.calibration / MANIFEST).is_file():
             raise ConfigError(f"{config.calibration} is not a calibration folder (no {MANIFEST}); run `structvpr-edge calibrate`")
-        for name, key in ((FP16, "fp16"), (TRT_INT8, "int8-trt")):
-            if (config.calibration / name).is_file():
-                graphs.setdefault(key, config.calibration / name)
+        for kit in (f for f in FORMATS.values() if f.producer == "calibrate" and "build-engine" in f.consumers):
+            if (config.calibration / kit.file).is_file():
+                graphs.setdefault(kit.tag, config.calibration / kit.file)
     return graphs
 
 

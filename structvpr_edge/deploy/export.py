@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
 from ..errors import ConfigError, ModelError
 from ..files import check_not_an_input, replace_whole
 from ..images import normalize
-from ..layout import DescriptorLayout
-from ..modelinfo import ModelInfo, sha256_file
-from ..models.checkpoint import load_checkpoint, resolve_checkpoint
-from ..runtime.preprocess import Preprocessor
+from ..modelinfo import ModelInfo, graph_digest, model_info
+from ..models.checkpoint import load_checkpoint, resolve_checkpoint, weights_fingerprint
+from ..runtime.preprocess import Preprocessor, read_image
 
 PARITY_MIN_COSINE = 0.99999
 CENTRE = 128.0  # subtracted from uint8 pixels before the folded first conv
@@ -120,22 +118,8 @@ class ExportReport:
 
 def read_parity_images(paths: list[Path], limit: int = 16) -> list[np.ndarray]:
     """Up to ``limit`` real BGR frames (spread over the list) for the parity check."""
-    import cv2  # noqa: PLC0415
-
     step = max(1, len(paths) // limit)
-    images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths[::step][:limit]]
-    return [im for im in images if im is not None]
-
-
-def model_info(meta: dict, width: int, height: int, uint8_input: bool, checkpoint_sha: str) -> ModelInfo:
-    spec = meta["input"]
-    if spec["kind"] != "rgb":
-        raise ModelError(f"only RGB students are deployed; {meta['path']} is a {meta['model_type']}")
-    return ModelInfo(
-        width, height, uint8_input, colour="BGR" if uint8_input else "RGB", mean=tuple(spec["mean"]), std=tuple(spec["std"]),
-        layout=DescriptorLayout.from_dict(meta["layout"]), label_groups=tuple(meta["label_groups"]), model_type=meta["model_type"],
-        model_version=meta.get("version", __version__), checkpoint_sha256=checkpoint_sha,
-    )
+    return [read_image(p) for p in paths[::step][:limit]]
 
 
 def example_input(info: ModelInfo, batch: int, rng: np.random.Generator) -> np.ndarray:
@@ -165,7 +149,7 @@ def export_onnx(
     width, height = width or size[0], height or size[1]
     if width <= 0 or height <= 0 or width % 16 or height % 8:
         raise ConfigError(f"input size must be positive, width a multiple of 16 and height of 8; got {width}x{height}")
-    info = model_info(meta, width, height, uint8_input, sha256_file(resolve_checkpoint(checkpoint)))
+    info = model_info(meta, width, height, uint8_input, weights_fingerprint(model))
     net = Uint8Input(model.eval(), info.mean, info.std).eval() if uint8_input else model.eval()
     rng = np.random.default_rng(0)
     dummy = torch.from_numpy(example_input(info, 1, rng))
@@ -182,7 +166,8 @@ def export_onnx(
             opset_version=opset, dynamic_axes=dynamic_axes, dynamo=False,
         )
         proto, done["tool"] = simplify(onnx.load(str(tmp)))
-        for key, value in info.to_props().items():
+        stamped = replace(info, graph_sha256=graph_digest(proto.SerializeToString()))
+        for key, value in stamped.to_props().items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(proto, str(tmp))

@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import BackendError, ConfigError, ModelError
-from ..modelinfo import PREFIX, ModelInfo
+from ..modelinfo import PREFIX, ModelInfo, graph_digest
 
 METHODS = ("entropy", "minmax", "percentile")
 CACHE_HEADER = re.compile(r"^TRT-(\d+)-EntropyCalibration2$")
@@ -138,10 +138,11 @@ def load_ranges(path: Path):
 
 
 def stamp_precision(proto, **extra) -> None:
-    """Record the precision (and the layers kept in FP32) in the model's ModelInfo props."""
+    """Record the precision (and the layers kept in FP32) in the model's ModelInfo props, with the
+    digest of this graph (its weights are no longer the FP32 export's)."""
     props = {p.key: p.value for p in proto.metadata_props}
     info = ModelInfo.from_props(props)
-    info = dataclasses.replace(info, extra={**info.extra, **extra})
+    info = dataclasses.replace(info, extra={**info.extra, **extra}, graph_sha256=graph_digest(proto.SerializeToString()))
     kept = [p for p in proto.metadata_props if not p.key.startswith(PREFIX)]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)

@@ -1,7 +1,7 @@
 """How well a map localizes a recorded drive, against the drive's own GNSS or odometry.
 
 A frame is correct at N when one of its first N map matches lies within the positive radius of
-the frame's own (interpolated) pose, the Recall@N of recall.py with the drive as the queries; its
+the frame's own (interpolated) pose, the Recall@N of metrics.py with the drive as the queries; its
 localization error is the distance from the returned pose to that pose. Along the route the
 error is summed up per segment of driven distance, so a stretch the map does not cover shows.
 """
@@ -16,6 +16,7 @@ import numpy as np
 from ..data.dataset import DEFAULT_POSITIVE_RADIUS_M
 from ..data.drives import DriveFrame
 from ..errors import ConfigError, DatasetError, MapError
+from ..metrics import recall_of_hits, within
 from ..runtime.edgevpr import EdgeVPR
 from ..runtime.outputs import localize_frames
 
@@ -46,7 +47,7 @@ class DriveReport:
         error = self.error
         return {"frames": len(error), "recall": self.recall, "radius_m": self.radius,
                 "error_m": {"median": float(np.median(error)), "p90": float(np.percentile(error, 90)), "mean": float(error.mean())},
-                "within_radius": float(np.mean(error <= self.radius))}
+                "within_radius": float(np.mean(within(self.estimate, self.truth, self.radius)))}
 
 
 def evaluate_drive(vpr: EdgeVPR, frames: Iterable[DriveFrame], frame_id: str = "", ns: tuple[int, ...] = DRIVE_NS,
@@ -63,13 +64,10 @@ def evaluate_drive(vpr: EdgeVPR, frames: Iterable[DriveFrame], frame_id: str = "
         stamps.append(frame.stamp_ns)
         truth.append((frame.east, frame.north))
         estimate.append((result.east, result.north))
-        near = [np.hypot(m.east - frame.east, m.north - frame.north) <= radius for m in result.matches]
-        hits.append(near.index(True) if True in near else np.inf)
+        hits.append(within([(m.east, m.north) for m in result.matches], truth[-1], radius))
     if not stamps:
         raise DatasetError("no frame of the drive has a pose within the gap: nothing to evaluate")
-    first_hit = np.array(hits)
-    recall = {str(n): float(np.mean(first_hit < n)) for n in ns}
-    return DriveReport(np.array(stamps), np.array(truth), np.array(estimate), recall, radius)
+    return DriveReport(np.array(stamps), np.array(truth), np.array(estimate), recall_of_hits(hits, ns), radius)
 
 
 def plot_drive_errors(report: DriveReport, out_png: str | Path, segment_m: float = SEGMENT_M, title: str = "") -> Path:

@@ -11,7 +11,7 @@ from ..data.dataset import VPRDataset
 from ..errors import ConfigError, DatasetError
 from ..images import read_label, read_rgb
 from ..runtime.preprocess import describe_files
-from .recall import RECALL_NS, per_group_recall, recall_at_n, retrieve
+from ..metrics import RECALL_NS, per_group_recall, recall_at_n, retrieve
 
 
 class Extractor(Protocol):

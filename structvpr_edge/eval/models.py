@@ -13,6 +13,8 @@ import numpy as np
 
 from ..artifacts import CHECKPOINT_SUFFIX, ENGINE_SUFFIXES, backend_for
 from ..errors import ConfigError, ModelError
+from ..images import normalize
+from ..labels import label_fractions
 from ..modelinfo import ModelInfo
 from ..runtime.preprocess import Preprocessor
 from .references import REFERENCE_MODELS
@@ -24,7 +26,7 @@ class CheckpointExtractor:
     def __init__(self, name_or_path: str | Path, image_size: tuple[int, int] | None = None, trust_checkpoint: bool = False) -> None:
         import torch  # noqa: PLC0415
 
-        from ..models.checkpoint import load_checkpoint
+        from ..models.checkpoint import load_checkpoint  # noqa: PLC0415
 
         self._torch = torch
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -36,13 +38,10 @@ class CheckpointExtractor:
         self.label_size = tuple(spec["size"])
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        from ..labels import label_fractions
-        from ..train.data import normalize_images  # noqa: PLC0415
-
         if self.input_kind == "labels":
             x = self._torch.from_numpy(np.stack([label_fractions(b, self.label_size) for b in batch]).astype(np.float32) / 255)
-        else:
-            x = normalize_images(batch)
+        else:  # the mean and std training normalised with, as the checkpoint records them
+            x = self._torch.from_numpy(normalize(batch, self.meta["input"]["mean"], self.meta["input"]["std"]))
         with self._torch.inference_mode():
             return self.model(x.to(self.device)).float().cpu().numpy()
 

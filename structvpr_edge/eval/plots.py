@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 
 from ..data.dataset import VPRDataset
+from ..images import imread
 
 GREEN, RED = (40, 180, 40), (40, 40, 220)  # BGR
 
@@ -34,7 +35,7 @@ def plot_recall_curves(curves: dict[str, dict[str, float]], out_png: Path, title
 
 
 def _tile(path: Path, size: tuple[int, int], frame: tuple[int, int, int] | None) -> np.ndarray:
-    image = cv2.resize(cv2.imread(str(path), cv2.IMREAD_COLOR), size, interpolation=cv2.INTER_AREA)
+    image = cv2.resize(imread(path), size, interpolation=cv2.INTER_AREA)
     if frame is not None:
         cv2.rectangle(image, (0, 0), (size[0] - 1, size[1] - 1), frame, thickness=4)
     return image

@@ -61,8 +61,8 @@ class ImageNetGeMDescriptor:
     def __init__(self, image_size: tuple[int, int] | None = None) -> None:
         import torch  # noqa: PLC0415 - only this reference needs torch
 
-        from ..models.efficientnet_lite import EfficientNetLite0
-        from ..models.gem import GeM
+        from ..models.efficientnet_lite import EfficientNetLite0  # noqa: PLC0415
+        from ..models.gem import GeM  # noqa: PLC0415
 
         self.image_size = image_size
         self._torch = torch

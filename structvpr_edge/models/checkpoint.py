@@ -14,6 +14,7 @@ project has written, the shipped ones included, is already of the safe form. See
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -191,3 +192,14 @@ def ship(run_checkpoint: str | Path, name: str, weights_dir: Path = SHIPPED_DIR,
     extra = {k: meta[k] for k in ("stage", "steps_done") if k in meta}
     extra["shipped_from"] = str(run_checkpoint)
     return save_checkpoint(shipped_path(name, weights_dir), model, tuple(meta["input"]["size"]), meta["train_config"], extra, half=True)
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 of a model's weights and buffers (name, dtype, shape, bytes, in name order): the same
+    for a checkpoint re-saved or converted and for every export of it, unlike the file's bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

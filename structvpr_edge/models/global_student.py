@@ -41,11 +41,11 @@ def build_aggregator(conf: GlobalStudentConfig, in_channels: int) -> nn.Module:
     if conf.aggregator == "gem":
         return GeMHead(in_channels, conf.dim, **conf.aggregator_args)
     if conf.aggregator == "mixvpr":
-        from .mixvpr import MixVPR
+        from .mixvpr import MixVPR  # noqa: PLC0415
 
         return MixVPR(in_channels, conf.dim, tuple(conf.feature_hw), **conf.aggregator_args)
     if conf.aggregator == "netvlad":
-        from .netvlad import NetVLAD
+        from .netvlad import NetVLAD  # noqa: PLC0415
 
         return NetVLAD(in_channels, conf.dim, **conf.aggregator_args)
     raise ConfigError(f"unknown aggregator {conf.aggregator!r}; choose gem, mixvpr or netvlad")

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..artifacts import BACKENDS, ENGINE_SUFFIXES, backend_for
 from ..errors import BackendError, ConfigError
-from ..modelinfo import ModelInfo, sha256_file
+from ..modelinfo import ModelInfo, model_info
 
 
 class Backend(Protocol):
@@ -60,8 +60,7 @@ class TorchBackend:
             import torch  # noqa: PLC0415
         except ImportError as exc:
             raise BackendError("the torch backend needs torch (pip install structvpr-edge[train])") from exc
-        from ..deploy.export import model_info  # noqa: PLC0415
-        from ..models.checkpoint import load_checkpoint, resolve_checkpoint  # noqa: PLC0415
+        from ..models.checkpoint import load_checkpoint, weights_fingerprint  # noqa: PLC0415 - the declared lazy torch backend
 
         from .ort_session import AUTO, parse_threads  # noqa: PLC0415
 
@@ -72,7 +71,7 @@ class TorchBackend:
         self.torch = torch
         self.model, meta = load_checkpoint(checkpoint, trust_checkpoint)
         width, height = meta["input"]["size"]
-        self.info = model_info(meta, width, height, uint8_input=False, checkpoint_sha=sha256_file(resolve_checkpoint(checkpoint)))
+        self.info = model_info(meta, width, height, False, weights_fingerprint(self.model))
         self.max_batch = max_batch
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

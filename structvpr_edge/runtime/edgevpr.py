@@ -20,15 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import MODEL_SUFFIXES, check_kit_member
+from ..artifacts import MODEL_SUFFIXES, backend_for, check_kit_member
 from ..data.dataset import DEFAULT_POSITIVE_RADIUS_M
 from ..errors import ConfigError, MapError, ModelError, UncalibratedWarning
-from ..modelinfo import sha256_file
+from ..modelinfo import sha256_file, verified_weights
 from .backends import Backend, open_backend
 from .map import PlaceMap
 from .ort_session import MAX_THREADS
 from .preprocess import Preprocessor, check_frame
 from .temporal import PlaceFilter, TemporalConfig
+from .tiles import DEFAULT_BUDGET_MB, TiledMap, is_tiled
 
 
 
@@ -121,7 +122,8 @@ class EdgeVPR:
 
     model: an ONNX file (.onnx), a TensorRT engine (.engine/.plan), a checkpoint (.pt, needs torch)
         or a shipped model name (structvprpp, student-nokd, baseline; needs torch)
-    map: a map folder (structvpr-edge build-map) or a PlaceMap; None to set one later with set_map
+    map: a map folder (structvpr-edge build-map), a tile folder (structvpr-edge cut-tiles) or a PlaceMap;
+        None to set one later with set_map
     backend: "auto" (by the model's suffix), "tensorrt", "onnxruntime" or "torch"
     top_k: how many map entries each Localization lists
     colour: channel order of the frames given: "BGR" (OpenCV's) or "RGB"
@@ -132,10 +134,15 @@ class EdgeVPR:
     gpu_index: search the map on the GPU when faiss has GPU support
     trust_checkpoint: also open a .pt that holds more than tensors and plain data; loading it runs
         the code it carries (docs/security.md)
+    prior: (east, north, radius) in metres, for a tile folder: only the tiles under it are loaded;
+        set_prior moves it (tiles swap in the background; docs/maps.md)
+    tile_budget_mb: without a prior, a tile folder is loaded whole when its index files fit this
+        many MB, else a MapError asks for a prior
 
     Frames are HxWx3 uint8 arrays at the camera's resolution; a frame smaller than the model's input
     is enlarged, with an UpscaleWarning. A map answers only to the model it was built with (MapError).
-    Attributes: info (the model's ModelInfo), map (the PlaceMap or None), top_k, model_sha256.
+    Attributes: info (the model's ModelInfo), map (the PlaceMap or None), top_k, model_sha256 (the model file's
+    bytes), weights_sha256 (the fingerprint of its weights, what a map answers to; "" for a model exported before it).
     """
 
     def __init__(
@@ -150,6 +157,8 @@ class EdgeVPR:
         temporal: bool | TemporalConfig = False,
         gpu_index: bool = False,
         trust_checkpoint: bool = False,  # a .pt that needs code to load is refused unless True (docs/security.md)
+        prior: tuple[float, float, float] | None = None,
+        tile_budget_mb: float = DEFAULT_BUDGET_MB,
     ) -> None:
         if not isinstance(model, (str, os.PathLike)) or not str(model):
             raise ConfigError(f"model must be a file path or a shipped model name, got {model!r}")
@@ -160,34 +169,55 @@ class EdgeVPR:
             positive_int("threads", threads)
         self.backend: Backend | None = open_backend(model, backend, threads=threads, max_batch=max_batch, trust_checkpoint=trust_checkpoint)
         self.info = self.backend.info
-        # The map is tied to these exact bytes: metadata alone would pass a damaged or retrained file.
+        # A map answers to the weights (their fingerprint, checked against the graph actually loaded:
+        # metadata alone would pass edited weights), or, for a model without one, to the file's bytes.
         self.model_sha256 = sha256_file(model) if Path(model).is_file() else self.info.checkpoint_sha256
         check_kit_member(model, self.model_sha256)
+        self.weights_sha256 = verified_weights(model, self.info) if backend_for(model) == "onnxruntime" else self.info.weights_sha256
         self.preprocess = Preprocessor(self.info, colour, max_batch=max(1, min(max_batch, self.backend.max_batch)))
         self.top_k = top_k
         self.map: PlaceMap | None = None
+        self.tiles: TiledMap | None = None
+        self.tile_budget_mb = tile_budget_mb
         self.filter: PlaceFilter | None = None
         self.warned_uncalibrated = False  # UncalibratedWarning is given once per instance
         if map is not None:
-            self.set_map(map, temporal, gpu_index)
+            self.set_map(map, temporal, gpu_index, prior)
 
-    def set_map(self, place_map: str | Path | PlaceMap, temporal: bool | TemporalConfig | None = None, gpu_index: bool = False) -> None:
-        """Switch to another map (a folder or a PlaceMap); temporal=None keeps the current filter setting,
-        re-started on the new map."""
+    def set_map(self, place_map: str | Path | PlaceMap, temporal: bool | TemporalConfig | None = None, gpu_index: bool = False,
+                prior: tuple[float, float, float] | None = None) -> None:
+        """Switch to another map (a folder, a tile folder with ``prior``, or a PlaceMap); temporal=None
+        keeps the current filter setting, re-started on the new map."""
         if not isinstance(place_map, (str, os.PathLike, PlaceMap)):
             raise ConfigError(f"map must be a map folder or a PlaceMap, got {type(place_map).__name__}")
-        place_map = place_map if isinstance(place_map, PlaceMap) else PlaceMap.load(place_map)
-        place_map.check_compatible(self.info.layout.hash(), self.model_sha256)
+        self.tiles = None
+        if not isinstance(place_map, PlaceMap) and is_tiled(place_map):
+            self.tiles = TiledMap(place_map)
+            self.tiles.set_prior(prior, wait=True) if prior is not None else self.tiles.load_all(self.tile_budget_mb)
+            self.tiles.view.tiles[0].check_compatible(self.info.layout.hash(), self.model_sha256, self.weights_sha256)  # all tiles share it
+            place_map = self.tiles.view
+        elif prior is not None:
+            raise ConfigError("prior= goes with a tile folder (structvpr-edge cut-tiles); this map is loaded whole")
+        else:
+            place_map = place_map if isinstance(place_map, PlaceMap) else PlaceMap.load(place_map)
+            place_map.check_compatible(self.info.layout.hash(), self.model_sha256, self.weights_sha256)
         if temporal is None:
             temporal = self.filter.config if self.filter is not None else False
         if not isinstance(temporal, (bool, TemporalConfig)):
             raise ConfigError(f"temporal must be True, False or a TemporalConfig, got {temporal!r}")
-        if gpu_index:
+        if gpu_index and self.tiles is None:
             place_map.to_gpu()
         self.map = place_map
         self.filter = None
         if temporal:
             self.filter = PlaceFilter(temporal if isinstance(temporal, TemporalConfig) else None)
+
+    def set_prior(self, east: float, north: float, radius: float) -> None:
+        """Move the prior of a tile folder: tiles it needs load in the background while frames are
+        localized in the tiles loaded; a prior outside every tile is a MapError (the tiles stay)."""
+        if self.tiles is None:
+            raise ConfigError("set_prior needs a tile folder as the map (structvpr-edge cut-tiles)")
+        self.tiles.set_prior((east, north, radius))
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         """The backend's descriptors, refused when not finite: a NaN descriptor has no nearest place."""
@@ -226,6 +256,10 @@ class EdgeVPR:
         """Per frame: the top-k entries, the pose estimate and the confidence flag, with stage times.
         Every frame is searched before the temporal filter sees one: a refused batch leaves it as it was."""
         frames = self._frames(frames)
+        if self.tiles is not None and self.map is not self.tiles.view:  # the tiles of the latest prior, now loaded
+            self.map = self.tiles.view
+            if self.filter is not None:  # its rows were those of the tiles swapped out
+                self.filter = PlaceFilter(self.filter.config)
         if self.map is None:
             raise MapError("no map loaded: pass map=... or call set_map()")
         if self.map.manifest.threshold is None and not self.warned_uncalibrated:

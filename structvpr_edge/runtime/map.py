@@ -17,7 +17,9 @@ are removed by the next writer; loading never creates or deletes a file.
 
 A map refuses descriptors of another layout or of another model file (its bytes are hashed).
 On an exact (flat) map, a frame's search scans an 8-bit copy and re-scores the candidates in
-float32, with a bound that keeps the answer exact (quantized_scan.py).
+float32, with a bound that keeps the answer exact (quantized_scan.py). A large map ("ivfpq",
+chosen by "auto" beyond EXACT_LIMIT) holds 4-bit PQ codes (fast scan) and its float32 rows in
+vectors.f32, memory-mapped and re-scored per query (vectors.py); it opens without reading them.
 """
 from __future__ import annotations
 
@@ -40,16 +42,18 @@ from ..errors import MapError
 from ..files import open_regular, sha256_of
 from ..modelinfo import sha256_file
 from .quantized_scan import QuantizedScan
+from .vectors import VectorStore
 
 FORMAT = "structvpr-edge/map/2"
-EXACT_LIMIT = 200_000  # above this many entries "auto" picks an approximate index
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+EXACT_LIMIT = 200_000  # above this many entries "auto" picks ivfpq (IVF-PQ, exact re-ranking)
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 FEW_QUERIES = 64  # below this many queries per search: one FAISS thread, and the int8 scan on flat maps
 FILES = ("index.faiss", "places.sqlite")  # the checksummed files of a generation
 GENERATION = re.compile(r"gen-\d{8,}")  # at least 8 digits: gen-99999999 is followed by gen-100000000
 SHA256 = re.compile(r"[0-9a-f]{64}")
 LEFTOVERS = re.compile(r"\.gen-tmp-.*|CURRENT\.tmp-.*|gen-\d{8,}")  # removed by a writer unless CURRENT names it
-GENERATION_FILES = (*FILES, "manifest.json", "places.sqlite-journal")  # every name a writer creates in a generation
+VECTORS = "vectors.f32"  # the float32 rows of an ivfpq map, re-scored per query
+GENERATION_FILES = (*FILES, VECTORS, "manifest.json", "places.sqlite-journal")  # every name a writer creates in a generation
 LEGACY = ("index.faiss", "places.sqlite", "manifest.json")  # a map of the format before generations
 MAX_DIM = 1 << 16
 MAX_ENTRIES = 1 << 32
@@ -76,6 +80,30 @@ class Place:
     heading: float = float("nan")
     timestamp: str = ""
     source: str = ""
+
+
+class PlaceTable:
+    """The places of a large (ivfpq) map, read from its places.sqlite a row at a time: millions of
+    Place objects would outweigh the whole index in memory."""
+
+    def __init__(self, uri: str, count: int) -> None:
+        self.db, self.count = sqlite3.connect(uri, uri=True, check_same_thread=False), count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, row: int) -> Place:
+        found = self.db.execute("SELECT id, east, north, heading, timestamp, source FROM places WHERE row = ?", (int(row),)).fetchone()
+        if found is None:
+            raise IndexError(row)
+        return _place(found)
+
+    def __iter__(self):
+        return map(_place, self.db.execute("SELECT id, east, north, heading, timestamp, source FROM places ORDER BY row"))
+
+
+def _place(row: tuple) -> Place:
+    return Place(row[0], row[1], row[2], float("nan") if row[3] is None else row[3], row[4], row[5])
 
 
 def _check_field(owner: str, name: str, value: object, kind: type | tuple[type, ...], valid=lambda v: True, what: str = "") -> None:
@@ -129,9 +157,10 @@ class MapManifest:
     checksums: dict[str, str] = field(default_factory=dict)
     threshold: Threshold | None = None
     frame_id: str = ""  # the frame of the places' east/north, e.g. utm_32N (the UTM zone) from a drive's GNSS; "" unknown
+    weights_sha256: str = ""  # fingerprint of the model's weights (ModelInfo.weights_sha256); "" in maps built before it
 
     def __post_init__(self) -> None:
-        for name in ("format", "layout_hash", "model_sha256", "index_string", "created", "frame_id"):
+        for name in ("format", "layout_hash", "model_sha256", "index_string", "created", "frame_id", "weights_sha256"):
             _check_field("manifest", name, getattr(self, name), str)
         _check_field("manifest", "count", self.count, int, lambda v: 0 <= v <= MAX_ENTRIES, f"an integer in 0..{MAX_ENTRIES}")
         _check_field("manifest", "dim", self.dim, int, lambda v: 1 <= v <= MAX_DIM, f"an integer in 1..{MAX_DIM}")
@@ -146,12 +175,26 @@ def index_string(index_type: str, count: int, dim: int) -> str:
     if index_type not in INDEX_TYPES:
         raise MapError(f"index type must be one of {INDEX_TYPES}, got {index_type!r}")
     if index_type == "auto":
-        index_type = "flat" if count <= EXACT_LIMIT else "ivf"
+        index_type = "flat" if count <= EXACT_LIMIT else "ivfpq" if dim % 8 == 0 else "ivf"
+    if index_type == "ivfpq":
+        if dim % 8:
+            raise MapError(f"an ivfpq index needs a descriptor length divisible by 8, got {dim}: use --index ivf")
+        return f"IVF{ivf_lists(count)},PQ{dim // 8}x4fs"
     if index_type == "flat":
         return "Flat"
     if index_type == "hnsw":
         return "HNSW32,SQfp16"
     return f"IVF{ivf_lists(count)},SQ8"
+
+
+def files_of(factory: str) -> tuple[str, ...]:
+    """The checksummed files of a generation of this index."""
+    return (*FILES, VECTORS) if is_reranked(factory) else FILES
+
+
+def is_reranked(factory: str) -> bool:
+    """Whether an index holds PQ codes re-scored from the float32 rows (vectors.py)."""
+    return factory.endswith("x4fs")
 
 
 def ivf_lists(count: int) -> int:
@@ -259,12 +302,14 @@ def _read_manifest(path: Path) -> MapManifest:
         raise MapError(f"{path} is malformed: {exc}") from exc
     if manifest.format != FORMAT:
         raise MapError(f"{path}: unsupported map format {manifest.format!r} (expected {FORMAT}); rebuild the map")
-    if not isinstance(manifest.checksums, dict) or sorted(manifest.checksums) != sorted(FILES) or not all(
+    if not isinstance(manifest.checksums, dict) or sorted(manifest.checksums) != sorted(files_of(manifest.index_string)) or not all(
         isinstance(v, str) and SHA256.fullmatch(v) for v in manifest.checksums.values()
     ):
-        raise MapError(f"{path}: the checksums of {FILES} are missing or malformed; the map cannot be verified, rebuild it")
+        raise MapError(f"{path}: the checksums of {files_of(manifest.index_string)} are missing or malformed; the map cannot be verified, rebuild it")
     if not isinstance(manifest.model_sha256, str) or not SHA256.fullmatch(manifest.model_sha256):
         raise MapError(f"{path}: the model's sha256 is missing or malformed; rebuild the map")
+    if manifest.weights_sha256 and not SHA256.fullmatch(manifest.weights_sha256):
+        raise MapError(f"{path}: the weights fingerprint is malformed; rebuild the map")
     return manifest
 
 
@@ -276,7 +321,8 @@ class PlaceMap:
     dim: descriptor length
     layout_hash: hash of the model's descriptor layout; queries of another layout are refused
     model_sha256: sha256 of the model file whose descriptors the map holds
-    index_type: "auto" (exact up to 200,000 entries, else ivf), "flat" (exact), "hnsw" or "ivf"
+    index_type: "auto" (exact up to 200,000 entries, else ivfpq), "flat" (exact), "hnsw", "ivf" (8-bit codes)
+        or "ivfpq" (4-bit PQ codes, float32 rows on disk re-scoring the candidates exactly)
     expected_size: entries about to be added, to pick and check the "auto"/"ivf" index
     """
 
@@ -296,8 +342,9 @@ class PlaceMap:
             check_trainable(self.factory, expected_size)
         self.index = faiss.index_factory(int(dim), self.factory, faiss.METRIC_INNER_PRODUCT)
         self.scan = self._exact_scan()
+        self.vectors = VectorStore(int(dim)) if is_reranked(self.factory) else None
         self.manifest = MapManifest(FORMAT, 0, int(dim), layout_hash, model_sha256, index_type, self.factory, time.strftime("%Y-%m-%dT%H:%M:%S"))
-        self.places: list[Place] = []
+        self.places: list[Place] | PlaceTable = []
         self.poses = np.zeros((0, 3))  # east, north, heading per entry, for fast per-frame lookups
         self._origin: Path | None = None  # folder and generation this map was loaded from / saved to
         self._generation: str | None = None
@@ -306,14 +353,16 @@ class PlaceMap:
 
     def _check_entries(self, folder: Path, chunk: int = 65536) -> None:
         """Refuse a loaded index whose entries add() would have refused (NaN, inf, not unit norm),
-        a chunk at a time; the 8/16-bit codes of approximate indexes get 5x the tolerance."""
-        ivf = self.faiss.try_extract_index_ivf(self.index)
+        a chunk at a time; the 8/16-bit codes of approximate indexes get 5x the tolerance, an
+        ivfpq map's float32 rows (vectors.f32) none."""
+        ivf = None if self.vectors is not None else self.faiss.try_extract_index_ivf(self.index)
         if ivf is not None:  # an IVF index reconstructs rows through a direct map, dropped afterwards
             ivf.make_direct_map(True)
-        tolerance = NORM_TOLERANCE * (1 if self.factory == "Flat" else 5)
+        tolerance = NORM_TOLERANCE * (1 if self.factory == "Flat" or self.vectors is not None else 5)
+        rows = self.vectors.block if self.vectors is not None else self.index.reconstruct_n
         try:
             for start in range(0, self.index.ntotal, chunk):
-                _check_unit(self.index.reconstruct_n(start, min(chunk, self.index.ntotal - start)), tolerance)
+                _check_unit(rows(start, min(chunk, self.index.ntotal - start)), tolerance)
         except MapError:
             raise MapError(f"{folder}/index.faiss holds entries that are not finite unit vectors; the map is corrupt, rebuild it") from None
         finally:
@@ -332,17 +381,26 @@ class PlaceMap:
     def __len__(self) -> int:
         return self.index.ntotal
 
-    def check_compatible(self, layout_hash: str, model_sha256: str | None = None) -> None:
-        """Refuse queries from another layout (and, when given, another model file)."""
+    def check_compatible(self, layout_hash: str, model_sha256: str | None = None, weights_sha256: str = "") -> None:
+        """Refuse queries from another layout and from other weights: by the weights fingerprint
+        when the map and the model both have one (the same weights as checkpoint, ONNX or engine
+        match), else by the model file's sha256 (maps and models from before fingerprints)."""
         if layout_hash != self.manifest.layout_hash:
             raise MapError(
                 f"map was built with descriptor layout {self.manifest.layout_hash}, the model has {layout_hash}: "
                 "rebuild the map with this model (structvpr-edge build-map)"
             )
-        if model_sha256 and self.manifest.model_sha256 and model_sha256 != self.manifest.model_sha256:
+        if weights_sha256 and self.manifest.weights_sha256:
+            if weights_sha256 != self.manifest.weights_sha256:
+                raise MapError(
+                    f"map was built with weights {self.manifest.weights_sha256[:12]}, this model's weights are {weights_sha256[:12]}: "
+                    "descriptors of different weights are not comparable; rebuild the map (structvpr-edge build-map)"
+                )
+        elif model_sha256 and self.manifest.model_sha256 and model_sha256 != self.manifest.model_sha256:
             raise MapError(
-                f"map was built with model file {self.manifest.model_sha256[:12]}, this model file is {model_sha256[:12]}: "
-                "descriptors of different weights are not comparable; rebuild the map (structvpr-edge build-map)"
+                f"map was built with model file {self.manifest.model_sha256[:12]}, this model file is {model_sha256[:12]}, and "
+                f"{'the map' if not self.manifest.weights_sha256 else 'the model'} records no weights fingerprint (made before them): "
+                "use that model file, or rebuild the map with this model (structvpr-edge build-map)"
             )
 
     def add(self, descriptors: np.ndarray, places: list[Place]) -> None:
@@ -358,6 +416,8 @@ class PlaceMap:
         if not all(isinstance(p, Place) and math.isfinite(p.east) and math.isfinite(p.north) for p in places):
             raise MapError("every place must be a Place with a finite east and north")
         _check_unit(descriptors, NORM_TOLERANCE)
+        if isinstance(self.places, PlaceTable):  # appending to a loaded large map: its places in memory
+            self.places = list(self.places)
         if not self.index.is_trained:
             check_trainable(self.factory, len(descriptors))
             ivf = self.faiss.try_extract_index_ivf(self.index)
@@ -368,6 +428,8 @@ class PlaceMap:
         self.index.add(descriptors)
         if self.scan is not None:
             self.scan.add(descriptors)
+        if self.vectors is not None:
+            self.vectors.add(descriptors)
         self.places.extend(places)
         new = np.array([[p.east, p.north, p.heading] for p in places], dtype=np.float64).reshape(-1, 3)
         self.poses = np.concatenate([self.poses, new])
@@ -411,11 +473,15 @@ class PlaceMap:
             PlaceMap.omp_threads = threads
         if few and self.scan is not None:
             return self.scan.search(queries, min(int(k), len(self)))
+        if self.vectors is not None:
+            return self.vectors.rerank(self.index, queries, min(int(k), len(self)))
         return self.index.search(queries, min(int(k), len(self)))
 
     def to_gpu(self, float16: bool = True) -> bool:
         """Move the index to the GPU when faiss has GPU support; returns whether it moved."""
         if not hasattr(self.faiss, "StandardGpuResources") or self.faiss.get_num_gpus() == 0:
+            return False
+        if self.vectors is not None:  # fast-scan PQ codes stay on the CPU
             return False
         options = self.faiss.GpuClonerOptions()
         options.useFloat16 = float16
@@ -446,7 +512,7 @@ class PlaceMap:
             target = self
             if merging and current not in (None, self._generation):
                 target = PlaceMap.load(directory)
-                target.check_compatible(self.manifest.layout_hash, self.manifest.model_sha256)
+                target.check_compatible(self.manifest.layout_hash, self.manifest.model_sha256, self.manifest.weights_sha256)
                 for descriptors, places in self._pending:
                     target.add(descriptors, places)
                 if self._threshold_changed:
@@ -482,6 +548,11 @@ class PlaceMap:
             db.close()
             _fsync(tmp / "places.sqlite")
             self.manifest.checksums = {"index.faiss": hashlib.sha256(blob).hexdigest(), "places.sqlite": sha256_file(tmp / "places.sqlite")}
+            if self.vectors is not None:
+                with (tmp / VECTORS).open("wb") as handle:
+                    self.manifest.checksums[VECTORS] = self.vectors.write(handle)
+                    handle.flush()
+                    os.fsync(handle.fileno())
             with (tmp / "manifest.json").open("w") as handle:
                 handle.write(json.dumps(asdict(self.manifest), indent=2) + "\n")
                 handle.flush()
@@ -494,8 +565,10 @@ class PlaceMap:
         _fsync(directory)
 
     @classmethod
-    def load(cls, directory: str | Path, verify: bool = True) -> "PlaceMap":
-        """The live generation of a map folder; read-only (never creates or deletes a file)."""
+    def load(cls, directory: str | Path, verify: bool | str = True) -> "PlaceMap":
+        """The live generation of a map folder; read-only (never creates or deletes a file).
+        verify: check the files' checksums; an ivfpq map's vectors.f32 (memory-mapped, GBs) is
+        then checked by size, and by checksum and unit norms only with verify="full"."""
         directory = Path(directory)
         if not directory.is_dir():
             raise MapError(f"{directory} is not a map folder" + (" (it is a file)" if directory.exists() else " (it does not exist)"))
@@ -526,27 +599,37 @@ class PlaceMap:
                 raise FileNotFoundError(folder / file)
             # a regular file of a size the manifest allows, checked before a byte is hashed or parsed
             with open_regular(folder / file, _max_bytes(file, manifest), MapError, follow=False) as handle:
-                if verify and sha256_of(handle) != expected:
+                if file == VECTORS and os.fstat(handle.fileno()).st_size != _max_bytes(file, manifest):
+                    raise MapError(f"{folder}: {file} holds {os.fstat(handle.fileno()).st_size} bytes, not {manifest.count} rows; the map is corrupt, rebuild it")
+                if verify and (file != VECTORS or verify == "full") and sha256_of(handle) != expected:
                     raise MapError(f"{folder}: {file} does not match its checksum; the map is corrupt, rebuild it")
         place_map = cls(manifest.dim, manifest.layout_hash, manifest.model_sha256, manifest.index_type)  # empty, then filled
-        try:
-            place_map.index = place_map.faiss.read_index(str(folder / "index.faiss"))
+        reranked = is_reranked(manifest.index_string)
+        try:  # an ivfpq map's inverted lists are mapped, not read
+            place_map.index = place_map.faiss.read_index(str(folder / "index.faiss"), place_map.faiss.IO_FLAG_MMAP if reranked else 0)
         except RuntimeError as exc:
             raise MapError(f"{folder}/index.faiss cannot be read: {str(exc).splitlines()[0]}") from exc
         place_map.manifest, place_map.factory = manifest, manifest.index_string
         if place_map.index.d != manifest.dim:
             raise MapError(f"{folder}: the index holds {place_map.index.d}-d entries, the manifest says {manifest.dim}")
-        place_map._check_entries(folder)
         place_map.scan = place_map._exact_scan()
+        place_map.vectors = VectorStore(manifest.dim, folder / VECTORS) if reranked else None
+        if not reranked or verify == "full":
+            place_map._check_entries(folder)
         try:  # immutable: a generation never changes, and a read-only open must not write a journal
             uri = f"file:{pathname2url(str(folder / 'places.sqlite'))}?mode=ro&immutable=1"  # quoted: %, # and ? in folder names
-            with sqlite3.connect(uri, uri=True) as db:
-                rows = db.execute("SELECT id, east, north, heading, timestamp, source FROM places ORDER BY row").fetchall()
-            db.close()
-        except sqlite3.Error as exc:
+            if reranked:
+                place_map.places = PlaceTable(uri, manifest.count)
+                place_map.poses = np.full((manifest.count, 3), np.nan)
+                for i, (e, n, h) in enumerate(place_map.places.db.execute("SELECT east, north, heading FROM places ORDER BY row")):
+                    place_map.poses[i] = e, n, np.nan if h is None else h
+            else:
+                with sqlite3.connect(uri, uri=True) as db:
+                    place_map.places = [_place(r) for r in db.execute("SELECT id, east, north, heading, timestamp, source FROM places ORDER BY row")]
+                db.close()
+                place_map.poses = np.array([[p.east, p.north, p.heading] for p in place_map.places], dtype=np.float64).reshape(-1, 3)
+        except (sqlite3.Error, IndexError) as exc:
             raise MapError(f"{folder}/places.sqlite cannot be read: {exc}") from exc
-        place_map.places = [Place(r[0], r[1], r[2], float("nan") if r[3] is None else r[3], r[4], r[5]) for r in rows]
-        place_map.poses = np.array([[p.east, p.north, p.heading] for p in place_map.places], dtype=np.float64).reshape(-1, 3)
         if len(place_map.places) != place_map.index.ntotal or manifest.count != len(place_map.places) or place_map.index.d != manifest.dim:
             raise MapError(f"{folder}: index has {place_map.index.ntotal} entries, metadata {len(place_map.places)}, manifest {manifest.count}")
         place_map.set_search_effort()
@@ -601,4 +684,6 @@ def _max_bytes(file: str, manifest: MapManifest) -> int:
     of index structure per entry (and per IVF list), 16 KiB of metadata row per entry."""
     if file == "index.faiss":
         return (manifest.count + 1024) * (4 * manifest.dim + 1024) + MAX_SMALL_FILE
+    if file == VECTORS:
+        return manifest.count * 4 * manifest.dim
     return (manifest.count + 64) * (16 << 10)

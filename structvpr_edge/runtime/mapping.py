@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
@@ -14,6 +14,7 @@ from ..data.dataset import DEFAULT_POSITIVE_RADIUS_M, list_images, load_dataset
 from ..data.drives import DriveFrame, Skipped, read_pose_csv
 from ..data.names import parse_name
 from ..errors import ConfigError, DatasetError, MapError, ThresholdError
+from ..metrics import within
 from .edgevpr import EdgeVPR, margin_to_other_places, positive_int
 from .map import INDEX_TYPES, Place, PlaceMap, Threshold, check_writable
 from .preprocess import describe_files, read_image
@@ -66,7 +67,7 @@ def open_target(vpr: EdgeVPR, out: str | Path | None, index_type: str, append: b
     if out is None:
         raise MapError("append needs the map folder to add to")
     place_map = PlaceMap.load(out)
-    place_map.check_compatible(vpr.info.layout.hash(), vpr.model_sha256)
+    place_map.check_compatible(vpr.info.layout.hash(), vpr.model_sha256, vpr.weights_sha256)
     if place_map.manifest.frame_id != frame_id:
         raise MapError(f"the map in {out} holds places in frame {place_map.manifest.frame_id or 'unknown'!r}, "
                        f"these are in {frame_id or 'unknown'!r}: positions of two frames cannot share a map")
@@ -75,7 +76,7 @@ def open_target(vpr: EdgeVPR, out: str | Path | None, index_type: str, append: b
 
 def new_map(vpr: EdgeVPR, index_type: str, count: int, frame_id: str) -> PlaceMap:
     place_map = PlaceMap(vpr.info.layout.dim, vpr.info.layout.hash(), vpr.model_sha256, index_type, expected_size=count)
-    place_map.manifest.frame_id = frame_id
+    place_map.manifest.frame_id, place_map.manifest.weights_sha256 = frame_id, vpr.weights_sha256
     return place_map
 
 
@@ -88,10 +89,12 @@ def finish_map(place_map: PlaceMap, descriptors: np.ndarray, places: list[Place]
 
 
 def build_map(vpr: EdgeVPR, source: str | Path, out: str | Path | None = None, index_type: str = "auto", append: bool = False, split: str = "test",
-              poses: str | Path | None = None, min_spacing_m: float = 0.0, skipped: Skipped | None = None) -> PlaceMap:
+              poses: str | Path | None = None, min_spacing_m: float = 0.0, skipped: Skipped | None = None,
+              describe: Callable[[list[Path]], np.ndarray] | None = None) -> PlaceMap:
     """Describe every reference image and store it with its pose; ``append`` adds to an existing map.
     ``poses``: a pose CSV for the images in the folder ``source`` (data/drives.py), instead of
-    poses in their names; its rows closer than ``min_spacing_m`` to the last kept are ``skipped``."""
+    poses in their names; its rows closer than ``min_spacing_m`` to the last kept are ``skipped``.
+    ``describe``: paths to descriptors, by default ``vpr`` in this process (cluster.ray_describer on Ray)."""
     root = Path(source)
     if poses is None:
         existing, frame_id = open_target(vpr, out, index_type, append), ""
@@ -111,7 +114,8 @@ def build_map(vpr: EdgeVPR, source: str | Path, out: str | Path | None = None, i
             return existing
         paths, places = [paths[i] for i in new], [places[i] for i in new]
     place_map = existing if existing is not None else new_map(vpr, index_type, len(paths), frame_id)
-    return finish_map(place_map, describe_paths(vpr, paths, desc="map"), places, out)
+    descriptors = describe(paths) if describe is not None else describe_paths(vpr, paths, desc="map")
+    return finish_map(place_map, descriptors, places, out)
 
 
 def describe_frames(vpr: EdgeVPR, frames: Iterable[DriveFrame], batch_size: int = 16, total: int | None = None) -> tuple[np.ndarray, list[DriveFrame]]:
@@ -200,7 +204,7 @@ def calibrate_threshold(vpr: EdgeVPR, map_dir: str | Path, val: str | Path, prec
     descriptors = describe_paths(vpr, frames_paths, desc="queries")
     scores, rows = place_map.search(descriptors, max(vpr.top_k, 10))
     top = place_map.poses[rows[:, 0], :2]
-    correct = np.linalg.norm(top - dataset.queries.utm, axis=1) <= radius
+    correct = within(top, dataset.queries.utm, radius)
     margins = np.array([margin_to_other_places(s, r, place_map.poses) for s, r in zip(scores, rows)])
     threshold = threshold_for_precision(scores[:, 0], margins, correct, precision)
     place_map.set_threshold(threshold)

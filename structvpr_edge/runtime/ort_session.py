@@ -28,18 +28,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifacts import cache_folder
 from ..errors import BackendError, ConfigError, ModelError
 from ..files import open_regular
 from ..modelinfo import sha256_file
 from ..safety import check_onnx
-from .profiling import cpu_name
+from .hardware import cpu_name
 
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 AUTO = "auto"
 MAX_THREADS = 1024  # beyond this a thread count is a typo (ONNX Runtime fails deep inside on 2**40)
 CACHE_BYTES = 1 << 20  # the threading cache holds CACHE_ENTRIES small entries
 SPINNING = "session.intra_op.allow_spinning"
-CACHE_ENV = "STRUCTVPR_EDGE_CACHE"  # folder of the threading cache (default: the user cache dir)
 CACHE_FORMAT = "structvpr-edge/threads/1"
 CACHE_ENTRIES = 64  # models x machines kept; the oldest go first
 CANDIDATE = re.compile(r"[1-9]\d*/(spin|nospin)")  # a timing's key: threads/spinning
@@ -159,8 +159,7 @@ class ThreadCache:
 
     def __init__(self, path: Path | None = None, entries: int = CACHE_ENTRIES) -> None:
         if path is None:
-            folder = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "structvpr-edge"
-            path = Path(folder) / "threads.json"
+            path = cache_folder() / "threads.json"
         self.path, self.entries = Path(path), entries
 
     def _read(self) -> dict[str, dict]:

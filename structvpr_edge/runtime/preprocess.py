@@ -79,7 +79,7 @@ class Preprocessor:
         if shape not in self.halvings:
             if shape[0] < self.info.height or shape[1] < self.info.width:  # once per new size, off the per-frame path
                 warnings.warn(f"{shape[1]}x{shape[0]} frames are enlarged to the model's {self.info.width}x{self.info.height} input; "
-                              "it never saw enlarged images in training (on the 160x120 corridor: docs/RESULTS.md, issue 9, session 8)",
+                              "it never saw enlarged images in training, and enlarged frames lose Recall (the real corridor, docs/RESULTS.md)",
                               UpscaleWarning, stacklevel=3)
             buffers, (h, w) = [], shape
             while h % (2 * self.info.height) == 0 and w % (2 * self.info.width) == 0:

@@ -1,14 +1,20 @@
-"""Training configuration: dataclass defaults, merged with a user's YAML (unknown keys are errors)."""
+"""Training configuration: dataclass defaults, merged with a user's YAML or a checkpoint's stored
+config (unknown keys are errors; an older form is converted, with an :class:`OldConfigWarning`)."""
 from __future__ import annotations
 
+import copy
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..artifacts import CHECKPOINT_SUFFIX
 from ..errors import ConfigError
+from ..models.checkpoint import load_checkpoint
+from ..models.efficientnet_lite import trunk_hw
 from ..models.global_student import GlobalStudentConfig
 from ..models.student import StudentConfig
 from ..models.teacher import TeacherConfig
@@ -16,6 +22,13 @@ from .losses import MultiSimilarityConfig
 from .weights import SampleWeightConfig
 
 MODES = ("teacher", "baseline", "structvpr", "structvpr++")
+# 2: distill.weight multiplies the plain KL (version 1 multiplied tau^2 KL), the teacher has its
+# own switch (distill.enabled; version 1 used weight 0), global_student.feature_hw is derived.
+CONFIG_VERSION = 2
+
+
+class OldConfigWarning(FutureWarning):
+    """A config of an older version was converted on reading (a FutureWarning: shown by default)."""
 
 
 @dataclass(frozen=True)
@@ -29,9 +42,9 @@ class Recipe:
     distill: bool
 
 
-def recipe(mode: str, distill_weight: float) -> Recipe:
-    """``distill_weight`` 0 switches the teacher off: no teacher is loaded (the ``student-nokd`` row)."""
-    distill = mode in ("structvpr", "structvpr++") and distill_weight > 0
+def recipe(mode: str, teacher: bool) -> Recipe:
+    """``teacher`` (``distill.enabled``) False: a distilling mode loads no teacher (the ``student-nokd`` row)."""
+    distill = mode in ("structvpr", "structvpr++") and teacher
     if mode == "teacher":
         return Recipe("teacher", rgb=False, labels=True, mask_loss=False, distill=False)
     if mode == "structvpr++":
@@ -59,14 +72,15 @@ class OptimConfig:
 
 @dataclass
 class DistillConfig:
-    # Chosen on val (docs/RESULTS.md, issue 9): tau^2 scales KD by 0.01, so at 1 its gradient is
-    # ~1 % of the metric loss's and the teacher changes nothing. 0: teacher off (student-nokd).
-    weight: float = 100.0
+    enabled: bool = True  # False: no teacher in the distilling modes (the student-nokd row)
+    # The weight of the relational KD (a KL divergence), chosen on val (docs/history/2026-11-26-to-12-04-results-log.md, issue 9):
+    # 100 tau^2 in config version 1; at a tenth of it the teacher changed nothing measurable.
+    weight: float = 1.0
     temperature: float = 0.1
     per_group: bool = True  # also match each label group's similarity structure (the "label split")
     group_weight: float = 1.0
-    # Tried on val for a stronger signal (issue 9, train/distill.py); 0 = off. Each is added to
-    # the per-anchor KD before the sample weights, outside ``weight`` (which undoes tau^2 only).
+    # Tried on val for a stronger signal (issue 9, train/distill.py); 0 = off. Each is a term of
+    # its own beside the relational one, with the same sample weights and schedule.
     feature_weight: float = 0.0  # cosine of projected sub-descriptors to the teacher's
     similarity_weight: float = 0.0  # squared error of the aligned similarities
     negative_weight: float = 0.0  # teacher-ranked hard negatives, teacher's margin
@@ -74,6 +88,20 @@ class DistillConfig:
     # steps, so the student's masks and metric space form before the teacher pulls; 0 = full from step 0.
     warmup_steps: int = 0
     samples: SampleWeightConfig = field(default_factory=SampleWeightConfig)
+
+    def validate(self, distils: bool) -> None:
+        """``distils``: the mode loads the teacher, so some term must use it."""
+        if self.samples.memory_batches < 0:
+            raise ConfigError(f"distill.samples.memory_batches must be >= 0, got {self.samples.memory_batches}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"distill.warmup_steps must be >= 0, got {self.warmup_steps}")
+        extra = (self.feature_weight, self.similarity_weight, self.negative_weight)
+        if not all(w >= 0 for w in extra):
+            raise ConfigError(f"distill.feature_weight, similarity_weight and negative_weight must be >= 0, got {extra}")
+        if not self.weight >= 0 or not self.temperature > 0:
+            raise ConfigError(f"distill.weight must be >= 0 and distill.temperature > 0, got {self.weight}, {self.temperature}")
+        if distils and not any(w > 0 for w in (self.weight, *extra)):
+            raise ConfigError("the teacher is on but every distillation weight is 0: set distill.enabled=false to train without it")
 
 
 @dataclass
@@ -92,6 +120,7 @@ class RealConfig:
 
 @dataclass
 class TrainConfig:
+    config_version: int = CONFIG_VERSION
     mode: str = "structvpr++"
     dataset: str = "data/synthcity-bench"
     val_split: str = "val"
@@ -110,22 +139,24 @@ class TrainConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     real: RealConfig = field(default_factory=RealConfig)
 
+    def __post_init__(self) -> None:
+        """MixVPR's token mixing is sized for the backbone's features: derived, never set by hand."""
+        size = self.image_size
+        if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+            raise ConfigError(f"image_size must be [width, height] in pixels, got {size!r}")
+        hw = trunk_hw(tuple(size), self.global_student.backbone_stride)
+        self.global_student = dataclasses.replace(self.global_student, feature_hw=hw)
+
     def validate(self) -> "TrainConfig":
+        if self.config_version != CONFIG_VERSION:
+            raise ConfigError(f"config_version must be {CONFIG_VERSION} here (older files are converted on reading), got {self.config_version!r}")
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.optim.loss not in ("multi_similarity", "triplet"):
             raise ConfigError(f"optim.loss must be multi_similarity or triplet, got {self.optim.loss!r}")
-        if self.distill.samples.memory_batches < 0:
-            raise ConfigError(f"distill.samples.memory_batches must be >= 0, got {self.distill.samples.memory_batches}")
-        if self.distill.warmup_steps < 0:
-            raise ConfigError(f"distill.warmup_steps must be >= 0, got {self.distill.warmup_steps}")
         if self.optim.steps < 1 or self.teacher_optim.steps < 1:
             raise ConfigError(f"optim.steps and teacher_optim.steps must be >= 1, got {self.optim.steps}, {self.teacher_optim.steps}")
-        extra = (self.distill.feature_weight, self.distill.similarity_weight, self.distill.negative_weight)
-        if not all(w >= 0 for w in extra):
-            raise ConfigError(f"distill.feature_weight, similarity_weight and negative_weight must be >= 0, got {extra}")
-        if not self.distill.weight >= 0 or not self.distill.temperature > 0:
-            raise ConfigError(f"distill.weight must be >= 0 and distill.temperature > 0, got {self.distill.weight}, {self.distill.temperature}")
+        self.distill.validate(recipe(self.mode, self.distill.enabled).distill)
         if self.real.root is not None and not 0 < self.real.places_per_batch < self.optim.places_per_batch:
             raise ConfigError(f"real.places_per_batch must be in 1..optim.places_per_batch - 1, got {self.real.places_per_batch}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -173,19 +204,65 @@ def dotted_overrides(assignments: list[str]) -> dict:
     return result
 
 
+def upgrade(raw: dict, where: str) -> dict:
+    """``raw`` in the current form. A file without ``config_version`` is of version 1 (every YAML
+    and checkpoint written before it existed): its relational KD weight multiplied tau^2 KL (the
+    default 100 stood for 1), a weight of 0 switched the teacher off, and ``feature_hw`` was set
+    by hand. Each converted value is named in one :class:`OldConfigWarning`."""
+    version = raw.get("config_version", 1) if isinstance(raw, dict) else CONFIG_VERSION  # not a mapping: merge says so
+    if version == CONFIG_VERSION:
+        return raw
+    if version != 1:
+        raise ConfigError(f"{where}: unknown config_version {version!r}; this structvpr-edge reads 1 and {CONFIG_VERSION}")
+    raw = copy.deepcopy(raw) | {"config_version": CONFIG_VERSION}
+    notes = []
+    distill = raw.get("distill")
+    if isinstance(distill, dict) and ("weight" in distill or "temperature" in distill):
+        weight, temperature = distill.get("weight", 100.0), distill.get("temperature", DistillConfig.temperature)
+        if weight == 0:
+            del distill["weight"]
+            distill["enabled"] = False
+            notes.append("distill.weight 0 -> distill.enabled false")
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (weight, temperature)):  # else merge names the bad type
+            distill["weight"] = float(f"{weight * temperature * temperature:.12g}")
+            notes.append(f"distill.weight {weight} -> {distill['weight']} (tau^2 = {temperature}^2 folded in)")
+    global_student = raw.get("global_student")
+    if isinstance(global_student, dict) and global_student.pop("feature_hw", None) is not None:
+        notes.append("global_student.feature_hw dropped (derived from image_size)")
+    if notes:
+        warnings.warn(f"{where} is a config of version 1, read as version {CONFIG_VERSION}: {'; '.join(notes)}. "
+                      f"Write config_version: {CONFIG_VERSION} in a file of the new form (docs/method.md, Training)", OldConfigWarning, stacklevel=3)
+    return raw
+
+
+def read_config_file(path: Path) -> dict:
+    """A YAML file's mapping, or the config a checkpoint (``.pt``) was trained with."""
+    if not path.exists():
+        raise ConfigError(f"config file {path} not found")
+    if path.suffix == CHECKPOINT_SUFFIX:
+        return load_checkpoint(path)[1]["train_config"]
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _apply(config: TrainConfig, raw: dict, where: str) -> TrainConfig:
+    if isinstance(raw, dict) and "feature_hw" in (raw.get("global_student") or {}):
+        raise ConfigError(f"{where}: global_student.feature_hw is derived from image_size and global_student.backbone_stride; remove it")
+    return merge(config, raw)
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Defaults <- YAML file <- overrides."""
+    """Defaults <- YAML file or checkpoint (older versions converted) <- overrides (current version)."""
     config = TrainConfig()
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} not found")
-        config = merge(config, yaml.safe_load(path.read_text()) or {})
+        config = _apply(config, upgrade(read_config_file(Path(path)), str(path)), str(path))
     if overrides:
-        config = merge(config, overrides)
+        config = _apply(config, overrides, "overrides")
     return config.validate()
 
 
 def config_to_dict(config: TrainConfig) -> dict:
-    return dataclasses.asdict(config)
+    """What a checkpoint stores: what a user may set, so it reads back as the same config."""
+    raw = dataclasses.asdict(config)
+    del raw["global_student"]["feature_hw"]
+    return raw
 

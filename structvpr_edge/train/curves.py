@@ -12,27 +12,37 @@ def plot_training_curves(log_path: Path, out_png: Path) -> Path:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
-    steps = [r for r in rows if "loss" in r]
-    vals = [r for r in rows if "val_recall@1" in r]
-    shares = [r for r in rows if "group_shares" in r]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), dpi=100)
-    for key in ("loss", "metric", "mask", "distill"):
-        points = [(r["step"], r[key]) for r in steps if key in r]
-        if points:
-            axes[0].plot(*zip(*points), label=key)
-    axes[0].set(title="losses", xlabel="step")
-    axes[0].legend()
-    if vals:
-        axes[1].plot([r["step"] for r in vals], [100 * r["val_recall@1"] for r in vals], marker="o")
-    axes[1].set(title="validation Recall@1 (%)", xlabel="step", ylim=(0, 100))
-    if shares:
-        for group in shares[0]["group_shares"]:
-            axes[2].plot([r["epoch"] for r in shares], [r["group_shares"][group] for r in shares], label=group)
-        axes[2].legend(fontsize=7)
-    axes[2].set(title="distillation sample groups (share)", xlabel="epoch")
+    _losses(axes[0], [r for r in rows if "loss" in r])
+    _recall(axes[1], [r for r in rows if "val_recall@1" in r])
+    _shares(axes[2], [r for r in rows if "group_shares" in r])
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_png)
     plt.close(fig)
     return Path(out_png)
+
+
+def _losses(ax, steps: list[dict]) -> None:
+    """The total and each part of the objective (train/objective.py)."""
+    for key in ("loss", "metric", "mask", "distill"):
+        points = [(r["step"], r[key]) for r in steps if key in r]
+        if points:
+            ax.plot(*zip(*points), label=key)
+    ax.set(title="losses", xlabel="step")
+    ax.legend()
+
+
+def _recall(ax, vals: list[dict]) -> None:
+    if vals:
+        ax.plot([r["step"] for r in vals], [100 * r["val_recall@1"] for r in vals], marker="o")
+    ax.set(title="validation Recall@1 (%)", xlabel="step", ylim=(0, 100))
+
+
+def _shares(ax, shares: list[dict]) -> None:
+    if shares:
+        for group in shares[0]["group_shares"]:
+            ax.plot([r["epoch"] for r in shares], [r["group_shares"][group] for r in shares], label=group)
+        ax.legend(fontsize=7)
+    ax.set(title="distillation sample groups (share)", xlabel="epoch")

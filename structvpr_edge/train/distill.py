@@ -5,7 +5,7 @@ descriptor, and (label split) of each label group's aligned term, matched to the
 Issue 9 asked what the field uses when relational KD is weak; three such terms are here, each
 with its own weight in ``DistillConfig`` (0 = off, the dataclass default; the StructVPR++ configs
 switch the teacher-ranked negatives on, the one that won on val), each (B,) so sample weights
-apply to it as to the relational term:
+apply to it as to the relational term. Their weights and schedule are in ``objective.py``:
 
 - ``feature``: the student's global and per-group sub-descriptors, through a learned linear map
   (:class:`FeatureProjector`, dropped after training), must point where the teacher's do
@@ -104,15 +104,3 @@ def teacher_ranked_negatives(parts: AlignedOutput, teacher: AlignedOutput, place
     has_pair = trusted.any(dim=1, keepdim=True)
     return torch.where(has_pair, F.relu(teacher_gap - student_gap), 0).squeeze(1)
 
-
-def extra_terms(parts: AlignedOutput, teacher: AlignedOutput, places: torch.Tensor, projector: FeatureProjector | None,
-                distill: DistillConfig) -> torch.Tensor | None:
-    """(B,) weighted sum of the non-relational terms switched on; None when all are off."""
-    terms = []
-    if distill.feature_weight > 0:
-        terms.append(distill.feature_weight * feature_kd(projector(parts), teacher))
-    if distill.similarity_weight > 0:
-        terms.append(distill.similarity_weight * similarity_kd(parts, teacher))
-    if distill.negative_weight > 0:
-        terms.append(distill.negative_weight * teacher_ranked_negatives(parts, teacher, places))
-    return torch.stack(terms).sum(dim=0) if terms else None

@@ -61,12 +61,13 @@ def relational_kd(student_sim: torch.Tensor, teacher_sim: torch.Tensor, temperat
     """Per-anchor KL(teacher || student) between softened in-batch similarity distributions.
 
     Teacher and student live in different spaces; only their similarity structures are compared.
-    Returns (B,) so each anchor can carry its own sample weight.
+    Returns (B,) so each anchor can carry its own sample weight. No tau^2 factor (Hinton's, to keep
+    the gradient's size across temperatures): ``distill.weight`` alone scales the term.
     """
     log_p_teacher = off_diagonal_log_softmax(teacher_sim, temperature)
     log_p_student = off_diagonal_log_softmax(student_sim, temperature)
     terms = log_p_teacher.exp() * (log_p_teacher - log_p_student)
-    return torch.nan_to_num(terms, nan=0.0).sum(dim=1) * temperature**2
+    return torch.nan_to_num(terms, nan=0.0).sum(dim=1)
 
 
 def mask_loss(mask_logits: torch.Tensor, target_fractions: torch.Tensor) -> torch.Tensor:

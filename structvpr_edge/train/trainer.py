@@ -5,11 +5,13 @@ Stage ``student``: an RGB student learns with the metric loss; in the ``structvp
 ``structvpr++`` modes it is also distilled from the frozen teacher, sample by sample weighted by
 how reliable the teacher is (see weights.py); ``structvpr++`` adds the mask loss and
 per-group distillation. ``baseline`` is the metric loss alone. What each mode uses is read from
-one :class:`~.config.Recipe`.
+one :class:`~.config.Recipe`; the loss terms, their weights and schedules from one table
+(``objective.py``).
 Runs on CPU, or CUDA with bfloat16 autocast; ``torchrun`` gives distributed data parallel.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -29,14 +31,14 @@ from ..data.dataset import load_dataset
 from ..data.places import place_groups
 from ..data.real_frames import FrameViews, real_places
 from ..errors import ConfigError, DatasetError
-from ..eval.recall import recall_at_n, retrieve
+from ..metrics import recall_at_n, retrieve
 from ..models.checkpoint import build_model, load_checkpoint, load_resume_state, save_checkpoint, save_resume_state
 from .config import OptimConfig, TrainConfig, config_to_dict, recipe
 from .curves import plot_training_curves
 from .data import MixedPlaceSampler, PlaceBatchSampler, RowStack, fraction_array, frozen_feature_array, to_model_input
-from .distill import FeatureProjector, extra_terms, relational_terms
-from .losses import mask_loss, multi_similarity_loss, triplet_margin_loss
-from .weights import GROUPS, Keys, RankMemory, group_weights, sample_groups
+from .distill import FeatureProjector
+from .objective import Batch, objective, part_values
+from .weights import GROUPS, Keys, RankMemory, sample_groups
 
 
 @dataclass
@@ -114,13 +116,43 @@ def make_optimizer(model: nn.Module, optim: OptimConfig, extra: nn.Module | None
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
+class RunLog:
+    """``log.jsonl`` (main rank only; ``path`` None elsewhere): step records, validations, and the
+    share of each sample group over every epoch, written when the next epoch begins."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.file = path.open("a") if path is not None else None
+        self.shares: Counter = Counter()
+        self.current_epoch: int | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.file is not None
+
+    def write(self, row: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+
+    def epoch(self, epoch: int, step: int) -> None:
+        if self.current_epoch is not None and epoch != self.current_epoch and self.shares and self.open:
+            total = sum(self.shares.values())
+            self.write({"epoch": self.current_epoch, "step": step, "group_shares": {g: self.shares[g] / total for g in GROUPS}})
+            self.shares.clear()
+        self.current_epoch = epoch
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
 class Stage:
     """One training stage: its data, model, losses, validation, logs and checkpoints."""
 
     def __init__(self, config: TrainConfig, stage: str, out: Path, ctx: Context, teacher_path: Path | None) -> None:
         self.config, self.stage, self.out, self.ctx = config, stage, out, ctx
         self.mode = "teacher" if stage == "teacher" else config.mode
-        self.recipe = recipe(self.mode, config.distill.weight)
+        self.recipe = recipe(self.mode, config.distill.enabled)
         self.optim = config.teacher_optim if stage == "teacher" else config.optim
         torch.manual_seed(config.seed)
         self.model = self._build_model()
@@ -138,10 +170,11 @@ class Stage:
         from_frozen = self.recipe.rgb and self.model.backbone.frozen_blocks > 0
         self.parts = PartsModule(self.model, from_frozen)
         self.memory = RankMemory(config.distill.samples.memory_batches)
+        self.terms = objective(config, self.recipe, self.optim, self.model, self.teacher, self.projector)
 
     def _build_model(self) -> nn.Module:
         section = {"teacher": "teacher", "structvpr++": "student", "global": "global_student"}[self.recipe.model_type]
-        conf = config_to_dict(self.config)[section]
+        conf = dataclasses.asdict(getattr(self.config, section))
         return build_model(self.recipe.model_type, conf, imagenet=conf.get("imagenet", False)).to(self.ctx.device)
 
     def _load_teacher(self, path: Path | None) -> nn.Module:
@@ -206,40 +239,24 @@ class Stage:
     def fraction_tensor(self, fractions: np.ndarray, indices: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(fractions[indices]).astype(np.float32) / 255).to(self.ctx.device)
 
-    def metric_loss(self, descriptors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.optim.loss == "triplet":
-            return triplet_margin_loss(descriptors, labels, self.optim.triplet_margin)
-        return multi_similarity_loss(descriptors, labels, self.optim.multi_similarity)
-
-    def mask_weight(self, step: int) -> float:
-        weight = self.config.mask_loss_weight if self.recipe.mask_loss else 0.0
-        return weight * (1 - step / self.optim.steps) if self.config.mask_loss_decay else weight
-
-    def distill_scale(self, step: int) -> float:
-        warmup = self.config.distill.warmup_steps
-        return min(1.0, step / warmup) if warmup > 0 else 1.0
+    def batch(self, net: nn.Module, indices: np.ndarray, labels: torch.Tensor) -> Batch:
+        """The model's outputs on the batch, and with a teacher its outputs and the anchors' sample
+        groups, ranked against the rank memory (which then remembers this batch)."""
+        fractions = self.fraction_tensor(self.fractions, indices) if self.recipe.mask_loss or self.teacher is not None else None
+        batch = Batch(net(self.model_input(self.inputs, self.fractions, indices)), labels, fractions)
+        if self.teacher is not None:
+            with torch.no_grad():
+                batch.teacher = self.teacher.forward_parts(fractions)
+            keys = Keys(batch.teacher.descriptor.float(), batch.parts.descriptor.float(), labels, torch.from_numpy(indices).to(labels.device))
+            batch.sample_groups = sample_groups(keys, self.memory.keys(keys), self.config.distill.samples)
+            self.memory.push(keys)
+        return batch
 
     def losses(self, net: nn.Module, indices: np.ndarray, labels: torch.Tensor, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """The weighted loss terms (their sum is minimised) and the sample groups of this batch
-        (None without a teacher)."""
-        parts = net(self.model_input(self.inputs, self.fractions, indices))
-        terms = {"metric": self.metric_loss(parts.descriptor.float(), labels)}
-        sample_group = None
-        mask_weight = self.mask_weight(step)
-        if mask_weight > 0:
-            terms["mask"] = mask_weight * mask_loss(parts.mask_logits.float(), self.fraction_tensor(self.fractions, indices))
-        if self.teacher is not None:
-            distill = self.config.distill
-            with torch.no_grad():
-                teacher = self.teacher.forward_parts(self.fraction_tensor(self.fractions, indices))
-            batch = Keys(teacher.descriptor.float(), parts.descriptor.float(), labels, torch.from_numpy(indices).to(labels.device))
-            sample_group = sample_groups(batch, self.memory.keys(batch), distill.samples)
-            self.memory.push(batch)
-            kd = distill.weight * relational_terms(parts, teacher, self.model, self.teacher, distill)
-            extra = extra_terms(parts, teacher, labels, self.projector, distill)
-            kd = kd if extra is None else kd + extra
-            terms["distill"] = self.distill_scale(step) * (group_weights(sample_group, distill.samples) * kd).mean()
-        return terms, sample_group
+        """Each part of the objective on this batch (their sum is minimised) and the batch's sample
+        groups (None without a teacher)."""
+        batch = self.batch(net, indices, labels)
+        return part_values(self.terms, batch, step), batch.sample_groups
 
     @torch.no_grad()
     def validate(self) -> float | None:
@@ -258,87 +275,99 @@ class Stage:
         return recall_at_n(predictions, val.positives, (1,))["1"]
 
     def run(self, resume: bool) -> Path:
-        ctx, optim, out = self.ctx, self.optim, self.out
-        out.mkdir(parents=True, exist_ok=True)
-        optimizer, scheduler = make_optimizer(self.model, optim, self.projector)
-        start = 0
-        last = out / "last.pt"
-        if resume and last.exists():
-            state = load_resume_state(last)
-            self.model.load_state_dict(state["state_dict"])
-            if self.projector is not None:
-                self.projector.load_state_dict(state["projector"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start = state["step"]
-        net: nn.Module = self.parts
-        if ctx.world > 1:
-            net = nn.parallel.DistributedDataParallel(self.parts, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-        sampler = self.sampler()
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else nullcontext()
-        log = (out / "log.jsonl").open("a") if ctx.is_main else None
-        shares: Counter = Counter()
-        current_epoch, began = None, time.time()
-        self.model.train()
-        batches = iter(sampler)
+        """Train from step 0, or from ``last.pt`` with ``resume``; returns the final ``model.pt``."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        optimizer, scheduler = make_optimizer(self.model, self.optim, self.projector)
+        start = self._resume(optimizer, scheduler) if resume and (self.out / "last.pt").exists() else 0
+        net = self._distributed()
+        log = RunLog(self.out / "log.jsonl" if self.ctx.is_main else None)
+        batches = iter(self.sampler())
         for _ in range(start):  # a resumed run continues the same batch sequence
             next(batches)
-        step = start - 1  # a finished run resumed trains no step
-        progress = tqdm(range(start, optim.steps), desc=f"{self.stage} ({self.mode})", disable=not ctx.is_main, initial=start, total=optim.steps)
+        self.model.train()
+        began, step = time.time(), start - 1  # a finished run resumed trains no step
+        progress = tqdm(range(start, self.optim.steps), desc=f"{self.stage} ({self.mode})", disable=not self.ctx.is_main,
+                        initial=start, total=self.optim.steps)
         for step in progress:
             epoch, indices, place_labels = next(batches)
-            if current_epoch is not None and epoch != current_epoch and shares and log:
-                total = sum(shares.values())
-                log.write(json.dumps({"epoch": current_epoch, "step": step, "group_shares": {g: shares[g] / total for g in GROUPS}}) + "\n")
-                shares.clear()
-            current_epoch = epoch
-            labels = torch.from_numpy(place_labels).to(ctx.device)
-            with autocast:
-                terms, sample_group = self.losses(net, indices, labels, step)
-            loss = sum(terms.values())
-            logging = log is not None and (step % optim.log_every == 0 or step == optim.steps - 1)
-            record = {name: term.item() for name, term in terms.items()} | {"loss": loss.item()}
-            ratio = gradient_ratio(terms["distill"], terms["metric"], self.model) if logging and "distill" in terms else None
+            log.epoch(epoch, step)
+            record = self._train_step(net, optimizer, scheduler, indices, torch.from_numpy(place_labels).to(self.ctx.device), step, log)
+            elapsed = time.time() - began
+            if record is not None:
+                log.write({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], "time_s": round(elapsed, 1), **record})
+                progress.set_postfix(loss=f"{record['loss']:.3f}")
+            out_of_time = self.optim.time_budget_min is not None and elapsed > self.optim.time_budget_min * 60
+            self._validate_and_save(step, step == self.optim.steps - 1 or out_of_time, optimizer, scheduler, log)
+            if out_of_time:
+                log.write({"step": step, "stopped": "time budget", "time_s": round(elapsed, 1)})
+                break
+        return self._finish(step, log)
+
+    def _resume(self, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR) -> int:
+        """Weights, projector, optimizer and scheduler from ``last.pt``; the step to go on from."""
+        state = load_resume_state(self.out / "last.pt")
+        self.model.load_state_dict(state["state_dict"])
+        if self.projector is not None:
+            self.projector.load_state_dict(state["projector"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        return state["step"]
+
+    def _distributed(self) -> nn.Module:
+        if self.ctx.world == 1:
+            return self.parts
+        return nn.parallel.DistributedDataParallel(self.parts, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None)
+
+    def _train_step(self, net: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                    indices: np.ndarray, labels: torch.Tensor, step: int, log: RunLog) -> dict | None:
+        """One optimiser step; the step's record for the log on a logged step, else None."""
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.ctx.device.type == "cuda" else nullcontext()
+        with autocast:
+            parts, sample_group = self.losses(net, indices, labels, step)
+        loss = sum(parts.values())
+        record = None
+        if log.open and (step % self.optim.log_every == 0 or step == self.optim.steps - 1):
+            record = {name: value.item() for name, value in parts.items()} | {"loss": loss.item()}
+            ratio = gradient_ratio(parts["distill"], parts["metric"], self.model) if "distill" in parts else None
             if ratio is not None:
                 record["kd_grad_ratio"] = ratio
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if sample_group is not None:
-                shares.update(GROUPS[g] for g in sample_group.tolist())
-            elapsed = time.time() - began
-            if logging:
-                log.write(json.dumps({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], "time_s": round(elapsed, 1), **record}) + "\n")
-                log.flush()
-                progress.set_postfix(loss=f"{record['loss']:.3f}")
-            out_of_time = optim.time_budget_min is not None and elapsed > optim.time_budget_min * 60
-            done = step == optim.steps - 1 or out_of_time
-            if ctx.is_main and ((step + 1) % optim.val_every == 0 or done):
-                recall = self.validate()
-                if recall is not None:
-                    log.write(json.dumps({"step": step, "val_recall@1": recall}) + "\n")
-                    log.flush()
-            if ctx.is_main and ((step + 1) % optim.checkpoint_every == 0 or done):
-                projector = {"projector": self.projector.state_dict()} if self.projector is not None else {}
-                save_resume_state(last, {"state_dict": self.model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step + 1, **projector})
-            if out_of_time:
-                if log:
-                    log.write(json.dumps({"step": step, "stopped": "time budget", "time_s": round(elapsed, 1)}) + "\n")
-                break
-        final = out / "model.pt"
-        if ctx.is_main:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if sample_group is not None:
+            log.shares.update(GROUPS[g] for g in sample_group.tolist())
+        return record
+
+    def _validate_and_save(self, step: int, done: bool, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                           log: RunLog) -> None:
+        """Main rank: validation every ``val_every`` steps and at the end, ``last.pt`` every ``checkpoint_every``."""
+        if not self.ctx.is_main:
+            return
+        if (step + 1) % self.optim.val_every == 0 or done:
+            recall = self.validate()
+            if recall is not None:
+                log.write({"step": step, "val_recall@1": recall})
+        if (step + 1) % self.optim.checkpoint_every == 0 or done:
+            projector = {"projector": self.projector.state_dict()} if self.projector is not None else {}
+            save_resume_state(self.out / "last.pt", {"state_dict": self.model.state_dict(), "optimizer": optimizer.state_dict(),
+                                                     "scheduler": scheduler.state_dict(), "step": step + 1, **projector})
+
+    def _finish(self, step: int, log: RunLog) -> Path:
+        """The model, its config and the curves (main rank); every rank waits for them."""
+        final = self.out / "model.pt"
+        if self.ctx.is_main:
             log.close()
             save_checkpoint(final, self.model.cpu(), self.config.image_size, config_to_dict(self.config), {"stage": self.stage, "steps_done": step + 1})
-            plot_training_curves(out / "log.jsonl", out / "curves.png")
-        ctx.barrier()
+            plot_training_curves(self.out / "log.jsonl", self.out / "curves.png")
+        self.ctx.barrier()
         return final
 
 
 def default_stages(config: TrainConfig) -> list[str]:
     if config.mode == "teacher":
         return ["teacher"]
-    if recipe(config.mode, config.distill.weight).distill and config.teacher_checkpoint is None:
+    if recipe(config.mode, config.distill.enabled).distill and config.teacher_checkpoint is None:
         return ["teacher", "student"]
     return ["student"]
 

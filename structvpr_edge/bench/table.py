@@ -1,4 +1,4 @@
-"""The method table: every row trained with the same budget on several seeds, then read as
+"""The method table (benchmarks/method_table.py, gpu_table.py): every row trained with the same budget on several seeds, then read as
 mean +- std, val and test apart.
 
 Protocol (docs/RESULTS.md): settings and shipped models are chosen on ``val`` (the R@1 each run
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .config import dotted_overrides, load_config, recipe
+from ..train.config import dotted_overrides, load_config, recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -35,7 +35,7 @@ class Row:
     def distils(self) -> bool:
         """The trainer's own rule, on the row's config with its overrides."""
         config = load_config(CONFIGS / self.config, dotted_overrides(list(self.overrides)))
-        return recipe(config.mode, config.distill.weight).distill
+        return recipe(config.mode, config.distill.enabled).distill
 
 
 NO_WEIGHTS = "distill.samples.enabled=false"
@@ -153,12 +153,12 @@ def real_val(model: Path, corridor: Path, camvid: Path) -> dict[str, float]:
     """The real val columns: R@1 and R@5 on the corridor (real place recognition, never trained
     on), and for a StructVPR++ student the mean IoU of its masks on CamVid val (real street labels).
     A teacher reads label maps, which the corridor has not: it gets no real columns."""
-    from ..data.dataset import load_dataset  # evaluation only when asked: the table runs without it
-    from ..eval.evaluate import evaluate
-    from ..eval.masks import folder_pairs, mask_scores, summarise
-    from ..eval.models import load_extractor
-    from ..models.checkpoint import load_checkpoint
-    from ..models.student import StructVPRStudent
+    from ..data.dataset import load_dataset  # noqa: PLC0415 - evaluation only when asked: the table runs without it
+    from ..eval.evaluate import evaluate  # noqa: PLC0415
+    from ..eval.masks import folder_pairs, mask_scores, summarise  # noqa: PLC0415
+    from ..eval.models import load_extractor  # noqa: PLC0415
+    from ..models.checkpoint import load_checkpoint  # noqa: PLC0415
+    from ..models.student import StructVPRStudent  # noqa: PLC0415
 
     extractor = load_extractor(str(model))
     if extractor.input_kind != "rgb":
@@ -204,3 +204,32 @@ def summarize(results: dict[str, list[dict]], columns: list[str]) -> str:
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
+
+
+def run_figures(out: Path, seed: int, real: tuple[Path, Path] | None = None, test=None) -> dict:
+    """One finished run's figures: last val R@1 and KD gradient share, with ``real`` (corridor,
+    CamVid) the real val columns, with ``test`` (a loaded split) R@1 overall and per condition."""
+    figures = {"seed": seed, "val": last_val_recall(out), "kd_grad_ratio": median_kd_grad_ratio(out)}
+    if real is not None:
+        figures |= real_val(out / "model.pt", *real)
+    if test is not None:
+        from ..eval.evaluate import evaluate  # noqa: PLC0415
+        from ..eval.models import load_extractor  # noqa: PLC0415
+
+        report = evaluate(load_extractor(str(out / "model.pt")), test).to_json()
+        figures["test"] = report["recall"]["1"]
+        figures |= {f"test {c}": r["1"] for c, r in report["per_condition"].items()}
+    return figures
+
+
+def table_results(rows: list[Row], seeds: list[int], steps: int, teacher_steps: int, runs: Path, real: tuple[Path, Path] | None = None,
+                  test=None) -> dict[str, list[dict]]:
+    """Row name -> the figures of its finished runs; the teacher first, where a row distils from it."""
+    teacher = [ROWS["teacher"]] if any(r.distils for r in rows) and ROWS["teacher"] not in rows else []
+    results: dict[str, list[dict]] = {}
+    for row in [*teacher, *rows]:
+        for seed in seeds:
+            out = run_dir(runs, row, teacher_steps if row.name == "teacher" else steps, seed)
+            if (out / "model.pt").exists():
+                results.setdefault(row.name, []).append(run_figures(out, seed, real, test))
+    return results

@@ -1,0 +1,200 @@
+"""The logic behind benchmarks/latency.py: the artifacts to compare, the machine, ONNX Runtime's
+per-node profile, and the report of per-stage latency measured through the timing harness."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..artifacts import CPU_INT8, FORMATS
+from ..runtime.edgevpr import EdgeVPR
+from ..runtime.hardware import cpu_features, cpu_name
+from ..timing import int8_advice, measure_isolated, stage_stats
+from .rig import RunSpec, exact_agreement, synthetic_map
+
+STAGES = ("preprocess", "inference", "search", "total", "frame")  # frame: wall time of localize() (of all cameras)
+
+
+def _version(module: str) -> str | None:
+    try:
+        return getattr(importlib.import_module(module), "__version__", "unknown")
+    except ImportError:
+        return None
+
+
+def _command(*args: str) -> str | None:
+    if shutil.which(args[0]) is None:
+        return None
+    try:
+        return subprocess.run(list(args), capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def system_info() -> dict:
+    """CPU, load, GPU, library versions and, on a Jetson, the L4T release and power mode."""
+    tegra = Path("/etc/nv_tegra_release")
+    return {
+        "cpu": cpu_name(),
+        "cpu_features": cpu_features(),
+        "cores": os.cpu_count(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "gpu": _command("nvidia-smi", "--query-gpu=name", "--format=csv,noheader"),
+        "onnxruntime": _version("onnxruntime"),
+        "faiss": _version("faiss"),
+        "tensorrt": _version("tensorrt"),
+        "opencv": _version("cv2"),
+        "jetson_l4t": tegra.read_text().splitlines()[0] if tegra.exists() else None,
+        "jetson_power_mode": _command("nvpmodel", "-q"),
+    }
+
+
+def node_profile(path: str | Path, threads: int = 1, runs: int = 200) -> dict:
+    """ONNX Runtime's own profiler over ``runs`` runs (spinning off): ms per run by operator
+    type and for the slowest nodes, with their input shapes; tells unfused or badly laid-out
+    nodes from the kernels that do the work."""
+    from ..runtime.ort_session import create_session, dummy_input  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="structvpr-profile-") as tmp:
+        session = create_session(path, threads, False, ["CPUExecutionProvider"], profile_prefix=str(Path(tmp) / "profile"))
+        feed = dummy_input(session)
+        for _ in range(runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    by_op: dict[str, float] = defaultdict(float)
+    by_node: dict[str, float] = defaultdict(float)
+    nodes, shapes = defaultdict(set), {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op, name = event["args"]["op_name"], event["name"].removesuffix("_kernel_time")
+            by_op[op] += event["dur"] / 1000 / runs
+            by_node[name] += event["dur"] / 1000 / runs
+            nodes[op].add(name)
+            shapes[name] = (op, [next(iter(s.values())) for s in event["args"].get("input_type_shape", [])][:1])
+    total = sum(by_op.values())
+    return {
+        "total_ms": total,
+        "by_op": [{"op": op, "ms": ms, "nodes": len(nodes[op]), "share": ms / total} for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1])],
+        "slowest": [{"node": n, "op": shapes[n][0], "input": shapes[n][1], "ms": ms} for n, ms in sorted(by_node.items(), key=lambda kv: -kv[1])[:10]],
+    }
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """What benchmarks/latency.py compares and how (its options, parsed). ``run`` holds what every
+    configuration shares; its name, model and backend are each artifact's."""
+
+    run: RunSpec
+    models: tuple[str, ...] = ()  # ONNX files, checkpoints, shipped names or one engine; () exports structvprpp
+    precision: str = "int8"  # the default model's artifact
+    compare: bool = False  # torch eager vs ORT FP32 / FP16 / INT8 (+TensorRT)
+    work: Path = Path("engines/bench")
+    reuse: bool = False
+    images: str | None = None
+    num: int = 128
+    frames: int = 300
+    warmup: int = 30
+    profile: bool = False
+    check_exact: bool = False
+    dataset: str | None = None
+    split: str = "test"
+
+
+def prepare_artifacts(checkpoint: str, work: Path, images: str | None, num: int, threads, reuse: bool) -> tuple[dict, dict]:
+    """name -> (model, backend, precision) for torch, ORT FP32 / FP16 / INT8 (+ TensorRT engines
+    found in ``work``), and the export report (parity) when exported in this run."""
+    from ..deploy.calibration import CalibrationConfig, calibrate  # noqa: PLC0415
+
+    fp32, calibration = work / "model.onnx", work / "calibration"
+    export = {}
+    if not (reuse and fp32.exists() and (calibration / CPU_INT8).exists()):
+        from ..data.synthcity import generate_dataset  # noqa: PLC0415
+        from ..deploy.export import export_onnx  # noqa: PLC0415
+
+        report = export_onnx(checkpoint, fp32, uint8_input=True)
+        export = {"min_cosine": report.parity_min_cosine, "max_abs_diff": report.parity_max_abs_diff, "frames": report.parity_images}
+        if images is None:
+            images = work / "calibration-images"
+            if not (images / "images").exists():
+                generate_dataset(images, seed=7, preset="smoke")
+        calibrate(CalibrationConfig(model=fp32, images=images, out=calibration, num=num, threads=threads, reselect=True))
+    configs = {"torch-fp32": (checkpoint, "torch", "fp32")}
+    for tag, form in FORMATS.items():  # the ONNX Runtime artifacts, "ort-fp32", "ort-fp16", "ort-int8"
+        if form.backend == "onnxruntime":
+            precision = tag.split("-")[0]
+            configs[f"ort-{precision}"] = (str(fp32 if form.producer == "export" else calibration / form.file), "onnxruntime", precision)
+    for precision in ("fp16", "int8"):
+        engine = work / f"model.{precision}.engine"
+        if engine.exists():
+            configs[f"tensorrt-{precision}"] = (str(engine), "tensorrt", precision)
+    return configs, export
+
+
+def recall_figures(artifacts: dict, dataset: str, split: str, threads) -> dict[str, dict]:
+    """Recall@1/5 through ONNX Runtime of every ORT artifact."""
+    from ..data.dataset import load_dataset  # noqa: PLC0415
+    from ..eval.evaluate import evaluate  # noqa: PLC0415
+    from ..eval.models import deployed_extractor  # noqa: PLC0415
+
+    data = load_dataset(dataset, split=split)
+    return {name: evaluate(deployed_extractor(path, threads=threads), data).recall for name, (path, backend, _) in artifacts.items() if backend == "onnxruntime"}
+
+
+def choose_artifacts(config: LatencyConfig) -> tuple[dict, dict]:
+    """name -> (model, backend, precision) to time, and the export parity when exported in this run."""
+    if config.compare or not config.models:
+        config.work.mkdir(parents=True, exist_ok=True)
+        artifacts, export = prepare_artifacts(config.models[0] if config.models else "structvprpp", config.work, config.images, config.num,
+                                              config.run.threads, config.reuse)
+        if not config.compare:
+            wanted = f"ort-{config.precision}"
+            artifacts = {wanted: artifacts[wanted]}
+        return artifacts, export
+    return {m: (m, config.run.backend, config.precision) for m in config.models}, {}
+
+
+def time_artifacts(config: LatencyConfig, artifacts: dict) -> list[dict]:
+    """Every artifact (and, with ``cameras`` > 1, the last one on that many cameras) timed side by side."""
+    base = replace(config.run, cameras=1)
+    specs = [replace(base, name=name, model=path, backend=backend) for name, (path, backend, _) in artifacts.items()]
+    if config.run.cameras > 1:  # the last artifact (INT8 under --compare) on that many cameras
+        specs.append(replace(specs[-1], name=f"{specs[-1].name} x{config.run.cameras} cameras", cameras=config.run.cameras))
+    measured = measure_isolated(specs, config.frames, config.warmup)
+    runs = []
+    for spec in specs:
+        result = measured[spec.name]
+        stats = {stage: stage_stats(result["samples"][stage]) for stage in STAGES}
+        alone = {stage: stage_stats(result["sustained"][stage]) for stage in STAGES}
+        precision = artifacts.get(spec.name, (None, None, config.precision))[2]
+        runs.append({"name": spec.name, "precision": precision, **result["setup"], "stage_ms": stats, "sustained_ms": alone,
+                     "fps": spec.cameras * 1000 / stats["frame"]["mean"]})
+    return runs
+
+
+def latency_report(config: LatencyConfig) -> dict:
+    """The runs, the machine, INT8's verdict and what the options add (profile, exactness, recall)."""
+    artifacts, export = choose_artifacts(config)
+    runs = time_artifacts(config, artifacts)
+    report = {"runs": runs, "system": system_info(), "frames": config.frames, "export_parity": export}
+    by_name = {run["name"]: run for run in runs}
+    report["inference_p50"] = {p: by_name[f"ort-{p}"]["stage_ms"]["inference"]["p50"] for p in ("fp32", "fp16", "int8") if f"ort-{p}" in by_name}
+    report["int8_advice"] = int8_advice(report["inference_p50"])
+    if config.profile:
+        report["profile"] = {name: node_profile(artifacts[name][0]) for name in ("ort-fp32", "ort-int8") if name in artifacts}
+    if config.check_exact:
+        with EdgeVPR(runs[0]["model"], backend=runs[0]["backend"], threads=config.run.threads) as vpr:
+            place_map, vectors = synthetic_map(vpr, config.run.map_size, config.run.index, keep=True)
+            place_map.set_search_effort(nprobe=config.run.nprobe)
+            report["top1_agreement_with_exact"], report["search_ms_on_revisits"] = exact_agreement(place_map, vectors)
+    if config.dataset and config.compare:
+        report["recall"] = recall_figures(artifacts, config.dataset, config.split, config.run.threads)
+    return report

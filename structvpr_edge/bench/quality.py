@@ -1,0 +1,67 @@
+"""Label quality in the lab: a student's group masks against the label maps per query condition
+(benchmarks/mask_quality.py), and the shipped street segmenter on CamVid, graded and timed
+(benchmarks/segmenter_iou.py)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..data.dataset import load_dataset
+from ..deploy.segmenter import SIZE, Decision, label_folder
+from ..errors import DatasetError, ModelError
+from ..eval.label_iou import folder_iou
+from ..eval.masks import mask_scores, summarise
+
+
+def mask_report(dataset: str, split: str, models: list[str]) -> dict[str, dict[str, dict]]:
+    """Model -> condition ("all" first) -> overlap and per-group IoU of its masks on the split's queries."""
+    from ..models.checkpoint import load_checkpoint  # noqa: PLC0415
+    from ..models.student import StructVPRStudent  # noqa: PLC0415
+
+    queries = load_dataset(dataset, split).queries
+    if queries.label_paths is None:
+        raise DatasetError(f"{dataset}/{split} has no label maps to compare the masks with")
+    conditions = np.array(queries.column("condition") or ["all"] * len(queries))
+    report = {}
+    for name in models:
+        model, meta = load_checkpoint(name)
+        if not isinstance(model, StructVPRStudent):
+            raise ModelError(f"{name} is a {meta['model_type']} model: only StructVPR++ students predict masks")
+        scores = mask_scores(model, tuple(meta["input"]["size"]), queries.paths, queries.label_paths)
+        report[name] = {"all": summarise(scores, np.arange(len(conditions)))}
+        report[name].update({c: summarise(scores, np.flatnonzero(conditions == c)) for c in sorted(set(conditions))})
+    return report
+
+
+def segmenter_rows(camvid: Path, sizes: list[tuple[int, int]], work: Path) -> Iterator[tuple[tuple[int, int], Decision, object, float]]:
+    """(input size, decision, IoU result, s/frame) per size, then the two ablations of the shipped
+    decision at the default size; CamVid val labelled through ``label_folder``, graded by ``folder_iou``."""
+    val_images, val_labels = camvid / "images" / "val", camvid / "labels" / "val"
+    for (width, height), decision in [(size, Decision()) for size in sizes] + [(SIZE, Decision(mirror=False)), (SIZE, Decision(void=True))]:
+        out = work / f"val-{width}x{height}-mirror{int(decision.mirror)}-void{int(decision.void)}"
+        start = time.perf_counter()
+        summary = label_folder(val_images, out, size=(width, height), overwrite=True, decision=decision)
+        seconds = (time.perf_counter() - start) / summary.written  # the ONNX export (a few s) included
+        yield (width, height), decision, folder_iou(out, val_labels, label_scheme="camvid"), seconds
+
+
+def time_labels_command(camvid: Path, frames: int, work: Path) -> tuple[float, float]:
+    """Seconds of ``structvpr-edge labels`` (default segmenter and size) on ``frames`` frames made by
+    cycling CamVid train + val (links under ``work``), and the load average at the end."""
+    sources = sorted((camvid / "images" / "train").glob("*.jpg")) + sorted((camvid / "images" / "val").glob("*.jpg"))
+    folder = work / f"frames-{frames}"
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(frames):
+        link = folder / "images" / f"{i:05d}_{sources[i % len(sources)].name}"
+        if not link.exists():
+            link.symlink_to(sources[i % len(sources)].resolve())
+    command = [sys.executable, "-m", "structvpr_edge.cli", "labels", "--images", str(folder / "images"), "--out", str(folder / "labels"), "--overwrite"]
+    start = time.perf_counter()
+    subprocess.run(command, check=True)  # its progress bar shows on this terminal
+    return time.perf_counter() - start, os.getloadavg()[0]
