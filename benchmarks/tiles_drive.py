@@ -1,4 +1,4 @@
-"""A drive across tiles: the SynthCity test queries, in route order, localized with the map's
+"""A drive across tiles: the SynthCity test queries, each traversal in route order, localized with the map's
 tiles loaded around a GNSS prior (the query's true position, radius = the overlap) and with the
 whole map loaded, side by side in one run: Recall@1 of each, the most tiles held at once (index
 bytes, against two tiles' size) and every frame's latency while a tile swap was in flight.
@@ -18,6 +18,7 @@ import numpy as np
 
 from structvpr_edge import EdgeVPR
 from structvpr_edge.data.dataset import DEFAULT_POSITIVE_RADIUS_M, load_dataset
+from structvpr_edge.data.names import parse_name
 from structvpr_edge.runtime.mapping import build_map
 from structvpr_edge.runtime.preprocess import read_image
 from structvpr_edge.runtime.tiles import cut_tiles
@@ -42,7 +43,9 @@ def main() -> None:
         extent = np.ptp(whole.poses[:, :2], axis=0).max()
         size = math.ceil(extent / args.tiles)
         index = cut_tiles(whole, work / "tiles", size_m=size, overlap_m=args.overlap)
-        order = np.lexsort((queries.utm[:, 1], queries.utm[:, 0]))  # a drive sweeping east
+        # the drives: each traversal (t..) in route order (p..), as SynthCity names them
+        drive = [tuple(int(part[1:]) for part in parse_name(p).pano_id.split("_")[1:]) for p in queries.paths]
+        order = np.array(sorted(range(len(drive)), key=drive.__getitem__))
         results = {}
         for name in ("whole", "tiles"):
             east, north = queries.utm[order[0]]
@@ -60,6 +63,7 @@ def main() -> None:
                 swapping.append(name == "tiles" and vpr.tiles.worker is not None and vpr.tiles.worker.is_alive())
                 correct.append(math.hypot(found.east - queries.utm[i, 0], found.north - queries.utm[i, 1]) <= DEFAULT_POSITIVE_RADIUS_M)
             results[name] = (np.array(correct), np.array(latency), np.array(swapping), held)
+        jumps = vpr.tiles.waits
     sizes = sorted(tile_bytes(work / "tiles", [t.name]) for t in index.tiles)
     print(f"\n{len(order)} queries, {len(index.tiles)} tiles of {size} m (overlap {args.overlap:g} m), load {os.getloadavg()[0]:.1f}")
     print("| map | Recall@1 % | p50 ms | p99 ms | max ms during a swap | frames during a swap | tiles held at most |")
@@ -67,6 +71,7 @@ def main() -> None:
     for name, (correct, latency, swapping, held) in results.items():
         during = f"{latency[swapping].max():.1f}" if swapping.any() else "-"
         print(f"| {name} | {100 * correct.mean():.2f} | {np.median(latency):.1f} | {np.percentile(latency, 99):.1f} | {during} | {int(swapping.sum())} | {held or '-'} |")
+    print(f"priors that jumped beyond the loaded tiles (between traversals) and waited for their tile: {jumps}")
     print(f"largest two tiles' index bytes: {sum(sizes[-2:]) / 2**20:.1f} MB; whole map's: {tile_bytes(work, ['map']) / 2**20:.1f} MB")
 
 

@@ -50,8 +50,8 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 def version() -> str:
     """The installed package's version, or the source tree's when it is not installed."""
-    from importlib.metadata import PackageNotFoundError  # noqa: PLC0415
-    from importlib.metadata import version as installed  # noqa: PLC0415
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
 
     try:
         return installed("structvpr-edge")
@@ -95,7 +95,7 @@ def _size(text: str) -> tuple[int, int]:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 320x240, got {text!r}") from None
-    from .images import MAX_SIDE  # noqa: PLC0415 - OpenCV is imported only when a size is given
+    from .images import MAX_SIDE  # OpenCV is imported only when a size is given
 
     if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
         raise argparse.ArgumentTypeError(f"image size must be 1..{MAX_SIDE} pixels per side, got {text!r}")
@@ -191,14 +191,14 @@ RUNTIME = (model(), arg("--backend", default="auto", choices=BACKENDS,
 COMMANDS: dict[str, tuple[str, tuple, dict[str, str], Callable]] = {}  # name -> help, options, old spellings, handler
 
 
-def command(name: str, help: str, *options: tuple, renamed: dict[str, str] | None = None, needs: str = ""):
+def command(name: str, summary: str, *options: tuple, renamed: dict[str, str] | None = None, needs: str = ""):
     """Register the decorated handler as subcommand ``name``. ``renamed``: old spelling -> today's,
     still accepted (users' scripts keep working) with a warning on stderr; an old spelling that is
     itself a hidden option (a part of today's) is kept as given. ``needs``: what it needs beyond the
     edge install (torch, TensorRT), said in its one-line help."""
 
     def register(handler: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
-        COMMANDS[name] = (f"{help} [needs {needs}]" if needs else help, options, renamed or {}, handler)
+        COMMANDS[name] = (f"{summary} [needs {needs}]" if needs else summary, options, renamed or {}, handler)
         return handler
 
     return register

@@ -14,7 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -38,7 +38,8 @@ class Timed(Protocol):
 class Spec(Protocol):
     """One configuration to time (picklable: it travels to a spawned process)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...  # read-only: a frozen dataclass's field satisfies it
 
     def open(self) -> Timed: ...
 
@@ -90,7 +91,7 @@ class SessionSpec:
 
     name: str
     model: str
-    threads: int | str = "auto"
+    threads: int | str | None = "auto"  # as OrtSession takes it: None is "auto"
 
     def open(self) -> "SessionLoop":
         return SessionLoop(self)
@@ -135,7 +136,7 @@ def receive(process, conn, poll_s: float = 1.0):
     return conn.recv()
 
 
-def measure_isolated(specs: list[Spec], frames: int, warmup: int, block: int = 10, settle_s: float = 0.02) -> dict[str, dict]:
+def measure_isolated(specs: Sequence[Spec], frames: int, warmup: int, block: int = 10, settle_s: float = 0.02) -> dict[str, dict]:
     """Each spec in its own process, one process working at a time, blocks of ``block`` frames
     in rotating order with ``settle_s`` between blocks. Returns name -> {"setup", "samples"
     (stage -> ms per frame after ``warmup`` frames), "sustained" (the same for one uninterrupted

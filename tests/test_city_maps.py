@@ -9,7 +9,7 @@ from structvpr_edge import EdgeVPR
 from structvpr_edge.errors import ConfigError, MapError
 from structvpr_edge.runtime.map import EXACT_LIMIT, Place, PlaceMap, index_string
 from structvpr_edge.runtime.mapping import build_map
-from structvpr_edge.runtime.tiles import INDEX, TiledMap, cut_tiles
+from structvpr_edge.runtime.tiles import TiledMap, cut_tiles
 
 SHA = "7" * 64
 DIM = 64
@@ -91,6 +91,25 @@ def test_tiles_under_a_prior_answer_like_the_whole_map(tmp_path):
     assert set(tiles.loaded) == {"tile_1_1", "tile_2_1"}
 
 
+def test_a_prior_that_jumps_beyond_the_loaded_tiles_is_answered_from_its_own_tile(tmp_path):
+    """A move inside the overlap loads the next tile in the background; a jump (a restart, GNSS
+    reacquired far away) waits for its tile, so the very next search is not answered by tiles that
+    cannot hold the place."""
+    place_map, vectors = grid_map()
+    cut_tiles(place_map, tmp_path / "tiles", size_m=100.0, overlap_m=20.0)
+    tiles = TiledMap(tmp_path / "tiles")
+    tiles.set_prior((150.0, 150.0, 20.0), wait=True)
+    tiles.set_prior((205.0, 150.0, 20.0))  # 5 m into the next tile: the old one still holds it
+    assert tiles.waits == 0
+    if tiles.worker is not None:
+        tiles.worker.join()
+    far = np.flatnonzero(np.hypot(*(place_map.poses[:, :2] - [350.0, 350.0]).T) <= 20)
+    tiles.set_prior((350.0, 350.0, 20.0))  # no loaded tile holds places there
+    _, rows = tiles.view.search(vectors[far], 1)  # no join: the load was waited for
+    assert tiles.waits == 1 and set(tiles.loaded) == {"tile_3_3"}
+    assert [tiles.view.places[r].id for r in rows[:, 0]] == [place_map.places[i].id for i in far]
+
+
 def test_bad_tile_folders_and_priors(tmp_path):
     place_map, _ = grid_map()
     cut_tiles(place_map, tmp_path / "tiles", size_m=100.0, overlap_m=20.0)
@@ -141,7 +160,6 @@ def test_edgevpr_with_a_prior_loads_its_tiles(model, place_dataset, tmp_path):
             vpr.set_map(tmp_path / "map", prior=(0.0, 0.0, 10.0))
 
 
-ray = pytest.importorskip("ray")  # the Ray tests below need structvpr-edge[cluster]
 MARKER = "STRUCTVPR_TEST_DIE"  # a file: the worker that finds it removes it ("once") or not ("always") and dies
 
 
@@ -164,6 +182,7 @@ def dying_describer():
 
 @pytest.mark.slow
 def test_ray_build_equals_the_single_process_build_and_a_dead_worker_leaves_no_partial_map(model, place_dataset, tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray", reason="the Ray build needs structvpr-edge[cluster]")
     from structvpr_edge.cluster import RayConfig, ray_describer
 
     marker = tmp_path / "marker"

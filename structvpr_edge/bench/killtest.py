@@ -2,10 +2,13 @@
 (benchmarks/killtest.py): what a vehicle finds when it opens the map afterwards."""
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import signal
+import subprocess
 import time
+from collections.abc import Callable
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from ..errors import StructVPRError
 from ..runtime.map import Place, PlaceMap
 
 MODEL_SHA = "0" * 64  # synthetic descriptors: a stand-in model-file hash
@@ -119,4 +123,68 @@ def race_trials(directory: Path, trials: int, append: int) -> Counter:
         ids = {p.id for p in PlaceMap.load(directory).places}
         present = all(f"{tag}-{i}" in ids for tag in tags for i in range(append))
         counts["every entry present" if present else "entries lost"] += 1
+    return counts
+
+
+# Kills of the CLI writers (issue 29): `structvpr-edge export` and `structvpr-edge calibrate`.
+# What is at the output afterwards: "whole" (the previous artifact or a new one, checked whole),
+# "refused" (opening it raises our typed error, naming the file), or a failure: "loads-mixed"
+# (it opens while not whole) and "untyped-error" (it fails to open with anything else).
+CLI_OUTCOMES = ("whole", "refused", "loads-mixed", "untyped-error")
+
+
+def file_sha(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def inspect_export(out: Path, whole_sha: str) -> str:
+    """An exported ONNX is whole when it is byte-identical to an uninterrupted export's;
+    otherwise EdgeVPR must refuse it with a typed error."""
+    if file_sha(out) == whole_sha:
+        return "whole"
+    from ..runtime.edgevpr import EdgeVPR  # noqa: PLC0415 - only for the export target
+
+    try:
+        EdgeVPR(out, backend="onnxruntime")
+    except StructVPRError:
+        return "refused"
+    except Exception:  # noqa: BLE001 - any other failure to open is the outcome being counted
+        return "untyped-error"
+    return "loads-mixed"
+
+
+def inspect_kit(out: Path) -> str:
+    """A calibration kit is whole when check_kit finds every file the one its report describes."""
+    from ..deploy.calibration import check_kit  # noqa: PLC0415 - needs the deploy extras
+
+    try:
+        check_kit(out)
+    except StructVPRError:
+        return "refused"
+    except Exception:  # noqa: BLE001
+        return "untyped-error"
+    return "whole"
+
+
+def run_seconds(argv: list[str]) -> float:
+    """How long one uninterrupted run of ``argv`` takes here (the window the kills are spread over)."""
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def cli_kill_trials(name: str, argv: list[str], inspect: Callable[[], str], trials: int, window: float, seed: int = 0, progress: bool = True) -> Counter:
+    """``trials`` SIGKILLs of the command ``argv`` at uniformly random moments of ``window``
+    seconds (its measured run time); after each, ``inspect()`` classifies its output."""
+    rng = np.random.default_rng(seed)
+    counts = Counter({name: 0 for name in CLI_OUTCOMES})
+    for _ in tqdm(range(trials), desc=f"{name} kills", unit="kill", disable=not progress):
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            process.wait(rng.uniform(0, window))
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            counts["kills before the command finished"] += 1
+        counts[inspect()] += 1
     return counts

@@ -437,7 +437,7 @@ def _gate(run: _Quantizer, report: CalibrationReport, dataset: VPRDataset | None
         drop = {n: max(100 * (report.recall_fp32[n] - r[n]) for r in recall.values()) for n in report.recall_fp32}
         step = GateStep(list(report.fp32_groups), recall, drop, min(c["mean"] for c in cosine), min(c["min"] for c in cosine))
         report.gate.append(step)
-        passed = drop["1"] <= config.max_recall_drop if dataset is not None else step.cosine_mean >= config.min_cosine
+        passed = drop["1"] <= config.max_recall_drop if dataset is not None else step.cosine_mean >= config.min_cosine  # type: ignore[operator]  # set whenever val is
         if passed or not remaining:
             break
         report.fp32_groups.append(remaining.pop(0))

@@ -10,6 +10,7 @@ import copy
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,17 +40,22 @@ class FoldedStem(nn.Module):
     3-wide axis (docs/RESULTS.md, issue 13). The first conv then quantizes into one QLinearConv.
     """
 
+    neutral: torch.Tensor  # a buffer: the padding value, the normalised zero
+
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, mean: tuple, std: tuple) -> None:
         super().__init__()
         if conv.padding != (1, 1) or conv.kernel_size != (3, 3):
             raise ModelError(f"the input folding expects the 3x3 stem with padding 1, got {conv.kernel_size} padding {conv.padding}")
-        bn_scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        running_mean, running_var = bn.running_mean, bn.running_var
+        if running_mean is None or running_var is None:
+            raise ModelError("the input folding needs the stem BatchNorm's running statistics")
+        bn_scale = bn.weight / torch.sqrt(running_var + bn.eps)
         mean_t, std_t = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
         weight = conv.weight * bn_scale[:, None, None, None] / (255 * std_t)[None, :, None, None]
         neutral = 255 * mean_t - CENTRE
-        bias = bn.bias - bn.running_mean * bn_scale - (weight * neutral[None, :, None, None]).sum(dim=(1, 2, 3))
-        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, 3, conv.stride, 0, bias=True)
-        self.conv.weight.data, self.conv.bias.data = weight.flip(1), bias  # BGR pixels in
+        bias = bn.bias - running_mean * bn_scale - (weight * neutral[None, :, None, None]).sum(dim=(1, 2, 3))
+        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, 3, conv.stride, 0, bias=True)  # type: ignore[arg-type]  # the stem's own 2-d stride
+        self.conv.weight.data, self.conv.bias.data = weight.flip(1), bias  # type: ignore[union-attr]  # BGR pixels in; bias=True
         self.register_buffer("neutral", neutral.flip(0).view(1, 3, 1, 1))
 
     def forward(self, bgr: torch.Tensor) -> torch.Tensor:
@@ -68,7 +74,7 @@ class Uint8Input(nn.Module):
     def __init__(self, model: nn.Module, mean: tuple, std: tuple) -> None:
         super().__init__()
         self.model = copy.deepcopy(model)
-        backbone = self.model.backbone
+        backbone: Any = self.model.backbone  # EfficientNet-Lite0's, with _conv_stem and _bn0
         backbone._conv_stem = FoldedStem(backbone._conv_stem, backbone._bn0, mean, std)
         backbone._bn0 = nn.Identity()
 
@@ -184,7 +190,7 @@ def check_parity(model: nn.Module, onnx_path: Path, info: ModelInfo, images: lis
     import onnxruntime as ort  # noqa: PLC0415
 
     rng = np.random.default_rng(1)
-    frames = [rng.integers(0, 256, (info.height, info.width, 3), dtype=np.uint8) for _ in range(4)]
+    frames: list[np.ndarray] = [rng.integers(0, 256, (info.height, info.width, 3), dtype=np.uint8) for _ in range(4)]
     frames += [cv2.resize(im, (info.width, info.height), interpolation=cv2.INTER_AREA) for im in images]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     preprocess = Preprocessor(info)

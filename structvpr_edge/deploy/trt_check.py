@@ -155,7 +155,8 @@ def check_trt_friendly(model, max_opset: int = MAX_OPSET) -> TrtCheckReport:
         inferred = graph
     shapes = {v.name: _dims(v) for v in list(inferred.value_info) + list(inferred.input) + list(inferred.output)}
     initializers = {i.name: i for i in graph.initializer}
-    consumers, producers = {}, {}
+    consumers: dict[str, object] = {}  # tensor name -> its first consuming node
+    producers: dict[str, object] = {}  # tensor name -> its node
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, node)

@@ -55,7 +55,7 @@ class DeployedExtractor:
     """
 
     input_kind = "rgb"
-    image_size = None  # the Preprocessor resizes
+    image_size: tuple[int, int] | None = None  # the Preprocessor resizes
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], info: ModelInfo, max_batch: int, name: str,
                  image_size: tuple[int, int] | None = None) -> None:

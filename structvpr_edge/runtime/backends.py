@@ -65,7 +65,7 @@ class TorchBackend:
         from .ort_session import AUTO, parse_threads  # noqa: PLC0415
 
         threads = parse_threads(threads)
-        if threads != AUTO:  # "auto": torch's own default, every core
+        if isinstance(threads, int):  # else AUTO: torch's own default, every core
             torch.set_num_threads(threads)
         self.threading = {"threads": torch.get_num_threads(), "source": "explicit" if threads != AUTO else "torch default"}
         self.torch = torch
@@ -79,7 +79,7 @@ class TorchBackend:
             return self.model(self.torch.from_numpy(batch)).numpy()
 
     def close(self) -> None:
-        self.model = None
+        self.model = None  # type: ignore[assignment]  # released: a closed backend infers no more
 
 
 def open_backend(model: str | Path, backend: str = "auto", threads: int | str | None = "auto", max_batch: int = 1,

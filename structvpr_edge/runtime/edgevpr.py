@@ -29,7 +29,7 @@ from .map import PlaceMap
 from .ort_session import MAX_THREADS
 from .preprocess import Preprocessor, check_frame
 from .temporal import PlaceFilter, TemporalConfig
-from .tiles import DEFAULT_BUDGET_MB, TiledMap, is_tiled
+from .tiles import DEFAULT_BUDGET_MB, TiledMap, TileView, is_tiled
 
 
 
@@ -176,7 +176,7 @@ class EdgeVPR:
         self.weights_sha256 = verified_weights(model, self.info) if backend_for(model) == "onnxruntime" else self.info.weights_sha256
         self.preprocess = Preprocessor(self.info, colour, max_batch=max(1, min(max_batch, self.backend.max_batch)))
         self.top_k = top_k
-        self.map: PlaceMap | None = None
+        self.map: PlaceMap | TileView | None = None
         self.tiles: TiledMap | None = None
         self.tile_budget_mb = tile_budget_mb
         self.filter: PlaceFilter | None = None
@@ -191,23 +191,24 @@ class EdgeVPR:
         if not isinstance(place_map, (str, os.PathLike, PlaceMap)):
             raise ConfigError(f"map must be a map folder or a PlaceMap, got {type(place_map).__name__}")
         self.tiles = None
+        loaded: PlaceMap | TileView
         if not isinstance(place_map, PlaceMap) and is_tiled(place_map):
             self.tiles = TiledMap(place_map)
             self.tiles.set_prior(prior, wait=True) if prior is not None else self.tiles.load_all(self.tile_budget_mb)
-            self.tiles.view.tiles[0].check_compatible(self.info.layout.hash(), self.model_sha256, self.weights_sha256)  # all tiles share it
-            place_map = self.tiles.view
+            loaded = self.tiles.current()
+            loaded.tiles[0].check_compatible(self.info.layout.hash(), self.model_sha256, self.weights_sha256)  # all tiles share it
         elif prior is not None:
             raise ConfigError("prior= goes with a tile folder (structvpr-edge cut-tiles); this map is loaded whole")
         else:
-            place_map = place_map if isinstance(place_map, PlaceMap) else PlaceMap.load(place_map)
-            place_map.check_compatible(self.info.layout.hash(), self.model_sha256, self.weights_sha256)
+            loaded = place_map if isinstance(place_map, PlaceMap) else PlaceMap.load(place_map)
+            loaded.check_compatible(self.info.layout.hash(), self.model_sha256, self.weights_sha256)
         if temporal is None:
             temporal = self.filter.config if self.filter is not None else False
         if not isinstance(temporal, (bool, TemporalConfig)):
             raise ConfigError(f"temporal must be True, False or a TemporalConfig, got {temporal!r}")
-        if gpu_index and self.tiles is None:
-            place_map.to_gpu()
-        self.map = place_map
+        if gpu_index and isinstance(loaded, PlaceMap):  # tiles stay on the CPU: they swap
+            loaded.to_gpu()
+        self.map = loaded
         self.filter = None
         if temporal:
             self.filter = PlaceFilter(temporal if isinstance(temporal, TemporalConfig) else None)
@@ -221,6 +222,8 @@ class EdgeVPR:
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         """The backend's descriptors, refused when not finite: a NaN descriptor has no nearest place."""
+        if self.backend is None:
+            raise ConfigError("this EdgeVPR is closed; create a new one")
         descriptors = np.asarray(self.backend.infer(batch), dtype=np.float32)
         if descriptors.shape != (len(batch), self.info.layout.dim):
             raise ModelError(f"the model returned descriptors of shape {descriptors.shape}, its metadata says ({len(batch)}, {self.info.layout.dim})")
@@ -257,7 +260,7 @@ class EdgeVPR:
         Every frame is searched before the temporal filter sees one: a refused batch leaves it as it was."""
         frames = self._frames(frames)
         if self.tiles is not None and self.map is not self.tiles.view:  # the tiles of the latest prior, now loaded
-            self.map = self.tiles.view
+            self.map = self.tiles.current()
             if self.filter is not None:  # its rows were those of the tiles swapped out
                 self.filter = PlaceFilter(self.filter.config)
         if self.map is None:
@@ -279,19 +282,20 @@ class EdgeVPR:
             t3 = time.perf_counter()
             per_frame = {"preprocess": (t1 - t0) * 1e3 / len(part), "inference": (t2 - t1) * 1e3 / len(part), "search": (t3 - t2) * 1e3 / len(part)}
             found += [(scores[i], rows[i], per_frame) for i in range(len(part))]
-        return [self._result(*one) for one in found]
+        return [self._result(self.map, *one) for one in found]
 
-    def _result(self, scores: np.ndarray, rows: np.ndarray, timing: dict[str, float]) -> Localization:
-        poses = self.map.poses
+    def _result(self, place_map: PlaceMap | TileView, scores: np.ndarray, rows: np.ndarray, timing: dict[str, float]) -> Localization:
+        poses = place_map.poses
         matches = [
-            Match(int(r), self.map.places[r].id, *map(float, poses[r]), float(s)) for s, r in zip(scores, rows) if r >= 0
+            Match(int(r), place_map.places[r].id, float(poses[r, 0]), float(poses[r, 1]), float(poses[r, 2]), float(s))
+            for s, r in zip(scores, rows) if r >= 0
         ]
         chosen = 0  # the candidate whose pose is returned; the confidence is about that pose
         if self.filter is not None:
             posterior = self.filter.update(rows, scores, poses)
             chosen = int(np.flatnonzero(rows == self.filter.rows[int(np.argmax(posterior))])[0])
         margin = margin_to_other_places(scores, rows, poses, chosen)
-        threshold = self.map.manifest.threshold
+        threshold = place_map.manifest.threshold
         confident = threshold is not None and bool(scores[chosen] >= threshold.score and margin >= threshold.margin)
         east, north, heading = map(float, poses[rows[chosen]])
         return Localization(matches, east, north, heading, confident, margin, {**timing, "total": sum(timing.values())}, threshold is not None)

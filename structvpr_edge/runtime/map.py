@@ -585,7 +585,7 @@ class PlaceMap:
         raise MapError(f"{directory} keeps changing while it is read; try again")
 
     @classmethod
-    def _load_generation(cls, directory: Path, name: str, verify: bool) -> "PlaceMap":
+    def _load_generation(cls, directory: Path, name: str, verify: bool | str) -> "PlaceMap":
         folder = directory / name
         if folder.is_symlink():  # its files would be read wherever the link leads (docs/security.md)
             raise MapError(f"{folder} is a link, not a generation folder inside {directory}; rebuild the map")

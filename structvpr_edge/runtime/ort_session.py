@@ -249,7 +249,7 @@ def choose_threading(
     ``time_session``, over ``options``, default ``candidates(usable_cores())``), then cached
     with the load (default ``load_per_core()``) it ran under."""
     threads = parse_threads(threads)
-    if threads != AUTO:
+    if isinstance(threads, int):  # else AUTO
         return Threading(threads, not shared, "explicit")
     cache = cache or ThreadCache()
     key = machine_key(path)
@@ -294,12 +294,13 @@ class OrtSession:
     def share(self) -> None:
         """Reopen without spinning (once), for a process that now runs several sessions."""
         with _LOCK:
-            if self.session is None or not self.threading.spinning:
+            current = self.threading  # None only on a GPU provider, which is never shared
+            if self.session is None or current is None or not current.spinning:
                 return
-            if self.threading.source == "explicit":
-                self.threading = Threading(self.threading.threads, False, "explicit")
+            if current.source == "explicit":
+                self.threading = Threading(current.threads, False, "explicit")
             else:
-                self.threading = fastest(self.threading.timings_ms, True, self.threading.source)
+                self.threading = fastest(current.timings_ms, True, current.source)
             self.session = create_session(self.path, self.threading.threads, False, self.providers)
 
     def close(self) -> None:

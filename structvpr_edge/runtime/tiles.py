@@ -131,7 +131,7 @@ class TileView:
         for q in range(len(queries)):
             candidates = sorted(((s, r + offset) for (tile_scores, tile_rows), offset in found
                                  for s, r in zip(tile_scores[q], tile_rows[q]) if r >= 0), key=lambda c: -c[0])
-            seen: set[str] = set()
+            seen: set[tuple[str, str]] = set()
             for score, row in candidates:
                 place = self[row]
                 if (place.id, place.source) not in seen and len(seen) < k:
@@ -168,13 +168,28 @@ class TiledMap:
         self.wanted: tuple[str, ...] = ()
         self.worker: threading.Thread | None = None
         self.error: Exception | None = None
+        self.waits = 0  # priors that jumped beyond the loaded tiles (set_prior)
+
+    def _distance(self, tile: Tile, east: float, north: float) -> float:
+        """Metres from (east, north) to the tile's square (0 inside it)."""
+        size = self.index.size_m
+        return math.hypot(max(tile.col * size - east, 0, east - (tile.col + 1) * size), max(tile.row * size - north, 0, north - (tile.row + 1) * size))
+
+    def covers(self, east: float, north: float) -> bool:
+        """Whether a loaded tile holds every place near (east, north): its square plus the overlap."""
+        return any(self._distance(t, east, north) <= self.index.overlap_m for t in self.index.tiles if t.name in self.loaded)
+
+    def current(self) -> TileView:
+        """The loaded tiles as one map; a MapError before any has loaded."""
+        if self.view is None:
+            raise MapError(f"no tile of {self.folder} is loaded yet: give a prior or load them all")
+        return self.view
 
     def needed(self, prior: tuple[float, float, float]) -> tuple[str, ...]:
         """The tiles covering the prior's circle; a MapError when it lies outside every tile."""
         east, north, radius = check_prior(prior)
-        size, reach = self.index.size_m, max(radius - self.index.overlap_m, 0.0)
-        names = tuple(t.name for t in self.index.tiles if math.hypot(
-            max(t.col * size - east, 0, east - (t.col + 1) * size), max(t.row * size - north, 0, north - (t.row + 1) * size)) <= reach)
+        reach = max(radius - self.index.overlap_m, 0.0)
+        names = tuple(t.name for t in self.index.tiles if self._distance(t, east, north) <= reach)
         if not names:
             raise MapError(f"the prior ({east:.1f}, {north:.1f}, {radius:.1f} m) lies outside every tile of {self.folder}")
         return names
@@ -189,15 +204,21 @@ class TiledMap:
 
     def set_prior(self, prior: tuple[float, float, float], wait: bool = False) -> None:
         """Load the tiles under ``prior``: in the background (the current view stays searched until
-        they are in), or now with ``wait``. A load that failed is raised here, at the next prior."""
+        they are in), or now with ``wait``. A load that failed is raised here, at the next prior.
+        A prior that jumped beyond what the loaded tiles hold (a restart, a GNSS reacquired far away)
+        waits for its tiles: answering from tiles that cannot hold the place would be silently wrong.
+        A moving vehicle stays inside the overlap while the next tile loads, and never waits."""
         names = self.needed(prior)
+        jumped = bool(self.loaded) and not self.covers(prior[0], prior[1])
+        self.waits += jumped
+        if self.worker is not None and (jumped or names != self.wanted):
+            self.worker.join()  # one load at a time; the vehicle moves slower than a tile loads
         if self.error is not None:
             error, self.error = self.error, None
             raise error
         if names == self.wanted:
             return
-        if self.worker is not None:
-            self.worker.join()  # one load at a time; the vehicle moves slower than a tile loads
+        wait = wait or jumped
         self.wanted = names
         if wait:
             self._swap(names)
