@@ -487,7 +487,8 @@ def cmd_build_engine(args: argparse.Namespace) -> None:
          arg("--spacing", type=_non_negative, default=MAP_SPACING_M, metavar="METRES",
              help=f"with --bag or --poses: a frame closer than this to the last place kept is skipped (default {MAP_SPACING_M}; 0 keeps all)"),
          arg("--out", required=True, help="map folder"),
-         arg("--index", default="auto", choices=["auto", "flat", "hnsw", "ivf"], help="FAISS index: flat is exact; auto is flat up to 200,000 places, else ivf"),
+         arg("--index", default="auto", choices=["auto", "flat", "hnsw", "ivf", "ivfpq"],
+             help="FAISS index: flat is exact; auto is flat up to 200,000 places, else ivfpq (4-bit codes, exact re-rank from disk; docs/maps.md)"),
          arg("--append", action="store_true", help="add the images to the existing map in --out"),
          arg("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
              help="describe on Ray (pip install structvpr-edge[cluster]): a cluster's ADDRESS, or none to start Ray on this machine; "

@@ -23,7 +23,8 @@ from structvpr_edge.eval.models import load_extractor
 from structvpr_edge.models.checkpoint import build_model, load_checkpoint, save_checkpoint, shipped_path
 from structvpr_edge.models.student import StructVPRStudent
 from structvpr_edge.train.config import OldConfigWarning, Recipe, config_to_dict, load_config, recipe
-from structvpr_edge.train.data import PlaceBatchSampler
+from structvpr_edge.images import read_rgb
+from structvpr_edge.train.data import PlaceBatchSampler, normalize_images, read_many
 from structvpr_edge.train.trainer import Stage, gradient_ratio, setup_context, train
 
 FAST = {"steps": 24, "places_per_batch": 6, "val_every": 12, "log_every": 4, "warmup_steps": 4, "checkpoint_every": 12}
@@ -168,6 +169,34 @@ def test_extra_distillation_terms_train_their_projector_and_resume(easy, place_d
     assert max(r["step"] for r in log_rows(easy / "extra") if "loss" in r) == 11
     with pytest.raises(ConfigError, match="negative_weight"):
         load_config(None, {"distill": {"negative_weight": -1}})
+
+
+def trunk_drift(model: nn.Module, place_dataset: Path) -> float:
+    """1 - cosine between ``model``'s backbone features and the ImageNet backbone's on the dataset's images,
+    as the term sees them: the trained blocks with batch statistics, the ImageNet copy with its own."""
+    images = sorted((place_dataset / "images").rglob("*.jpg"))[:8]
+    x = normalize_images(read_many(read_rgb, images, (64, 48)))
+    imagenet = build_model("structvpr++", {"frozen_blocks": 4}, imagenet=True).eval()
+    with torch.no_grad():
+        return 1 - torch.nn.functional.cosine_similarity(model.train().backbone(x), imagenet.backbone(x), dim=1).mean().item()
+
+
+def test_feature_preservation_keeps_the_backbone_near_imagenet(place_dataset, tmp_path):
+    """preserve_weight > 0: a logged ``preserve`` part, and the trained backbone's features stay
+    nearer the ImageNet backbone's than without the term (same seed, same steps, high learning rate)."""
+    drift = {}
+    for weight in (0.0, 10.0):
+        optim = {**FAST, "steps": 16, "lr": 1e-2, "backbone_lr": 1e-2}
+        config = load_config(CONFIGS / "student-nokd.yaml", tiny_config(place_dataset, tmp_path / "cache", optim=optim, preserve_weight=weight))
+        model, _ = load_checkpoint(train(config, tmp_path / f"w{weight}"))
+        drift[weight] = trunk_drift(model, place_dataset)
+        steps = [r for r in log_rows(tmp_path / f"w{weight}") if "loss" in r]
+        assert all(("preserve" in r) == (weight > 0) for r in steps)
+    assert drift[10.0] < 0.5 * drift[0.0], drift
+    with pytest.raises(ConfigError, match="preserve_weight"):
+        load_config(None, {"preserve_weight": -1})
+    with pytest.raises(ConfigError, match="ImageNet"):
+        load_config(None, {"preserve_weight": 1, "student": {"imagenet": False}})
 
 
 def test_kd_shares_reports_every_distillation_term(easy, place_dataset):

@@ -63,7 +63,7 @@ class GlobalStudent(nn.Module):
     def forward_parts(self, x: torch.Tensor, from_frozen: bool = False) -> AlignedOutput:
         trunk = self.backbone.forward_trainable(x) if from_frozen else self.backbone(x)
         descriptor = F.normalize(self.aggregator(self.local(trunk)), dim=1)
-        return AlignedOutput(descriptor, descriptor, descriptor[:, None, :0], descriptor[:, :0])
+        return AlignedOutput(descriptor, descriptor, descriptor[:, None, :0], descriptor[:, :0], trunk=trunk)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_parts(x).descriptor

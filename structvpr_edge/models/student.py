@@ -55,7 +55,7 @@ class StructVPRStudent(nn.Module):
         global_vec = self.global_proj(self.pool(features))
         group_vecs = self.group_proj(masked_pool(features, masks))
         descriptor = self.alignment(global_vec, group_vecs, presence)
-        return AlignedOutput(descriptor, global_vec, group_vecs, presence, mask_logits)
+        return AlignedOutput(descriptor, global_vec, group_vecs, presence, mask_logits, trunk)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_parts(x).descriptor

@@ -38,6 +38,7 @@ class AlignedOutput:
     group_vecs: torch.Tensor  # (B, K, Dk)
     presence: torch.Tensor  # (B, K), sums to <= 1
     mask_logits: torch.Tensor | None = None  # (B, K, h, w), student only
+    trunk: torch.Tensor | None = None  # (B, C, h, w) backbone output, RGB students: what feature preservation compares
 
 
 def with_boundaries(fractions: torch.Tensor) -> torch.Tensor:

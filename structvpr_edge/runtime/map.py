@@ -24,7 +24,6 @@ vectors.f32, memory-mapped and re-scored per query (vectors.py); it opens withou
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -534,11 +533,8 @@ class PlaceMap:
         tmp = directory / f".gen-tmp-{os.getpid()}-{os.urandom(4).hex()}"
         tmp.mkdir()
         try:
-            blob = self.faiss.serialize_index(index).tobytes()
-            with (tmp / "index.faiss").open("wb") as handle:
-                handle.write(blob)
-                handle.flush()
-                os.fsync(handle.fileno())
+            self.faiss.write_index(index, str(tmp / "index.faiss"))  # streamed: no in-memory copy of a large index
+            _fsync(tmp / "index.faiss")
             with sqlite3.connect(tmp / "places.sqlite") as db:
                 db.execute("CREATE TABLE places (row INTEGER PRIMARY KEY, id TEXT, east REAL, north REAL, heading REAL, timestamp TEXT, source TEXT)")
                 db.executemany(
@@ -547,7 +543,7 @@ class PlaceMap:
                 )
             db.close()
             _fsync(tmp / "places.sqlite")
-            self.manifest.checksums = {"index.faiss": hashlib.sha256(blob).hexdigest(), "places.sqlite": sha256_file(tmp / "places.sqlite")}
+            self.manifest.checksums = {name: sha256_file(tmp / name) for name in ("index.faiss", "places.sqlite")}
             if self.vectors is not None:
                 with (tmp / VECTORS).open("wb") as handle:
                     self.manifest.checksums[VECTORS] = self.vectors.write(handle)
@@ -559,7 +555,7 @@ class PlaceMap:
                 os.fsync(handle.fileno())
             _fsync(tmp)
             os.rename(tmp, directory / name)
-        except (OSError, sqlite3.Error) as exc:  # a full disk, a quota: the old generation stays live
+        except (OSError, RuntimeError, sqlite3.Error) as exc:  # a full disk, a quota (FAISS raises RuntimeError): the old generation stays live
             _remove_generation(tmp)
             raise MapError(f"cannot write the map to {directory}: {exc}") from exc
         _fsync(directory)

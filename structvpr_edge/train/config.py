@@ -131,6 +131,10 @@ class TrainConfig:
     teacher_checkpoint: str | None = None  # for structvpr / structvpr++ when the teacher stage is skipped
     mask_loss_weight: float = 0.5
     mask_loss_decay: bool = False  # fall linearly to 0 by the last step: masks start semantic, end free
+    # Feature preservation (issue 23): the trainable backbone blocks' output kept near what the
+    # ImageNet blocks give on the same input (1 - cosine per location), so training on a synthetic
+    # city does not forget generic features; 0 = off. RGB students that start from ImageNet only.
+    preserve_weight: float = 0.0
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     global_student: GlobalStudentConfig = field(default_factory=GlobalStudentConfig)
@@ -157,6 +161,12 @@ class TrainConfig:
         if self.optim.steps < 1 or self.teacher_optim.steps < 1:
             raise ConfigError(f"optim.steps and teacher_optim.steps must be >= 1, got {self.optim.steps}, {self.teacher_optim.steps}")
         self.distill.validate(recipe(self.mode, self.distill.enabled).distill)
+        if not self.preserve_weight >= 0:
+            raise ConfigError(f"preserve_weight must be >= 0, got {self.preserve_weight}")
+        if self.preserve_weight > 0 and self.mode != "teacher":
+            section = self.student if self.mode == "structvpr++" else self.global_student
+            if not section.imagenet:
+                raise ConfigError("preserve_weight keeps the ImageNet backbone's features: it needs the backbone to start from ImageNet (imagenet: true)")
         if self.real.root is not None and not 0 < self.real.places_per_batch < self.optim.places_per_batch:
             raise ConfigError(f"real.places_per_batch must be in 1..optim.places_per_batch - 1, got {self.real.places_per_batch}")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -26,7 +26,7 @@ def plot_training_curves(log_path: Path, out_png: Path) -> Path:
 
 def _losses(ax, steps: list[dict]) -> None:
     """The total and each part of the objective (train/objective.py)."""
-    for key in ("loss", "metric", "mask", "distill"):
+    for key in ("loss", "metric", "mask", "distill", "preserve"):
         points = [(r["step"], r[key]) for r in steps if key in r]
         if points:
             ax.plot(*zip(*points), label=key)

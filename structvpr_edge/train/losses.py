@@ -78,3 +78,9 @@ def mask_loss(mask_logits: torch.Tensor, target_fractions: torch.Tensor) -> torc
     """
     target = F.adaptive_avg_pool2d(target_fractions, mask_logits.shape[-2:])
     return -(target * mask_logits.log_softmax(dim=1)).sum(dim=1).mean()
+
+
+def preservation_loss(trunk: torch.Tensor, imagenet_trunk: torch.Tensor) -> torch.Tensor:
+    """1 - cosine between the trained backbone's features and the ImageNet backbone's, per location:
+    direction only, so the heads may rescale features freely."""
+    return (1 - F.cosine_similarity(trunk.float(), imagenet_trunk.float(), dim=1)).mean()

@@ -18,7 +18,7 @@ from torch import nn
 from ..models.teacher import AlignedOutput
 from .config import OptimConfig, Recipe, TrainConfig
 from .distill import FeatureProjector, feature_kd, relational_terms, similarity_kd, teacher_ranked_negatives
-from .losses import mask_loss, multi_similarity_loss, triplet_margin_loss
+from .losses import mask_loss, multi_similarity_loss, preservation_loss, triplet_margin_loss
 from .weights import SampleWeightConfig, group_weights
 
 
@@ -31,6 +31,7 @@ class Batch:
     fractions: torch.Tensor | None = None  # label-group fractions: the mask target
     teacher: AlignedOutput | None = None  # the frozen teacher's outputs
     sample_groups: torch.Tensor | None = None  # (B,) index into weights.GROUPS, with a teacher
+    imagenet_trunk: torch.Tensor | None = None  # the ImageNet backbone's features, with feature preservation
 
 
 Schedule = Callable[[int], float]
@@ -78,6 +79,8 @@ def objective(config: TrainConfig, recipe: Recipe, optim: OptimConfig, model: nn
     if recipe.mask_loss:
         decay = linear_decay(optim.steps) if config.mask_loss_decay else constant
         terms.append(Term("mask", config.mask_loss_weight, lambda b: mask_loss(b.parts.mask_logits.float(), b.fractions), decay))
+    if recipe.rgb:
+        terms.append(Term("preserve", config.preserve_weight, lambda b: preservation_loss(b.parts.trunk, b.imagenet_trunk)))
     if teacher is not None:
         kd, warmup = config.distill, linear_warmup(config.distill.warmup_steps)
         per_anchor = {

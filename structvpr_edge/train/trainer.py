@@ -11,6 +11,7 @@ Runs on CPU, or CUDA with bfloat16 autocast; ``torchrun`` gives distributed data
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -83,6 +84,18 @@ class PartsModule(nn.Module):
         if self.from_frozen:
             return self.model.forward_parts(x, from_frozen=True)
         return self.model.forward_parts(x)
+
+
+def frozen(module: nn.Module) -> nn.Module:
+    """``module`` in eval mode with no gradients: a fixed reference (the teacher, the ImageNet backbone)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A fixed copy of ``module`` as it is now (before training: the ImageNet weights)."""
+    return frozen(copy.deepcopy(module))
 
 
 def gradient_ratio(term: torch.Tensor, reference: torch.Tensor, model: nn.Module) -> float | None:
@@ -167,8 +180,9 @@ class Stage:
         self.inputs, self.fractions = self._arrays(self.groups.paths, self.groups.label_paths)
         self.real_places = self._add_real_frames() if config.real.root is not None else None
         self.val = self._load_val()
-        from_frozen = self.recipe.rgb and self.model.backbone.frozen_blocks > 0
-        self.parts = PartsModule(self.model, from_frozen)
+        self.from_frozen = self.recipe.rgb and self.model.backbone.frozen_blocks > 0
+        self.parts = PartsModule(self.model, self.from_frozen)
+        self.imagenet = frozen_copy(self.model.backbone) if self.recipe.rgb and config.preserve_weight > 0 else None
         self.memory = RankMemory(config.distill.samples.memory_batches)
         self.terms = objective(config, self.recipe, self.optim, self.model, self.teacher, self.projector)
 
@@ -183,9 +197,7 @@ class Stage:
         teacher, meta = load_checkpoint(path)
         if meta["model_type"] != "teacher":
             raise ConfigError(f"{path} is a {meta['model_type']} checkpoint, not a teacher")
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        return teacher.to(self.ctx.device).eval()
+        return frozen(teacher.to(self.ctx.device))
 
     def _arrays(self, paths: list[Path], label_paths: list[Path] | None) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Model inputs and label fractions, built by rank 0 and memory-mapped by every rank."""
@@ -243,7 +255,11 @@ class Stage:
         """The model's outputs on the batch, and with a teacher its outputs and the anchors' sample
         groups, ranked against the rank memory (which then remembers this batch)."""
         fractions = self.fraction_tensor(self.fractions, indices) if self.recipe.mask_loss or self.teacher is not None else None
-        batch = Batch(net(self.model_input(self.inputs, self.fractions, indices)), labels, fractions)
+        x = self.model_input(self.inputs, self.fractions, indices)
+        batch = Batch(net(x), labels, fractions)
+        if self.imagenet is not None:
+            with torch.no_grad():
+                batch.imagenet_trunk = self.imagenet.forward_trainable(x) if self.from_frozen else self.imagenet(x)
         if self.teacher is not None:
             with torch.no_grad():
                 batch.teacher = self.teacher.forward_parts(fractions)
