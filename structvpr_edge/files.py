@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -71,11 +73,45 @@ def sha256_of(handle: BinaryIO) -> str:
     return digest.hexdigest()
 
 
+def temp_beside(path: Path) -> Path:
+    """Where a writer of ``path`` stages it: ``.NAME.tmp-PID-RANDOM`` in the same folder."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: running
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> int:
+    """Remove what killed writers of ``path`` left beside it: :func:`temp_beside` names whose
+    process no longer runs. Only those names, never a running writer's; returns how many."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp-(\d+)-[0-9a-f]{{8}}")
+    removed = 0
+    for sibling in path.parent.iterdir() if path.parent.is_dir() else ():
+        match = pattern.fullmatch(sibling.name)
+        if match is None or _running(int(match.group(1))):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def replace_whole(path: str | Path, write: Callable[[Path], object]) -> Path:
     """``write(tmp)`` a file beside ``path``, then move it over ``path`` in one step: a kill or an
-    error in ``write`` (a failed check included) leaves the previous ``path`` untouched."""
+    error in ``write`` (a failed check included) leaves the previous ``path`` untouched; what an
+    earlier killed writer of ``path`` left beside it is removed first."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    remove_stale_temps(path)
+    tmp = temp_beside(path)
     try:
         write(tmp)
         with tmp.open("rb+") as handle:

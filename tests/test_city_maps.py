@@ -110,6 +110,27 @@ def test_a_prior_that_jumps_beyond_the_loaded_tiles_is_answered_from_its_own_til
     assert [tiles.view.places[r].id for r in rows[:, 0]] == [place_map.places[i].id for i in far]
 
 
+def test_a_background_tile_load_gives_way_to_frames(tmp_path, monkeypatch):
+    """The loader thread runs at the lowest CPU priority with a short interpreter switch interval,
+    and the process's switch interval is restored when the load ends (benchmarks/tiles_drive.py
+    measures the frames' latency meanwhile)."""
+    import sys
+    import threading
+
+    place_map, _ = grid_map()
+    cut_tiles(place_map, tmp_path / "tiles", size_m=100.0, overlap_m=20.0)
+    tiles = TiledMap(tmp_path / "tiles")
+    tiles.set_prior((150.0, 150.0, 20.0), wait=True)
+    seen = []
+    swap = TiledMap._swap
+    monkeypatch.setattr(TiledMap, "_swap", lambda self, names: (seen.append(
+        (os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), sys.getswitchinterval())), swap(self, names)))
+    before = sys.getswitchinterval()
+    tiles.set_prior((205.0, 150.0, 20.0))  # the next tile, in the background
+    tiles.worker.join()
+    assert seen == [(19, 0.0005)] and sys.getswitchinterval() == before and "tile_2_1" in tiles.loaded
+
+
 def test_bad_tile_folders_and_priors(tmp_path):
     place_map, _ = grid_map()
     cut_tiles(place_map, tmp_path / "tiles", size_m=100.0, overlap_m=20.0)

@@ -252,9 +252,12 @@ def test_a_frame_smaller_than_the_model_input_warns_once_per_size(exported):
     assert f"{info.width}x{info.height // 2} frames are enlarged" in str(caught[0].message)
 
 
-def test_single_frame_search_on_a_flat_map_is_exact(tmp_path):
-    """The int8 scan + float32 re-scoring must return exactly what a float32 scan returns."""
+def test_single_frame_search_on_a_flat_map_is_exact(tmp_path, monkeypatch):
+    """The int8 scan + float32 re-scoring must return exactly what a float32 scan returns, also on a
+    map opened from disk, whose scan is mirrored a block at a time (blocks of 1,000 here)."""
     import faiss
+
+    from structvpr_edge.runtime import quantized_scan
 
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(500, 64))
@@ -278,8 +281,12 @@ def test_single_frame_search_on_a_flat_map_is_exact(tmp_path):
         np.testing.assert_allclose(scores, true_scores, atol=1e-5)
     assert 0 < place_map.scan.fallbacks < 20  # the twins needed the float32 scan; the rest did not
     place_map.save(tmp_path / "flat")
+    monkeypatch.setattr(quantized_scan, "MIRROR_BLOCK", 1000)
     loaded = PlaceMap.load(tmp_path / "flat")
-    assert loaded.scan is not None and np.array_equal(loaded.search(queries[:8], 5)[1], truth.search(queries[:8], 5)[1])
+    assert loaded.scan is not None and loaded.scan.index.ntotal == len(loaded)
+    assert set(range(5060, 5070)) <= set(loaded.scan.outliers.tolist())
+    for query in queries:
+        assert np.array_equal(loaded.search(query[None], 5)[1], truth.search(query[None], 5)[1])
 
 
 def test_search_sets_the_process_wide_faiss_threads_only_when_they_change(monkeypatch):

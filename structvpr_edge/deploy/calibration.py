@@ -33,7 +33,7 @@ from ..artifacts import CALIBRATION_FORMAT, CPU_INT8, FP16, FP32, KIT_FILES, MAN
 from ..data.dataset import VPRDataset, list_images, load_dataset
 from ..errors import BackendError, ConfigError, DatasetError, ModelError
 from ..eval.evaluate import extract
-from ..files import open_regular, replace_whole
+from ..files import open_regular, remove_stale_temps, replace_whole, temp_beside
 from ..eval.models import deployed_extractor
 from ..metrics import recall_at_n, retrieve
 from ..modelinfo import ModelInfo, read_onnx_info, sha256_file
@@ -552,7 +552,8 @@ def calibrate(config: CalibrationConfig) -> CalibrationReport:
     _check_out(final, config.overwrite_shipped)
     dataset = load_dataset(config.val, split=config.val_split) if config.val is not None else None  # a typo costs nothing
     final.parent.mkdir(parents=True, exist_ok=True)
-    stage = final.parent / f".{final.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+    remove_stale_temps(final)  # what killed runs left: a kit's worth of files each
+    stage = temp_beside(final)
     stage.mkdir()
     try:
         if (final / MANIFEST).is_file():  # its images are reused unless --reselect

@@ -24,6 +24,7 @@ EXTRA_CANDIDATES = 32
 # 2-core CPU (benchmarks/scan_crossover.py), 2,048 entries 0.10 (8-bit) vs 0.09 ms (float32),
 # 4,096 0.17 vs 0.21, 8,192 0.25 vs 0.44.
 MIN_ENTRIES = 4096
+MIRROR_BLOCK = 65536  # entries mirrored at a time when a map opens
 
 
 class QuantizedScan:
@@ -36,8 +37,8 @@ class QuantizedScan:
         self.error = 0.0  # largest reconstruction-error norm of an entry that is not an outlier
         self.outliers = np.zeros(0, np.int64)  # rows clipped to the 8-bit range: re-scored on every query
         self.queries = self.fallbacks = 0  # queries seen, and those answered by the float32 scan
-        if flat.ntotal:
-            self.add(flat.reconstruct_n(0, flat.ntotal))
+        for start in range(0, flat.ntotal, MIRROR_BLOCK):  # in blocks: a float32 copy of a large map would double its memory
+            self.add(flat.reconstruct_n(start, min(MIRROR_BLOCK, flat.ntotal - start)))
 
     def add(self, descriptors: np.ndarray) -> None:
         """Mirror entries just added to the flat index; the first ones fix the 8-bit range."""

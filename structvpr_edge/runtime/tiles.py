@@ -17,7 +17,10 @@ import bisect
 import json
 import math
 import os
+import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -94,6 +97,28 @@ def cut_tiles(place_map: PlaceMap, out: str | Path, size_m: float = 500.0, overl
 
 def is_tiled(folder: str | Path) -> bool:
     return (Path(folder) / INDEX).is_file()
+
+
+LOADER_NICE = 19  # the lowest CPU priority
+LOADER_SWITCH_S = 0.0005  # the interpreter's thread switch interval while a tile loads (default 0.005)
+
+
+@contextmanager
+def giving_way_to_frames() -> Iterator[None]:
+    """Run a background tile load so that frames keep their latency on a small CPU: this thread at
+    the lowest priority (Linux, where a thread has its own nice value), and a short interpreter
+    switch interval meanwhile, so a frame waits ~0.5 ms, not 5 ms, for the loader's Python work."""
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICE)
+        except OSError:  # a sandbox without setpriority: load at normal priority
+            pass
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(LOADER_SWITCH_S)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def check_prior(prior: object) -> tuple[float, float, float]:
@@ -228,7 +253,8 @@ class TiledMap:
 
     def _background(self, names: tuple[str, ...]) -> None:
         try:
-            self._swap(names)
+            with giving_way_to_frames():
+                self._swap(names)
         except Exception as exc:  # noqa: BLE001 - kept and raised in the caller's thread
             self.error = exc
 
