@@ -8,7 +8,8 @@
 Val R@1 (the last validation of each run) is always reported: settings are chosen on it.
 ``--test`` also evaluates every finished run on the test split, for the report (read once per
 finished model). ``--real-val`` adds the real val columns: corridor R@1 / R@5 and the students'
-mask mIoU on CamVid val. Writes every run's figures to --json (default RUNS/table-STEPS.json).
+mask mIoU on CamVid val. Writes every run's figures to --json (default RUNS/table-STEPS.json),
+replacing the rows of this call and keeping the others.
 """
 from __future__ import annotations
 
@@ -54,7 +55,9 @@ def main() -> None:
     test = load_dataset(args.dataset, "test") if args.test else None
     real = (Path(args.corridor), Path(args.camvid)) if args.real_val else None
     results = table_results(rows, seeds, args.steps, args.teacher_steps, runs, real, test)
-    Path(args.json or runs / f"table-{args.steps}.json").write_text(json.dumps(results, indent=2) + "\n")
+    out = Path(args.json or runs / f"table-{args.steps}.json")
+    earlier = json.loads(out.read_text()) if out.is_file() else {}  # rows of earlier calls into the same runs stay
+    out.write_text(json.dumps(earlier | results, indent=2) + "\n")
     columns = sorted({c for runs_ in results.values() for r in runs_ for c in r if c not in ("seed", "kd_grad_ratio")},
                      key=lambda c: (c != "val", c != "test", c))
     print(summarize(results, columns))
