@@ -93,11 +93,6 @@ def frozen(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
-def frozen_copy(module: nn.Module) -> nn.Module:
-    """A fixed copy of ``module`` as it is now (before training: the ImageNet weights)."""
-    return frozen(copy.deepcopy(module))
-
-
 def gradient_ratio(term: torch.Tensor, reference: torch.Tensor, model: nn.Module) -> float | None:
     """||d term / d theta|| / ||d reference / d theta|| over the trainable weights: the share of
     the gradient a loss term really carries (logged, since a loss value alone does not tell).
@@ -180,9 +175,10 @@ class Stage:
         self.inputs, self.fractions = self._arrays(self.groups.paths, self.groups.label_paths)
         self.real_places = self._add_real_frames() if config.real.root is not None else None
         self.val = self._load_val()
-        self.from_frozen = self.recipe.rgb and self.model.backbone.frozen_blocks > 0
-        self.parts = PartsModule(self.model, self.from_frozen)
-        self.imagenet = frozen_copy(self.model.backbone) if self.recipe.rgb and config.preserve_weight > 0 else None
+        from_frozen = self.recipe.rgb and self.model.backbone.frozen_blocks > 0
+        self.parts = PartsModule(self.model, from_frozen)
+        # the backbone as built, before any step: the ImageNet weights feature preservation keeps near
+        self.imagenet = frozen(copy.deepcopy(self.model.backbone)) if self.recipe.rgb and config.preserve_weight > 0 else None
         self.memory = RankMemory(config.distill.samples.memory_batches)
         self.terms = objective(config, self.recipe, self.optim, self.model, self.teacher, self.projector)
 
@@ -259,7 +255,7 @@ class Stage:
         batch = Batch(net(x), labels, fractions)
         if self.imagenet is not None:
             with torch.no_grad():
-                batch.imagenet_trunk = self.imagenet.forward_trainable(x) if self.from_frozen else self.imagenet(x)
+                batch.imagenet_trunk = self.imagenet.forward_trainable(x)  # x: the cached frozen part's output, or the image
         if self.teacher is not None:
             with torch.no_grad():
                 batch.teacher = self.teacher.forward_parts(fractions)
