@@ -492,7 +492,7 @@ def cmd_build_engine(args: argparse.Namespace) -> None:
          arg("--append", action="store_true", help="add the images to the existing map in --out"),
          arg("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
              help="describe on Ray (pip install structvpr-edge[cluster]): a cluster's ADDRESS, or none to start Ray on this machine; "
-                  "--dataset only (docs/maps.md)"),
+                  "--dataset or --bag (docs/maps.md)"),
          arg("--ray-workers", type=_count(4096), default=2, help="with --ray: workers, one model each (default 2)"),
          arg("--ray-gpus", type=_non_negative, default=0.0, help="with --ray: GPUs per worker (default 0: CPU)"),
          renamed={"--images": "--dataset"}, needs=RUNTIME_NEEDS)
@@ -504,20 +504,22 @@ def cmd_build_map(args: argparse.Namespace) -> None:
     _check_drive_options(args, ("image_topic", "pose_topic"))
     if args.poses and args.bag:
         raise ConfigError("--poses names the poses of the images in --dataset; a --bag has its own --pose-topic")
-    if args.ray is not None and args.bag:
-        raise ConfigError("--ray describes the images of --dataset (with names or --poses); a --bag is built in one process")
     skipped = Skipped()
     if args.bag:  # topics checked and poses read before the model is loaded
-        frames, frame_id, total = read_drive(args.bag, args.image_topic, args.pose_topic, skipped, args.max_pose_gap, args.spacing)
+        frames, frame_id, total = read_drive(args.bag, args.image_topic, args.pose_topic, skipped, args.max_pose_gap, args.spacing,
+                                             pixels=args.ray is None)  # on Ray the workers decode
     with EdgeVPR(args.model, backend=args.backend, threads=args.threads, max_batch=16, trust_checkpoint=args.trust_checkpoint) as vpr:
+        describe = None
+        if args.ray is not None:
+            from .cluster import RayConfig, ray_describer, ray_frame_describer
+            config = RayConfig(address=args.ray or None, workers=args.ray_workers, gpus=args.ray_gpus)
+            dim = vpr.info.layout.dim
+            describe = (ray_frame_describer(args.model, dim, config, args.bag, args.image_topic, backend=args.backend) if args.bag
+                        else ray_describer(args.model, dim, config, backend=args.backend))
         if args.bag:
-            place_map = build_map_from_frames(vpr, frames, frame_id, args.out, index_type=args.index, append=args.append, total=total)
+            place_map = build_map_from_frames(vpr, frames, frame_id, args.out, index_type=args.index, append=args.append, total=total,
+                                              describe=describe)
         else:
-            describe = None
-            if args.ray is not None:
-                from .cluster import RayConfig, ray_describer
-                config = RayConfig(address=args.ray or None, workers=args.ray_workers, gpus=args.ray_gpus)
-                describe = ray_describer(args.model, vpr.info.layout.dim, config, backend=args.backend)
             place_map = build_map(vpr, args.dataset, args.out, index_type=args.index, append=args.append, split=args.split,
                                   poses=args.poses, min_spacing_m=args.spacing, skipped=skipped, describe=describe)
     frame = f", frame {place_map.manifest.frame_id}" if place_map.manifest.frame_id else ""

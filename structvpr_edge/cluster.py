@@ -5,17 +5,22 @@ Why Ray: where a fleet's frames outgrow one machine, Ray Data schedules, streams
 work (a worker that dies is restarted and its batch described again); nothing of ours does.
 Only the describing moves: paths and places are listed, and the map is assembled and written
 (one crash-safe generation, runtime/map.py) by the caller exactly as in the single process.
+A drive recorded as a bag is listed the same way (times and poses, no image decoded); each
+worker reads and decodes only its batch's stretch of the bag, found by bag time through the
+bag's index (the bag must be readable at the same path on every node, as image folders are).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, MapError
+from .data.drives import DriveFrame, Skipped, read_frames
+from .errors import ConfigError, DatasetError, MapError
 from .runtime.edgevpr import EdgeVPR
-from .runtime.mapping import describe_paths
+from .runtime.mapping import batched, describe_paths
 
 RETRIES = 2  # restarts of a dead worker, and re-runs of its batch, before the build fails
 
@@ -47,33 +52,79 @@ class Describer:
         return {"row": batch["row"], "descriptor": describe_paths(self.vpr, paths, desc="worker")}
 
 
-def ray_describer(model: str, dim: int, config: RayConfig, backend: str = "auto", actor: type = Describer):
-    """A ``describe(paths) -> (N, dim)`` for mapping.build_map that runs on Ray. Every row must
-    come back exactly once, or a MapError is raised and nothing is written."""
+class FrameDescriber(Describer):
+    """One Ray worker for a bag: reads the stretch of the camera topic its batch spans (bag times
+    [first, last]) and describes the batch's frames, known by (bag time, header time)."""
+
+    def __init__(self, model: str, backend: str, threads: int, bag: str, topic: str) -> None:
+        super().__init__(model, backend, threads)
+        self.bag, self.topic = bag, topic
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        wanted = list(zip(batch["bag_ns"].tolist(), batch["stamp_ns"].tolist()))
+        window = (min(wanted)[0], max(wanted)[0] + 1)
+        found = {(f.bag_ns, f.stamp_ns): f.image for f in read_frames(self.bag, self.topic, Skipped(), window=window)}
+        missing = [key for key in wanted if key not in found]
+        if missing:
+            raise DatasetError(f"{len(missing)} frames of this batch are not in {self.bag} (bag time {missing[0][0]}): it changed since it was listed")
+        images = [found[key] for key in wanted]
+        described = [self.vpr.describe_batch(chunk) for chunk in batched(images, 16)]
+        return {"row": batch["row"], "descriptor": np.concatenate(described)}
+
+
+def require_ray(config: RayConfig) -> Any:
+    """The ray module, once ``config`` is checked: called when a describer is made, before any work."""
     try:
         import ray  # noqa: PLC0415
     except ImportError as exc:
         raise ConfigError("--ray needs Ray: pip install 'structvpr-edge[cluster]'") from exc
     if config.workers < 1 or config.batch_size < 1:
         raise ConfigError(f"a Ray build needs workers >= 1 and batch_size >= 1, got {config}")
+    return ray
+
+
+def ray_pool(items: list[dict], dim: int, config: RayConfig, actor: type, actor_kwargs: dict) -> np.ndarray:
+    """The (len(items), dim) descriptors of ``items`` (each with its ``row``) from an actor pool
+    of ``actor``; every row must come back exactly once, or a MapError is raised and nothing is
+    written."""
+    ray = require_ray(config)
+    if not ray.is_initialized():
+        ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
+    described = ray.data.from_items(items).map_batches(
+        actor, batch_size=config.batch_size, compute=ray.data.ActorPoolStrategy(size=config.workers), num_cpus=config.cpus, num_gpus=config.gpus,
+        fn_constructor_kwargs={**actor_kwargs, "threads": config.threads},
+        ray_remote_args_fn=lambda: {"max_restarts": RETRIES, "max_task_retries": RETRIES})
+    out, seen = np.zeros((len(items), dim), np.float32), np.zeros(len(items), np.int64)
+    try:
+        for shard in described.iter_batches(batch_size=None, batch_format="numpy"):
+            out[shard["row"]] = np.stack(shard["descriptor"])
+            np.add.at(seen, shard["row"], 1)
+    except ray.exceptions.RayError as exc:
+        raise MapError(f"the Ray build failed, no map was written: {str(exc).splitlines()[0]}") from exc
+    if not (seen == 1).all():
+        raise MapError(f"the Ray build returned {int((seen == 0).sum())} frames missing, {int((seen > 1).sum())} twice; no map was written")
+    return out
+
+
+def ray_describer(model: str, dim: int, config: RayConfig, backend: str = "auto", actor: type = Describer):
+    """A ``describe(paths) -> (N, dim)`` for mapping.build_map that runs on Ray."""
+    require_ray(config)
 
     def describe(paths: list[Path]) -> np.ndarray:
-        if not ray.is_initialized():
-            ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
         items = [{"row": i, "path": str(p)} for i, p in enumerate(paths)]
-        described = ray.data.from_items(items).map_batches(
-            actor, batch_size=config.batch_size, compute=ray.data.ActorPoolStrategy(size=config.workers), num_cpus=config.cpus, num_gpus=config.gpus,
-            fn_constructor_kwargs={"model": str(model), "backend": backend, "threads": config.threads},
-            max_restarts=RETRIES, max_task_retries=RETRIES)
-        out, seen = np.zeros((len(paths), dim), np.float32), np.zeros(len(paths), np.int64)
-        try:
-            for shard in described.iter_batches(batch_size=None, batch_format="numpy"):
-                out[shard["row"]] = np.stack(shard["descriptor"])
-                np.add.at(seen, shard["row"], 1)
-        except ray.exceptions.RayError as exc:
-            raise MapError(f"the Ray build failed, no map was written: {str(exc).splitlines()[0]}") from exc
-        if not (seen == 1).all():
-            raise MapError(f"the Ray build returned {int((seen == 0).sum())} frames missing, {int((seen > 1).sum())} twice; no map was written")
-        return out
+        return ray_pool(items, dim, config, actor, {"model": str(model), "backend": backend})
+
+    return describe
+
+
+def ray_frame_describer(model: str, dim: int, config: RayConfig, bag: str | Path, topic: str, backend: str = "auto",
+                        actor: type = FrameDescriber):
+    """A ``describe(frames) -> (N, dim)`` for mapping.build_map_from_frames that runs on Ray: the
+    frames as data/drives.read_drive lists them with ``pixels=False``, in bag order."""
+    require_ray(config)
+
+    def describe(frames: list[DriveFrame]) -> np.ndarray:
+        items = [{"row": i, "bag_ns": f.bag_ns, "stamp_ns": f.stamp_ns} for i, f in enumerate(frames)]
+        return ray_pool(items, dim, config, actor, {"model": str(model), "backend": backend, "bag": str(bag), "topic": topic})
 
     return describe

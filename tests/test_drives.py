@@ -147,6 +147,52 @@ def test_eval_of_a_drive_reports_recall_error_and_plots_the_route(synth: Path, c
 # ---- reading drives --------------------------------------------------------------------------
 
 
+def test_a_window_of_bag_time_reads_only_its_frames_and_a_listing_decodes_none(synth: Path):
+    listed = list(read_frames(synth / "drive1", CAMERA_TOPIC, Skipped(), pixels=False))
+    assert len(listed) == PLACES and all(f.image.size == 0 and f.bag_ns > 0 for f in listed)
+    window = (listed[3].bag_ns, listed[6].bag_ns)  # [start, stop): frames 3, 4, 5
+    read = list(read_frames(synth / "drive1", CAMERA_TOPIC, Skipped(), window=window))
+    assert [(f.bag_ns, f.stamp_ns) for f in read] == [(f.bag_ns, f.stamp_ns) for f in listed[3:6]]
+    assert all(f.image.ndim == 3 and f.image.size > 0 for f in read)
+
+
+def test_a_ray_worker_refuses_a_batch_whose_frames_are_no_longer_in_the_bag(synth: Path):
+    from structvpr_edge.cluster import FrameDescriber
+
+    listed = list(read_frames(synth / "drive1", CAMERA_TOPIC, Skipped(), pixels=False))
+    worker = FrameDescriber("structvprpp", "auto", 1, str(synth / "drive1"), CAMERA_TOPIC)
+    batch = {"row": np.arange(2), "bag_ns": np.array([f.bag_ns for f in listed[:2]]), "stamp_ns": np.array([f.stamp_ns for f in listed[:2]])}
+    assert worker(batch)["descriptor"].shape == (2, worker.vpr.info.layout.dim)
+    batch["stamp_ns"][1] += 1  # a frame the bag does not hold (rewritten since it was listed)
+    with pytest.raises(DatasetError, match="1 frames of this batch are not in"):
+        worker(batch)
+
+
+@pytest.mark.slow
+def test_a_ray_build_of_a_bag_is_the_bag_built_in_one_process(synth: Path, cli_runs: dict, vpr, tmp_path: Path):
+    """build-map --bag --ray on a local Ray, and the same with 2 workers and batches of 4 frames
+    (each worker reading its own stretches of the bag): same places, same descriptors."""
+    ray = pytest.importorskip("ray", reason="the Ray build needs structvpr-edge[cluster]")
+    from structvpr_edge.cluster import RayConfig, ray_frame_describer
+    from structvpr_edge.runtime.mapping import build_map_from_frames
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        code = main(["build-map", "--model", "structvprpp", "--threads", "1", "--bag", str(synth / "drive1"), "--image-topic", CAMERA_TOPIC,
+                     "--pose-topic", FIX_TOPIC, "--out", str(tmp_path / "ray"), "--ray"])
+        frames, frame_id, total = read_drive(synth / "drive1", CAMERA_TOPIC, FIX_TOPIC, pixels=False)
+        describe = ray_frame_describer("structvprpp", vpr.info.layout.dim, RayConfig(workers=2, batch_size=4), synth / "drive1", CAMERA_TOPIC)
+        batched = build_map_from_frames(vpr, frames, frame_id, tmp_path / "batched", total=total, describe=describe)
+    finally:
+        ray.shutdown()
+    single = PlaceMap.load(cli_runs["map"])
+    assert code == 0 and len(single) == PLACES
+    for on_ray in (PlaceMap.load(tmp_path / "ray"), batched):
+        assert [p.id for p in on_ray.places] == [p.id for p in single.places]
+        np.testing.assert_allclose(on_ray.poses, single.poses)
+        np.testing.assert_allclose(on_ray.index.reconstruct_n(0, len(on_ray)), single.index.reconstruct_n(0, len(single)), atol=1e-6)
+
+
 def image_message(pixels: np.ndarray, stamp: int, encoding: str, pad: int = 0):
     """A raw sensor_msgs/msg/Image, rows padded by ``pad`` bytes (step > width * channels)."""
     rows = pixels.reshape(pixels.shape[0], -1)

@@ -50,6 +50,7 @@ DEFAULT_MAX_GAP_S = 0.5  # a 1 Hz receiver leaves every frame within 0.5 s of a 
 DEFAULT_MIN_SPACING_M = 2.0
 CSV_POSITIONS = (("east", "north"), ("lat", "lon"))
 WGS84 = "EPSG:4326"
+NO_PIXELS = np.empty((0, 0, 3), np.uint8)  # a frame listed or described, its image not kept
 
 
 @dataclass
@@ -78,6 +79,7 @@ class DriveFrame:
     east: float = math.nan
     north: float = math.nan
     heading: float = math.nan  # compass degrees, NaN when unknown
+    bag_ns: int = 0  # the bag's own time of the message: where a Ray worker finds the frame again
 
 
 @dataclass(frozen=True)
@@ -230,13 +232,16 @@ def check_drive(path: str | Path, image_topic: str, pose_topic: str | None = Non
         return int(reader.topics[image_topic].msgcount)
 
 
-def _messages(path: Path, topic: str, types: tuple[str, ...], what: str, skipped: Skipped) -> Iterator[tuple[int, str, Any]]:
-    """(header time, type, message) of one topic in bag order, one at a time; a message stamped
-    earlier than the one before it is skipped and counted (a zero stamp takes the bag's time).
-    Fewer messages than the bag's index lists is damage (a reader may pass over a broken chunk)."""
+def _messages(path: Path, topic: str, types: tuple[str, ...], what: str, skipped: Skipped,
+              window: tuple[int, int] | None = None) -> Iterator[tuple[int, int, str, Any]]:
+    """(header time, bag time, type, message) of one topic in bag order, one at a time; a message
+    stamped earlier than the one before it is skipped and counted (a zero stamp takes the bag's time).
+    Fewer messages than the bag's index lists is damage (a reader may pass over a broken chunk).
+    ``window``: only the messages of bag times [start, stop), found through the bag's index."""
     last, count = -1, 0
+    start, stop = window if window is not None else (None, None)
     with open_bag(path) as reader:
-        for connection, bag_time, raw in reader.messages(topic_connections(reader, path, topic, types, what)):
+        for connection, bag_time, raw in reader.messages(topic_connections(reader, path, topic, types, what), start, stop):
             message = reader.deserialize(raw, connection.msgtype)
             count += 1
             stamp = stamp_ns(message.header) or bag_time
@@ -244,8 +249,8 @@ def _messages(path: Path, topic: str, types: tuple[str, ...], what: str, skipped
                 skipped.backwards += 1
                 continue
             last = stamp
-            yield stamp, connection.msgtype, message
-        if count < reader.topics[topic].msgcount:
+            yield stamp, bag_time, connection.msgtype, message
+        if window is None and count < reader.topics[topic].msgcount:
             raise DatasetError(f"{path} lists {reader.topics[topic].msgcount} messages on {topic} but only {count} could be read: the bag is damaged")
 
 
@@ -266,11 +271,14 @@ def image_of(message: Any, what: str) -> np.ndarray:
     return np.ascontiguousarray(pixels) if code is None else cv2.cvtColor(np.ascontiguousarray(pixels), code)
 
 
-def read_frames(path: str | Path, topic: str, skipped: Skipped) -> Iterator[DriveFrame]:
-    """The frames of ``topic`` in bag order, decoded one at a time (never all in memory)."""
-    for stamp, _, message in _messages(Path(path), topic, IMAGE_TYPES, "camera", skipped):
+def read_frames(path: str | Path, topic: str, skipped: Skipped, pixels: bool = True,
+                window: tuple[int, int] | None = None) -> Iterator[DriveFrame]:
+    """The frames of ``topic`` in bag order, decoded one at a time (never all in memory).
+    ``pixels`` False: times and sources only, no image decoded (a Ray build's listing pass)."""
+    for stamp, bag_time, _, message in _messages(Path(path), topic, IMAGE_TYPES, "camera", skipped, window):
         source = f"{topic}@{stamp}"
-        yield DriveFrame(stamp, image_of(message, f"frame {source} of {path}"), source)
+        image = image_of(message, f"frame {source} of {path}") if pixels else NO_PIXELS
+        yield DriveFrame(stamp, image, source, bag_ns=bag_time)
 
 
 def read_track(path: str | Path, topic: str, skipped: Skipped) -> Track:
@@ -279,7 +287,7 @@ def read_track(path: str | Path, topic: str, skipped: Skipped) -> Track:
     stamps: list[int] = []
     rows: list[tuple[float, float, float]] = []  # lat, lon, NaN or x, y, heading
     frame_id, kind = "", ""
-    for stamp, kind, message in _messages(Path(path), topic, POSE_TYPES, "pose", skipped):
+    for stamp, _, kind, message in _messages(Path(path), topic, POSE_TYPES, "pose", skipped):
         if kind == FIX_TYPE:
             if message.status.status == NO_FIX or not (math.isfinite(message.latitude) and math.isfinite(message.longitude)):
                 skipped.no_fix += 1
@@ -324,13 +332,13 @@ def posed(frames: Iterable[DriveFrame], track: Track, skipped: Skipped, max_gap_
 
 
 def read_drive(path: str | Path, image_topic: str, pose_topic: str | None = None, skipped: Skipped | None = None,
-               max_gap_s: float = DEFAULT_MAX_GAP_S, min_spacing_m: float = 0.0) -> tuple[Iterator[DriveFrame], str, int]:
+               max_gap_s: float = DEFAULT_MAX_GAP_S, min_spacing_m: float = 0.0, pixels: bool = True) -> tuple[Iterator[DriveFrame], str, int]:
     """(frames, their frame id, the camera topic's message count) of a bag: topics checked and
     poses read now, before any work; frames decoded (and posed, when ``pose_topic`` is named) as
-    the caller draws them."""
+    the caller draws them (``pixels`` False: not decoded, see read_frames)."""
     skipped = Skipped() if skipped is None else skipped
     count = check_drive(path, image_topic, pose_topic)
-    frames = read_frames(path, image_topic, skipped)
+    frames = read_frames(path, image_topic, skipped, pixels)
     if pose_topic is None:
         return frames, "", count
     track = read_track(path, pose_topic, skipped)

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.dataset import DEFAULT_POSITIVE_RADIUS_M, list_images, load_dataset
-from ..data.drives import DriveFrame, Skipped, read_pose_csv
+from ..data.drives import NO_PIXELS, DriveFrame, Skipped, read_pose_csv
 from ..data.names import parse_name
 from ..errors import ConfigError, DatasetError, MapError, ThresholdError
 from ..metrics import within
@@ -125,16 +125,23 @@ def describe_frames(vpr: EdgeVPR, frames: Iterable[DriveFrame], batch_size: int 
     chunks, kept = [], []
     for batch in batched(tqdm(frames, desc="map", unit="frame", total=total, leave=False), batch_size):
         chunks.append(vpr.describe_batch([frame.image for frame in batch]))
-        kept += [replace(frame, image=np.empty((0, 0, 3), np.uint8)) for frame in batch]
+        kept += [replace(frame, image=NO_PIXELS) for frame in batch]
     return (np.concatenate(chunks) if chunks else np.zeros((0, vpr.info.layout.dim), np.float32)), kept
 
 
 def build_map_from_frames(vpr: EdgeVPR, frames: Iterable[DriveFrame], frame_id: str, out: str | Path | None = None, index_type: str = "auto",
-                          append: bool = False, total: int | None = None) -> PlaceMap:
+                          append: bool = False, total: int | None = None,
+                          describe: Callable[[list[DriveFrame]], np.ndarray] | None = None) -> PlaceMap:
     """A map of posed drive frames (data/drives.py), streamed: described a batch at a time,
-    written whole at the end, or not at all when the drive turns out damaged on the way."""
+    written whole at the end, or not at all when the drive turns out damaged on the way.
+    ``describe``: listed frames (no pixels) to descriptors, instead of ``vpr`` on the frames'
+    pixels in this process (cluster.ray_frame_describer on Ray)."""
     existing = open_target(vpr, out, index_type, append, frame_id)
-    descriptors, posed = describe_frames(vpr, frames, total=total)
+    if describe is None:
+        descriptors, posed = describe_frames(vpr, frames, total=total)
+    else:
+        posed = list(frames)
+        descriptors = describe(posed) if posed else np.zeros((0, vpr.info.layout.dim), np.float32)
     if not posed:
         raise DatasetError("no frame of the drive has a pose within the gap: nothing to map")
     places = [Place(f"t{f.stamp_ns}", f.east, f.north, f.heading, str(f.stamp_ns), f.source) for f in posed]
