@@ -141,9 +141,10 @@ def build_map_from_frames(vpr: EdgeVPR, frames: Iterable[DriveFrame], frame_id: 
         descriptors, posed = describe_frames(vpr, frames, total=total)
     else:
         posed = list(frames)
-        descriptors = describe(posed) if posed else np.zeros((0, vpr.info.layout.dim), np.float32)
     if not posed:
         raise DatasetError("no frame of the drive has a pose within the gap: nothing to map")
+    if describe is not None:
+        descriptors = describe(posed)
     places = [Place(f"t{f.stamp_ns}", f.east, f.north, f.heading, str(f.stamp_ns), f.source) for f in posed]
     return finish_map(existing or new_map(vpr, index_type, len(places), frame_id), descriptors, places, out)
 
