@@ -20,7 +20,7 @@ import numpy as np
 from .data.drives import DriveFrame, Skipped, read_frames
 from .errors import ConfigError, DatasetError, MapError
 from .runtime.edgevpr import EdgeVPR
-from .runtime.mapping import batched, describe_paths
+from .runtime.mapping import describe_frames, describe_paths
 
 RETRIES = 2  # restarts of a dead worker, and re-runs of its batch, before the build fails
 
@@ -63,13 +63,11 @@ class FrameDescriber(Describer):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         wanted = list(zip(batch["bag_ns"].tolist(), batch["stamp_ns"].tolist()))
         window = (min(wanted)[0], max(wanted)[0] + 1)
-        found = {(f.bag_ns, f.stamp_ns): f.image for f in read_frames(self.bag, self.topic, Skipped(), window=window)}
+        found = {(f.bag_ns, f.stamp_ns): f for f in read_frames(self.bag, self.topic, Skipped(), window=window)}
         missing = [key for key in wanted if key not in found]
         if missing:
             raise DatasetError(f"{len(missing)} frames of this batch are not in {self.bag} (bag time {missing[0][0]}): it changed since it was listed")
-        images = [found[key] for key in wanted]
-        described = [self.vpr.describe_batch(chunk) for chunk in batched(images, 16)]
-        return {"row": batch["row"], "descriptor": np.concatenate(described)}
+        return {"row": batch["row"], "descriptor": describe_frames(self.vpr, [found[key] for key in wanted])[0]}
 
 
 def require_ray(config: RayConfig) -> Any:

@@ -84,7 +84,7 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process: running
-        return True
+        pass
     return True
 
 
