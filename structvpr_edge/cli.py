@@ -22,8 +22,8 @@ from .labels import SCHEMES
 from .files import check_not_an_input
 
 SYNTH_PRESETS = ("smoke", "benchmark", "benchmark-hard")  # data/synthcity/generate.PRESETS, not imported to parse (tests/test_cli.py)
-SEGMENTERS = ("espnet-cityscapes",)
-DEFAULT_MAX_RECALL_DROP, DEFAULT_MIN_COSINE = 1.0, 0.95  # deploy/calibration's, not imported to parse: onnx (tests/test_cli.py)  # deploy/segmenter.SEGMENTERS, not imported to parse: torch (tests/test_espnet.py)
+SEGMENTERS = ("espnet-cityscapes",)  # deploy/segmenter.SEGMENTERS, not imported to parse: torch (tests/test_espnet.py)
+DEFAULT_MAX_RECALL_DROP, DEFAULT_MIN_COSINE = 1.0, 0.95  # deploy/calibration's, not imported to parse: onnx (tests/test_cli.py)
 
 
 DESCRIPTION = ("StructVPR++-style visual place recognition for vehicles and robots: generate data, train, export and "

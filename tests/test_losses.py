@@ -287,3 +287,23 @@ def test_each_weight_scales_its_own_term_and_weight_0_drops_it():
     assert [t.name for t in objective(negatives_only, recipe("structvpr++", True), config.optim, student_model, teacher_model)] == ["metric", "mask", "distill/negatives"]
     no_teacher = objective(config, recipe("structvpr++", False), config.optim, student_model, None)
     assert set(part_values(no_teacher, batch, 10)) == {"metric", "mask"}
+
+
+def test_distill_real_weight_scales_only_the_real_anchors():
+    """The distillation terms are a weighted mean over anchors: real_weight w moves each real anchor's
+    share from 1 to w, so the distill part is linear in w, and at 1 a batch with no real flags is unchanged."""
+    student, teacher, batch, student_model, teacher_model = fixed_batch()
+
+    def distill(real_weight: float, real: torch.Tensor | None) -> float:
+        conf = load_config(None, {"mode": "structvpr++", "distill": {"negative_weight": 3.0, "real_weight": real_weight}})
+        batch.real = real
+        return part_values(objective(conf, recipe("structvpr++", True), conf.optim, student_model, teacher_model), batch, 10)["distill"].item()
+
+    real = torch.tensor([False] * 4 + [True] * 4)  # the last two places are real frames
+    synthetic_only, full = distill(0.0, real), distill(1.0, real)
+    assert full == pytest.approx(distill(1.0, None), rel=1e-6)
+    assert 0 < synthetic_only < full
+    assert distill(0.5, real) == pytest.approx((synthetic_only + full) / 2, rel=1e-5)
+    assert distill(0.0, torch.ones(8, dtype=torch.bool)) == 0.0
+    with pytest.raises(ConfigError, match="real_weight"):
+        load_config(None, {"mode": "structvpr++", "distill": {"real_weight": -1.0}}).validate()

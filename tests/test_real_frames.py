@@ -116,4 +116,6 @@ def test_teacher_and_student_train_on_synthetic_and_real_places(place_dataset, v
     assert (indices >= main_rows).sum() == 2 * config.optim.images_per_place
     terms, groups = stage.losses(stage.parts, indices, torch.from_numpy(labels), step=10)
     assert {"metric", "mask", "distill"} <= set(terms) and all(torch.isfinite(t) for t in terms.values())
+    real_anchors = stage.batch(stage.parts, indices, torch.from_numpy(labels)).real  # what distill.real_weight weighs
+    assert real_anchors is not None and np.array_equal(real_anchors.numpy(), indices >= main_rows)
     assert stage.run(resume=False).exists()

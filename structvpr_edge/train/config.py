@@ -87,6 +87,9 @@ class DistillConfig:
     # The KD schedule, tried on val (issue 9): the whole KD term rises linearly from 0 over these
     # steps, so the student's masks and metric space form before the teacher pulls; 0 = full from step 0.
     warmup_steps: int = 0
+    # Every distillation term's weight on the anchors that are real frames (real.root), tried on the
+    # real val (issue 23): the teacher's label-group prior is learned in SynthCity; 0 = SynthCity anchors only.
+    real_weight: float = 1.0
     samples: SampleWeightConfig = field(default_factory=SampleWeightConfig)
 
     def validate(self, distils: bool) -> None:
@@ -95,6 +98,8 @@ class DistillConfig:
             raise ConfigError(f"distill.samples.memory_batches must be >= 0, got {self.samples.memory_batches}")
         if self.warmup_steps < 0:
             raise ConfigError(f"distill.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not self.real_weight >= 0:
+            raise ConfigError(f"distill.real_weight must be >= 0, got {self.real_weight}")
         extra = (self.feature_weight, self.similarity_weight, self.negative_weight)
         if not all(w >= 0 for w in extra):
             raise ConfigError(f"distill.feature_weight, similarity_weight and negative_weight must be >= 0, got {extra}")

@@ -32,6 +32,7 @@ class Batch:
     teacher: AlignedOutput | None = None  # the frozen teacher's outputs
     sample_groups: torch.Tensor | None = None  # (B,) index into weights.GROUPS, with a teacher
     imagenet_trunk: torch.Tensor | None = None  # the ImageNet backbone's features, with feature preservation
+    real: torch.Tensor | None = None  # (B,) True where the image is a real frame, with real frames in training
 
 
 Schedule = Callable[[int], float]
@@ -62,9 +63,15 @@ class Term:
         return self.weight * self.schedule(step) * self.loss(batch)
 
 
-def sample_weighted(per_anchor: Callable[[Batch], torch.Tensor], samples: SampleWeightConfig) -> Callable[[Batch], torch.Tensor]:
-    """The mean over anchors of a (B,) term, each anchor weighted by its sample group."""
-    return lambda batch: (group_weights(batch.sample_groups, samples) * per_anchor(batch)).mean()
+def anchor_weights(batch: Batch, samples: SampleWeightConfig, real_weight: float) -> torch.Tensor:
+    """(B,) each anchor's sample-group weight, times ``real_weight`` where it is a real frame."""
+    weights = group_weights(batch.sample_groups, samples)
+    return weights if batch.real is None else torch.where(batch.real, real_weight * weights, weights)
+
+
+def sample_weighted(per_anchor: Callable[[Batch], torch.Tensor], samples: SampleWeightConfig, real_weight: float = 1.0) -> Callable[[Batch], torch.Tensor]:
+    """The mean over anchors of a (B,) term, each anchor weighted by ``anchor_weights``."""
+    return lambda batch: (anchor_weights(batch, samples, real_weight) * per_anchor(batch)).mean()
 
 
 def objective(config: TrainConfig, recipe: Recipe, optim: OptimConfig, model: nn.Module, teacher: nn.Module | None = None,
@@ -89,7 +96,7 @@ def objective(config: TrainConfig, recipe: Recipe, optim: OptimConfig, model: nn
             "distill/similarity": (kd.similarity_weight, lambda b: similarity_kd(b.parts, b.teacher)),
             "distill/negatives": (kd.negative_weight, lambda b: teacher_ranked_negatives(b.parts, b.teacher, b.places)),
         }
-        terms += [Term(name, weight, sample_weighted(term, kd.samples), warmup) for name, (weight, term) in per_anchor.items()]
+        terms += [Term(name, weight, sample_weighted(term, kd.samples, kd.real_weight), warmup) for name, (weight, term) in per_anchor.items()]
     return [term for term in terms if term.weight > 0]
 
 

@@ -262,6 +262,8 @@ class Stage:
             keys = Keys(batch.teacher.descriptor.float(), batch.parts.descriptor.float(), labels, torch.from_numpy(indices).to(labels.device))
             batch.sample_groups = sample_groups(keys, self.memory.keys(keys), self.config.distill.samples)
             self.memory.push(keys)
+            if self.real_places is not None:  # MixedPlaceSampler labels real places after the synthetic ones
+                batch.real = labels >= len(self.groups.places)
         return batch
 
     def losses(self, net: nn.Module, indices: np.ndarray, labels: torch.Tensor, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
