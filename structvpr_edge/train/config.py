@@ -87,8 +87,8 @@ class DistillConfig:
     # The KD schedule, tried on val (issue 9): the whole KD term rises linearly from 0 over these
     # steps, so the student's masks and metric space form before the teacher pulls; 0 = full from step 0.
     warmup_steps: int = 0
-    # Every distillation term's weight on the anchors that are real frames (real.root), tried on the
-    # real val (issue 23): the teacher's label-group prior is learned in SynthCity; 0 = SynthCity anchors only.
+    # Every distillation term's weight on the anchors that are real frames (real.root); 0 = SynthCity anchors
+    # only. Tried on the real val (issue 23, row K): 0 did not move the corridor, so 1 stays.
     real_weight: float = 1.0
     samples: SampleWeightConfig = field(default_factory=SampleWeightConfig)
 

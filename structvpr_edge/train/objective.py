@@ -69,7 +69,7 @@ def anchor_weights(batch: Batch, samples: SampleWeightConfig, real_weight: float
     return weights if batch.real is None else torch.where(batch.real, real_weight * weights, weights)
 
 
-def sample_weighted(per_anchor: Callable[[Batch], torch.Tensor], samples: SampleWeightConfig, real_weight: float = 1.0) -> Callable[[Batch], torch.Tensor]:
+def sample_weighted(per_anchor: Callable[[Batch], torch.Tensor], samples: SampleWeightConfig, real_weight: float) -> Callable[[Batch], torch.Tensor]:
     """The mean over anchors of a (B,) term, each anchor weighted by ``anchor_weights``."""
     return lambda batch: (anchor_weights(batch, samples, real_weight) * per_anchor(batch)).mean()
 
