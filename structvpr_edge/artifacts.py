@@ -68,20 +68,24 @@ def backend_for(model: str | Path) -> str:
     return BACKEND_BY_SUFFIX.get(Path(str(model)).suffix, "torch")
 
 
-def check_kit_member(model: str | Path, sha256: str) -> None:
-    """Refuse a model file of a calibration kit that the kit's report.json records with other bytes:
-    a kit a kill left half-swapped, or a mix of two calibrations. A file outside a kit, or in a
-    folder with no report (a kit being written), is not checked."""
+def check_kit_member(model: str | Path, sha256: str, info_digest: str) -> None:
+    """Refuse a model file of a calibration kit that is not the graph the kit's report.json records:
+    a kit a kill left half-swapped, or a mix of two calibrations. A graph is known by its metadata
+    (``modelinfo.info_digest``: weights, ranges, precision, layers kept in FP32), as a kit rebuilt
+    on another machine differs in the last bits of its weights; a kit from before that record, by
+    its bytes. A file outside a kit, or in a folder with no report (a kit being written), is not checked."""
     model = Path(model)
     report = model.parent / REPORT
     if model.name not in {f.file for f in FORMATS.values()} or not report.is_file():
         return
     with open_regular(report, 16 << 20, ModelError) as handle:
         try:
-            recorded = json.loads(handle.read()).get("sha256", {}).get(model.name, sha256)
-        except (ValueError, AttributeError) as exc:
+            recorded = json.loads(handle.read())
+            graph = recorded.get("graphs", {}).get(model.name)
+            same = graph["info"] == info_digest if graph else recorded.get("sha256", {}).get(model.name, sha256) == sha256
+        except (ValueError, AttributeError, KeyError, TypeError) as exc:
             raise ModelError(f"{report} is damaged ({exc}); recalibrate the kit") from exc
-    if recorded != sha256:
+    if not same:
         raise ModelError(f"{model} is not the file {report} describes (a mix of two calibrations, or an interrupted one); recalibrate the kit")
 
 

@@ -144,6 +144,15 @@ def graph_digest(data: bytes) -> str:
     return digest.hexdigest()
 
 
+def info_digest(info: ModelInfo) -> str:
+    """sha256 of a model's metadata less its graph digest: the weights' and ranges' identity, the
+    precision and the layers kept in FP32. A calibration kit records it for each graph, because an
+    export of the same weights on another CPU or simplifier release differs in the last bits of
+    its folded weights, so in its graph digest, and is still the calibrated graph."""
+    props = {k: v for k, v in info.to_props().items() if k != PREFIX + "graph_sha256"}
+    return hashlib.sha256(json.dumps(props, sort_keys=True).encode()).hexdigest()
+
+
 def verified_weights(path: str | Path, info: ModelInfo) -> str:
     """``info.weights_sha256`` once the ONNX file at ``path`` holds the graph its metadata records
     (ModelError otherwise: weights edited or damaged since export). "" for a model exported before

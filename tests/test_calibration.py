@@ -181,8 +181,20 @@ def test_a_calibrated_checkpoint_is_a_kit_that_rebuilds_its_graphs(student_check
     for name in (MANIFEST, RANGES, TRT_CACHE, REPORT):
         shutil.copy(out / name, kit / name)
     assert prepare_kit(kit) == kit
-    graphs = (FP32, TRT_INT8, CPU_INT8, FP16)  # every graph rebuilt, byte for byte the calibrated one
+    graphs = (FP32, TRT_INT8, CPU_INT8, FP16)  # every graph rebuilt on the calibrating machine: byte for byte the calibrated one
     assert {n: sha256_file(kit / n) for n in graphs} == {n: report.sha256[n] for n in graphs}
     (kit / MANIFEST).write_text(json.dumps({**manifest, "weights_sha256": "0" * 64}))
     with pytest.raises(ModelError, match="other weights"):
         prepare_kit(kit)
+
+
+def test_the_tensorrt_form_runs_unfused_on_onnx_runtime_and_the_cpu_form_fused(calibration_dir):
+    """ORT's fused int8 kernels saturate on x86 without VNNI; TensorRT's form is checked as written."""
+    import onnxruntime as ort
+
+    from structvpr_edge.runtime.ort_session import create_session, made_for_tensorrt
+
+    levels = {name: create_session(calibration_dir / name, 1).get_session_options().graph_optimization_level for name in (TRT_INT8, CPU_INT8, FP16)}
+    enable, disable = ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert levels == {TRT_INT8: disable, CPU_INT8: enable, FP16: enable}
+    assert not made_for_tensorrt({"structvpr.extra": "not json"}) and not made_for_tensorrt({"structvpr.extra": '{"precision": ["int8-trt"]}'})

@@ -1,5 +1,5 @@
-"""Issue 26's INT8 kit: found from the package wherever it is installed, rebuilt on demand byte for
-byte (into the user cache when the kit is read-only), TensorRT looked for before any work, both
+"""Issue 26's INT8 kit: found from the package wherever it is installed, rebuilt on demand into
+the graphs calibrated (into the user cache when the kit is read-only), TensorRT looked for before any work, both
 INT8 forms gated by default. A wheel that carries it: tests/test_install.py."""
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from structvpr_edge import cli
+import onnx
+
+from structvpr_edge import EdgeVPR, cli
 from structvpr_edge.artifacts import CPU_INT8, FP16, FP32, MANIFEST, RANGES, REPORT, TRT_CACHE, TRT_INT8, is_shipped_kit, shipped_kit
 from structvpr_edge.cli import main
 from structvpr_edge.deploy import calibration
+from structvpr_edge.deploy import quantize as q
 from structvpr_edge.deploy.calibration import CalibrationConfig, calibrate, prepare_kit
 from structvpr_edge.errors import ConfigError, ModelError
 from structvpr_edge.modelinfo import sha256_file
@@ -65,14 +68,36 @@ def test_a_read_only_kit_is_rebuilt_in_the_user_cache(checkpoint_kit, tmp_path, 
     assert prepare_kit(installed) == work  # a second call finds them
 
 
-def test_a_graph_that_rebuilds_to_other_bytes_is_refused_and_not_kept(checkpoint_kit, tmp_path):
+def test_a_graph_that_rebuilds_to_another_structure_is_refused_naming_the_tools(checkpoint_kit, tmp_path):
     kit = small_files(checkpoint_kit[0], tmp_path / "kit")
     report = json.loads((kit / REPORT).read_text())
-    report["sha256"][CPU_INT8] = "0" * 64
+    report["graphs"][CPU_INT8]["structure"] = "0" * 64
+    report["tools"]["onnxsim"] = "0.7.3"
     (kit / REPORT).write_text(json.dumps(report))
-    with pytest.raises(ModelError, match=f"{CPU_INT8} rebuilt in .* is not the calibrated file"):
+    here = calibration.tool_versions()["onnxsim"]
+    with pytest.raises(ModelError, match=f"{CPU_INT8} rebuilt in .* is not the calibrated graph .*onnxsim 0.7.3 there, {here} here"):
         prepare_kit(kit)
     assert not (kit / CPU_INT8).exists() and not any(p.name.startswith(".") for p in kit.iterdir())
+
+
+def test_a_graph_with_other_last_bits_is_the_calibrated_one_and_another_layout_is_not(checkpoint_kit, tmp_path):
+    """Another CPU folds the same weights to other last bits: the shipped kit's model.onnx rebuilt on
+    an AMD machine differed in its bytes from the Intel machine's that calibrated it, with the same
+    packages. A kit knows its graphs by graph_identity; a graph laid out otherwise is refused."""
+    kit = tmp_path / "kit"
+    shutil.copytree(checkpoint_kit[0], kit)
+    path = kit / CPU_INT8
+    proto = onnx.load(str(path))
+    weight = next(t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and t.raw_data)
+    weight.raw_data = bytes([weight.raw_data[0] ^ 1]) + weight.raw_data[1:]  # one bit, as a rebuild elsewhere
+    q.stamp_precision(proto)  # the rebuild stamps the digest of its own weights
+    onnx.save(proto, str(path))
+    assert sha256_file(path) != checkpoint_kit[1][CPU_INT8]
+    assert calibration.check_kit(kit) and EdgeVPR(path, threads=1).info.extra["precision"] == "int8-cpu"
+    proto.graph.node[0].name += "_renamed"
+    onnx.save(proto, str(path))
+    with pytest.raises(ModelError, match=f"{CPU_INT8} is not the file"):
+        calibration.check_kit(kit)
 
 
 def test_export_writes_a_shipped_models_int8_graph_and_refuses_reshaping(checkpoint_kit, tmp_path, monkeypatch, capsys):

@@ -12,6 +12,7 @@ import pytest
 
 from structvpr_edge.cli import main
 from structvpr_edge.artifacts import CPU_INT8, FP16, FP32, MANIFEST, RANGES, REPORT, TRT_CACHE, TRT_INT8, engine_manifest_path
+from structvpr_edge.deploy.calibration import graph_identity
 from structvpr_edge.deploy.engine import EngineBuildConfig, build_engine
 from structvpr_edge.runtime.tensorrt_backend import GpuInfo, check_engine_compatible, load_engine_manifest
 from structvpr_edge.errors import BackendError, ConfigError, DatasetError, ModelError
@@ -220,8 +221,8 @@ def test_build_engine_from_the_shipped_kit_needs_no_images(variant, graph, why, 
     assert manifest["plan"]["onnx"] == str(copied_kit / graph) and why in manifest["plan"]["why"]
     assert manifest["trtexec"] in capsys.readouterr().out
     report = json.loads((copied_kit / REPORT).read_text())
-    for name in (FP32, TRT_INT8):  # rebuilt from the weights and ranges, identical to the calibrated graphs
-        assert sha256_file(copied_kit / name) == report["sha256"][name]
+    for name in (FP32, TRT_INT8):  # rebuilt from the weights and ranges: the calibrated graphs, on any CPU
+        assert graph_identity(copied_kit / name) == report["graphs"][name]
     if variant == "8.6":
         (calibrator,) = [c[0] for c in _calls(trt, "config.int8_calibrator")]
         assert calibrator.read_calibration_cache().startswith(b"TRT-8601-EntropyCalibration2\n")

@@ -11,19 +11,23 @@ A calibration lives in one folder, ``calibration/NAME/`` (file names: structvpr_
     report.json / .md      accuracy gate: descriptor cosine and Recall@1/5 against FP32
 
 Only the small files need to travel (a clone, a wheel): every graph is rebuilt from the weights
-and ranges.json on demand, byte for byte the one calibrated (``prepare_kit``).
+and ranges.json on demand, the one calibrated (``prepare_kit``): the same nodes, names, shapes and
+metadata (``graph_identity``); its floating-point weights may differ in the last bits when this
+CPU or simplifier release is not the calibrating one's.
 
 Images are chosen by greedy k-center on FP32 descriptors, so rare conditions (night, winter,
 fog) are represented instead of drowned by the common daylight frames. Torch-free.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +40,7 @@ from ..eval.evaluate import extract
 from ..files import open_regular, remove_stale_temps, replace_whole, temp_beside
 from ..eval.models import deployed_extractor
 from ..metrics import recall_at_n, retrieve
-from ..modelinfo import ModelInfo, read_onnx_info, sha256_file
+from ..modelinfo import ModelInfo, info_digest, read_onnx_info, sha256_file
 from ..runtime.ort_session import LOAD_SLACK, load_per_core
 from ..runtime.preprocess import Preprocessor, read_image
 from ..safety import check_onnx, confined
@@ -47,6 +51,7 @@ from . import quantize as q
 KIT_EXPORT: dict[str, Any] = {"uint8_input": True, "batch": "dynamic", "opset": 17}
 INT8_FORMS = ("INT8 cpu", "INT8 trt")  # both gated: the TensorRT form once passed at mean cosine 0.61 unchecked
 DEFAULT_MAX_RECALL_DROP = 1.0  # Recall@1 points either INT8 form may lose on the validation set
+FLOAT_TYPES = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16: left out of graph_identity
 DEFAULT_MIN_COSINE = 0.95  # without a validation set: the mean descriptor cosine to FP32 either INT8 form must keep
 
 
@@ -206,7 +211,9 @@ class CalibrationReport:
     fp32_groups: list[str] = field(default_factory=list)
     fp32_nodes: list[str] = field(default_factory=list)
     within_budget: bool | None = None
-    sha256: dict[str, str] = field(default_factory=dict)  # artifact file name -> sha256 (a rebuilt kit must match)
+    sha256: dict[str, str] = field(default_factory=dict)  # artifact file name -> sha256 of the file as calibrated
+    graphs: dict[str, dict[str, str]] = field(default_factory=dict)  # graph file name -> graph_identity (a rebuilt kit must match)
+    tools: dict[str, str] = field(default_factory=dict)  # the export and quantization packages' versions, named when a rebuild differs
     cpu_ms: dict[str, float] = field(default_factory=dict)  # fp32/int8/fp16 -> ms per frame on this CPU, side by side
     cpu_advice: str | None = None  # set when INT8 does not pay on this CPU
     cpu_load: float | None = None  # 1-min load average per core while cpu_ms were timed
@@ -316,16 +323,17 @@ def kit_workspace(folder: Path) -> Path:
 
 
 def _rebuild(work: Path, name: str, report: dict, build) -> None:
-    """``build(tmp)`` the graph ``name`` aside; it replaces nothing unless its bytes are the ones
-    the kit's report records (the same weights, ranges and tools give the same file)."""
+    """``build(tmp)`` the graph ``name`` aside; it replaces nothing unless it is the graph the kit's
+    report records (graph_identity): the same weights, ranges and tools give it on any CPU."""
     def write(tmp: Path) -> None:
         build(tmp)
-        digest, expected = sha256_file(tmp), report["sha256"].get(name)
-        if expected is not None and digest != expected:
+        if name in report["sha256"] and not _is_recorded(tmp, name, report):
+            here, there = tool_versions(), report.get("tools", {})
+            differ = ", ".join(f"{k} {there[k]} there, {v} here" for k, v in here.items() if k in there and there[k] != v)
             raise ModelError(
-                f"{name} rebuilt in {work} is not the calibrated file (sha256 {digest[:12]}, the report says {expected[:12]}): this "
-                "machine's onnx / onnxruntime (torch for model.onnx) differ from the calibrating one's; copy the kit's .onnx files "
-                "from a machine that has them, or recalibrate"
+                f"{name} rebuilt in {work} is not the calibrated graph (other nodes or names): this machine's export tools differ "
+                f"from the calibrating one's ({differ or 'versions not recorded'}); install those versions, copy the kit's .onnx "
+                "files from a machine that has them, or recalibrate"
             )
 
     replace_whole(work / name, write)
@@ -333,13 +341,13 @@ def _rebuild(work: Path, name: str, report: dict, build) -> None:
 
 def prepare_kit(folder: Path) -> Path:
     """The folder holding every graph of calibration kit ``folder`` (the FP32 export, both INT8
-    forms, FP16), each rebuilt from the recorded weights and ranges where missing, byte for byte
-    the calibrated one: ``folder`` itself, or its copy in the user cache when it is read-only.
+    forms, FP16), each rebuilt from the recorded weights and ranges where missing, the calibrated
+    graph (graph_identity): ``folder`` itself, or its copy in the user cache when it is read-only.
     Torch is needed only to export a missing FP32 graph.
 
     ModelError when the graph comes from other weights than the calibrated ones (the ranges
     belong to those), lacks a tensor the ranges name (another exporter renamed it), or rebuilds
-    to other bytes."""
+    to another graph."""
     import onnx  # noqa: PLC0415
 
     folder = Path(folder)
@@ -486,6 +494,8 @@ def _write_report(run: _Quantizer, report: CalibrationReport, start: float) -> N
     report.artifacts = {key: path.name for key, path in files.items()}
     report.quantization = {name: q.quantization_types(onnx.load(str(path))) for name, path in int8.items()}
     report.sha256 = {path.name: sha256_file(path) for path in (model, *files.values())}
+    report.graphs = {path.name: graph_identity(path) for path in (model, int8["cpu"], int8["trt"], out / FP16)}
+    report.tools = tool_versions()
     report.cpu_load = load_per_core()
     report.cpu_ms = cpu_inference_ms({"fp32": model, "int8": int8["cpu"], "fp16": out / FP16}, run.config.threads)
     report.cpu_advice = int8_advice(report.cpu_ms)
@@ -494,18 +504,63 @@ def _write_report(run: _Quantizer, report: CalibrationReport, start: float) -> N
     (out / REPORT_MD).write_text(report.markdown())
 
 
+def graph_identity(path: Path) -> dict[str, str]:
+    """What a kit records of a graph instead of its bytes: ``structure``, the sha256 of its nodes,
+    names, shapes and integer constants with floating-point values and doc strings left out, and
+    ``info``, the digest of its metadata (modelinfo.info_digest). The weights' values are pinned by
+    the checkpoint's sha256 in that metadata and by the export's parity check, the Q/DQ scales by
+    the ranges' sha256; their last bits differ from one CPU or onnxsim release to another."""
+    import onnx  # noqa: PLC0415
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf's DecodeError and onnx's own, for a truncated or damaged file
+        raise ModelError(f"{path} is not a readable ONNX graph (truncated or damaged: {exc}); recalibrate or rebuild the kit") from exc
+    graph = model.graph
+    graph.doc_string = ""
+    tensors = list(graph.initializer)
+    for node in graph.node:
+        node.doc_string = ""
+        tensors += [a.t for a in node.attribute if a.HasField("t")] + [t for a in node.attribute for t in a.tensors]
+    for tensor in tensors:
+        if tensor.data_type in FLOAT_TYPES:
+            for name in ("raw_data", "float_data", "double_data", "int32_data"):
+                tensor.ClearField(name)
+    structure = hashlib.sha256(graph.SerializeToString(deterministic=True)).hexdigest()
+    info = ModelInfo.from_props({p.key: p.value for p in model.metadata_props})
+    return {"structure": structure, "info": info_digest(info)}
+
+
+def tool_versions() -> dict[str, str]:
+    """The installed versions of the packages whose output a kit's graphs are."""
+    found = {}
+    for name in ("torch", "onnx", "onnxsim", "onnxslim", "onnxruntime"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def _is_recorded(path: Path, name: str, report: dict) -> bool:
+    """``path`` is the kit file ``name`` that ``report`` describes: by graph_identity for a graph the
+    report records one of (a kit written before that record: by sha256), else by sha256."""
+    graph = report.get("graphs", {}).get(name)
+    return graph_identity(path) == graph if graph else sha256_file(path) == report["sha256"][name]
+
+
 def check_kit(folder: Path) -> dict:
-    """The kit's report, once every kit file present is the one it describes (sha256): a kit whose
-    swap a kill interrupted (no report) or a mix of two calibrations is refused, naming the file."""
+    """The kit's report, once every kit file present is the one it describes: a kit whose swap a
+    kill interrupted (no report) or a mix of two calibrations is refused, naming the file."""
     redo = f"recalibrate: structvpr-edge calibrate ... --out {folder}"
     try:
         report = json.loads((folder / REPORT).read_text())
-        recorded_sha = report["sha256"]
+        present = [folder / name for name in report["sha256"] if (folder / name).is_file()]
+        mixed = [path for path in present if not _is_recorded(path, path.name, report)]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{folder} is not a whole calibration kit ({exc}); {redo}") from exc
-    for name, digest in recorded_sha.items():
-        if (folder / name).is_file() and sha256_file(folder / name) != digest:
-            raise ModelError(f"{folder / name} is not the file {folder / REPORT} describes (a mix of two calibrations); {redo}")
+    if mixed:
+        raise ModelError(f"{mixed[0]} is not the file {folder / REPORT} describes (a mix of two calibrations); {redo}")
     return report
 
 

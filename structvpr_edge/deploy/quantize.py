@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import BackendError, ConfigError, ModelError
-from ..modelinfo import PREFIX, ModelInfo, graph_digest
+from ..modelinfo import PREFIX, ModelInfo, graph_digest, sha256_file
 
 METHODS = ("entropy", "minmax", "percentile")
 CACHE_HEADER = re.compile(r"^TRT-(\d+)-EntropyCalibration2$")
@@ -166,7 +166,7 @@ def quantize(onnx_path: Path, ranges_path: Path, out: Path, form: QuantForm, met
             calibration_cache_path=str(ranges_path), extra_options=dict(form.extra_options),
         )
     proto = onnx.load(str(out))
-    stamp_precision(proto, precision=f"int8-{form.name}", fp32_nodes=list(nodes_to_exclude))
+    stamp_precision(proto, precision=f"int8-{form.name}", fp32_nodes=list(nodes_to_exclude), ranges_sha256=sha256_file(ranges_path))
     onnx.save(proto, str(out))
     return out
 

@@ -23,7 +23,7 @@ import numpy as np
 from ..artifacts import MODEL_SUFFIXES, backend_for, check_kit_member
 from ..data.dataset import DEFAULT_POSITIVE_RADIUS_M
 from ..errors import ConfigError, MapError, ModelError, UncalibratedWarning
-from ..modelinfo import sha256_file, verified_weights
+from ..modelinfo import info_digest, sha256_file, verified_weights
 from .backends import Backend, open_backend
 from .map import PlaceMap
 from .ort_session import MAX_THREADS
@@ -172,7 +172,7 @@ class EdgeVPR:
         # A map answers to the weights (their fingerprint, checked against the graph actually loaded:
         # metadata alone would pass edited weights), or, for a model without one, to the file's bytes.
         self.model_sha256 = sha256_file(model) if Path(model).is_file() else self.info.checkpoint_sha256
-        check_kit_member(model, self.model_sha256)
+        check_kit_member(model, self.model_sha256, info_digest(self.info))
         self.weights_sha256 = verified_weights(model, self.info) if backend_for(model) == "onnxruntime" else self.info.weights_sha256
         self.preprocess = Preprocessor(self.info, colour, max_batch=max(1, min(max_batch, self.backend.max_batch)))
         self.top_k = top_k
