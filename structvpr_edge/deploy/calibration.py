@@ -51,7 +51,6 @@ from . import quantize as q
 KIT_EXPORT: dict[str, Any] = {"uint8_input": True, "batch": "dynamic", "opset": 17}
 INT8_FORMS = ("INT8 cpu", "INT8 trt")  # both gated: the TensorRT form once passed at mean cosine 0.61 unchecked
 DEFAULT_MAX_RECALL_DROP = 1.0  # Recall@1 points either INT8 form may lose on the validation set
-FLOAT_TYPES = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16: left out of graph_identity
 DEFAULT_MIN_COSINE = 0.95  # without a validation set: the mean descriptor cosine to FP32 either INT8 form must keep
 
 
@@ -355,9 +354,10 @@ def prepare_kit(folder: Path) -> Path:
         manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{folder} is not a calibration folder ({exc}); run `structvpr-edge calibrate`") from exc
-    check_kit(folder)
+    report = check_kit(folder)
     work = kit_workspace(folder)
-    report = check_kit(work)
+    if work != folder:  # a copy in the user cache: its own files are checked too
+        report = check_kit(work)
     fp32, weights = work / FP32, manifest.get("weights")
     redo = f"recalibrate: structvpr-edge calibrate --model {weights or 'MODEL'} --dataset DATASET --val-dataset DATASET --out {folder} --reselect"
     if not fp32.is_file():
@@ -522,8 +522,9 @@ def graph_identity(path: Path) -> dict[str, str]:
     for node in graph.node:
         node.doc_string = ""
         tensors += [a.t for a in node.attribute if a.HasField("t")] + [t for a in node.attribute for t in a.tensors]
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
     for tensor in tensors:
-        if tensor.data_type in FLOAT_TYPES:
+        if tensor.data_type in floats:
             for name in ("raw_data", "float_data", "double_data", "int32_data"):
                 tensor.ClearField(name)
     structure = hashlib.sha256(graph.SerializeToString(deterministic=True)).hexdigest()
