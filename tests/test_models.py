@@ -1,10 +1,13 @@
+import hashlib
+import re
+
 import torch
 import torch.nn.functional as F
 
 from structvpr_edge.labels import LABEL_GROUPS
 from structvpr_edge.layout import DescriptorLayout
 from structvpr_edge.models.alignment import SemanticAlignment
-from structvpr_edge.models.checkpoint import layout_of, load_checkpoint, save_checkpoint, ship
+from structvpr_edge.models.checkpoint import SHIPPED, SHIPPED_DIR, layout_of, load_checkpoint, save_checkpoint, ship
 from structvpr_edge.models.global_student import GlobalStudent, GlobalStudentConfig
 from structvpr_edge.models.student import StructVPRStudent, StudentConfig
 from structvpr_edge.models.teacher import SegTeacher, TeacherConfig
@@ -104,3 +107,19 @@ def test_ship_saves_half_weights_with_their_source(tmp_path):
     with pytest.raises(ModelError, match="student-nokd must be"):  # a GeM student under the label-aware name
         ship(save_checkpoint(tmp_path / "gem.pt", GlobalStudent(GlobalStudentConfig(imagenet=False)), (64, 48), {}), "student-nokd",
              weights_dir=tmp_path / "weights")
+
+
+def test_every_shipped_checkpoint_has_its_provenance_and_the_terms_of_its_data():
+    """weights/MODELS.md names each shipped file by sha256 and says 'research use only' wherever
+    the checkpoint's own recipe read CamVid: shipping a new file fails here until the page says
+    where it comes from."""
+    page = (SHIPPED_DIR / "MODELS.md").read_text()
+    sections = dict(re.findall(r"^## `([\w-]+)`\n(.*?)(?=^## |\Z)", page, flags=re.M | re.S))
+    assert sorted(sections) == sorted(SHIPPED)
+    for name in SHIPPED:
+        path = SHIPPED_DIR / f"{name}.pt"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() in sections[name], f"{name}: update weights/MODELS.md"
+        _, meta = load_checkpoint(name)
+        read_camvid = "camvid" in str(meta["train_config"].get("real", {}).get("root", "")).lower()
+        assert ("Research use only" in sections[name]) == read_camvid, name
+        assert meta["shipped_from"].rsplit("/model.pt", 1)[0] in sections[name], name
