@@ -111,8 +111,6 @@ def _ade20k_to_cityscapes_table() -> np.ndarray:
 
 ADE20K_TO_CITYSCAPES: np.ndarray = _ade20k_to_cityscapes_table()
 """uint8[256] lookup: ADE20K class id -> Cityscapes train id of its group (255 = ignore)."""
-ADE20K_TO_GROUP: np.ndarray = CITYSCAPES_TO_GROUP[ADE20K_TO_CITYSCAPES]
-"""uint8[256] lookup: ADE20K class id -> label group id (255 = ignore)."""
 
 # CamVid, the 11-class version of SegNet's copy (ids 0..10, 11 = void), each class mapped to the
 # Cityscapes train id that names the same thing (a bicyclist is a rider), void to ignore.

@@ -21,7 +21,6 @@ from ..errors import DatasetError
 from .names import parse_name
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-SUBSETS = ("database", "queries")
 DEFAULT_POSITIVE_RADIUS_M = 25.0
 
 
