@@ -506,10 +506,12 @@ def _write_report(run: _Quantizer, report: CalibrationReport, start: float) -> N
 
 def graph_identity(path: Path) -> dict[str, str]:
     """What a kit records of a graph instead of its bytes: ``structure``, the sha256 of its nodes,
-    names, shapes and integer constants with floating-point values and doc strings left out, and
-    ``info``, the digest of its metadata (modelinfo.info_digest). The weights' values are pinned by
-    the checkpoint's sha256 in that metadata and by the export's parity check, the Q/DQ scales by
-    the ranges' sha256; their last bits differ from one CPU or onnxsim release to another."""
+    names, shapes and int64 constants (shapes, axes) with every other tensor's values and doc
+    strings left out, and ``info``, the digest of its metadata (modelinfo.info_digest). The weights'
+    values are pinned by the checkpoint's sha256 in that metadata and by the export's parity check,
+    the Q/DQ scales by the ranges' sha256. Float weights' last bits differ from one CPU or onnxsim
+    release to another, and the INT8 weights and INT32 biases quantized from them follow (a kit
+    calibrated on an EPYC rebuilt on a Xeon with INT8 tensors one step apart)."""
     import onnx  # noqa: PLC0415
 
     try:
@@ -522,10 +524,9 @@ def graph_identity(path: Path) -> dict[str, str]:
     for node in graph.node:
         node.doc_string = ""
         tensors += [a.t for a in node.attribute if a.HasField("t")] + [t for a in node.attribute for t in a.tensors]
-    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
     for tensor in tensors:
-        if tensor.data_type in floats:
-            for name in ("raw_data", "float_data", "double_data", "int32_data"):
+        if tensor.data_type != onnx.TensorProto.INT64:
+            for name in ("raw_data", "float_data", "double_data", "int32_data", "uint64_data"):
                 tensor.ClearField(name)
     structure = hashlib.sha256(graph.SerializeToString(deterministic=True)).hexdigest()
     info = ModelInfo.from_props({p.key: p.value for p in model.metadata_props})
