@@ -511,7 +511,7 @@ def graph_identity(path: Path) -> dict[str, str]:
     values are pinned by the checkpoint's sha256 in that metadata and by the export's parity check,
     the Q/DQ scales by the ranges' sha256. Float weights' last bits differ from one CPU or onnxsim
     release to another, and the INT8 weights and INT32 biases quantized from them follow (a kit
-    calibrated on an EPYC rebuilt on a Xeon with INT8 tensors one step apart)."""
+    calibrated on an EPYC rebuilt on a Xeon to other INT8 values: CI failed on it)."""
     import onnx  # noqa: PLC0415
 
     try:
