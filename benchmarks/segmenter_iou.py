@@ -1,12 +1,13 @@
 """The shipped street segmenter (ESPNet, Cityscapes) on real street frames: how right, how fast.
 
     python benchmarks/segmenter_iou.py --camvid ../shared/data/camvid [--sizes 320x240,480x360] [--frames 1000]
+        [--split train --every 3]
 
-1. Per network input size: ESPNet labels CamVid val through ``deploy.segmenter.label_folder``,
-   graded against CamVid's own labels on our six label groups (``eval.label_iou.folder_iou``;
-   CamVid void ignored); then, at the default size, the two ablations of the shipped decision
-   (no mirrored average; the void channel allowed to win). The default input size and the
-   decision are chosen on this table, on val only.
+1. Per network input size: ESPNet labels CamVid val (or every ``--every``-th frame of ``--split``)
+   through ``deploy.segmenter.label_folder``, graded against CamVid's own labels on our six label
+   groups (``eval.label_iou.folder_iou``; CamVid void ignored); then, at the default size, the two
+   ablations of the shipped decision (no mirrored average; the void channel allowed to win). The
+   default input size and the decision are chosen on this table, on val or a train subset.
 2. ``structvpr-edge labels`` (the real command, default segmenter and size) on a folder of
    ``--frames`` frames made by cycling CamVid train + val (links under --work): wall time with
    the export, and frames per second.
@@ -34,13 +35,17 @@ def main() -> None:
     parser.add_argument("--sizes", type=sizes, default=[(320, 240), (384, 288), (480, 360), (512, 384), (640, 480)])
     parser.add_argument("--frames", type=int, default=1000, help="frames to label in the timing run (0: skip it)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/segmenter-iou"))
+    parser.add_argument("--split", choices=("train", "val"), default="val")
+    parser.add_argument("--every", type=int, default=1, help="grade every N-th frame of the split, in name order")
     args = parser.parse_args()
+    if args.every < 1:
+        parser.error(f"--every must be >= 1, got {args.every}")
 
-    frames = len(list((args.camvid / "images" / "val").glob("*.jpg")))
-    print(f"ESPNet (Cityscapes) on CamVid val ({frames} frames), IoU per label group, void ignored")
+    frames = len(list((args.camvid / "images" / args.split).glob("*.jpg"))[::args.every])
+    print(f"ESPNet (Cityscapes) on CamVid {args.split} ({frames} frames), IoU per label group, void ignored")
     print("| input | decision | " + " | ".join(LABEL_GROUPS) + " | mean | s/frame |")
     print("|" + " --- |" * (len(LABEL_GROUPS) + 4))
-    for (width, height), decision, result, seconds in segmenter_rows(args.camvid, args.sizes, args.work):
+    for (width, height), decision, result, seconds in segmenter_rows(args.camvid, args.sizes, args.work, args.split, args.every):
         print(f"| {width}x{height} | mirror={decision.mirror} void={decision.void} | "
               + " | ".join(f"{v:.3f}" for v in result.iou.values()) + f" | {result.mean:.3f} | {seconds:.3f} |", flush=True)
     if args.frames:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from structvpr_edge import cli
+from structvpr_edge.bench.quality import camvid_subset
 from structvpr_edge.data import segmentation
 from structvpr_edge.data.segmentation import convert_label_pngs, segment_folder
 from structvpr_edge.deploy import segmenter
@@ -184,3 +185,16 @@ def test_a_label_map_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="cannot write"):
         segmentation._write_png(target, np.zeros((2, 2), np.uint8))
     assert not list(target.parent.iterdir())  # nor a partial file
+
+
+def test_a_train_subset_for_choosing_the_segmenter_pairs_every_nth_frame_with_its_label(tmp_path):
+    camvid = tmp_path / "camvid"
+    names = [f"0001TP_{i:06d}" for i in range(7)]
+    for folder, suffix in (("images", ".jpg"), ("labels", ".png")):
+        (camvid / folder / "train").mkdir(parents=True)
+        for name in names:
+            (camvid / folder / "train" / f"{name}{suffix}").write_text(name)
+    images, labels = camvid_subset(camvid, "train", 3, tmp_path / "work")
+    assert sorted(p.stem for p in images.iterdir()) == sorted(p.stem for p in labels.iterdir()) == [names[0], names[3], names[6]]
+    assert (labels / f"{names[3]}.png").read_text() == names[3]
+    assert camvid_subset(camvid, "train", 1, tmp_path / "work") == (camvid / "images" / "train", camvid / "labels" / "train")

@@ -39,16 +39,34 @@ def mask_report(dataset: str, split: str, models: list[str]) -> dict[str, dict[s
     return report
 
 
-def segmenter_rows(camvid: Path, sizes: list[tuple[int, int]], work: Path) -> Iterator[tuple[tuple[int, int], Decision, object, float]]:
+def segmenter_rows(camvid: Path, sizes: list[tuple[int, int]], work: Path, split: str = "val",
+                   every: int = 1) -> Iterator[tuple[tuple[int, int], Decision, object, float]]:
     """(input size, decision, IoU result, s/frame) per size, then the two ablations of the shipped
-    decision at the default size; CamVid val labelled through ``label_folder``, graded by ``folder_iou``."""
-    val_images, val_labels = camvid / "images" / "val", camvid / "labels" / "val"
+    decision at the default size; CamVid's ``split`` (every ``every``-th frame) labelled through
+    ``label_folder``, graded by ``folder_iou``."""
+    images, labels = camvid_subset(camvid, split, every, work)
     for (width, height), decision in [(size, Decision()) for size in sizes] + [(SIZE, Decision(mirror=False)), (SIZE, Decision(void=True))]:
-        out = work / f"val-{width}x{height}-mirror{int(decision.mirror)}-void{int(decision.void)}"
+        out = work / f"{split}-every{every}-{width}x{height}-mirror{int(decision.mirror)}-void{int(decision.void)}"
         start = time.perf_counter()
-        summary = label_folder(val_images, out, size=(width, height), overwrite=True, decision=decision)
+        summary = label_folder(images, out, size=(width, height), overwrite=True, decision=decision)
         seconds = (time.perf_counter() - start) / summary.written  # the ONNX export (a few s) included
-        yield (width, height), decision, folder_iou(out, val_labels, label_scheme="camvid"), seconds
+        yield (width, height), decision, folder_iou(out, labels, label_scheme="camvid"), seconds
+
+
+def camvid_subset(camvid: Path, split: str, every: int, work: Path) -> tuple[Path, Path]:
+    """The image and label folders of CamVid's ``split``, or of every ``every``-th frame of it in name
+    order (links under ``work``): ESPNet never saw CamVid, so a train subset is a fair place to choose."""
+    images, labels = camvid / "images" / split, camvid / "labels" / split
+    if every == 1:
+        return images, labels
+    subset = work / f"{split}-every{every}"
+    for source in sorted(images.glob("*.jpg"))[::every]:
+        for folder, name in (("images", source.name), ("labels", f"{source.stem}.png")):
+            link = subset / folder / name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to((camvid / folder / split / name).resolve())
+    return subset / "images", subset / "labels"
 
 
 def time_labels_command(camvid: Path, frames: int, work: Path) -> tuple[float, float]:
