@@ -29,10 +29,14 @@ def imread(path: Path, flags: int = cv2.IMREAD_COLOR, what: str = "image") -> np
 
 def read_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     """An RGB image, area-resized to ``size`` (W, H) unless None or already that size."""
-    image = imread(path)
-    if size is not None and (image.shape[1], image.shape[0]) != size:
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(resize_area(imread(path), size), cv2.COLOR_BGR2RGB)
+
+
+def resize_area(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """``image`` area-resized to ``size`` (W, H) unless None or already that size."""
+    if size is None or (image.shape[1], image.shape[0]) == tuple(size):
+        return image
+    return cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:

@@ -183,16 +183,6 @@ def to_cityscapes(class_map: np.ndarray, scheme: str) -> np.ndarray:
     return _lookup(_TO_CITYSCAPES, class_map, scheme)
 
 
-def ade20k_to_cityscapes(class_map: np.ndarray) -> np.ndarray:
-    """ADE20K class ids -> a representative Cityscapes train id per group (255 = ignore)."""
-    return to_cityscapes(class_map, "ade20k")
-
-
-def camvid_to_cityscapes(class_map: np.ndarray) -> np.ndarray:
-    """CamVid class ids (11-class version) -> Cityscapes train ids (void -> 255 = ignore)."""
-    return to_cityscapes(class_map, "camvid")
-
-
 def classes_to_groups(label_map: np.ndarray) -> np.ndarray:
     """Map a uint8 class-id image (Cityscapes train ids) to label-group ids (255 = ignore)."""
     return to_groups(label_map, "cityscapes")

@@ -21,7 +21,7 @@ from structvpr_edge.deploy.segmenter import MEAN_RGB, STD_RGB, LabelGraph, expor
 from structvpr_edge.errors import DatasetError, ModelError
 from structvpr_edge.eval.label_iou import folder_iou
 from structvpr_edge.images import normalize
-from structvpr_edge.labels import CAMVID_CLASSES, GROUP_ID, IGNORE, camvid_to_cityscapes, to_groups
+from structvpr_edge.labels import CAMVID_CLASSES, GROUP_ID, IGNORE, to_cityscapes, to_groups
 from structvpr_edge.models.espnet import WEIGHTS, ESPNet, load_espnet
 from tests.test_segmentation import CITYSCAPES_IDS, write_images, write_model
 
@@ -78,7 +78,7 @@ def test_onnx_export_matches_torch_at_another_size(tmp_path):
 
 def test_camvid_ids_map_to_cityscapes_and_groups():
     camvid = np.arange(len(CAMVID_CLASSES) + 1, dtype=np.uint8)  # every class, void, one id past the table
-    assert camvid_to_cityscapes(camvid).tolist() == [10, 2, 5, 0, 1, 8, 7, 4, 13, 11, 12, IGNORE, IGNORE]
+    assert to_cityscapes(camvid, "camvid").tolist() == [10, 2, 5, 0, 1, 8, 7, 4, 13, 11, 12, IGNORE, IGNORE]
     groups = ["sky", "building", "pole_sign", "ground", "ground", "vegetation", "pole_sign", "building",
               "dynamic", "dynamic", "dynamic"]
     assert to_groups(camvid, "camvid").tolist() == [GROUP_ID[g] for g in groups] + [IGNORE, IGNORE]

@@ -11,7 +11,7 @@ from structvpr_edge.data.dataset import load_dataset
 from structvpr_edge.data.segmentation import convert_label_pngs, segment_folder
 from structvpr_edge.errors import ConfigError, DatasetError, ModelError
 from structvpr_edge.labels import (
-    ADE20K_CLASSES, ADE20K_TO_CITYSCAPES, CITYSCAPES_TO_GROUP, GROUP_ID, IGNORE, ade20k_to_cityscapes,
+    ADE20K_CLASSES, ADE20K_TO_CITYSCAPES, CITYSCAPES_TO_GROUP, GROUP_ID, IGNORE, to_cityscapes,
     classes_to_groups, to_groups,
 )
 from tests.conftest import write_tiny_dataset
@@ -94,9 +94,9 @@ def test_ade20k_mapping_on_known_ids():
     ids = np.array([2, 4, 20, 6, 1, 93, 7, 255], np.uint8)  # ..., building, pole, bed, ignore
     groups = ["sky", "vegetation", "dynamic", "ground", "building", "pole_sign"]
     assert to_groups(ids, "ade20k").tolist() == [GROUP_ID[g] for g in groups] + [IGNORE, IGNORE]
-    assert ade20k_to_cityscapes(ids).tolist() == [10, 8, 13, 0, 2, 5, IGNORE, IGNORE]
+    assert to_cityscapes(ids, "ade20k").tolist() == [10, 8, 13, 0, 2, 5, IGNORE, IGNORE]
     every_id = np.arange(256, dtype=np.uint8)  # the PNG round trip keeps every group
-    np.testing.assert_array_equal(classes_to_groups(ade20k_to_cityscapes(every_id)), to_groups(every_id, "ade20k"))
+    np.testing.assert_array_equal(classes_to_groups(to_cityscapes(every_id, "ade20k")), to_groups(every_id, "ade20k"))
     np.testing.assert_array_equal(to_groups(every_id, "cityscapes"), CITYSCAPES_TO_GROUP)
     assert (ADE20K_TO_CITYSCAPES[150:] == IGNORE).all()
     with pytest.raises(ConfigError):

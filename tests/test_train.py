@@ -8,6 +8,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from structvpr_edge.models.checkpoint import build_model, load_checkpoint, save_
 from structvpr_edge.models.student import StructVPRStudent
 from structvpr_edge.train.config import OldConfigWarning, Recipe, config_to_dict, load_config, recipe
 from structvpr_edge.images import read_rgb
-from structvpr_edge.train.data import PlaceBatchSampler, normalize_images, read_many
+from structvpr_edge.train.data import PlaceBatchSampler, frozen_feature_array, normalize_images, read_many
 from structvpr_edge.train.trainer import Stage, gradient_ratio, setup_context, train
 
 FAST = {"steps": 24, "places_per_batch": 6, "val_every": 12, "log_every": 4, "warmup_steps": 4, "checkpoint_every": 12}
@@ -423,3 +424,20 @@ def test_a_checkpoint_config_reads_back_as_the_same_config(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_config(path) == config
+
+
+def test_photometric_relights_a_share_of_the_training_images_the_same_way_in_every_run(place_dataset, tmp_path):
+    """``photometric``: that share of the images is cached under another light, the same images and
+    light in every run (a fresh cache rebuilds the same pixels), in a cache of its own."""
+    paths = load_dataset(place_dataset, "train").database.paths
+    no_frozen_blocks = SimpleNamespace(frozen_blocks=0)  # the cache then holds the images themselves
+    plain = frozen_feature_array(no_frozen_blocks, paths, (64, 48), tmp_path / "a")
+    half = frozen_feature_array(no_frozen_blocks, paths, (64, 48), tmp_path / "a", relight=0.5)
+    every = frozen_feature_array(no_frozen_blocks, paths, (64, 48), tmp_path / "a", relight=1.0)
+    relit = [np.array([not np.array_equal(a[i], plain[i]) for i in range(len(paths))]) for a in (half, every)]
+    assert 0 < relit[0].sum() < len(paths) and relit[1].all(), [r.sum() for r in relit]
+    assert len(list((tmp_path / "a").glob("images-*.npy"))) == 3
+    np.testing.assert_array_equal(frozen_feature_array(no_frozen_blocks, paths, (64, 48), tmp_path / "b", relight=0.5), half)
+    for share in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="photometric"):
+            load_config(None, {"photometric": share})

@@ -140,6 +140,10 @@ class TrainConfig:
     # ImageNet blocks give on the same input (1 - cosine per location), so training on a synthetic
     # city does not forget generic features; 0 = off. RGB students that start from ImageNet only.
     preserve_weight: float = 0.0
+    # Style randomisation (issue 23): the share of the place dataset's training images cached under
+    # a random light (the real frames' gamma, contrast, brightness, channel gain and noise), so the
+    # student leans less on SynthCity's colours; the same images and light for every seed; 0 = off.
+    photometric: float = 0.0
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     global_student: GlobalStudentConfig = field(default_factory=GlobalStudentConfig)
@@ -166,6 +170,8 @@ class TrainConfig:
         if self.optim.steps < 1 or self.teacher_optim.steps < 1:
             raise ConfigError(f"optim.steps and teacher_optim.steps must be >= 1, got {self.optim.steps}, {self.teacher_optim.steps}")
         self.distill.validate(recipe(self.mode, self.distill.enabled).distill)
+        if not 0 <= self.photometric <= 1:
+            raise ConfigError(f"photometric is a share of the training images, in [0, 1], got {self.photometric}")
         if not self.preserve_weight >= 0:
             raise ConfigError(f"preserve_weight must be >= 0, got {self.preserve_weight}")
         if self.preserve_weight > 0 and self.mode != "teacher":

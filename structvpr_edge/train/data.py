@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,8 +17,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..data.real_frames import photometric
 from ..errors import DatasetError
-from ..images import normalize, read_label, read_rgb
+from ..images import normalize, read_label, read_rgb, resize_area
 from ..labels import label_fractions
 from ..models.efficientnet_lite import MEAN_RGB, STD_RGB
 
@@ -66,21 +68,39 @@ def fraction_array(label_paths: list[Path], size: tuple[int, int], cache_dir: Pa
     return cached_array(cache_dir, "fractions", label_paths, f"{size}", compute)
 
 
-def frozen_feature_array(backbone: torch.nn.Module, paths: list[Path], image_size: tuple[int, int], cache_dir: Path) -> np.ndarray:
-    """float16 output of the frozen ImageNet blocks; the raw uint8 images when nothing is frozen."""
+def relit_reader(share: float) -> Callable[[Path, tuple[int, int]], np.ndarray]:
+    """``read_rgb``, with ``share`` of the images under the real frames' random light (chosen and lit
+    by the file name's CRC, so every run and seed reads the same pixels and shares one cache)."""
+
+    def read(path: Path, size: tuple[int, int]) -> np.ndarray:
+        rng = np.random.default_rng(zlib.crc32(Path(path).name.encode()))
+        if rng.random() >= share:
+            return read_rgb(path, size)
+        return resize_area(photometric(read_rgb(path, None), rng), size)
+
+    return read
+
+
+def frozen_feature_array(
+    backbone: torch.nn.Module, paths: list[Path], image_size: tuple[int, int], cache_dir: Path, relight: float = 0.0
+) -> np.ndarray:
+    """float16 output of the frozen ImageNet blocks; the raw uint8 images when nothing is frozen.
+    ``relight``: the share of images read through ``relit_reader`` (0: the files as they are)."""
+    read = relit_reader(relight) if relight > 0 else read_rgb
+    params = f"{image_size}" + (f"-relight{relight}" if relight > 0 else "")
     if not backbone.frozen_blocks:
-        return cached_array(cache_dir, "images", paths, f"{image_size}", lambda b: read_many(read_rgb, b, image_size))
+        return cached_array(cache_dir, "images", paths, params, lambda b: read_many(read, b, image_size))
 
     @torch.inference_mode()
     def compute(batch: list[Path]) -> np.ndarray:
         was_training = backbone.training
         backbone.eval()
         device = next(backbone.parameters()).device
-        features = backbone.forward_frozen(normalize_images(read_many(read_rgb, batch, image_size)).to(device))
+        features = backbone.forward_frozen(normalize_images(read_many(read, batch, image_size)).to(device))
         backbone.train(was_training)
         return features.float().cpu().numpy().astype(np.float16)
 
-    return cached_array(cache_dir, "frozen", paths, f"{image_size}-{backbone.frozen_blocks}-imagenet", compute)
+    return cached_array(cache_dir, "frozen", paths, f"{params}-{backbone.frozen_blocks}-imagenet", compute)
 
 
 def to_model_input(array: np.ndarray, indices: np.ndarray) -> torch.Tensor:

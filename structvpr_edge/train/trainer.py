@@ -172,7 +172,7 @@ class Stage:
         self.groups = place_groups(train, min_images=2)
         if self.recipe.labels and self.groups.label_paths is None:
             raise DatasetError(f"mode {self.mode!r} needs label maps, and {train!r} has none; train mode 'baseline' instead")
-        self.inputs, self.fractions = self._arrays(self.groups.paths, self.groups.label_paths)
+        self.inputs, self.fractions = self._arrays(self.groups.paths, self.groups.label_paths, config.photometric)
         self.real_places = self._add_real_frames() if config.real.root is not None else None
         self.val = self._load_val()
         from_frozen = self.recipe.rgb and self.model.backbone.frozen_blocks > 0
@@ -195,15 +195,16 @@ class Stage:
             raise ConfigError(f"{path} is a {meta['model_type']} checkpoint, not a teacher")
         return frozen(teacher.to(self.ctx.device))
 
-    def _arrays(self, paths: list[Path], label_paths: list[Path] | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Model inputs and label fractions, built by rank 0 and memory-mapped by every rank."""
+    def _arrays(self, paths: list[Path], label_paths: list[Path] | None, relight: float = 0.0) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Model inputs (``relight``: the share under random light) and label fractions, built by rank 0
+        and memory-mapped by every rank."""
         cache = Path(self.config.cache_dir)
         arrays: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
         for turn in ("build", "load"):
             if (turn == "build") == self.ctx.is_main:
                 needs_fractions = self.recipe.labels and label_paths is not None
                 fractions = fraction_array(label_paths, self.config.teacher.input_size, cache) if needs_fractions else None
-                inputs = frozen_feature_array(self.model.backbone, paths, self.config.image_size, cache) if self.recipe.rgb else None
+                inputs = frozen_feature_array(self.model.backbone, paths, self.config.image_size, cache, relight) if self.recipe.rgb else None
                 arrays = (inputs, fractions)
             self.ctx.barrier()
         return arrays
