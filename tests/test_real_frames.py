@@ -65,6 +65,16 @@ def test_views_are_written_once_and_drawn_the_same_again(video_set, tmp_path):
     assert np.array_equal(cv2.imread(str(again.paths[4])), pixels)  # the missing view redrawn identically
 
 
+def test_relight_off_writes_the_frames_as_filmed(video_set, tmp_path):
+    """``relight=False``: a view is a crop of the frame in its own light (here the whole frame, up to JPEG)."""
+    frame = cv2.imread(str(video_set / "images" / "train" / "SEQA_001000.jpg")).astype(float)
+    error = {}
+    for relight in (True, False):
+        groups = real_places(video_set, "train", "cityscapes", tmp_path / "cache", FrameViews(window=1, views=3, crop_min=1.0, relight=relight))
+        error[relight] = max(np.abs(cv2.imread(str(p)).astype(float) - frame).mean() for p in groups.paths[:3])
+    assert error[False] < 2 < error[True], error
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda root: (root / "images" / "train" / "SEQA_001000.jpg").rename(root / "images" / "train" / "nosequence.jpg"), "SEQUENCE_FRAME"),
     (lambda root: cv2.imwrite(str(root / "labels" / "train" / "SEQA_001000.png"), np.zeros((10, 10), np.uint8)), "label map of its size"),

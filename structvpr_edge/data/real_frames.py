@@ -36,6 +36,7 @@ class FrameViews:
     views: int = 4
     crop_min: float = 0.75  # smallest crop side, as a share of the frame's side
     seed: int = 0
+    relight: bool = True  # each view under a random light (photometric); False: crops only
 
 
 def sequence_frames(images: Path) -> dict[str, list[Path]]:
@@ -113,7 +114,8 @@ def real_places(root: str | Path, split: str, scheme: str, out: Path, conf: Fram
                     raise DatasetError(f"{frame}: needs a readable image and a one-channel label map of its size at {label_file}")
                 rng = np.random.default_rng([conf.seed, place, view])  # one stream a view: a resumed run draws the same
                 box = crop_box(image.shape[:2], conf.crop_min, rng)
-                write_view(photometric(image, rng), to_cityscapes(label, scheme), box, image_out, label_out)
+                lit = photometric(image, rng) if conf.relight else image
+                write_view(lit, to_cityscapes(label, scheme), box, image_out, label_out)
             members.append(len(paths))
             paths.append(image_out)
             label_paths.append(label_out)

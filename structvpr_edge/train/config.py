@@ -121,6 +121,7 @@ class RealConfig:
     places_per_batch: int = 4  # of optim.places_per_batch: the weight of the real frames in every batch
     window: int = 2  # consecutive labelled frames of a sequence that count as one place
     views: int = 4  # photometric + crop views written per place
+    relight: bool = True  # the views' random light; false: crops of the frames as filmed
 
 
 @dataclass

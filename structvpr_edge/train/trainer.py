@@ -212,7 +212,7 @@ class Stage:
     def _add_real_frames(self) -> list[np.ndarray]:
         """Real frames' places, their inputs and fractions stacked after the main dataset's rows."""
         real = self.config.real
-        views = FrameViews(real.window, real.views, seed=self.config.seed)
+        views = FrameViews(real.window, real.views, seed=self.config.seed, relight=real.relight)
         groups = real_places(real.root, real.split, real.scheme, Path(self.config.cache_dir), views, real.labels_root)
         inputs, fractions = self._arrays(groups.paths, groups.label_paths)
         offset = len(self.groups.paths)
