@@ -174,9 +174,15 @@ def test_bare_sessions_are_timed_each_alone_in_its_process(conv_model, cache):
 
 
 def test_node_profile_names_the_work(conv_model):
+    """Which op is slowest on a one-Conv graph is timing (ORT's layout reorders can outlast it on a
+    busy machine), so this checks what the profile names and how it adds up, not an order of speed."""
     profile = node_profile(conv_model, runs=5)
-    assert profile["by_op"][0]["op"] == "Conv" and profile["by_op"][0]["nodes"] == 1
-    assert profile["total_ms"] > 0 and profile["slowest"][0]["input"] == [[1, 3, 16, 16]]
+    by_op = {row["op"]: row for row in profile["by_op"]}
+    assert by_op["Conv"]["nodes"] == 1 and by_op["Conv"]["ms"] > 0
+    assert [row["ms"] for row in profile["by_op"]] == sorted((row["ms"] for row in profile["by_op"]), reverse=True)
+    assert profile["total_ms"] == pytest.approx(sum(row["ms"] for row in profile["by_op"]))
+    assert sum(row["share"] for row in profile["by_op"]) == pytest.approx(1)
+    assert [row["input"] for row in profile["slowest"] if row["op"] == "Conv"] == [[[1, 3, 16, 16]]]
 
 
 def test_int8_advice_recommends_full_precision_when_int8_does_not_pay():
