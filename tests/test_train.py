@@ -200,6 +200,34 @@ def test_feature_preservation_keeps_the_backbone_near_imagenet(place_dataset, tm
         load_config(None, {"preserve_weight": 1, "student": {"imagenet": False}})
 
 
+def test_imagenet_blend_moves_the_trained_blocks_that_share_back_to_imagenet(place_dataset, tmp_path):
+    """imagenet_blend: the saved model's trainable backbone tensors are the blend of the same run's
+    trained ones and ImageNet's, the frozen ones untouched, and the blended model validated again."""
+    backbones = {}
+    for share in (0.0, 0.25):
+        optim = {**FAST, "steps": 8, "lr": 1e-2, "backbone_lr": 1e-2}
+        config = load_config(CONFIGS / "student-nokd.yaml", tiny_config(place_dataset, tmp_path / "cache", optim=optim, imagenet_blend=share))
+        model, _ = load_checkpoint(train(config, tmp_path / f"b{share}"))
+        backbones[share] = model.backbone.state_dict()
+        blended = [r for r in log_rows(tmp_path / f"b{share}") if "imagenet_blend" in r]
+        assert [r["imagenet_blend"] for r in blended] == ([share] if share else [])
+        assert all(0 <= r["val_recall@1"] <= 1 for r in blended)
+    imagenet = build_model("structvpr++", {"frozen_blocks": 4}, imagenet=True).backbone.state_dict()
+    moved = 0
+    for key, trained in backbones[0.0].items():
+        if trained.is_floating_point():
+            torch.testing.assert_close(backbones[0.25][key], trained + 0.25 * (imagenet[key] - trained), rtol=1e-5, atol=1e-6)
+            frozen = key.startswith(("_conv_stem", "_bn0")) or int(key.split(".")[1]) < 4
+            assert torch.equal(trained, imagenet[key]) == frozen, key
+            moved += not frozen
+    assert moved > 0
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="imagenet_blend"):
+            load_config(None, {"imagenet_blend": bad})
+    with pytest.raises(ConfigError, match="ImageNet"):
+        load_config(None, {"imagenet_blend": 0.5, "student": {"imagenet": False}})
+
+
 def test_kd_shares_reports_every_distillation_term(easy, place_dataset):
     """benchmarks/kd_shares.py: a positive gradient share for each term and the matching weight."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "kd_shares.py"

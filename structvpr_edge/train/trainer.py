@@ -34,6 +34,7 @@ from ..data.real_frames import FrameViews, real_places
 from ..errors import ConfigError, DatasetError
 from ..metrics import recall_at_n, retrieve
 from ..models.checkpoint import build_model, load_checkpoint, load_resume_state, save_checkpoint, save_resume_state
+from ..models.efficientnet_lite import blend_toward_imagenet
 from .config import OptimConfig, TrainConfig, config_to_dict, recipe
 from .curves import plot_training_curves
 from .data import MixedPlaceSampler, PlaceBatchSampler, RowStack, fraction_array, frozen_feature_array, to_model_input
@@ -372,6 +373,10 @@ class Stage:
         """The model, its config and the curves (main rank); every rank waits for them."""
         final = self.out / "model.pt"
         if self.ctx.is_main:
+            if self.recipe.rgb and self.config.imagenet_blend > 0:
+                blend_toward_imagenet(self.model.backbone, self.config.imagenet_blend)
+                recall = self.validate()
+                log.write({"step": step, "imagenet_blend": self.config.imagenet_blend} | ({} if recall is None else {"val_recall@1": recall}))
             log.close()
             save_checkpoint(final, self.model.cpu(), self.config.image_size, config_to_dict(self.config), {"stage": self.stage, "steps_done": step + 1})
             plot_training_curves(self.out / "log.jsonl", self.out / "curves.png")

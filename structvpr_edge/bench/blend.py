@@ -1,0 +1,74 @@
+"""The backbone blend (``imagenet_blend``, train/config.py) measured on finished runs, on the val only.
+
+Blending needs no training, so each seed's model is blended at every share, written as a checkpoint
+of its own (its ``train_config`` records the share, as if trained with it) and read by the same
+evaluation as every other row: SynthCity val R@1, and the real val columns of ``table.real_val``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..data.dataset import VPRDataset
+from ..eval.evaluate import evaluate
+from ..eval.models import load_extractor
+from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.efficientnet_lite import blend_toward_imagenet
+from .table import real_val
+
+
+def write_blended(checkpoint: Path, share: float, out: Path) -> Path:
+    """``checkpoint``'s model with its backbone blended ``share`` toward ImageNet, saved at ``out``."""
+    model, meta = load_checkpoint(checkpoint)
+    blend_toward_imagenet(model.backbone, share)
+    config = meta["train_config"] | {"imagenet_blend": share}
+    extra = {k: meta[k] for k in ("stage", "steps_done") if k in meta} | {"blended_from": str(checkpoint)}
+    return save_checkpoint(out, model, tuple(meta["input"]["size"]), config, extra)
+
+
+def seed_runs(runs: Path) -> list[Path]:
+    """A row's finished runs: ``runs/s*/model.pt`` (a method-table row), or one checkpoint."""
+    return [runs] if runs.is_file() else sorted(runs.glob("s*/model.pt"))
+
+
+def blend_table(rows: dict[str, Path], shares: list[float], out: Path, val: VPRDataset, corridor: Path, camvid: Path) -> dict[str, list[dict]]:
+    """``"ROW a=SHARE"`` -> one figures dict per seed: val R@1 and the real val columns."""
+    jobs = [(name, run, share) for name, runs in rows.items() for run in seed_runs(runs) for share in shares]
+    results: dict[str, list[dict]] = {}
+    for name, run, share in tqdm(jobs, desc="blend"):
+        seed = run.parent.name if run.name == "model.pt" else run.stem
+        path = write_blended(run, share, out / name / seed / f"blend-{share:g}.pt")
+        figures = {"seed": seed, "share": share, "val": evaluate(load_extractor(str(path)), val).recall["1"]}
+        results.setdefault(f"{name} a={share:g}", []).append(figures | real_val(path, corridor, camvid))
+    return results
+
+
+def plot_blend(results: dict[str, list[dict]], out_png: Path) -> Path:
+    """Corridor R@1 and SynthCity val R@1 against the share, mean and std band per row."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    curves: dict[str, list[tuple[float, list[dict]]]] = {}
+    for key, runs in results.items():
+        curves.setdefault(key.rsplit(" a=", 1)[0], []).append((runs[0]["share"], runs))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=120)
+    for ax, column, label in zip(axes, ("corridor R@1", "val"), ("corridor R@1 (real val, %)", "SynthCity val R@1 (%)")):
+        for name, points in curves.items():
+            points.sort(key=lambda p: p[0])
+            shares = [share for share, _ in points]
+            values = [100 * np.array([r[column] for r in runs]) for _, runs in points]
+            mean, std = np.array([v.mean() for v in values]), np.array([v.std() for v in values])
+            ax.plot(shares, mean, marker="o", label=name)
+            ax.fill_between(shares, mean - std, mean + std, alpha=0.15)
+        ax.set(xlabel="imagenet_blend (share back to ImageNet)", ylabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,35 @@
+"""benchmarks/imagenet_blend.py: finished runs blended toward ImageNet and read on the val."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from structvpr_edge.models.checkpoint import build_model, load_checkpoint
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "imagenet_blend.py"
+
+
+def test_blend_benchmark_writes_each_share_and_reads_it_on_the_val(student_checkpoint, place_dataset, corridor, camvid, tmp_path):
+    out = tmp_path / "blend"
+    command = [sys.executable, str(SCRIPT), "--dataset", str(place_dataset), "--row", f"tiny={student_checkpoint}", "--shares", "0,1",
+               "--out", str(out), "--corridor", str(corridor), "--camvid", str(camvid), "--plot", str(tmp_path / "blend.png")]
+    printed = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    assert "| tiny a=0 | 1 |" in printed and "| tiny a=1 | 1 |" in printed
+    results = json.loads((out / "table.json").read_text())
+    for key in ("tiny a=0", "tiny a=1"):
+        (figures,) = results[key]
+        assert all(0 <= figures[c] <= 1 for c in ("val", "corridor R@1", "corridor R@5", "camvid mIoU")), figures
+    assert results["tiny a=0"][0] != results["tiny a=1"][0]
+    assert (tmp_path / "blend.png").stat().st_size > 0
+
+    trained, _ = load_checkpoint(student_checkpoint)
+    unmoved, _ = load_checkpoint(out / "tiny" / "student" / "blend-0.pt")
+    imagenet_end, meta = load_checkpoint(out / "tiny" / "student" / "blend-1.pt")
+    assert meta["train_config"]["imagenet_blend"] == 1 and meta["blended_from"] == str(student_checkpoint)
+    imagenet = build_model("structvpr++", {}, imagenet=True).state_dict()
+    for key, value in trained.state_dict().items():
+        assert torch.equal(unmoved.state_dict()[key], value)
+        expected = imagenet[key] if key.startswith("backbone.") and value.is_floating_point() else value
+        assert torch.equal(imagenet_end.state_dict()[key], expected), key
