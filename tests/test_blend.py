@@ -4,9 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from structvpr_edge.models.checkpoint import build_model, load_checkpoint
+from structvpr_edge.bench.blend import write_blended
+from structvpr_edge.errors import ModelError
+from structvpr_edge.models.checkpoint import build_model, load_checkpoint, save_checkpoint
+from structvpr_edge.models.teacher import SegTeacher
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "imagenet_blend.py"
 
@@ -33,3 +37,10 @@ def test_blend_benchmark_writes_each_share_and_reads_it_on_the_val(student_check
         assert torch.equal(unmoved.state_dict()[key], value)
         expected = imagenet[key] if key.startswith("backbone.") and value.is_floating_point() else value
         assert torch.equal(imagenet_end.state_dict()[key], expected), key
+
+
+def test_blend_refuses_a_model_without_an_imagenet_backbone(tmp_path):
+    teacher = save_checkpoint(tmp_path / "teacher.pt", SegTeacher(), (64, 48), {})
+    with pytest.raises(ModelError, match="teacher"):
+        write_blended(teacher, 0.2, tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()

@@ -14,14 +14,17 @@ from tqdm import tqdm
 from ..data.dataset import VPRDataset
 from ..eval.evaluate import evaluate
 from ..eval.models import load_extractor
+from ..errors import ModelError
 from ..models.checkpoint import load_checkpoint, save_checkpoint
-from ..models.efficientnet_lite import blend_toward_imagenet
+from ..models.efficientnet_lite import EfficientNetLite0, blend_toward_imagenet
 from .table import real_val
 
 
 def write_blended(checkpoint: Path, share: float, out: Path) -> Path:
     """``checkpoint``'s model with its backbone blended ``share`` toward ImageNet, saved at ``out``."""
     model, meta = load_checkpoint(checkpoint)
+    if not isinstance(getattr(model, "backbone", None), EfficientNetLite0):
+        raise ModelError(f"{checkpoint} holds a {meta['model_type']} model: only an RGB student has an ImageNet backbone to blend")
     blend_toward_imagenet(model.backbone, share)
     config = meta["train_config"] | {"imagenet_blend": share}
     extra = {k: meta[k] for k in ("stage", "steps_done") if k in meta} | {"blended_from": str(checkpoint)}
