@@ -18,6 +18,7 @@ from pathlib import Path
 from structvpr_edge.bench.blend import blend_table, plot_blend
 from structvpr_edge.bench.table import summarize
 from structvpr_edge.data.dataset import load_dataset
+from structvpr_edge.files import replace_whole
 
 
 def main() -> None:
@@ -34,10 +35,13 @@ def main() -> None:
     if not all("=" in spec for spec in args.row):
         parser.error("--row is NAME=RUNS")
     rows = {name: Path(runs) for name, runs in (spec.split("=", 1) for spec in args.row)}
-    shares = [float(s) for s in args.shares.split(",")]
+    try:
+        shares = [float(s) for s in args.shares.split(",")]
+    except ValueError:
+        parser.error(f"--shares is a comma-separated list of numbers in [0, 1], got {args.shares!r}")
     out = Path(args.out)
     results = blend_table(rows, shares, out, load_dataset(args.dataset, "val"), Path(args.corridor), Path(args.camvid))
-    Path(args.json or out / "table.json").write_text(json.dumps(results, indent=2) + "\n")
+    replace_whole(args.json or out / "table.json", lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
     if args.plot:
         print(f"plot: {plot_blend(results, Path(args.plot))}")
     print(summarize(results, ["val", "corridor R@1", "corridor R@5", "camvid mIoU"]))

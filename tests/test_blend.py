@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from structvpr_edge.bench.blend import write_blended
-from structvpr_edge.errors import ModelError
+from structvpr_edge.bench.blend import blend_table, write_blended
+from structvpr_edge.errors import ConfigError, DatasetError, ModelError
 from structvpr_edge.models.checkpoint import build_model, load_checkpoint, save_checkpoint
 from structvpr_edge.models.teacher import SegTeacher
 
@@ -44,3 +44,11 @@ def test_blend_refuses_a_model_without_an_imagenet_backbone(tmp_path):
     with pytest.raises(ModelError, match="teacher"):
         write_blended(teacher, 0.2, tmp_path / "out.pt")
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_blend_table_checks_every_row_and_share_before_the_first_blend(student_checkpoint, tmp_path):
+    with pytest.raises(ConfigError, match="imagenet_blend"):
+        blend_table({"tiny": student_checkpoint}, [0.2, 1.5], tmp_path / "out", None, tmp_path, tmp_path)
+    with pytest.raises(DatasetError, match="no finished run"):
+        blend_table({"tiny": student_checkpoint, "gone": tmp_path / "runs"}, [0.2], tmp_path / "out", None, tmp_path, tmp_path)
+    assert not (tmp_path / "out").exists()

@@ -12,11 +12,12 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.dataset import VPRDataset
+from ..errors import DatasetError, ModelError
 from ..eval.evaluate import evaluate
 from ..eval.models import load_extractor
-from ..errors import ModelError
-from ..models.checkpoint import load_checkpoint, save_checkpoint
-from ..models.efficientnet_lite import EfficientNetLite0, blend_toward_imagenet
+from ..files import replace_whole
+from ..models.checkpoint import derived_extra, load_checkpoint, save_checkpoint
+from ..models.efficientnet_lite import EfficientNetLite0, blend_toward_imagenet, check_blend_share
 from .table import real_val
 
 
@@ -27,8 +28,7 @@ def write_blended(checkpoint: Path, share: float, out: Path) -> Path:
         raise ModelError(f"{checkpoint} holds a {meta['model_type']} model: only an RGB student has an ImageNet backbone to blend")
     blend_toward_imagenet(model.backbone, share)
     config = meta["train_config"] | {"imagenet_blend": share}
-    extra = {k: meta[k] for k in ("stage", "steps_done") if k in meta} | {"blended_from": str(checkpoint)}
-    return save_checkpoint(out, model, tuple(meta["input"]["size"]), config, extra)
+    return save_checkpoint(out, model, tuple(meta["input"]["size"]), config, derived_extra(meta, blended_from=checkpoint))
 
 
 def seed_runs(runs: Path) -> list[Path]:
@@ -37,13 +37,19 @@ def seed_runs(runs: Path) -> list[Path]:
 
 
 def blend_table(rows: dict[str, Path], shares: list[float], out: Path, val: VPRDataset, corridor: Path, camvid: Path) -> dict[str, list[dict]]:
-    """``"ROW a=SHARE"`` -> one figures dict per seed: val R@1 and the real val columns."""
+    """``"ROW a=SHARE"`` -> one figures dict per seed: val R@1 and the real val columns. Every share
+    and row is checked before the first blend."""
+    for share in shares:
+        check_blend_share(share)
+    empty = [str(runs) for runs in rows.values() if not seed_runs(runs)]
+    if empty:
+        raise DatasetError(f"no finished run (s*/model.pt) and no checkpoint at {', '.join(empty)}")
     jobs = [(name, run, share) for name, runs in rows.items() for run in seed_runs(runs) for share in shares]
     results: dict[str, list[dict]] = {}
     for name, run, share in tqdm(jobs, desc="blend"):
         seed = run.parent.name if run.name == "model.pt" else run.stem
         path = write_blended(run, share, out / name / seed / f"blend-{share:g}.pt")
-        figures = {"seed": seed, "share": share, "val": evaluate(load_extractor(str(path)), val).recall["1"]}
+        figures = {"row": name, "seed": seed, "share": share, "val": evaluate(load_extractor(str(path)), val).recall["1"]}
         results.setdefault(f"{name} a={share:g}", []).append(figures | real_val(path, corridor, camvid))
     return results
 
@@ -56,8 +62,8 @@ def plot_blend(results: dict[str, list[dict]], out_png: Path) -> Path:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     curves: dict[str, list[tuple[float, list[dict]]]] = {}
-    for key, runs in results.items():
-        curves.setdefault(key.rsplit(" a=", 1)[0], []).append((runs[0]["share"], runs))
+    for runs in results.values():
+        curves.setdefault(runs[0]["row"], []).append((runs[0]["share"], runs))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=120)
     for ax, column, label in zip(axes, ("corridor R@1", "val"), ("corridor R@1 (real val, %)", "SynthCity val R@1 (%)")):
         for name, points in curves.items():
@@ -72,6 +78,6 @@ def plot_blend(results: dict[str, list[dict]], out_png: Path) -> Path:
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
+    replace_whole(out_png, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return out_png

@@ -189,9 +189,13 @@ def ship(run_checkpoint: str | Path, name: str, weights_dir: Path = SHIPPED_DIR,
     model, meta = load_checkpoint(run_checkpoint, trust_checkpoint)
     if meta["model_type"] != SHIPPED[name]:
         raise ModelError(f"{run_checkpoint} holds a {meta['model_type']!r} model; {name} must be {SHIPPED[name]!r}")
-    extra = {k: meta[k] for k in ("stage", "steps_done") if k in meta}
-    extra["shipped_from"] = str(run_checkpoint)
-    return save_checkpoint(shipped_path(name, weights_dir), model, tuple(meta["input"]["size"]), meta["train_config"], extra, half=True)
+    return save_checkpoint(shipped_path(name, weights_dir), model, tuple(meta["input"]["size"]), meta["train_config"],
+                           derived_extra(meta, shipped_from=run_checkpoint), half=True)
+
+
+def derived_extra(meta: dict, **source: str | Path) -> dict:
+    """The run facts a checkpoint made from another keeps (its stage and steps), and where it came from."""
+    return {k: meta[k] for k in ("stage", "steps_done") if k in meta} | {k: str(v) for k, v in source.items()}
 
 
 def weights_fingerprint(model: nn.Module) -> str:

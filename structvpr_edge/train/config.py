@@ -14,7 +14,7 @@ import yaml
 from ..artifacts import CHECKPOINT_SUFFIX
 from ..errors import ConfigError
 from ..models.checkpoint import load_checkpoint
-from ..models.efficientnet_lite import trunk_hw
+from ..models.efficientnet_lite import check_blend_share, trunk_hw
 from ..models.global_student import GlobalStudentConfig
 from ..models.student import StudentConfig
 from ..models.teacher import TeacherConfig
@@ -177,8 +177,7 @@ class TrainConfig:
         self.distill.validate(recipe(self.mode, self.distill.enabled).distill)
         if not 0 <= self.photometric <= 1:
             raise ConfigError(f"photometric is a share of the training images, in [0, 1], got {self.photometric}")
-        if not 0 <= self.imagenet_blend <= 1:
-            raise ConfigError(f"imagenet_blend is a share of the way back to ImageNet, in [0, 1], got {self.imagenet_blend}")
+        check_blend_share(self.imagenet_blend)
         if not self.preserve_weight >= 0:
             raise ConfigError(f"preserve_weight must be >= 0, got {self.preserve_weight}")
         section = self.student if self.mode == "structvpr++" else self.global_student
