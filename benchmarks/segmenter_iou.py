@@ -5,8 +5,8 @@
 
 1. Per network input size: ESPNet labels CamVid val (or every ``--every``-th frame of ``--split``)
    through ``deploy.segmenter.label_folder``, graded against CamVid's own labels on our six label
-   groups (``eval.label_iou.folder_iou``; CamVid void ignored); then, at the default size, the two
-   ablations of the shipped decision (no mirrored average; the void channel allowed to win). The
+   groups (``eval.label_iou.folder_iou``; CamVid void ignored); then, at the default size, the
+   other decisions (no mirrored average; the void channel allowed to win; the best group). The
    default input size and the decision are chosen on this table, on val or a train subset.
 2. ``structvpr-edge labels`` (the real command, default segmenter and size) on a folder of
    ``--frames`` frames made by cycling CamVid train + val (links under --work): wall time with
@@ -46,7 +46,7 @@ def main() -> None:
     print("| input | decision | " + " | ".join(LABEL_GROUPS) + " | mean | s/frame |")
     print("|" + " --- |" * (len(LABEL_GROUPS) + 4))
     for (width, height), decision, result, seconds in segmenter_rows(args.camvid, args.sizes, args.work, args.split, args.every):
-        print(f"| {width}x{height} | mirror={decision.mirror} void={decision.void} | "
+        print(f"| {width}x{height} | mirror={decision.mirror} void={decision.void} groups={decision.groups} | "
               + " | ".join(f"{v:.3f}" for v in result.iou.values()) + f" | {result.mean:.3f} | {seconds:.3f} |", flush=True)
     if args.frames:
         seconds, load = time_labels_command(args.camvid, args.frames, args.work)

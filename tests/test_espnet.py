@@ -18,10 +18,10 @@ from structvpr_edge.data import segmentation
 from structvpr_edge.data.segmentation import convert_label_pngs, segment_folder
 from structvpr_edge.deploy import segmenter
 from structvpr_edge.deploy.segmenter import MEAN_RGB, STD_RGB, LabelGraph, export_segmenter, label_folder
-from structvpr_edge.errors import DatasetError, ModelError
+from structvpr_edge.errors import ConfigError, DatasetError, ModelError
 from structvpr_edge.eval.label_iou import folder_iou
 from structvpr_edge.images import normalize
-from structvpr_edge.labels import CAMVID_CLASSES, GROUP_ID, IGNORE, to_cityscapes, to_groups
+from structvpr_edge.labels import CAMVID_CLASSES, CLASS_ID, GROUP_ID, IGNORE, to_cityscapes, to_groups
 from structvpr_edge.models.espnet import WEIGHTS, ESPNet, load_espnet
 from tests.test_segmentation import CITYSCAPES_IDS, write_images, write_model
 
@@ -74,6 +74,35 @@ def test_onnx_export_matches_torch_at_another_size(tmp_path):
     assert np.abs(onnx_logits - logits).max() < 1e-3
     assert (onnx_ids == ids).mean() > 0.999
     assert onnx_ids.max() < 19  # the shipped decision never answers void
+
+
+class FixedLogits(torch.nn.Module):
+    """A stand-in network: the same logits whatever the image."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("logits", logits)
+
+    def forward(self, bgr: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(bgr), -1, -1, -1)
+
+
+def test_the_group_decision_picks_the_likeliest_group_then_its_best_class(tmp_path):
+    probs = torch.full((1, 20, 1, 2), 1e-4)
+    road, sidewalk, building, car, truck, bus = (CLASS_ID[n] for n in ("road", "sidewalk", "building", "car", "truck", "bus"))
+    probs[0, [road, sidewalk, building], 0, 0] = torch.tensor([0.25, 0.35, 0.4])  # ground 0.6 against building 0.4
+    probs[0, [car, truck, bus, building], 0, 1] = torch.tensor([0.2, 0.2, 0.2, 0.4])  # dynamic 0.6 against building 0.4
+    logits = probs.log()
+    image = torch.zeros(1, 3, 1, 2)
+    as_classes = LabelGraph(FixedLogits(logits), segmenter.Decision(mirror=False))(image)[0]
+    as_groups = LabelGraph(FixedLogits(logits), segmenter.Decision(mirror=False, groups=True))(image)[0]
+    assert as_classes.tolist() == [[[building, building]]]
+    assert as_groups[0, 0, 0] == sidewalk and as_groups[0, 0, 1] in (car, truck, bus)
+    assert to_groups(as_groups.numpy(), "cityscapes").tolist() == [[[GROUP_ID["ground"], GROUP_ID["dynamic"]]]]
+    report = export_segmenter(tmp_path / "groups.onnx", decision=segmenter.Decision(groups=True))  # exact in ONNX too
+    assert report.parity_ids_equal == 1.0
+    with pytest.raises(ConfigError, match="cannot let void win"):
+        LabelGraph(FixedLogits(logits), segmenter.Decision(void=True, groups=True))
 
 
 def test_camvid_ids_map_to_cityscapes_and_groups():

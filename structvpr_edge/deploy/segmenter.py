@@ -24,7 +24,7 @@ from torch import nn
 from ..data.segmentation import SegmentSummary, image_files, segment_folder
 from ..errors import ConfigError, ModelError
 from ..images import normalize
-from ..labels import IGNORE
+from ..labels import CITYSCAPES_TO_GROUP, IGNORE, NUM_GROUPS
 from ..models.espnet import IGNORE_CHANNEL, MEAN_BGR, STD_BGR, STRIDE, WEIGHTS, ESPNet, load_espnet
 from .export import simplify
 
@@ -43,6 +43,13 @@ class Decision:
 
     mirror: bool = True  # average with the mirrored image's logits (twice the compute)
     void: bool = False  # let the 20th channel win, as IGNORE
+    groups: bool = False  # the label group with the highest summed probability, then its best class
+
+
+def group_membership() -> torch.Tensor:
+    """(groups, 19) 0/1: which Cityscapes classes make up each label group (labels.CLASS_TO_GROUP)."""
+    groups = torch.from_numpy(CITYSCAPES_TO_GROUP[:IGNORE_CHANNEL].astype(np.int64))
+    return nn.functional.one_hot(groups, NUM_GROUPS).T.float()
 
 
 class LabelGraph(nn.Module):
@@ -50,17 +57,29 @@ class LabelGraph(nn.Module):
 
     def __init__(self, net: ESPNet, decision: Decision = Decision()) -> None:
         super().__init__()
+        if decision.groups and decision.void:
+            raise ConfigError("the group decision sums the 19 classes' probabilities: it cannot let void win")
         self.net, self.decision = net, decision
+        self.register_buffer("membership", group_membership(), persistent=False)
 
     def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         bgr = rgb.flip(1)  # the weights take BGR
         logits = self.net(bgr)
         if self.decision.mirror:
             logits = (logits + self.net(bgr.flip(3)).flip(3)) / 2
+        if self.decision.groups:
+            return self._best_group_class(logits[:, :IGNORE_CHANNEL]), logits
         if not self.decision.void:
             return logits[:, :IGNORE_CHANNEL].argmax(dim=1).to(torch.uint8), logits
         ids = logits.argmax(dim=1)
         return torch.where(ids == IGNORE_CHANNEL, IGNORE, ids).to(torch.uint8), logits
+
+    def _best_group_class(self, logits: torch.Tensor) -> torch.Tensor:
+        """The best class of the group whose classes hold the most probability (a 1x1 convolution of
+        the softmax sums each group; the classes of the other groups are then pushed out of reach)."""
+        group_probability = nn.functional.conv2d(logits.softmax(dim=1), self.membership[:, :, None, None])
+        in_group = self.membership[group_probability.argmax(dim=1)].permute(0, 3, 1, 2)  # (B, 19, H, W)
+        return (logits - 1e4 * (1 - in_group)).argmax(dim=1).to(torch.uint8)
 
 
 @dataclass
