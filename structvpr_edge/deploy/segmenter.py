@@ -55,6 +55,8 @@ def group_membership() -> torch.Tensor:
 class LabelGraph(nn.Module):
     """Normalised RGB (B, 3, H, W) -> (Cityscapes train ids (B, H, W) uint8, logits (B, 20, H, W))."""
 
+    membership: torch.Tensor
+
     def __init__(self, net: ESPNet, decision: Decision = Decision()) -> None:
         super().__init__()
         if decision.groups and decision.void:
