@@ -46,7 +46,7 @@ def main() -> None:
     print("| input | decision | " + " | ".join(LABEL_GROUPS) + " | mean | s/frame |")
     print("|" + " --- |" * (len(LABEL_GROUPS) + 4))
     for (width, height), decision, result, seconds in segmenter_rows(args.camvid, args.sizes, args.work, args.split, args.every):
-        print(f"| {width}x{height} | mirror={decision.mirror} void={decision.void} groups={decision.groups} | "
+        print(f"| {width}x{height} | {decision.tag} | "
               + " | ".join(f"{v:.3f}" for v in result.iou.values()) + f" | {result.mean:.3f} | {seconds:.3f} |", flush=True)
     if args.frames:
         seconds, load = time_labels_command(args.camvid, args.frames, args.work)

@@ -39,14 +39,17 @@ def mask_report(dataset: str, split: str, models: list[str]) -> dict[str, dict[s
     return report
 
 
+OTHER_DECISIONS = (Decision(mirror=False), Decision(void=True), Decision(groups=True))  # the shipped decision's ablations
+
+
 def segmenter_rows(camvid: Path, sizes: list[tuple[int, int]], work: Path, split: str = "val",
                    every: int = 1) -> Iterator[tuple[tuple[int, int], Decision, object, float]]:
     """(input size, decision, IoU result, s/frame) per size, then the other decisions (no mirror, void
     allowed, the best group) at the default size; CamVid's ``split`` (every ``every``-th frame) labelled through
     ``label_folder``, graded by ``folder_iou``."""
     images, labels = camvid_subset(camvid, split, every, work)
-    for (width, height), decision in [(size, Decision()) for size in sizes] + [(SIZE, Decision(mirror=False)), (SIZE, Decision(void=True)), (SIZE, Decision(groups=True))]:
-        out = work / f"{split}-every{every}-{width}x{height}-mirror{int(decision.mirror)}-void{int(decision.void)}-groups{int(decision.groups)}"
+    for (width, height), decision in [(size, Decision()) for size in sizes] + [(SIZE, decision) for decision in OTHER_DECISIONS]:
+        out = work / f"{split}-every{every}-{width}x{height}-{decision.tag.replace(' ', '-')}"
         start = time.perf_counter()
         summary = label_folder(images, out, size=(width, height), overwrite=True, decision=decision)
         seconds = (time.perf_counter() - start) / summary.written  # the ONNX export (a few s) included

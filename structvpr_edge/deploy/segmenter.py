@@ -14,7 +14,7 @@ on real street frames mostly wins where one of the 19 is right.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,15 @@ class Decision:
     void: bool = False  # let the 20th channel win, as IGNORE
     groups: bool = False  # the label group with the highest summed probability, then its best class
 
+    def __post_init__(self) -> None:
+        if self.groups and self.void:
+            raise ConfigError("the group decision sums the 19 classes' probabilities: it cannot let void win")
+
+    @property
+    def tag(self) -> str:
+        """Every field and its value, e.g. ``mirror=True void=False groups=False``: names a benchmark row."""
+        return " ".join(f"{field.name}={getattr(self, field.name)}" for field in fields(self))
+
 
 def group_membership() -> torch.Tensor:
     """(groups, 19) 0/1: which Cityscapes classes make up each label group (labels.CLASS_TO_GROUP)."""
@@ -59,8 +68,6 @@ class LabelGraph(nn.Module):
 
     def __init__(self, net: ESPNet, decision: Decision = Decision()) -> None:
         super().__init__()
-        if decision.groups and decision.void:
-            raise ConfigError("the group decision sums the 19 classes' probabilities: it cannot let void win")
         self.net, self.decision = net, decision
         self.register_buffer("membership", group_membership(), persistent=False)
 
