@@ -59,7 +59,18 @@ def is_truncated(data: bytes) -> bool:
     if data.startswith(b"\xff\xd8"):
         return b"\xff\xd9" not in data[data.rfind(b"\xff\xda") :]
     if data.startswith(b"\x89PNG"):
-        return b"IEND" not in data[-16:]
+        return not png_has_end(data)
+    return False
+
+
+def png_has_end(data: bytes) -> bool:
+    """Whether walking the PNG's chunks by their lengths reaches IEND (bytes after it are allowed)."""
+    i = 8
+    while i + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[i : i + 8])
+        if kind == b"IEND":
+            return True
+        i += 12 + length  # length, type, data, CRC
     return False
 
 
@@ -72,9 +83,14 @@ def decode_image(data: bytes, what: str) -> np.ndarray:
         raise DatasetError(f"cannot read {what}: its header says {dims[0]}x{dims[1]} pixels (at most {MAX_SIDE} per side)")
     if is_truncated(data):
         raise DatasetError(f"cannot read {what}: the data is truncated")
-    frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as e:  # a format whose header we do not read, claiming more pixels than OpenCV allows
+        raise DatasetError(f"cannot read {what}: OpenCV refuses it ({e.err})") from None
     if frame is None:
         raise DatasetError(f"cannot read {what}: not a decodable image")
+    if not (1 <= frame.shape[0] <= MAX_SIDE and 1 <= frame.shape[1] <= MAX_SIDE):
+        raise DatasetError(f"cannot read {what}: {frame.shape[1]}x{frame.shape[0]} pixels (at most {MAX_SIDE} per side)")
     return frame
 
 

@@ -179,6 +179,8 @@ def test_edgevpr_with_a_prior_loads_its_tiles(model, place_dataset, tmp_path):
             vpr.set_prior(1250.0, 9000.0, 50.0)
         with pytest.raises(ConfigError, match="tile folder"):
             vpr.set_map(tmp_path / "map", prior=(0.0, 0.0, 10.0))
+        vpr.set_prior(250.0, 0.0, 100.0)  # the refused map left the tiles in charge
+        assert vpr.localize(frame).matches
 
 
 MARKER = "STRUCTVPR_TEST_DIE"  # a file: the worker that finds it removes it ("once") or not ("always") and dies

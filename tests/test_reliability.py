@@ -29,6 +29,7 @@ from structvpr_edge import EdgeVPR, PlaceMap
 from structvpr_edge.cli import main
 from structvpr_edge.data.dataset import load_dataset
 from structvpr_edge.errors import ConfigError, DatasetError, MapError, ModelError, StructVPRError
+from structvpr_edge.runtime.edgevpr import Localization
 from structvpr_edge.runtime.map import MapLock, Place, Threshold
 from structvpr_edge.runtime.mapping import build_map, calibrate_threshold, describe_paths, threshold_for_precision
 from structvpr_edge.runtime.preprocess import MAX_SIDE, read_image
@@ -61,6 +62,13 @@ def png_with_size(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
+def bmp_with_size(width: int, height: int, pixels: bool = False) -> bytes:
+    """A BMP (a format whose header we do not read) claiming width x height; with ``pixels`` its zero rows follow."""
+    data = b"\0" * (((width * 3 + 3) & ~3) * height) if pixels else b""
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, len(data), 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 54 + len(data), 0, 0, 54) + info + data
+
+
 def jpeg_with_size(width: int, height: int) -> bytes:
     """A valid small JPEG whose SOF0 header is rewritten to claim another size."""
     data = bytearray(cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
@@ -80,6 +88,8 @@ def write_bad_images(root: Path, good: Path) -> dict[str, Path]:
         "huge-header.png": png_with_size(60000, 60000),
         "huge-side.png": png_with_size(MAX_SIDE + 1, 10),
         "huge-header.jpg": jpeg_with_size(65000, 65000),
+        "huge-header.bmp": bmp_with_size(70000, 70000),
+        "huge-side.bmp": bmp_with_size(MAX_SIDE + 1, 1, pixels=True),
         "zero-size.png": png_with_size(0, 10),
         "garbage.jpg": os.urandom(4096),
         "text.jpg": b"this is not an image\n" * 20,
@@ -344,6 +354,7 @@ API_CASES.update({
     # image files
     **{f"read_image-{name}": (lambda c, v, name=name: read_image(c.bad[name]))
        for name in ("truncated.jpg", "truncated-half.jpg", "truncated.png", "huge-header.png", "huge-side.png", "huge-header.jpg",
+                    "huge-header.bmp", "huge-side.bmp",
                     "zero-size.png", "garbage.jpg", "text.jpg", "empty.jpg", "jpeg-header-only.jpg", "missing.jpg", "folder.jpg",
                     "fifo.jpg", "dev-zero")},
     # map building
@@ -755,6 +766,37 @@ def test_calibrate_threshold_defaults_to_val_and_records_what_it_measured(ctx, c
     assert 0.5 <= rule["precision"] <= 1 and PlaceMap.load(directory).manifest.threshold.score == pytest.approx(rule["score"])
 
 
+def test_a_png_with_bytes_after_its_end_is_read_and_one_cut_short_is_not(ctx, tmp_path):
+    png = cv2.imencode(".png", ctx.frame)[1].tobytes()
+    (tmp_path / "padded.png").write_bytes(png + b"\0" * 64)  # some cameras pad files to a block size
+    np.testing.assert_array_equal(read_image(tmp_path / "padded.png"), ctx.frame)
+    (tmp_path / "short.png").write_bytes(png[:-12])  # the IEND chunk gone
+    with pytest.raises(DatasetError, match="truncated"):
+        read_image(tmp_path / "short.png")
+
+
+def test_a_refused_map_leaves_the_loaded_one_in_use(ctx, tmp_path):
+    from structvpr_edge.runtime.tiles import cut_tiles
+
+    other = PlaceMap(8, "other-layout", SHA)
+    other.add(unit(4, 8), [Place(f"elsewhere{i}", 100.0 * i, 0.0) for i in range(4)])
+    other.save(tmp_path / "other-map")
+    cut_tiles(other, tmp_path / "other-tiles", size_m=500.0, overlap_m=50.0)
+    with EdgeVPR(ctx.onnx, map=ctx.map) as vpr:
+        loaded, answer = vpr.map, vpr.localize(ctx.frame).matches[0].id
+        for refused in ("other-map", "other-tiles"):
+            with pytest.raises(MapError, match="layout"):
+                vpr.set_map(tmp_path / refused)
+            assert vpr.map is loaded and vpr.tiles is None and vpr.localize(ctx.frame).matches[0].id == answer, refused
+
+
+def test_an_rgb_instance_describes_image_files_as_a_bgr_one(ctx):
+    """Files and drives are decoded to BGR: the map tools hand them over in the instance's own order."""
+    paths = load_dataset(ctx.dataset, "val").queries.paths[:3]
+    with EdgeVPR(ctx.onnx) as bgr, EdgeVPR(ctx.onnx, colour="RGB") as rgb:
+        np.testing.assert_allclose(describe_paths(rgb, paths), describe_paths(bgr, paths), atol=1e-5)
+
+
 def test_localization_json_has_no_infinity(ctx):
     one = PlaceMap.load(ctx.map)
     single = PlaceMap(one.dim, one.manifest.layout_hash, one.manifest.model_sha256)
@@ -762,6 +804,7 @@ def test_localization_json_has_no_infinity(ctx):
     with EdgeVPR(ctx.onnx, map=single) as vpr:
         text = json.dumps(vpr.localize(ctx.frame).to_json())
     assert "Infinity" not in text and json.loads(text)["margin"] is None
+    assert Localization([], 0.0, 0.0, float("inf"), False, 0.5).to_json()["heading"] is None
 
 
 # --- issue 29: nothing of the user's deleted or overwritten, map files by name, state kept on refusal ----

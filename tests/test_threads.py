@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from structvpr_edge.artifacts import CACHE_ENV
-from structvpr_edge.errors import ConfigError
+from structvpr_edge.errors import ConfigError, ModelError
 from structvpr_edge.runtime import ort_session
 from structvpr_edge.runtime.ort_session import AUTO, SPINNING, OrtSession, ThreadCache, candidates, choose_threading, parse_threads
 from structvpr_edge.bench.latency import node_profile
@@ -162,6 +162,28 @@ def test_a_second_session_turns_spinning_off_in_both(conv_model, cache, monkeypa
     alone = OrtSession(conv_model)
     assert alone.threading == ort_session.fastest(second.threading.timings_ms, shared=False, source="cached")
     alone.close()
+
+
+def test_a_refused_model_leaves_the_open_session_spinning(conv_model, cache, tmp_path):
+    first = OrtSession(conv_model, threads=1)
+    try:
+        assert first.threading.spinning
+        damaged = tmp_path / "damaged.onnx"
+        damaged.write_bytes(b"\x08\x07 not a model" * 10)
+        with pytest.raises(ModelError):
+            OrtSession(damaged, threads=1)
+        assert first.threading.spinning and first.session.get_session_options().get_session_config_entry(SPINNING) == "1"
+    finally:
+        first.close()
+
+
+def test_a_refused_colour_opens_no_session(conv_model, monkeypatch):
+    from structvpr_edge import EdgeVPR
+    from structvpr_edge.runtime import edgevpr
+
+    monkeypatch.setattr(edgevpr, "open_backend", lambda *args, **kwargs: pytest.fail("a session opened before the arguments were checked"))
+    with pytest.raises(ConfigError, match="colour"):
+        EdgeVPR(conv_model, colour="bgr")
 
 
 def test_bare_sessions_are_timed_each_alone_in_its_process(conv_model, cache):

@@ -27,7 +27,7 @@ from ..modelinfo import info_digest, sha256_file, verified_weights
 from .backends import Backend, open_backend
 from .map import PlaceMap
 from .ort_session import MAX_THREADS
-from .preprocess import Preprocessor, check_frame
+from .preprocess import Preprocessor, check_colour, check_frame
 from .temporal import PlaceFilter, TemporalConfig
 from .tiles import DEFAULT_BUDGET_MB, TiledMap, TileView, is_tiled
 
@@ -63,7 +63,8 @@ class Localization:
     confident: whether the chosen entry passes the map's calibrated threshold (score and margin);
         always False on a map without one (see calibrated)
     margin: similarity of the chosen entry minus the best entry at another place (> 25 m away);
-        inf when every retrieved entry is near the chosen one
+        when every retrieved entry is near the chosen one, its lead over the last of them (a lower
+        bound); inf when only one entry was retrieved
     timing_ms: milliseconds per stage for this frame: preprocess, inference, search and total
     calibrated: whether the map has a confidence threshold (structvpr-edge calibrate-threshold);
         when False, confident says nothing about the match
@@ -79,13 +80,18 @@ class Localization:
     calibrated: bool = True
 
     def to_json(self) -> dict:
-        """A JSON-safe dict: NaN heading and infinite margin become null."""
+        """A JSON-safe dict: a heading or margin that is not finite (unknown, or unbounded) becomes null."""
         return {
-            "east": self.east, "north": self.north, "heading": None if np.isnan(self.heading) else self.heading,
-            "confident": self.confident, "calibrated": self.calibrated, "margin": self.margin if math.isfinite(self.margin) else None,
-            "matches": [{**m.__dict__, "heading": None if np.isnan(m.heading) else m.heading} for m in self.matches],
+            "east": self.east, "north": self.north, "heading": finite_or_none(self.heading),
+            "confident": self.confident, "calibrated": self.calibrated, "margin": finite_or_none(self.margin),
+            "matches": [{**m.__dict__, "heading": finite_or_none(m.heading)} for m in self.matches],
             "timing_ms": self.timing_ms,
         }
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN or inf: null stands for them."""
+    return value if math.isfinite(value) else None
 
 
 def margin_to_other_places(scores: np.ndarray, rows: np.ndarray, poses: np.ndarray, chosen: int = 0) -> float:
@@ -127,8 +133,8 @@ class EdgeVPR:
     backend: "auto" (by the model's suffix), "tensorrt", "onnxruntime" or "torch"
     top_k: how many map entries each Localization lists
     colour: channel order of the frames given: "BGR" (OpenCV's) or "RGB"
-    threads: CPU inference threads: "auto" (timed once per model and machine, cached), a count,
-        or None for the backend's default
+    threads: CPU inference threads: "auto" (timed once per model and machine, cached; None means the
+        same) or a count. The torch backend's count is torch's, for the whole process
     max_batch: the most frames one inference call takes; larger batches are split
     temporal: True (or a TemporalConfig) to filter the frames of a moving vehicle over time
     gpu_index: search the map on the GPU when faiss has GPU support
@@ -167,6 +173,7 @@ class EdgeVPR:
         top_k, max_batch = positive_int("top_k", top_k), positive_int("max_batch", max_batch)
         if threads not in (None, "auto"):
             positive_int("threads", threads)
+        check_colour(colour)  # every argument before the backend opens: a refused instance touches no other
         self.backend: Backend | None = open_backend(model, backend, threads=threads, max_batch=max_batch, trust_checkpoint=trust_checkpoint)
         self.info = self.backend.info
         # A map answers to the weights (their fingerprint, checked against the graph actually loaded:
@@ -187,31 +194,30 @@ class EdgeVPR:
     def set_map(self, place_map: str | Path | PlaceMap, temporal: bool | TemporalConfig | None = None, gpu_index: bool = False,
                 prior: tuple[float, float, float] | None = None) -> None:
         """Switch to another map (a folder, a tile folder with ``prior``, or a PlaceMap); temporal=None
-        keeps the current filter setting, re-started on the new map."""
+        keeps the current filter setting, re-started on the new map. A refused map changes nothing:
+        frames are still localized in the map loaded before."""
         if not isinstance(place_map, (str, os.PathLike, PlaceMap)):
             raise ConfigError(f"map must be a map folder or a PlaceMap, got {type(place_map).__name__}")
-        self.tiles = None
+        if temporal is None:
+            temporal = self.filter.config if self.filter is not None else False
+        if not isinstance(temporal, (bool, TemporalConfig)):
+            raise ConfigError(f"temporal must be True, False or a TemporalConfig, got {temporal!r}")
+        tiles = None
         loaded: PlaceMap | TileView
         if not isinstance(place_map, PlaceMap) and is_tiled(place_map):
-            self.tiles = TiledMap(place_map)
-            self.tiles.set_prior(prior, wait=True) if prior is not None else self.tiles.load_all(self.tile_budget_mb)
-            loaded = self.tiles.current()
+            tiles = TiledMap(place_map)
+            tiles.set_prior(prior, wait=True) if prior is not None else tiles.load_all(self.tile_budget_mb)
+            loaded = tiles.current()
             loaded.tiles[0].check_compatible(self.info.layout.hash(), self.model_sha256, self.weights_sha256)  # all tiles share it
         elif prior is not None:
             raise ConfigError("prior= goes with a tile folder (structvpr-edge cut-tiles); this map is loaded whole")
         else:
             loaded = place_map if isinstance(place_map, PlaceMap) else PlaceMap.load(place_map)
             loaded.check_compatible(self.info.layout.hash(), self.model_sha256, self.weights_sha256)
-        if temporal is None:
-            temporal = self.filter.config if self.filter is not None else False
-        if not isinstance(temporal, (bool, TemporalConfig)):
-            raise ConfigError(f"temporal must be True, False or a TemporalConfig, got {temporal!r}")
         if gpu_index and isinstance(loaded, PlaceMap):  # tiles stay on the CPU: they swap
             loaded.to_gpu()
-        self.map = loaded
-        self.filter = None
-        if temporal:
-            self.filter = PlaceFilter(temporal if isinstance(temporal, TemporalConfig) else None)
+        self.tiles, self.map = tiles, loaded
+        self.filter = PlaceFilter(temporal if isinstance(temporal, TemporalConfig) else None) if temporal else None
 
     def set_prior(self, east: float, north: float, radius: float) -> None:
         """Move the prior of a tile folder: tiles it needs load in the background while frames are

@@ -17,7 +17,7 @@ from ..errors import ConfigError, DatasetError, MapError, ThresholdError
 from ..metrics import within
 from .edgevpr import EdgeVPR, margin_to_other_places, positive_int
 from .map import INDEX_TYPES, Place, PlaceMap, Threshold, check_writable
-from .preprocess import describe_files, read_image
+from .preprocess import bgr_as, describe_files, read_image
 
 
 def reference_images(source: str | Path, split: str = "test", subset: str = "database") -> list[Path]:
@@ -52,7 +52,8 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
 
 def describe_paths(vpr: EdgeVPR, paths: list[Path], batch_size: int = 16, desc: str = "describe") -> np.ndarray:
     """Descriptors of image files as ``vpr`` computes them for camera frames."""
-    return describe_files(vpr.describe_batch, paths, read_image, positive_int("batch_size", batch_size), desc)
+    return describe_files(lambda frames: vpr.describe_batch(bgr_as(vpr.preprocess.colour, frames)), paths, read_image,
+                          positive_int("batch_size", batch_size), desc)
 
 
 def open_target(vpr: EdgeVPR, out: str | Path | None, index_type: str, append: bool, frame_id: str = "") -> PlaceMap | None:
@@ -124,7 +125,7 @@ def describe_frames(vpr: EdgeVPR, frames: Iterable[DriveFrame], batch_size: int 
     batch_size = positive_int("batch_size", batch_size)
     chunks, kept = [], []
     for batch in batched(tqdm(frames, desc="map", unit="frame", total=total, leave=False), batch_size):
-        chunks.append(vpr.describe_batch([frame.image for frame in batch]))
+        chunks.append(vpr.describe_batch(bgr_as(vpr.preprocess.colour, [frame.image for frame in batch])))
         kept += [replace(frame, image=NO_PIXELS) for frame in batch]
     return (np.concatenate(chunks) if chunks else np.zeros((0, vpr.info.layout.dim), np.float32)), kept
 

@@ -304,10 +304,10 @@ class OrtSession:
                 self.session = create_session(path, None, True, self.providers)
                 return
             live = list(_LIVE)
-            for other in live:
-                other.share()
             self.threading = choose_threading(path, self.requested, shared=bool(live))
             self.session = create_session(path, self.threading.threads, self.threading.spinning, self.providers)
+            for other in live:  # only once this one is open: a refused model leaves the others as they were
+                other.share()
             _LIVE.add(self)
 
     def share(self) -> None:

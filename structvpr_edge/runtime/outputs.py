@@ -35,6 +35,7 @@ from ..errors import ConfigError
 from ..files import replace_whole
 from .edgevpr import EdgeVPR, Localization
 from .mapping import batched
+from .preprocess import bgr_as
 
 POSE_TOPIC, POSE_TYPE = "/structvpr_edge/pose", "geometry_msgs/msg/PoseWithCovarianceStamped"
 DIAGNOSTICS_TOPIC, DIAGNOSTICS_TYPE = "/diagnostics", "diagnostic_msgs/msg/DiagnosticArray"
@@ -92,7 +93,7 @@ def localize_frames(vpr: EdgeVPR, frames: Iterable[DriveFrame], batch_size: int 
     """Each frame of a stream with its localization, a batch at a time, in order (the temporal
     filter, when on, sees the frames as driven)."""
     for batch in batched(tqdm(frames, desc=desc, unit="frame", total=total, leave=False), batch_size):
-        yield from zip(batch, vpr.localize_batch([frame.image for frame in batch]))
+        yield from zip(batch, vpr.localize_batch(bgr_as(vpr.preprocess.colour, [frame.image for frame in batch])))
 
 
 def check_out(path: str | Path) -> Path:

@@ -37,6 +37,16 @@ MAX_FILE_BYTES = 256 << 20
 CACHED_SIZES = 8  # frame sizes whose halving buffers are kept (a camera has one or two)
 
 
+def check_colour(colour: object) -> None:
+    if colour not in COLOURS:
+        raise ConfigError(f"frame colour must be one of {COLOURS}, got {colour!r}")
+
+
+def bgr_as(colour: str, frames: list[np.ndarray]) -> list[np.ndarray]:
+    """BGR frames (files and drives are decoded to BGR) in ``colour``, the channel order an EdgeVPR was opened for."""
+    return frames if colour == "BGR" else [frame[..., ::-1] for frame in frames]
+
+
 def check_frame(frame: object, colour: str = "BGR") -> None:
     """An HxWx3 uint8 array with 1 <= H, W <= MAX_SIDE."""
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
@@ -61,8 +71,7 @@ def read_image(path: str | Path) -> np.ndarray:
 
 class Preprocessor:
     def __init__(self, info: ModelInfo, colour: str = "BGR", max_batch: int = 1) -> None:
-        if colour not in COLOURS:
-            raise ConfigError(f"frame colour must be one of {COLOURS}, got {colour!r}")
+        check_colour(colour)
         self.info, self.colour = info, colour
         size = (info.height, info.width)
         self.swap = colour != (info.colour if info.uint8_input else "RGB")
