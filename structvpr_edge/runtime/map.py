@@ -26,12 +26,14 @@ from __future__ import annotations
 import fcntl
 import json
 import math
+import numbers
 import os
 import re
 import sqlite3
 import stat
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import suppress
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from urllib.request import pathname2url
 
@@ -109,6 +111,27 @@ def _check_field(owner: str, name: str, value: object, kind: type | tuple[type, 
     """One field of the manifest's schema: its type (a bool is no number) and its range."""
     if isinstance(value, bool) or not isinstance(value, kind) or not valid(value):
         raise MapError(f"{owner}.{name} must be {what or getattr(kind, '__name__', kind)}, got {value!r:.60}")
+
+
+def _checked_place(row: int, place: object) -> Place:
+    """A place checked field by field before the map changes, with Python floats: sqlite stores a
+    numpy float32 as bytes that no load reads back, and a wrong type would fail only at save."""
+    if not isinstance(place, Place):
+        raise MapError(f"places[{row}] must be a Place, got {type(place).__name__}")
+    for name in ("id", "timestamp", "source"):
+        _check_field(f"places[{row}]", name, getattr(place, name), str)
+    for name in ("east", "north"):
+        _check_field(f"places[{row}]", name, getattr(place, name), numbers.Real, math.isfinite, "a finite number")
+    _check_field(f"places[{row}]", "heading", place.heading, numbers.Real, lambda v: not math.isinf(v), "a finite number of degrees, or NaN when unknown")
+    return replace(place, east=float(place.east), north=float(place.north), heading=float(place.heading))
+
+
+def _float_rows(values: object, what: str) -> np.ndarray:
+    """``values`` as a contiguous float32 array; a MapError for anything that is not a numeric array."""
+    try:
+        return np.ascontiguousarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise MapError(f"{what} must be a float array: {exc}") from exc
 
 
 @dataclass
@@ -404,16 +427,12 @@ class PlaceMap:
 
     def add(self, descriptors: np.ndarray, places: list[Place]) -> None:
         """Append entries; the first add to an untrained approximate index trains it."""
-        try:
-            descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise MapError(f"descriptors must be a float array: {exc}") from exc
+        descriptors = _float_rows(descriptors, "descriptors")
         if descriptors.ndim != 2 or descriptors.shape[1] != self.dim or len(descriptors) == 0:
             raise MapError(f"descriptors must be (N, {self.dim}) with N >= 1, got {descriptors.shape}")
         if not isinstance(places, (list, tuple)) or len(places) != len(descriptors):
             raise MapError(f"{len(descriptors)} descriptors need a list of as many places")
-        if not all(isinstance(p, Place) and math.isfinite(p.east) and math.isfinite(p.north) for p in places):
-            raise MapError("every place must be a Place with a finite east and north")
+        places = [_checked_place(row, place) for row, place in enumerate(places)]
         _check_unit(descriptors, NORM_TOLERANCE)
         if isinstance(self.places, PlaceTable):  # appending to a loaded large map: its places in memory
             self.places = list(self.places)
@@ -434,7 +453,7 @@ class PlaceMap:
         self.poses = np.concatenate([self.poses, new])
         self.manifest.count = len(self.places)
         if self._origin is not None:
-            self._pending.append((descriptors, list(places)))
+            self._pending.append((descriptors, places))
 
     def set_threshold(self, threshold: Threshold | None) -> None:
         """The confidence rule; kept through a merge with another writer's additions."""
@@ -459,7 +478,7 @@ class PlaceMap:
             raise MapError("the map is empty")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise MapError(f"k must be a positive integer, got {k!r}")
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        queries = _float_rows(queries, "queries")
         if queries.ndim != 2 or queries.shape[1] != self.dim or len(queries) == 0:
             raise MapError(f"queries must be (B, {self.dim}) with B >= 1, got {queries.shape}")
         if not np.isfinite(queries).all():
@@ -519,11 +538,20 @@ class PlaceMap:
             name = f"gen-{int(current[4:]) + 1 if current else 1:08d}"
             target._write_generation(directory, name)
             _publish(directory, name)
+            self._published(target, directory, name)
+            try:
+                _fsync(directory)
+            except OSError as exc:
+                raise MapError(f"{directory / name} is live, but the disk did not confirm it ({exc}): it may not survive a power cut") from exc
             _remove_leftovers(directory, keep=name)
+        return directory
+
+    def _published(self, target: PlaceMap, directory: Path, name: str) -> None:
+        """Become the generation just made live (``target``, the merged map after another writer's),
+        first of all: a save retried after a later failure must not add this map's additions again."""
         if target is not self:
             self.__dict__.update(target.__dict__)
         self._origin, self._generation, self._pending, self._threshold_changed = directory.resolve(), name, [], False
-        return directory
 
     def _write_generation(self, directory: Path, name: str) -> None:
         """All files of one generation in a hidden folder, fsynced, then renamed to ``name``."""
@@ -624,7 +652,7 @@ class PlaceMap:
                     place_map.places = [_place(r) for r in db.execute("SELECT id, east, north, heading, timestamp, source FROM places ORDER BY row")]
                 db.close()
                 place_map.poses = np.array([[p.east, p.north, p.heading] for p in place_map.places], dtype=np.float64).reshape(-1, 3)
-        except (sqlite3.Error, IndexError) as exc:
+        except (sqlite3.Error, IndexError, ValueError, TypeError) as exc:  # ValueError, TypeError: a position that is no number
             raise MapError(f"{folder}/places.sqlite cannot be read: {exc}") from exc
         if len(place_map.places) != place_map.index.ntotal or manifest.count != len(place_map.places) or place_map.index.d != manifest.dim:
             raise MapError(f"{folder}: index has {place_map.index.ntotal} entries, metadata {len(place_map.places)}, manifest {manifest.count}")
@@ -634,14 +662,14 @@ class PlaceMap:
 
 
 def _publish(directory: Path, name: str) -> None:
-    """Point CURRENT at ``name``: the one atomic step that makes a generation live."""
+    """Point CURRENT at ``name``: the one atomic step that makes a generation live (durable once
+    the caller has fsynced the directory)."""
     tmp = directory / f"CURRENT.tmp-{os.getpid()}"
     with tmp.open("w") as handle:
         handle.write(name + "\n")
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, directory / "CURRENT")
-    _fsync(directory)
 
 
 def _remove_generation(folder: Path) -> None:
@@ -659,14 +687,16 @@ def _remove_generation(folder: Path) -> None:
 
 def _remove_leftovers(directory: Path, keep: str | None) -> None:
     """Interrupted writes' temp folders/files and retired generations (called under the writer lock);
-    only the names a writer creates are touched."""
+    only the names a writer creates are touched. Best-effort: one that cannot be removed (an
+    immutable file, a read-only mount) is left to the next writer and never fails a save."""
     for path in directory.iterdir():
         if path.name == keep or not LEFTOVERS.fullmatch(path.name):
             continue
-        if path.is_dir() and not path.is_symlink():
-            _remove_generation(path)
-        elif path.name.startswith("CURRENT.tmp-"):
-            path.unlink()
+        with suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                _remove_generation(path)
+            elif path.name.startswith("CURRENT.tmp-"):
+                path.unlink()
 
 
 def _check_unit(descriptors: np.ndarray, tolerance: float) -> None:

@@ -63,7 +63,8 @@ class QuantizedScan:
         for i, query in enumerate(queries):
             rescored = np.union1d(candidates[i], self.outliers)
             exact = self.flat.reconstruct_batch(rescored) @ query
-            best = np.argsort(-exact, kind="stable")[:k]
+            best = np.argsort(-exact, kind="stable")[:k]  # of equal scores the lowest rows, as FAISS keeps them
+            best = best[np.lexsort((-rescored[best], -exact[best]))]  # ordered by falling row, as FAISS returns them
             # + 1e-5: float32 rounding of the two scores themselves
             if approx[i, -1] + np.linalg.norm(query) * self.error + 1e-5 <= exact[best[-1]]:
                 scores[i], rows[i] = exact[best], rescored[best]

@@ -9,7 +9,9 @@ whole, so a frame never waits on a load (EdgeVPR reads ``TiledMap.view`` per bat
 
 Which tiles a prior needs: those whose cell meets the circle of radius ``radius - overlap``
 around it; every point of the prior's circle then lies in one of their extended squares. With
-a radius up to the overlap that is one tile, so a swap holds at most two.
+a radius up to the overlap that is one tile, so a swap holds at most two. A cell of that inner
+circle without a tile (no places: a gap in the coverage) lends no overlap, so the tiles next to
+it that meet the prior's circle are loaded too: every place within the radius is in the view.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import numpy as np
 
 from ..errors import ConfigError, MapError
 from ..files import open_regular
-from .map import MAX_SMALL_FILE, Place, PlaceMap, _read_manifest, check_writable, read_current
+from .map import MAX_SMALL_FILE, Place, PlaceMap, _check_field, _read_manifest, check_writable, read_current
 
 FORMAT = "structvpr-edge/tiles/1"
 INDEX = "tiles.json"
@@ -44,6 +46,12 @@ class Tile:
     row: int
     count: int
 
+    def __post_init__(self) -> None:
+        _check_field("tile", "name", self.name, str)
+        for name in ("col", "row"):
+            _check_field("tile", name, getattr(self, name), int)
+        _check_field("tile", "count", self.count, int, lambda v: v >= 0, "an integer >= 0")
+
 
 @dataclass
 class TileIndex:
@@ -56,6 +64,13 @@ class TileIndex:
     layout_hash: str
     model_sha256: str
     tiles: list[Tile] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """Typed and bounded when read, not when a prior first meets a wrong field."""
+        for name in ("format", "frame_id", "layout_hash", "model_sha256"):
+            _check_field("tiles", name, getattr(self, name), str)
+        _check_field("tiles", "size_m", self.size_m, (int, float), lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+        _check_field("tiles", "overlap_m", self.overlap_m, (int, float), lambda v: 0 <= v < self.size_m / 2, "a number in [0, size_m / 2)")
 
 
 def _cells(east: np.ndarray, north: np.ndarray, size: float, margin: float) -> list[tuple[int, int]]:
@@ -81,7 +96,7 @@ def cut_tiles(place_map: PlaceMap, out: str | Path, size_m: float = 500.0, overl
             if cell in members:
                 members[cell].append(i)
     manifest = place_map.manifest
-    index = TileIndex(FORMAT, size_m, overlap_m, manifest.frame_id, manifest.layout_hash, manifest.model_sha256)
+    index = TileIndex(FORMAT, float(size_m), float(overlap_m), manifest.frame_id, manifest.layout_hash, manifest.model_sha256)
     for (col, row), rows in sorted(members.items()):
         tile = PlaceMap(manifest.dim, manifest.layout_hash, manifest.model_sha256, "auto", expected_size=len(rows))
         tile.manifest.frame_id, tile.manifest.threshold, tile.manifest.weights_sha256 = manifest.frame_id, manifest.threshold, manifest.weights_sha256
@@ -194,15 +209,16 @@ class TiledMap:
         self.worker: threading.Thread | None = None
         self.error: Exception | None = None
         self.waits = 0  # priors that jumped beyond the loaded tiles (set_prior)
+        self.cells = {(t.col, t.row) for t in self.index.tiles}
 
-    def _distance(self, tile: Tile, east: float, north: float) -> float:
-        """Metres from (east, north) to the tile's square (0 inside it)."""
+    def _distance(self, col: int, row: int, east: float, north: float) -> float:
+        """Metres from (east, north) to the square of cell (col, row) (0 inside it)."""
         size = self.index.size_m
-        return math.hypot(max(tile.col * size - east, 0, east - (tile.col + 1) * size), max(tile.row * size - north, 0, north - (tile.row + 1) * size))
+        return math.hypot(max(col * size - east, 0, east - (col + 1) * size), max(row * size - north, 0, north - (row + 1) * size))
 
     def covers(self, east: float, north: float) -> bool:
         """Whether a loaded tile holds every place near (east, north): its square plus the overlap."""
-        return any(self._distance(t, east, north) <= self.index.overlap_m for t in self.index.tiles if t.name in self.loaded)
+        return any(self._distance(t.col, t.row, east, north) <= self.index.overlap_m for t in self.index.tiles if t.name in self.loaded)
 
     def current(self) -> TileView:
         """The loaded tiles as one map; a MapError before any has loaded."""
@@ -211,13 +227,21 @@ class TiledMap:
         return self.view
 
     def needed(self, prior: tuple[float, float, float]) -> tuple[str, ...]:
-        """The tiles covering the prior's circle; a MapError when it lies outside every tile."""
+        """The tiles holding every place in the prior's circle (module docstring); a MapError when
+        the circle meets no tile."""
         east, north, radius = check_prior(prior)
         reach = max(radius - self.index.overlap_m, 0.0)
-        names = tuple(t.name for t in self.index.tiles if self._distance(t, east, north) <= reach)
+        names = tuple(t.name for t in self.index.tiles if (distance := self._distance(t.col, t.row, east, north)) <= reach
+                      or distance <= radius and self._next_to_gap(t, east, north, reach))
         if not names:
             raise MapError(f"the prior ({east:.1f}, {north:.1f}, {radius:.1f} m) lies outside every tile of {self.folder}")
         return names
+
+    def _next_to_gap(self, tile: Tile, east: float, north: float, reach: float) -> bool:
+        """Whether a cell next to the tile's, within ``reach`` of (east, north), has no tile: this
+        tile's places near that cell are then in no other needed tile's overlap."""
+        return any((tile.col + dc, tile.row + dr) not in self.cells and self._distance(tile.col + dc, tile.row + dr, east, north) <= reach
+                   for dc in (-1, 0, 1) for dr in (-1, 0, 1))
 
     def load_all(self, budget_mb: float = DEFAULT_BUDGET_MB) -> None:
         """Without a prior: every tile, when their index files fit ``budget_mb``."""
@@ -243,10 +267,9 @@ class TiledMap:
             raise error
         if names == self.wanted:
             return
-        wait = wait or jumped
-        self.wanted = names
-        if wait:
-            self._swap(names)
+        self.wanted = names  # now: a second prior while these load does not load them again
+        if wait or jumped:
+            self._load(names)
             return
         self.worker = threading.Thread(target=self._background, args=(names,), daemon=True)
         self.worker.start()
@@ -254,9 +277,17 @@ class TiledMap:
     def _background(self, names: tuple[str, ...]) -> None:
         try:
             with giving_way_to_frames():
-                self._swap(names)
+                self._load(names)
         except Exception as exc:  # noqa: BLE001 - kept and raised in the caller's thread
             self.error = exc
+
+    def _load(self, names: tuple[str, ...]) -> None:
+        """Swap in ``names``; after a failed load none are wanted, so the next prior loads them again."""
+        try:
+            self._swap(names)
+        except BaseException:
+            self.wanted = ()
+            raise
 
     def _swap(self, names: tuple[str, ...]) -> None:
         tiles = {n: self.loaded.get(n) or PlaceMap.load(self.folder / n) for n in names}
