@@ -5,12 +5,14 @@ Why: vehicle teams record drives as bags, not as ``@east@north@`` file names. A 
 two passes: the pose topic first (numbers, small), then the camera topic, streamed one frame at
 a time, so a 20,000-frame drive never sits in memory. Each frame gets the pose interpolated at
 its own header time; a frame farther than ``max_gap_s`` from every pose is skipped, and so is a
-message older than the one before it on its topic, a fix without a fix (``status = -1``) or with
-NaN fields, and (for a map) a frame closer than ``min_spacing_m`` to the last place kept: a car
+message out of time order on its topic (see ``_in_time_order``: one stamp that jumps ahead is
+dropped alone), a fix without a fix (``status = -1``) or with a latitude/longitude that is NaN or
+off the globe, and (for a map) a frame closer than ``min_spacing_m`` to the last place kept: a car
 standing at a light must not fill the map. Skips are counted (``Skipped``), never silent.
 
-Latitude/longitude become UTM east/north in the zone of the drive's median fix (pyproj); the
-zone travels as the frame id ``utm_32N`` into the map's manifest and every pose written out.
+Latitude/longitude become UTM east/north in the zone of the drive's mean position (pyproj;
+longitudes averaged round the circle, so a drive across the 180th meridian stays in zone 60 or 1);
+the zone travels as the frame id ``utm_32N`` into the map's manifest and every pose written out.
 Odometry and pose topics keep their own metres and their header's frame id.
 
 Optional dependencies (``pip install structvpr-edge[ros]``): ``rosbags`` reads and writes bags
@@ -27,6 +29,7 @@ import csv
 import math
 import sqlite3
 import struct
+from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -51,19 +54,21 @@ DEFAULT_MIN_SPACING_M = 2.0
 CSV_POSITIONS = (("east", "north"), ("lat", "lon"))
 WGS84 = "EPSG:4326"
 NO_PIXELS = np.empty((0, 0, 3), np.uint8)  # a frame listed or described, its image not kept
+JUMP_WITNESSES = 2  # following messages, all earlier than a message, that show its stamp jumped ahead
+Message = tuple[int, int, str, Any]  # header time, bag time, type, message
 
 
 @dataclass
 class Skipped:
     """What a drive left out, and why; printed at the end of every command that reads one."""
 
-    no_fix: int = 0  # NavSatFix with status -1 or a NaN latitude/longitude
-    backwards: int = 0  # a message stamped earlier than the one before it on its topic
+    no_fix: int = 0  # NavSatFix with status -1 or a latitude/longitude that is NaN or off the globe
+    backwards: int = 0  # a message out of time order on its topic (see _in_time_order)
     no_pose: int = 0  # a frame farther than the gap from every pose
     too_close: int = 0  # a frame within the minimum spacing of the last place kept
 
     def summary(self) -> str:
-        parts = [f"{n} {why}" for n, why in ((self.no_fix, "fixes without a fix or with NaN"), (self.backwards, "messages going back in time"),
+        parts = [f"{n} {why}" for n, why in ((self.no_fix, "fixes without a fix or a valid position"), (self.backwards, "messages going back in time"),
                                               (self.no_pose, "frames with no pose within the gap"), (self.too_close, "frames within the spacing"))
                  if n]
         return "skipped " + ", ".join(parts) if parts else "nothing skipped"
@@ -152,13 +157,20 @@ def header(stamp: int, frame_id: str) -> Any:
 # ---- coordinates -------------------------------------------------------------------------------
 
 
+def mean_longitude(lon: np.ndarray) -> float:
+    """Degrees in [-180, 180]: the mean round the circle, so 179.9 and -179.9 average to 180, not 0."""
+    radians = np.radians(np.asarray(lon, float))
+    return math.degrees(math.atan2(float(np.mean(np.sin(radians))), float(np.mean(np.cos(radians)))))
+
+
 def utm_zone(lat: np.ndarray, lon: np.ndarray) -> tuple[str, str]:
-    """(EPSG code, frame id such as ``utm_32N``) of the UTM zone holding the median position."""
+    """(EPSG code, frame id such as ``utm_32N``) of the UTM zone holding the median latitude and
+    the mean longitude (see mean_longitude)."""
     pyproj = require_extra("pyproj")
     from pyproj.aoi import AreaOfInterest  # noqa: PLC0415
     from pyproj.database import query_utm_crs_info  # noqa: PLC0415
 
-    mid_lat, mid_lon = float(np.median(lat)), float(np.median(lon))
+    mid_lat, mid_lon = float(np.median(lat)), mean_longitude(lon)
     if not (-80 <= mid_lat <= 84 and -180 <= mid_lon <= 180):
         raise DatasetError(f"latitude {mid_lat:.4f}, longitude {mid_lon:.4f} lies outside the UTM zones (80 S to 84 N)")
     found = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(mid_lon, mid_lat, mid_lon, mid_lat))
@@ -166,12 +178,20 @@ def utm_zone(lat: np.ndarray, lon: np.ndarray) -> tuple[str, str]:
     return f"EPSG:{found[0].code}", f"utm_{zone}"
 
 
-def latlon_to_utm(lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, str]:
-    """(N, 2) east/north in the zone of the data, and that zone's frame id."""
+def latlon_to_utm(lat: np.ndarray, lon: np.ndarray, source: str) -> tuple[np.ndarray, str]:
+    """(N, 2) east/north in the zone of the data, and that zone's frame id. A position the zone
+    cannot hold (off the globe, or a quarter of the globe away) is a DatasetError naming
+    ``source``: an infinite position would poison every pose interpolated from it."""
     pyproj = require_extra("pyproj")
     epsg, frame_id = utm_zone(lat, lon)
     east, north = pyproj.Transformer.from_crs(WGS84, epsg, always_xy=True).transform(np.asarray(lon, float), np.asarray(lat, float))
-    return np.stack([east, north], axis=1), frame_id
+    xy = np.stack([east, north], axis=1)
+    finite = np.isfinite(xy).all(axis=1)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        raise DatasetError(f"{source}: latitude {lat[bad]}, longitude {lon[bad]} lies too far from the drive's UTM zone ({frame_id}) "
+                           "to convert (a corrupt position?)")
+    return xy, frame_id
 
 
 def utm_to_latlon(east: np.ndarray, north: np.ndarray, epsg: str) -> tuple[np.ndarray, np.ndarray]:
@@ -200,6 +220,9 @@ def open_bag(path: str | Path) -> Iterator[Any]:
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"no drive at {path}")
+    if path.is_dir() and not (path / "metadata.yaml").is_file():  # rosbags raises a bare FileNotFoundError
+        raise DatasetError(f"{path} has no metadata.yaml, which a rosbag2 folder needs (a recording that did not finish? "
+                           f"`ros2 bag reindex {path}` rebuilds it)")
     damaged = (anyreader.AnyReaderError, errors.ReaderError, require_extra("rosbags.serde").SerdeError, sqlite3.Error, struct.error, EOFError,
                UnicodeDecodeError, IndexError)
     try:
@@ -232,26 +255,61 @@ def check_drive(path: str | Path, image_topic: str, pose_topic: str | None = Non
         return int(reader.topics[image_topic].msgcount)
 
 
-def _messages(path: Path, topic: str, types: tuple[str, ...], what: str, skipped: Skipped,
-              window: tuple[int, int] | None = None) -> Iterator[tuple[int, int, str, Any]]:
-    """(header time, bag time, type, message) of one topic in bag order, one at a time; a message
-    stamped earlier than the one before it is skipped and counted (a zero stamp takes the bag's time).
-    Fewer messages than the bag's index lists is damage (a reader may pass over a broken chunk).
-    ``window``: only the messages of bag times [start, stop), found through the bag's index."""
-    last, count = -1, 0
-    start, stop = window if window is not None else (None, None)
-    with open_bag(path) as reader:
-        for connection, bag_time, raw in reader.messages(topic_connections(reader, path, topic, types, what), start, stop):
-            message = reader.deserialize(raw, connection.msgtype)
-            count += 1
-            stamp = stamp_ns(message.header) or bag_time
-            if stamp < last:
+def _in_time_order(messages: Iterable[Message], skipped: Skipped) -> Iterator[Message]:
+    """The messages in non-decreasing header time, the others skipped and counted as backwards.
+    Why a lookahead: one stamp that jumps ahead (a clock glitch) must not make every later message
+    look old and end the drive. A message waits for the next ``JUMP_WITNESSES`` (fewer at the end of
+    the topic); when they are all earlier than it, though not earlier than the last message passed
+    on, it is the one out of line and is dropped. A message earlier than the last passed on is
+    skipped. At most three messages are held (camera topics carry images)."""
+    last = -1
+    held: deque[Message] = deque()
+
+    def release(keep: int) -> Iterator[Message]:
+        """Pass on or drop the first held messages until ``keep`` are left."""
+        nonlocal last
+        while len(held) > keep:
+            front = held.popleft()
+            jumped = bool(held) and all(last <= ahead[0] < front[0] for ahead in held)
+            if front[0] < last or jumped:
                 skipped.backwards += 1
                 continue
-            last = stamp
-            yield stamp, bag_time, connection.msgtype, message
-        if window is None and count < reader.topics[topic].msgcount:
-            raise DatasetError(f"{path} lists {reader.topics[topic].msgcount} messages on {topic} but only {count} could be read: the bag is damaged")
+            last = front[0]
+            yield front
+
+    for message in messages:
+        if message[0] < last:
+            skipped.backwards += 1
+            continue
+        held.append(message)
+        yield from release(JUMP_WITNESSES)
+    yield from release(0)
+
+
+def _topic_messages(reader: Any, path: Path, topic: str, types: tuple[str, ...], what: str,
+                    window: tuple[int, int] | None) -> Iterator[Message]:
+    """Every message of ``topic`` in bag order, deserialized one at a time (a zero stamp takes the
+    bag's time). Fewer messages than the bag's index lists is damage (a reader may pass over a
+    broken chunk)."""
+    count = 0
+    start, stop = window if window is not None else (None, None)
+    for connection, bag_time, raw in reader.messages(topic_connections(reader, path, topic, types, what), start, stop):
+        message = reader.deserialize(raw, connection.msgtype)
+        count += 1
+        yield stamp_ns(message.header) or bag_time, bag_time, connection.msgtype, message
+    if window is None and count < reader.topics[topic].msgcount:
+        raise DatasetError(f"{path} lists {reader.topics[topic].msgcount} messages on {topic} but only {count} could be read: the bag is damaged")
+
+
+def _messages(path: Path, topic: str, types: tuple[str, ...], what: str, skipped: Skipped,
+              window: tuple[int, int] | None = None) -> Iterator[Message]:
+    """(header time, bag time, type, message) of one topic, one at a time, in time order (see
+    _in_time_order). ``window``: only the messages of bag times [start, stop), found through the
+    bag's index, and all of them: a stretch cannot tell which of its messages are out of order in
+    the whole topic, so its reader (a Ray worker) picks the frames a whole pass listed."""
+    with open_bag(path) as reader:
+        read = _topic_messages(reader, path, topic, types, what, window)
+        yield from (read if window is not None else _in_time_order(read, skipped))
 
 
 def image_of(message: Any, what: str) -> np.ndarray:
@@ -273,12 +331,19 @@ def image_of(message: Any, what: str) -> np.ndarray:
 
 def read_frames(path: str | Path, topic: str, skipped: Skipped, pixels: bool = True,
                 window: tuple[int, int] | None = None) -> Iterator[DriveFrame]:
-    """The frames of ``topic`` in bag order, decoded one at a time (never all in memory).
-    ``pixels`` False: times and sources only, no image decoded (a Ray build's listing pass)."""
+    """The frames of ``topic`` in time order, decoded one at a time (never all in memory).
+    ``pixels`` False: times and sources only, no image decoded (a Ray build's listing pass);
+    ``window``: see _messages."""
     for stamp, bag_time, _, message in _messages(Path(path), topic, IMAGE_TYPES, "camera", skipped, window):
         source = f"{topic}@{stamp}"
         image = image_of(message, f"frame {source} of {path}") if pixels else NO_PIXELS
         yield DriveFrame(stamp, image, source, bag_ns=bag_time)
+
+
+def has_position(fix: Any) -> bool:
+    """Whether a NavSatFix has a fix and a place on the globe: receivers report none with status
+    -1, NaN, or a sentinel such as latitude 999 under an OK status."""
+    return bool(fix.status.status != NO_FIX and abs(fix.latitude) <= 90 and abs(fix.longitude) <= 180)
 
 
 def read_track(path: str | Path, topic: str, skipped: Skipped) -> Track:
@@ -289,7 +354,7 @@ def read_track(path: str | Path, topic: str, skipped: Skipped) -> Track:
     frame_id, kind = "", ""
     for stamp, _, kind, message in _messages(Path(path), topic, POSE_TYPES, "pose", skipped):
         if kind == FIX_TYPE:
-            if message.status.status == NO_FIX or not (math.isfinite(message.latitude) and math.isfinite(message.longitude)):
+            if not has_position(message):
                 skipped.no_fix += 1
                 continue
             rows.append((message.latitude, message.longitude, math.nan))
@@ -306,7 +371,7 @@ def read_track(path: str | Path, topic: str, skipped: Skipped) -> Track:
     values = np.array(rows, dtype=np.float64)
     xy = values[:, :2]
     if kind == FIX_TYPE:
-        xy, frame_id = latlon_to_utm(values[:, 0], values[:, 1])
+        xy, frame_id = latlon_to_utm(values[:, 0], values[:, 1], f"{topic} in {path}")
     return Track(np.array(stamps, dtype=np.int64), xy, values[:, 2], frame_id)
 
 
@@ -385,6 +450,20 @@ def _csv_number(row: dict[str, str], column: str, line: int, path: Path, optiona
     return value
 
 
+def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The stripped header and the rows of a UTF-8 CSV; a byte-order mark (Excel's "CSV UTF-8")
+    is dropped, so it does not stick to the first column's name."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            reader.fieldnames = columns
+            return columns, list(reader)
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path} is not UTF-8 text (byte {exc.start} reads {exc.object[exc.start:exc.start + 1]!r}): "
+                           "save it as UTF-8 (in Excel: CSV UTF-8)") from None
+
+
 def read_pose_csv(path: str | Path, images: str | Path, min_spacing_m: float = 0.0, skipped: Skipped | None = None) -> tuple[list[Path], Track]:
     """The image files a pose CSV names (see the module docstring for its columns) and their poses
     (``Track`` stamps: the time column in ns, else the row order); rows within ``min_spacing_m``
@@ -392,11 +471,7 @@ def read_pose_csv(path: str | Path, images: str | Path, min_spacing_m: float = 0
     path, images = Path(path), Path(images)
     if not path.is_file():
         raise DatasetError(f"no pose file at {path}")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        reader.fieldnames = columns
-        rows = list(reader)
+    columns, rows = _csv_rows(path)
     positions = next((pair for pair in CSV_POSITIONS if set(pair) <= set(columns)), None)
     if "file" not in columns or positions is None:
         raise DatasetError(f"{path} needs the columns file and east, north (or lat, lon), optional heading and time; it has {columns}")
@@ -415,7 +490,7 @@ def read_pose_csv(path: str | Path, images: str | Path, min_spacing_m: float = 0
                         _csv_number(row, "time", line, path) if "time" in columns else line])
     order = np.argsort(np.array(numbers)[:, 3], kind="stable")
     values, files = np.array(numbers, dtype=np.float64)[order], [found[i] for i in order]
-    xy, frame_id = (latlon_to_utm(values[:, 0], values[:, 1]) if positions == ("lat", "lon") else (values[:, :2], ""))
+    xy, frame_id = (latlon_to_utm(values[:, 0], values[:, 1], str(path)) if positions == ("lat", "lon") else (values[:, :2], ""))
     spacing, skipped = Spacing(min_spacing_m), skipped or Skipped()
     keep = np.array([spacing.keep(east, north) for east, north in xy], dtype=bool)
     skipped.too_close += int((~keep).sum())
