@@ -8,6 +8,7 @@ import math
 from numbers import Integral, Real
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import ModelError
@@ -15,6 +16,9 @@ from .files import sha256_of
 from .images import MAX_SIDE
 from .layout import DescriptorLayout
 from .safety import check_onnx
+
+if TYPE_CHECKING:  # the runtime reads metadata with onnxruntime: onnx is needed only where a graph is loaded
+    import onnx
 
 PREFIX = "structvpr."
 GRAPH_FIELD = 7  # ModelProto.graph in onnx.proto
@@ -50,6 +54,9 @@ class ModelInfo:
             values = getattr(self, name)
             if len(values) != 3 or not all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in values) or (name == "std" and min(values) <= 0):
                 raise ModelError(f"model metadata: {name} must be 3 finite numbers (std > 0), got {values!r}")
+        extra = self.extra
+        if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra) or not isinstance(extra.get("precision", ""), str):
+            raise ModelError(f"model metadata: extra must be an object with string keys (its precision a string), got {extra!r}")
 
     def check_io(self, inputs: list[tuple[str, str, list]], outputs: list[tuple[str, list]]) -> None:
         """Refuse a graph whose (name, dtype, shape) input and (name, shape) output disagree with this
@@ -160,6 +167,19 @@ def verified_weights(path: str | Path, info: ModelInfo) -> str:
     if info.graph_sha256 and graph_digest(Path(path).read_bytes()) != info.graph_sha256:
         raise ModelError(f"{path}: its weights are not the ones it was exported with (edited or damaged); export it again")
     return info.weights_sha256 if info.graph_sha256 else ""
+
+
+def load_onnx(path: str | Path, external_data: bool = True) -> onnx.ModelProto:
+    """The onnx ModelProto at ``path`` (external data confined to its folder: check_onnx), or a
+    ModelError naming the file: protobuf's DecodeError for a truncated or damaged copy names
+    neither the file nor what to do."""
+    import onnx  # noqa: PLC0415
+
+    check_onnx(path)
+    try:
+        return onnx.load(str(path), load_external_data=external_data)
+    except Exception as exc:  # protobuf's DecodeError and onnx's own
+        raise ModelError(f"cannot read ONNX model {path}: truncated or damaged ({exc}); copy or export it again") from exc
 
 
 def read_onnx_info(path) -> ModelInfo:

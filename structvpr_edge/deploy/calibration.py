@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -36,14 +36,13 @@ import numpy as np
 from ..artifacts import CALIBRATION_FORMAT, CPU_INT8, FP16, FP32, KIT_FILES, MANIFEST, RANGES, REPORT, REPORT_MD, TRT_CACHE, TRT_INT8, cache_folder, is_shipped_kit
 from ..data.dataset import VPRDataset, list_images, load_dataset
 from ..errors import BackendError, ConfigError, DatasetError, ModelError
-from ..eval.evaluate import extract
 from ..files import open_regular, remove_stale_temps, replace_whole, temp_beside
-from ..eval.models import deployed_extractor
 from ..metrics import recall_at_n, retrieve
-from ..modelinfo import ModelInfo, info_digest, read_onnx_info, sha256_file
+from ..modelinfo import ModelInfo, info_digest, load_onnx, read_onnx_info, sha256_file
+from ..runtime.backends import open_backend
 from ..runtime.ort_session import LOAD_SLACK, load_per_core
-from ..runtime.preprocess import Preprocessor, read_image
-from ..safety import check_onnx, confined
+from ..runtime.preprocess import Preprocessor, describe_files, read_image
+from ..safety import confined
 from ..timing import SessionSpec, int8_advice, measure_isolated, stage_stats
 from . import quantize as q
 
@@ -102,6 +101,15 @@ def candidate_root(images: Path) -> Path:
     return images
 
 
+def confined_images(images: list[Path], root: Path) -> list[Path]:
+    """``images``, once each lies inside ``root`` with links followed: the rule load_manifest reads a
+    manifest by, so a manifest written from them can be read back (a folder of `ln -s` links is
+    refused when the kit is written, not when it is first reused)."""
+    for image in images:
+        confined(image, root, DatasetError)
+    return images
+
+
 def k_center(descriptors: np.ndarray, k: int) -> list[int]:
     """Greedy k-center under cosine distance: start at the most typical image, then add the one
     farthest from everything chosen so far. Every image ends close to a chosen one."""
@@ -129,7 +137,7 @@ def write_manifest(path: Path, root: Path, images: list[Path], model: Path, cand
         "method": method,
         "selection": "greedy k-center on FP32 descriptors (cosine distance)",
         "candidates": candidates,
-        "images": [{"path": p.relative_to(root).as_posix(), "sha256": sha256_file(p)} for p in images],
+        "images": [{"path": p.relative_to(root).as_posix(), "sha256": sha256_file(p)} for p in confined_images(images, root)],
     }
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -141,21 +149,60 @@ def recorded(path: Path, kit: Path) -> str:
     return path.name if path.parent == kit else str(path)
 
 
-def load_manifest(path: Path) -> tuple[dict, list[Path]]:
-    """The manifest and its image paths, every image checked against its sha256."""
+def _is_entry(entry: object) -> bool:
+    return isinstance(entry, dict) and all(isinstance(entry.get(key), str) for key in ("path", "sha256"))
+
+
+# What each manifest field must hold; a reader names the fields it uses, checked when it loads the file.
+MANIFEST_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "format": (repr(CALIBRATION_FORMAT), lambda v: v == CALIBRATION_FORMAT),
+    "root": ("the images' folder", lambda v: isinstance(v, str) and v != ""),
+    "images": ('a list of {"path": ..., "sha256": ...} strings', lambda v: isinstance(v, list) and all(map(_is_entry, v))),
+    "candidates": ("a count of images", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "method": (f"one of {q.METHODS}", lambda v: v in q.METHODS),
+    "weights": ("a checkpoint, a shipped name or null", lambda v: v is None or isinstance(v, str)),
+    "weights_sha256": ("the sha256 of the calibrated checkpoint", lambda v: isinstance(v, str)),
+}
+IMAGE_FIELDS = ("format", "root", "images")
+
+
+def read_manifest(path: Path, fields: tuple[str, ...]) -> dict:
+    """The calibration manifest file ``path``, once it is a JSON object whose ``fields`` (those its
+    reader uses) hold what MANIFEST_FIELDS says: a damaged manifest is a DatasetError naming the
+    file and the field, not a KeyError or TypeError half way through."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read calibration manifest {path}: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{path} is not a structvpr-edge calibration manifest ({CALIBRATION_FORMAT}): not a JSON object")
+    for name in fields:
+        what, valid = MANIFEST_FIELDS[name]
+        if name not in manifest or not valid(manifest[name]):
+            got = repr(manifest[name])[:100] if name in manifest else "nothing"
+            raise DatasetError(f"calibration manifest {path} is damaged: {name!r} must be {what}, got {got}; "
+                               "restore it, or recalibrate with --reselect")
+    return manifest
+
+
+def kit_manifest(folder: Path, fields: tuple[str, ...]) -> dict:
+    """The manifest of calibration kit ``folder`` (read_manifest); ConfigError when it holds none:
+    the folder given is not a kit."""
+    if not (folder / MANIFEST).is_file():
+        raise ConfigError(f"{folder} is not a calibration folder (no {MANIFEST}); run `structvpr-edge calibrate`")
+    return read_manifest(folder / MANIFEST, fields)
+
+
+def load_manifest(path: Path, also: tuple[str, ...] = ()) -> tuple[dict, list[Path]]:
+    """The manifest of a kit folder or file ``path`` (read_manifest: its images and the fields
+    ``also`` checked) and its image paths, every image checked against its sha256."""
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-        root = Path(manifest["root"])
-        entries = manifest["images"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise DatasetError(f"cannot read calibration manifest {path}: {exc}") from exc
-    if manifest.get("format") != CALIBRATION_FORMAT:
-        raise DatasetError(f"{path} is not a structvpr-edge calibration manifest ({CALIBRATION_FORMAT})")
+    manifest = read_manifest(path, (*IMAGE_FIELDS, *also))
+    root = Path(manifest["root"])
     paths, bad = [], []
-    for entry in entries:
+    for entry in manifest["images"]:
         image = root / entry["path"]
         confined(image, root, DatasetError)  # a crafted manifest names no file outside its image root
         digest = sha256_file(image) if image.is_file() else None
@@ -265,9 +312,13 @@ def _recall(descriptors: np.ndarray, dataset: VPRDataset) -> dict[str, float]:
 
 
 def describe(model: Path, paths: list[Path], desc: str, threads: int | None) -> np.ndarray:
-    """Descriptors of ``paths`` by an ONNX model of any precision, through ONNX Runtime on the CPU."""
-    extractor = deployed_extractor(model, threads=threads)
-    return extract(extractor, paths, desc=desc)
+    """Descriptors of ``paths`` by an ONNX model of any precision, through ONNX Runtime on the CPU,
+    each file read and preprocessed on its own as the runtime does a camera frame, as
+    calibration_batches feeds the ranges: the k-center selection and the accuracy gate see the
+    pixels INT8 was calibrated on and the vehicle sees, also in a folder of mixed image sizes."""
+    backend = open_backend(model, threads=threads, max_batch=64)
+    preprocess = Preprocessor(backend.info, max_batch=backend.max_batch)
+    return describe_files(lambda frames: backend.infer(preprocess(frames)), paths, read_image, backend.max_batch, desc)
 
 
 def _group_nodes(groups: dict[str, list[str]], kept: list[str]) -> list[str]:
@@ -275,23 +326,33 @@ def _group_nodes(groups: dict[str, list[str]], kept: list[str]) -> list[str]:
     return list(dict.fromkeys(n for group in kept for n in groups[group]))
 
 
-def _select(config: CalibrationConfig, weights: str | None) -> tuple[list[Path], int]:
-    """Reuse the manifest's images (hash-checked) unless asked to reselect; else k-center anew.
-    The manifest is rewritten either way, so it always names the model calibrated now."""
+def _images(config: CalibrationConfig) -> tuple[Path, list[Path], int | None]:
+    """(root, images, candidates): the images of the manifest in ``config.out`` (hash-checked) and
+    how many they were chosen from, unless --reselect or there is none; else the candidates to
+    choose among and None. Read before any image is described: a changed or missing image, a
+    damaged manifest, an empty folder or an image linked from outside it (which the manifest
+    could not record) costs no describing and no quantization."""
     manifest_path = config.out / MANIFEST
-    if manifest_path.exists() and not config.reselect:
-        manifest, chosen = load_manifest(manifest_path)
-        root, count = Path(manifest["root"]), manifest["candidates"]
-        if len(chosen) != min(config.num, count):
-            raise ConfigError(f"{manifest_path} holds {len(chosen)} images but --num is {config.num}; pass --reselect to choose anew")
-    else:
+    if config.reselect or not manifest_path.is_file():
         root = candidate_root(config.images)
         candidates = list_images(root)
         if not candidates:
             raise DatasetError(f"no images under {root}")
-        descriptors = describe(config.model, candidates, "describe candidates", config.threads)
-        chosen, count = [candidates[i] for i in k_center(descriptors, config.num)], len(candidates)
-    write_manifest(manifest_path, root, chosen, config.model, count, config.method, weights)
+        return root, confined_images(candidates, root), None
+    manifest, chosen = load_manifest(manifest_path, also=("candidates",))
+    if len(chosen) != min(config.num, manifest["candidates"]):
+        raise ConfigError(f"{manifest_path} holds {len(chosen)} images but --num is {config.num}; pass --reselect to choose anew")
+    return Path(manifest["root"]), chosen, manifest["candidates"]
+
+
+def _select(config: CalibrationConfig, weights: str | None, images: tuple[Path, list[Path], int | None]) -> tuple[list[Path], int]:
+    """The ``images`` a manifest chose (_images), or k-center among its candidates. The manifest is
+    written either way, so it always names the model calibrated now."""
+    root, chosen, count = images
+    if count is None:
+        descriptors = describe(config.model, chosen, "describe candidates", config.threads)
+        chosen, count = [chosen[i] for i in k_center(descriptors, config.num)], len(chosen)
+    write_manifest(config.out / MANIFEST, root, chosen, config.model, count, config.method, weights)
     return chosen, count
 
 
@@ -347,14 +408,9 @@ def prepare_kit(folder: Path) -> Path:
     ModelError when the graph comes from other weights than the calibrated ones (the ranges
     belong to those), lacks a tensor the ranges name (another exporter renamed it), or rebuilds
     to another graph."""
-    import onnx  # noqa: PLC0415
-
     folder = Path(folder)
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{folder} is not a calibration folder ({exc}); run `structvpr-edge calibrate`") from exc
-    report = check_kit(folder)
+    report = check_kit(folder)  # a mix of two calibrations is named first
+    manifest = kit_manifest(folder, ("weights", "weights_sha256", "method"))
     work = kit_workspace(folder)
     if work != folder:  # a copy in the user cache: its own files are checked too
         report = check_kit(work)
@@ -366,7 +422,7 @@ def prepare_kit(folder: Path) -> Path:
         _rebuild(work, FP32, report, lambda tmp: export_fp32(weights, tmp))
     if read_onnx_info(fp32).checkpoint_sha256 != manifest["weights_sha256"]:
         raise ModelError(f"{fp32} was exported from other weights than {folder} was calibrated with; {redo}")
-    graph = onnx.load(str(fp32)).graph
+    graph = load_onnx(fp32).graph
     tensors = {o for node in graph.node for o in node.output} | {i.name for i in graph.input}
     unknown = sorted(set(q.load_ranges(work / RANGES).keys()) - tensors)
     if unknown:
@@ -383,11 +439,9 @@ def prepare_kit(folder: Path) -> Path:
     return work
 
 
-def _check(config: CalibrationConfig):
+def _check(config: CalibrationConfig) -> tuple[Any, ModelInfo]:
     """The FP32 model's proto and ModelInfo, after validating the options."""
-    import onnx  # noqa: PLC0415
-
-    proto = onnx.load(str(check_onnx(config.model)))
+    proto = load_onnx(config.model)
     info = ModelInfo.from_props({p.key: p.value for p in proto.metadata_props})
     if info.extra.get("precision", "fp32") != "fp32":
         raise ConfigError(f"{config.model} is already {info.extra['precision']}; calibrate the FP32 export")
@@ -514,10 +568,7 @@ def graph_identity(path: Path) -> dict[str, str]:
     calibrated on an EPYC rebuilt on a Xeon to other INT8 values: CI failed on it)."""
     import onnx  # noqa: PLC0415
 
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # protobuf's DecodeError and onnx's own, for a truncated or damaged file
-        raise ModelError(f"{path} is not a readable ONNX graph (truncated or damaged: {exc}); recalibrate or rebuild the kit") from exc
+    model = load_onnx(path)
     graph = model.graph
     graph.doc_string = ""
     tensors = list(graph.initializer)
@@ -559,10 +610,13 @@ def check_kit(folder: Path) -> dict:
         report = json.loads((folder / REPORT).read_text())
         present = [folder / name for name in report["sha256"] if (folder / name).is_file()]
         mixed = [path for path in present if not _is_recorded(path, path.name, report)]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{folder} is not a whole calibration kit ({exc}); {redo}") from exc
     if mixed:
         raise ModelError(f"{mixed[0]} is not the file {folder / REPORT} describes (a mix of two calibrations); {redo}")
+    nodes = report.get("fp32_nodes")
+    if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+        raise ConfigError(f"{folder / REPORT} is damaged: 'fp32_nodes' must be the list of node names kept in FP32, got {nodes!r}; {redo}")
     return report
 
 
@@ -608,19 +662,17 @@ def calibrate(config: CalibrationConfig) -> CalibrationReport:
     final = config.out
     _check_out(final, config.overwrite_shipped)
     dataset = load_dataset(config.val, split=config.val_split) if config.val is not None else None  # a typo costs nothing
+    weights = None if config.model.suffix == ".onnx" else str(config.model)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(final)  # what killed runs left: a kit's worth of files each
     stage = temp_beside(final)
     stage.mkdir()
     try:
-        if (final / MANIFEST).is_file():  # its images are reused unless --reselect
-            shutil.copy(final / MANIFEST, stage / MANIFEST)
         staged = replace(config, out=stage)
-        weights = None if config.model.suffix == ".onnx" else str(config.model)
         if weights is not None:  # a checkpoint or shipped name: calibrate its export, kept in the folder
             staged.model = export_fp32(weights, stage / FP32, config.trust_checkpoint)
         proto, info = _check(staged)
-        paths, candidates = _select(staged, weights)
+        paths, candidates = _select(staged, weights, _images(config))
         run = _quantize(staged, proto, info, paths)
         report = _measure(run, dataset, paths, candidates)
         _write_report(run, report, start)

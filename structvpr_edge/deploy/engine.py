@@ -9,6 +9,7 @@ says how to rebuild. Which builder calls are made depends on the detected API
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import time
@@ -18,15 +19,19 @@ from typing import TYPE_CHECKING
 
 from ..artifacts import ENGINE_FORMAT, FORMATS, FP16, MANIFEST, TRT_CACHE, TRT_INT8, engine_manifest_path
 from ..errors import BackendError, ConfigError, ModelError
-from ..modelinfo import PREFIX, ModelInfo, sha256_file
+from ..files import replace_whole
+from ..modelinfo import PREFIX, ModelInfo, load_onnx, sha256_file
 from ..runtime.tensorrt_backend import GpuInfo, gpu_info
 from ..trt_compat import TrtApi, detect, import_tensorrt, require
+from .calibration import kit_manifest
 
 if TYPE_CHECKING:  # mypy checks the TensorRT calls against tensorrt-stubs (tests/test_trt_api.py)
     import tensorrt
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_MAX_BATCH = 8
+# What a calibration kit's graphs and cache share with the model they were calibrated from.
+IDENTITY = ("checkpoint_sha256", "weights_sha256", "width", "height", "uint8_input", "colour")
 
 
 @dataclass
@@ -64,27 +69,44 @@ class EngineBuildConfig:
 
 
 def _onnx_props(path: Path) -> dict[str, str]:
-    import onnx  # noqa: PLC0415
+    return {p.key: p.value for p in load_onnx(path, external_data=False).metadata_props}
 
-    if not path.is_file():
-        raise ModelError(f"ONNX model {path} not found")
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+def _model_info(path: Path) -> ModelInfo:
+    return ModelInfo.from_props(_onnx_props(path))
 
 
 def find_graphs(config: EngineBuildConfig) -> dict[str, Path]:
     """precision tag -> ONNX: ``--model`` under the tag calibrate stamped on it, plus the FP16 and
-    Q/DQ graphs of ``--calibration``."""
-    tag = ModelInfo.from_props(_onnx_props(config.onnx)).extra.get("precision", "fp32")
+    Q/DQ graphs of ``--calibration``, once that kit is one of ``--model`` (check_kit_model)."""
+    info = _model_info(config.onnx)
+    tag = info.extra.get("precision", "fp32")
     if tag in FORMATS and "build-engine" not in FORMATS[tag].consumers:
         raise ModelError(f"{config.onnx} is {FORMATS[tag].what}; TensorRT builds from {TRT_INT8}")
     graphs = {tag: config.onnx}
     if config.calibration is not None:
-        if not (config.calibration / MANIFEST).is_file():
-            raise ConfigError(f"{config.calibration} is not a calibration folder (no {MANIFEST}); run `structvpr-edge calibrate`")
-        for kit in (f for f in FORMATS.values() if f.producer == "calibrate" and "build-engine" in f.consumers):
-            if (config.calibration / kit.file).is_file():
-                graphs.setdefault(kit.tag, config.calibration / kit.file)
+        made = (f for f in FORMATS.values() if f.producer == "calibrate" and "build-engine" in f.consumers)
+        kit = {f.tag: config.calibration / f.file for f in made if (config.calibration / f.file).is_file()}
+        check_kit_model(config.onnx, info, config.calibration, list(kit.values()))
+        graphs = {**kit, **graphs}  # --model's own precision is built from --model
     return graphs
+
+
+def check_kit_model(model: Path, info: ModelInfo, kit: Path, graphs: list[Path]) -> None:
+    """ConfigError unless calibration ``kit`` was made for ``model`` (``info``): the same weights
+    (its manifest's checkpoint sha256) and, by the metadata of its ``graphs``, the same weights
+    fingerprint, input size and format. Else build-engine would build the kit's graphs in the
+    model's place, or apply its cache (TensorRT 8.6) to ranges of other weights or inputs, and the
+    engine would answer for a model nobody asked for."""
+    wanted = {name: getattr(info, name) for name in IDENTITY}
+    recorded = {kit / MANIFEST: {"checkpoint_sha256": kit_manifest(kit, ("weights_sha256",))["weights_sha256"]}}
+    for graph in graphs:
+        recorded[graph] = {name: getattr(_model_info(graph), name) for name in IDENTITY}
+    for path, identity in recorded.items():
+        differ = [f"{name} {value!r} there, {wanted[name]!r} in --model" for name, value in identity.items() if value != wanted[name]]
+        if differ:
+            raise ConfigError(f"--calibration {kit} was calibrated for another model than --model {model} ({path.name}: {'; '.join(differ)}); "
+                              f"calibrate {model} (structvpr-edge calibrate --model {model} ...) or pass its own kit")
 
 
 @dataclass(frozen=True)
@@ -192,7 +214,7 @@ def _configure(
         profile.set_shape(tensor.name, trt.Dims(shapes["min"]), trt.Dims(shapes["opt"]), trt.Dims(shapes["max"]))
         builder_config.add_optimization_profile(profile)
     if plan.calibration_cache is not None:
-        info = ModelInfo.from_props(_onnx_props(plan.onnx))
+        info = _model_info(plan.onnx)
         manifest = plan.calibration_cache.parent / MANIFEST  # the cache lives in the calibration folder
         builder_config.int8_calibrator = make_entropy_calibrator(trt, plan.calibration_cache, manifest, info)
         if dynamic and api.calibration_profile:  # the calibrator feeds single images
@@ -210,11 +232,35 @@ def _configure(
     return builder_config
 
 
+def _check_outputs(config: EngineBuildConfig) -> None:
+    """--out and --timing-cache name files: a folder there is refused before the build, not when
+    its result is written."""
+    for flag, path in (("--out", config.out), ("--timing-cache", config.timing_cache)):
+        if path is not None and path.is_dir():
+            raise ConfigError(f"{flag} {path} is a folder; it names the file to write")
+
+
+def _swap_in(files: list[tuple[Path, bytes]]) -> None:
+    """Write every file beside its path, then move them in, the first of ``files`` last, only once
+    all are written (replace_whole, one inside the next): a failure writing any of them leaves every
+    previous file as it was, never a new engine beside an old manifest."""
+    if not files:
+        return
+    (path, data), rest = files[0], files[1:]
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+        _swap_in(rest)
+
+    replace_whole(path, write)
+
+
 def build_engine(config: EngineBuildConfig, trt=None, gpu: GpuInfo | None = None) -> dict:
-    """Build, write ``config.out`` and its manifest; returns the manifest. ``trt`` and ``gpu`` are
-    injectable so the version gating is testable without a GPU."""
+    """Build, write ``config.out``, its manifest and the timing cache, all or none; returns the
+    manifest. ``trt`` and ``gpu`` are injectable so the version gating is testable without a GPU."""
     from .trt_check import check_trt_friendly  # noqa: PLC0415
 
+    _check_outputs(config)
     trt = trt or import_tensorrt()
     api = detect(trt)
     require(api, "serialized_build", "named_tensors", "memory_pool_limit")
@@ -232,18 +278,11 @@ def build_engine(config: EngineBuildConfig, trt=None, gpu: GpuInfo | None = None
     serialized = builder.build_serialized_network(network, builder_config)
     if serialized is None:
         raise BackendError(f"TensorRT failed to build an engine from {plan.onnx} (see the TensorRT log above)")
-    config.out.parent.mkdir(parents=True, exist_ok=True)
-    with config.out.open("wb") as handle:
-        handle.write(serialized)
-    if config.timing_cache is not None and api.timing_cache:
-        config.timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        with config.timing_cache.open("wb") as handle:
-            handle.write(builder_config.get_timing_cache().serialize())
-
+    engine = bytes(serialized)
     manifest = {
         "format": ENGINE_FORMAT,
         "engine": config.out.name,
-        "engine_sha256": sha256_file(config.out),
+        "engine_sha256": hashlib.sha256(engine).hexdigest(),
         "tensorrt_version": api.version,
         "cuda_version": gpu.cuda_version,
         "cuda_driver_version": gpu.driver_version,
@@ -262,7 +301,12 @@ def build_engine(config: EngineBuildConfig, trt=None, gpu: GpuInfo | None = None
         "trtexec": trtexec_command(config, plan, tensor.name, shapes),
         "model_info": {k: v for k, v in _onnx_props(plan.onnx).items() if k.startswith(PREFIX)},
     }
-    engine_manifest_path(config.out).write_text(json.dumps(manifest, indent=2) + "\n")
+    files = [(engine_manifest_path(config.out), (json.dumps(manifest, indent=2) + "\n").encode()), (config.out, engine)]
+    if config.timing_cache is not None and api.timing_cache:
+        files.append((config.timing_cache, bytes(builder_config.get_timing_cache().serialize())))
+    for path, _ in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    _swap_in(files)
     return manifest
 
 

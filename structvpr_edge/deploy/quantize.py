@@ -259,7 +259,7 @@ def parse_trt_calibration_cache(text: str) -> tuple[int, dict[str, float]]:
         name, _, hex_scale = line.rpartition(": ")
         try:
             scales[name] = struct.unpack(">f", bytes.fromhex(hex_scale))[0]
-        except ValueError as exc:
+        except (ValueError, struct.error) as exc:  # not hex, or not the 4 bytes of a float32 (a file cut off)
             raise ModelError(f"malformed calibration cache line {line!r}") from exc
     return int(match.group(1)), scales
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ModelError
 from ..modelinfo import ModelInfo
 from ..runtime.tensorrt_backend import PrimaryContext
 from ..trt_compat import detect, require
@@ -16,9 +17,22 @@ from .calibration import calibration_batches, load_manifest
 from .quantize import retarget_cache
 
 
+def _read_cache(cache: Path, trt_version: str) -> bytes | None:
+    """``cache`` under ``trt_version``'s header, None when there is none; read when the calibrator is
+    made, before the build: TensorRT calls read_calibration_cache from inside it, where an error
+    would not name the file."""
+    if not cache.is_file():
+        return None
+    try:
+        return retarget_cache(cache.read_text(), trt_version).encode()
+    except ValueError as exc:  # the parse's ModelError, or bytes that are not text
+        raise ModelError(f"{cache} is not a whole TensorRT calibration cache ({exc}); recalibrate, or copy the kit again") from exc
+
+
 def make_entropy_calibrator(trt, cache: Path, manifest: Path, info: ModelInfo):
     """A ``trt.IInt8EntropyCalibrator2`` reading ``cache``, with ``manifest``'s images behind it."""
     require(detect(trt), "calibrators")
+    cached = _read_cache(cache, trt.__version__)
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
@@ -48,7 +62,7 @@ def make_entropy_calibrator(trt, cache: Path, manifest: Path, info: ModelInfo):
             return [int(self.device)]
 
         def read_calibration_cache(self) -> bytes | None:
-            return retarget_cache(cache.read_text(), trt.__version__).encode() if cache.is_file() else None
+            return cached
 
         def write_calibration_cache(self, data) -> None:
             cache.write_bytes(bytes(data))
