@@ -18,7 +18,11 @@ p50s come from that rotation; jitter (p99, p99/p50) from one uninterrupted run o
 configuration afterwards, the way a vehicle runs it. --compare prepares the artifacts from a checkpoint (export, INT8
 calibration on --images, default a generated SynthCity smoke set) and prints the ratios;
 --dataset adds export parity and Recall@1/5 of FP32, FP16 and INT8; --profile prints ONNX
-Runtime's per-node profile of the FP32 and INT8 graphs.
+Runtime's per-node profile of every ONNX graph timed. Each row's precision is the artifact's own
+(its metadata or engine manifest). --cameras N adds a row of N cameras in one process for the INT8
+artifact of the fastest backend present (TensorRT, then ONNX Runtime), named in the row. The
+capacity column is the frames/s the stages could sustain back to back (cameras x 1000 / mean frame
+ms), not the camera rate: with --fps the frames are paced at that rate and the capacity shows the headroom.
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ from pathlib import Path
 from structvpr_edge.artifacts import BACKENDS
 from structvpr_edge.bench.latency import LatencyConfig, latency_report
 from structvpr_edge.bench.rig import RunSpec
+from structvpr_edge.cli import _size as frame_size
+from structvpr_edge.errors import ConfigError
 from structvpr_edge.runtime.ort_session import parse_threads
 
 
@@ -46,12 +52,13 @@ def parse_config() -> tuple[LatencyConfig, str | None]:
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--threads", type=parse_threads, default="auto", help="auto (measured, cached) or a count")
-    parser.add_argument("--frame-size", default="640x480", help="camera frame WxH before the resize")
+    parser.add_argument("--frame-size", type=frame_size, default="640x480", help="camera frame WxH before the resize")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--compare", action="store_true", help="torch eager vs ORT FP32 / FP16 / INT8 (+TensorRT), side by side")
-    parser.add_argument("--cameras", type=int, default=1, help="N > 1: also time N instances in one process, one thread per camera")
+    parser.add_argument("--cameras", type=int, default=1, help="N > 1: also time N instances of the INT8 artifact of the fastest backend "
+                        "present in one process, one thread per camera")
     parser.add_argument("--fps", type=float, default=None, help="pace frames at this camera rate (idle gaps, as on a vehicle); default back to back")
-    parser.add_argument("--profile", action="store_true", help="ONNX Runtime's per-node profile of the FP32 and INT8 graphs")
+    parser.add_argument("--profile", action="store_true", help="ONNX Runtime's per-node profile of every ONNX graph timed")
     parser.add_argument("--check-exact", action="store_true", help="top-1 agreement of the index with exact search")
     parser.add_argument("--work", default="engines/bench", help="where --compare / the default model keep their artifacts")
     parser.add_argument("--reuse", action="store_true", help="use the artifacts already in --work instead of exporting anew")
@@ -61,28 +68,31 @@ def parse_config() -> tuple[LatencyConfig, str | None]:
     parser.add_argument("--split", default="test")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
-    if args.fps is not None and not args.fps > 0:
-        parser.error(f"--fps must be > 0, got {args.fps}")
     models = (args.engine,) if args.engine else tuple(args.model or ())
-    run = RunSpec("", "", "tensorrt" if args.engine else args.backend, args.threads, args.top_k, args.map_size, args.index, args.nprobe,
-                  tuple(int(v) for v in args.frame_size.split("x")), args.cameras, args.fps)
-    return LatencyConfig(run, models, args.precision, args.compare, Path(args.work), args.reuse, args.images, args.num, args.frames, args.warmup,
-                         args.profile, args.check_exact, args.dataset, args.split), args.json
+    try:
+        run = RunSpec("", "", "tensorrt" if args.engine else args.backend, args.threads, args.top_k, args.map_size, args.index, args.nprobe,
+                      args.frame_size, args.cameras, args.fps)
+        config = LatencyConfig(run, models, args.precision, args.compare, Path(args.work), args.reuse, args.images, args.num, args.frames,
+                               args.warmup, args.profile, args.check_exact, args.dataset, args.split)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return config, args.json
 
 
 def print_runs(config: LatencyConfig, report: dict) -> None:
     system, runs = report["system"], report["runs"]
-    pace = f"{config.run.fps:g} fps" if config.run.fps else "back to back"
+    pace = f"paced at {config.run.fps:g} fps" if config.run.fps else "back to back"
     print(f"\n{system['cpu']} [{', '.join(system['cpu_features'])}], {system['cores']} cores, load {system['load_average'][0]:.1f} | "
-          f"map {config.run.map_size} ({runs[0]['index_factory']}) | batch 1 | frames {pace} | {time.strftime('%Y-%m-%d')}\n")
-    print("| run | threads | preprocess p50 | inference p50 | search p50 | frame p50 | alone: frame p50 | frame p99 | p99/p50 | fps |")
+          f"map {config.run.map_size} ({runs[0]['index_factory']}) | batch 1 | frames {pace} | {time.strftime('%Y-%m-%d')}")
+    print("capacity: frames/s the stages could sustain back to back (cameras x 1000 / mean frame ms), not the camera rate\n")
+    print("| run | threads | preprocess p50 | inference p50 | search p50 | frame p50 | alone: frame p50 | frame p99 | p99/p50 | capacity fps |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for run in runs:
         s, alone, chosen = run["stage_ms"], run["sustained_ms"]["frame"], run["threading"][0] or {}
         spin = {True: " spin", False: " no-spin"}.get(chosen.get("spinning"), "")
         threads = f"{chosen.get('threads', '-')}{spin} ({chosen.get('source', '-')})"
         print(f"| {run['name']} | {threads} | {s['preprocess']['p50']:.2f} | {s['inference']['p50']:.2f} | {s['search']['p50']:.2f} | "
-              f"{s['frame']['p50']:.2f} | {alone['p50']:.2f} | {alone['p99']:.2f} | {alone['p99/p50']:.2f} | {run['fps']:.0f} |")
+              f"{s['frame']['p50']:.2f} | {alone['p50']:.2f} | {alone['p99']:.2f} | {alone['p99/p50']:.2f} | {run['capacity_fps']:.0f} |")
 
 
 def print_ratios(report: dict) -> None:
@@ -107,8 +117,8 @@ def print_profile(name: str, profile: dict) -> None:
 
 def print_extras(config: LatencyConfig, report: dict) -> None:
     if "top1_agreement_with_exact" in report:
-        print(f"top-1 agreement with exact search: {100 * report['top1_agreement_with_exact']:.1f}% "
-              f"(search p50 {report['search_ms_on_revisits']['p50']:.2f} ms on those queries)")
+        print(f"top-1 agreement with exact search: {100 * report['top1_agreement_with_exact']:.1f}% over {report['exact_queries']} revisit "
+              f"queries (500, or one per map entry on a smaller map; search p50 {report['search_ms_on_revisits']['p50']:.2f} ms on them)")
     export = report["export_parity"]
     if export:
         print(f"\nexport parity over {export['frames']} frames: min cosine {export['min_cosine']:.7f}, max abs diff {export['max_abs_diff']:.2e}")

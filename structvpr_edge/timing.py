@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .errors import BackendError
+from .errors import BackendError, ConfigError
 from .runtime.hardware import cpu_name
 from .runtime.ort_session import OrtSession, dummy_input
 
@@ -115,6 +115,15 @@ class SessionLoop:
         self.ort.close()
 
 
+def check_frames(frames: int, warmup: int) -> None:
+    """ConfigError unless ``frames`` >= 1 and ``warmup`` >= 0: with no frame timed there are no
+    figures to report, and the caller should hear it before opening anything."""
+    if frames < 1:
+        raise ConfigError(f"--frames must be >= 1 (frames timed per configuration), got {frames}")
+    if warmup < 0:
+        raise ConfigError(f"--warmup must be >= 0, got {warmup}")
+
+
 def _worker(spec: Spec, conn) -> None:
     """A child process: open the rig, then run the blocks of frames the parent asks for."""
     try:
@@ -147,6 +156,7 @@ def measure_isolated(specs: Sequence[Spec], frames: int, warmup: int, block: int
     alone, as on a vehicle, never pays."""
     from tqdm import tqdm  # noqa: PLC0415
 
+    check_frames(frames, warmup)
     context = multiprocessing.get_context("spawn")
     workers: dict[str, tuple] = {}
 

@@ -13,19 +13,33 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..artifacts import CPU_INT8, FORMATS
+from ..artifacts import CPU_INT8, FORMATS, backend_for
+from ..errors import BackendError, ConfigError
+from ..modelinfo import read_onnx_info
 from ..runtime.edgevpr import EdgeVPR
 from ..runtime.hardware import cpu_features, cpu_name
-from ..timing import int8_advice, measure_isolated, stage_stats
+from ..runtime.tensorrt_backend import load_engine_manifest
+from ..timing import check_frames, int8_advice, measure_isolated, stage_stats
+from ..trt_compat import import_tensorrt
 from .rig import RunSpec, exact_agreement, synthetic_map
 
 STAGES = ("preprocess", "inference", "search", "total", "frame")  # frame: wall time of localize() (of all cameras)
+BACKEND_SPEED = ("tensorrt", "onnxruntime", "torch")  # fastest first: picks the artifact the multi-camera row times
 
 
 def _version(module: str) -> str | None:
     try:
         return getattr(importlib.import_module(module), "__version__", "unknown")
     except ImportError:
+        return None
+
+
+def _tensorrt_version() -> str | None:
+    """TensorRT's version where import_tensorrt finds it: None when it is missing, tensorrt-stubs'
+    empty namespace package (which ``import tensorrt`` imports without error) included."""
+    try:
+        return str(getattr(import_tensorrt(), "__version__", "unknown"))
+    except BackendError:
         return None
 
 
@@ -51,7 +65,7 @@ def system_info() -> dict:
         "gpu": _command("nvidia-smi", "--query-gpu=name", "--format=csv,noheader"),
         "onnxruntime": _version("onnxruntime"),
         "faiss": _version("faiss"),
-        "tensorrt": _version("tensorrt"),
+        "tensorrt": _tensorrt_version(),
         "opencv": _version("cv2"),
         "jetson_l4t": tegra.read_text().splitlines()[0] if tegra.exists() else None,
         "jetson_power_mode": _command("nvpmodel", "-q"),
@@ -108,6 +122,29 @@ class LatencyConfig:
     dataset: str | None = None
     split: str = "test"
 
+    def __post_init__(self) -> None:
+        """The options checked before anything is exported, calibrated or timed."""
+        check_frames(self.frames, self.warmup)
+        if self.profile and not self.compare and self.models and not any(backend_for(m) == "onnxruntime" for m in self.models):
+            raise ConfigError(f"--profile profiles ONNX Runtime graphs (.onnx), and none of {list(self.models)} is one")
+
+
+def precision_of(tag: str) -> str:
+    """A FORMATS tag's precision, its form dropped: 'int8-cpu' -> 'int8'."""
+    return tag.split("-")[0]
+
+
+def artifact_precision(model: str) -> str:
+    """What ``model`` computes in (fp32, fp16 or int8), read from the artifact itself: an engine's
+    manifest, an ONNX file's metadata (calibrate's tag; none on the FP32 export), and fp32 for a
+    checkpoint or shipped name. Never --precision: that only picks the default model's artifact."""
+    backend = backend_for(model)
+    if backend == "tensorrt":
+        return str(load_engine_manifest(model)["precision"])
+    if backend == "onnxruntime":
+        return precision_of(str(read_onnx_info(model).extra.get("precision", "fp32")))
+    return "fp32"
+
 
 def prepare_artifacts(checkpoint: str, work: Path, images: str | None, num: int, threads, reuse: bool) -> tuple[dict, dict]:
     """name -> (model, backend, precision) for torch, ORT FP32 / FP16 / INT8 (+ TensorRT engines
@@ -130,7 +167,7 @@ def prepare_artifacts(checkpoint: str, work: Path, images: str | None, num: int,
     configs = {"torch-fp32": (checkpoint, "torch", "fp32")}
     for tag, form in FORMATS.items():  # the ONNX Runtime artifacts, "ort-fp32", "ort-fp16", "ort-int8"
         if form.backend == "onnxruntime":
-            precision = tag.split("-")[0]
+            precision = precision_of(tag)
             configs[f"ort-{precision}"] = (str(fp32 if form.producer == "export" else calibration / form.file), "onnxruntime", precision)
     for precision in ("fp16", "int8"):
         engine = work / f"model.{precision}.engine"
@@ -159,25 +196,35 @@ def choose_artifacts(config: LatencyConfig) -> tuple[dict, dict]:
             wanted = f"ort-{config.precision}"
             artifacts = {wanted: artifacts[wanted]}
         return artifacts, export
-    return {m: (m, config.run.backend, config.precision) for m in config.models}, {}
+    return {m: (m, config.run.backend, artifact_precision(m)) for m in config.models}, {}
+
+
+def camera_artifact(artifacts: dict) -> str:
+    """The artifact the multi-camera row times, as a vehicle would deploy it: the INT8 one of the
+    fastest backend present (a TensorRT engine, then ONNX Runtime, then torch); without an INT8
+    artifact, the first of the fastest backend."""
+    return min(artifacts, key=lambda name: (artifacts[name][2] != "int8", BACKEND_SPEED.index(backend_for(artifacts[name][0]))))
+
+
+def run_figures(spec: RunSpec, result: dict, precision: str) -> dict:
+    """One row of the report: the spec as it ran, its per-stage figures (rotated and alone), and its
+    capacity: the frames/s its stages could sustain back to back (all cameras together), whatever
+    pace --fps set; the pace itself is the spec's ``fps``."""
+    stats = {stage: stage_stats(result["samples"][stage]) for stage in STAGES}
+    alone = {stage: stage_stats(result["sustained"][stage]) for stage in STAGES}
+    return {"name": spec.name, "precision": precision, **result["setup"], "stage_ms": stats, "sustained_ms": alone,
+            "capacity_fps": spec.cameras * 1000 / stats["frame"]["mean"]}
 
 
 def time_artifacts(config: LatencyConfig, artifacts: dict) -> list[dict]:
-    """Every artifact (and, with ``cameras`` > 1, the last one on that many cameras) timed side by side."""
+    """Every artifact timed side by side and, with ``cameras`` > 1, camera_artifact's on that many cameras."""
     base = replace(config.run, cameras=1)
-    specs = [replace(base, name=name, model=path, backend=backend) for name, (path, backend, _) in artifacts.items()]
-    if config.run.cameras > 1:  # the last artifact (INT8 under --compare) on that many cameras
-        specs.append(replace(specs[-1], name=f"{specs[-1].name} x{config.run.cameras} cameras", cameras=config.run.cameras))
-    measured = measure_isolated(specs, config.frames, config.warmup)
-    runs = []
-    for spec in specs:
-        result = measured[spec.name]
-        stats = {stage: stage_stats(result["samples"][stage]) for stage in STAGES}
-        alone = {stage: stage_stats(result["sustained"][stage]) for stage in STAGES}
-        precision = artifacts.get(spec.name, (None, None, config.precision))[2]
-        runs.append({"name": spec.name, "precision": precision, **result["setup"], "stage_ms": stats, "sustained_ms": alone,
-                     "fps": spec.cameras * 1000 / stats["frame"]["mean"]})
-    return runs
+    timed = [(name, replace(base, name=name, model=path, backend=backend)) for name, (path, backend, _) in artifacts.items()]
+    if config.run.cameras > 1:
+        name = camera_artifact(artifacts)
+        timed.append((name, replace(dict(timed)[name], name=f"{name} x{config.run.cameras} cameras", cameras=config.run.cameras)))
+    measured = measure_isolated([spec for _, spec in timed], config.frames, config.warmup)
+    return [run_figures(spec, measured[spec.name], artifacts[name][2]) for name, spec in timed]
 
 
 def latency_report(config: LatencyConfig) -> dict:
@@ -189,12 +236,13 @@ def latency_report(config: LatencyConfig) -> dict:
     report["inference_p50"] = {p: by_name[f"ort-{p}"]["stage_ms"]["inference"]["p50"] for p in ("fp32", "fp16", "int8") if f"ort-{p}" in by_name}
     report["int8_advice"] = int8_advice(report["inference_p50"])
     if config.profile:
-        report["profile"] = {name: node_profile(artifacts[name][0]) for name in ("ort-fp32", "ort-int8") if name in artifacts}
+        report["profile"] = {name: node_profile(path) for name, (path, _, _) in artifacts.items() if backend_for(path) == "onnxruntime"}
     if config.check_exact:
         with EdgeVPR(runs[0]["model"], backend=runs[0]["backend"], threads=config.run.threads) as vpr:
             place_map, vectors = synthetic_map(vpr, config.run.map_size, config.run.index, keep=True)
             place_map.set_search_effort(nprobe=config.run.nprobe)
-            report["top1_agreement_with_exact"], report["search_ms_on_revisits"] = exact_agreement(place_map, vectors)
+            agreement, queries, search_ms = exact_agreement(place_map, vectors)
+            report.update({"top1_agreement_with_exact": agreement, "exact_queries": queries, "search_ms_on_revisits": search_ms})
     if config.dataset and config.compare:
         report["recall"] = recall_figures(artifacts, config.dataset, config.split, config.run.threads)
     return report

@@ -2,6 +2,7 @@
 model on one map through the timing harness (timing.py)."""
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm import tqdm
 
+from ..errors import ConfigError
 from ..runtime.edgevpr import EdgeVPR
 from ..runtime.map import Place, PlaceMap
 from ..runtime.quantized_scan import QuantizedScan
@@ -40,11 +42,13 @@ def camera_frames(count: int, size: tuple[int, int], seed: int = 0) -> list[np.n
     return [rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8) for _ in range(count)]
 
 
-def exact_agreement(place_map, vectors: np.ndarray, queries: int = 500, seed: int = 1) -> tuple[float, dict]:
-    """Share of queries whose top-1 equals exact search's, and the map's search time on them.
-    Queries are map entries with noise (a revisit of a mapped place)."""
+def exact_agreement(place_map, vectors: np.ndarray, queries: int = 500, seed: int = 1) -> tuple[float, int, dict]:
+    """Share of queries whose top-1 equals exact search's, how many queries that was, and the map's
+    search time on them. Queries are distinct map entries with noise (a revisit of a mapped place):
+    at most one per entry, so a map smaller than ``queries`` gets one query per entry."""
     import faiss  # noqa: PLC0415
 
+    queries = min(queries, len(vectors))
     rng = np.random.default_rng(seed)
     q = vectors[rng.choice(len(vectors), queries, replace=False)] + 0.03 * rng.normal(size=(queries, vectors.shape[1])).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
@@ -53,7 +57,7 @@ def exact_agreement(place_map, vectors: np.ndarray, queries: int = 500, seed: in
     _, truth = exact.search(q, 1)
     rows, found = iter(q), []
     times = time_calls(lambda: found.append(place_map.search(next(rows)[None], 1)[1][0, 0]), queries)
-    return float(np.mean(truth[:, 0] == np.array(found))), stage_stats(times)
+    return float(np.mean(truth[:, 0] == np.array(found))), queries, stage_stats(times)
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,15 @@ class RunSpec:
     frame_size: tuple[int, int] = (640, 480)
     cameras: int = 1
     fps: float | None = None  # pace frames like a camera (idle gaps between frames); None: back to back
+
+    def __post_init__(self) -> None:
+        """Options checked when the spec is made, before a map is built or a worker spawned."""
+        if self.cameras < 1:
+            raise ConfigError(f"--cameras must be >= 1, got {self.cameras}")
+        if self.map_size < 1:
+            raise ConfigError(f"--map-size must be >= 1, got {self.map_size}")
+        if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
+            raise ConfigError(f"--fps must be a finite number > 0, got {self.fps}")
 
     def open(self) -> "Rig":
         return Rig(self)

@@ -39,12 +39,30 @@ class GpuInfo:
     driver_version: int
 
 
+def _pycuda_import_error(exc: ImportError) -> BackendError:
+    """What a failed ``import pycuda.driver`` means: pycuda not installed, the CUDA driver library
+    (libcuda.so, from the NVIDIA driver or JetPack) absent, so that pycuda's own extension cannot
+    load, or a pycuda built for another CUDA."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name == "pycuda":
+        return BackendError("pycuda is needed for TensorRT engines: pip install 'structvpr-edge[gpu]'")
+    if "libcuda" in str(exc):
+        return BackendError(f"the CUDA driver library is missing ({exc}): TensorRT engines need an NVIDIA GPU and its driver "
+                            "(JetPack on a Jetson); ONNX Runtime runs the .onnx artifacts without them")
+    return BackendError(f"pycuda is installed but cannot be imported ({exc}): reinstall it against this machine's CUDA "
+                        "(pip install --force-reinstall --no-cache-dir pycuda)")
+
+
 def import_pycuda() -> Any:
+    """pycuda.driver with CUDA initialised, or a BackendError that says what is missing."""
     try:
         import pycuda.driver as cuda  # noqa: PLC0415
     except ImportError as exc:
-        raise BackendError("pycuda is needed for TensorRT engines: pip install 'structvpr-edge[gpu]'") from exc
-    cuda.init()
+        raise _pycuda_import_error(exc) from exc
+    try:
+        cuda.init()
+    except cuda.Error as exc:  # pycuda._driver.Error: the base of its RuntimeError, LogicError and MemoryError
+        raise BackendError(f"no CUDA device: {exc}; TensorRT engines need an NVIDIA GPU visible to this process "
+                           "(check nvidia-smi, or tegrastats on a Jetson)") from exc
     return cuda
 
 
@@ -89,7 +107,7 @@ def load_engine_manifest(path: str | Path) -> dict:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise BackendError(f"cannot read engine manifest {path}: {exc}; rebuild the engine with `structvpr-edge build-engine`") from exc
-    missing = {"format", "tensorrt_version", "gpu_name", "compute_capability", "command", "model_info"} - set(manifest)
+    missing = {"format", "tensorrt_version", "gpu_name", "compute_capability", "command", "model_info", "precision", "profile"} - set(manifest)
     if manifest.get("format") != ENGINE_FORMAT or missing:
         raise BackendError(f"{path} is not a structvpr-edge engine manifest (missing {sorted(missing)}); rebuild the engine")
     return manifest
@@ -130,17 +148,30 @@ class TensorRTBackend:
         blob = read_engine(engine, manifest)
         gpu = gpu_info(device_index)
         check_engine_compatible(manifest, trt.__version__, gpu.name, gpu.compute_capability)
-        self.primary = PrimaryContext(device_index)
         self.info = ModelInfo.from_props(manifest["model_info"])
-        with self.primary.active() as cuda:
-            self.engine: tensorrt.ICudaEngine | None = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(blob)
+        self.max_batch = max(1, min(max_batch, manifest["profile"]["max"][0]))
+        self.engine: tensorrt.ICudaEngine | None = None
+        self.context: tensorrt.IExecutionContext | None = None
+        self.device_in: Any = None  # pycuda DeviceAllocations, freed by close()
+        self.device_out: Any = None
+        primary = PrimaryContext(device_index)
+        self.primary: PrimaryContext | None = primary
+        try:  # from here on the primary context is retained: a failed open releases it (and any buffers) again
+            self._load(primary, trt, blob, manifest, engine)
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, primary: PrimaryContext, trt: Any, blob: bytes, manifest: dict, engine: str | Path) -> None:
+        """Deserialize the engine and allocate its context, buffers and stream in the primary context."""
+        with primary.active() as cuda:
+            self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(blob)
             if self.engine is None:
                 raise BackendError(f"TensorRT could not deserialize {engine}; rebuild it with:\n  {manifest['command']}")
-            self.context: tensorrt.IExecutionContext | None = self.engine.create_execution_context()
+            self.context = self.engine.create_execution_context()
             names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
             self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
             self.output = next(n for n in names if n != self.input)
-            self.max_batch = max(1, min(max_batch, manifest["profile"]["max"][0]))
             in_shape = (self.max_batch, *manifest["profile"]["max"][1:])
             out_dim = self.info.layout.dim
             self.host_in = cuda.pagelocked_empty(in_shape, np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input))))
@@ -155,7 +186,7 @@ class TensorRTBackend:
         n = len(batch)
         if n > self.max_batch:
             raise BackendError(f"batch of {n} exceeds this engine runtime's {self.max_batch}")
-        if self.context is None:
+        if self.context is None or self.primary is None:
             raise BackendError("this TensorRT backend is closed")
         context = self.context
         with self.primary.active() as cuda:
@@ -169,11 +200,17 @@ class TensorRTBackend:
         return self.host_out[:n].copy()
 
     def close(self) -> None:
-        """Free the device buffers and release the primary context."""
-        if getattr(self, "context", None) is None:
+        """Free the device buffers and release the primary context: as much of them as an open
+        that failed halfway had made, too. Closing twice is a no-op."""
+        primary, self.primary = self.primary, None
+        if primary is None:
             return
-        with self.primary.active():
-            self.device_in.free()
-            self.device_out.free()
-            self.context = self.engine = None
-        self.primary.release()
+        try:
+            with primary.active():
+                for buffer in (self.device_in, self.device_out):
+                    if buffer is not None:
+                        buffer.free()
+                self.device_in = self.device_out = None
+                self.context = self.engine = None
+        finally:
+            primary.release()
