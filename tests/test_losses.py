@@ -198,11 +198,12 @@ def test_teacher_ranked_negatives_match_a_hand_computation():
     (student, student_parts), (teacher, teacher_parts) = random_parts(rng, batch=8), random_parts(rng, batch=8)
     s, t = student["descriptor"] @ student["descriptor"].T, teacher["descriptor"] @ teacher["descriptor"].T
     expected = hand_teacher_negatives(s, t, places)
-    got = teacher_ranked_negatives(student_parts, teacher_parts, torch.tensor(places)).numpy()
+    ids = torch.arange(len(places))
+    got = teacher_ranked_negatives(student_parts, teacher_parts, torch.tensor(places), ids).numpy()
     assert np.allclose(got, expected, atol=1e-6)
     assert np.count_nonzero(expected[:6]) >= 2 and np.all(got[6:] == 0)
     # a student that copies the teacher's similarities keeps every margin: no loss
-    assert np.allclose(teacher_ranked_negatives(teacher_parts, teacher_parts, torch.tensor(places)).numpy(), 0, atol=1e-7)
+    assert np.allclose(teacher_ranked_negatives(teacher_parts, teacher_parts, torch.tensor(places), ids).numpy(), 0, atol=1e-7)
 
 
 def test_feature_kd_weights_groups_by_teacher_presence():
@@ -232,7 +233,7 @@ def fixed_batch(batch: int = 8) -> tuple[dict, dict, Batch, StructVPRStudent, Se
     groups = torch.tensor([0, 1, 2, 3, 1, 1, 0, 2])[:batch]
     torch.manual_seed(0)
     models = StructVPRStudent(StudentConfig(imagenet=False, presence_power=0.5), num_groups=2), SegTeacher(TeacherConfig(presence_power=0.25), num_groups=2)
-    return student, teacher, Batch(student_parts, places, fractions, teacher_parts, groups), *models
+    return student, teacher, Batch(student_parts, places, torch.arange(batch), fractions, teacher_parts, groups), *models
 
 
 def old_formula(student: dict, teacher: dict, batch: Batch, step: int, distill: dict, mask_weight: float, warmup: int) -> float:

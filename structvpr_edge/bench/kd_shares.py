@@ -31,14 +31,15 @@ def gradient_shares(dataset: str, teacher: str, batches: int, settings: list[str
         parts = stage.parts(stage.model_input(stage.inputs, stage.fractions, indices))
         with torch.no_grad():
             taught = stage.teacher.forward_parts(stage.fraction_tensor(stage.fractions, indices))
-        batch = Keys(taught.descriptor, parts.descriptor, labels, torch.from_numpy(indices))
+        ids = torch.from_numpy(indices)
+        batch = Keys(taught.descriptor, parts.descriptor, labels, ids)
         weights = group_weights(sample_groups(batch, batch, distill.samples), distill.samples)
-        metric = next(term for term in stage.terms if term.name == "metric").loss(Batch(parts, labels))
+        metric = next(term for term in stage.terms if term.name == "metric").loss(Batch(parts, labels, ids))
         terms = {
             "relational": distill.weight * relational_terms(parts, taught, stage.model, stage.teacher, distill),
             "feature": feature_kd(stage.projector(parts), taught),
             "similarity": similarity_kd(parts, taught),
-            "negatives": teacher_ranked_negatives(parts, taught, labels),
+            "negatives": teacher_ranked_negatives(parts, taught, labels, ids),
         }
         for name, term in terms.items():
             ratio = gradient_ratio((weights * term).mean(), metric, stage.model)

@@ -11,6 +11,7 @@ The same loader reads SynthCity output and real datasets (e.g. ``../shared/data/
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -18,17 +19,45 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
+from ..metrics import within
 from .names import parse_name
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 DEFAULT_POSITIVE_RADIUS_M = 25.0
+METADATA = "metadata.csv"
+# Range search runs in float32 (centred UTM to better than 0.1 m within 1000 km of the mean): it
+# gathers candidates this much beyond the radius, and metrics.within decides in float64.
+SEARCH_SLACK_M = 1.0
+
+
+def read_text(path: Path) -> str:
+    """A dataset's text file as UTF-8, with or without the BOM spreadsheets write; else a DatasetError."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{path} is not UTF-8 text (byte {error.start}): save it as UTF-8") from None
+
+
+def file_stamp(path: Path) -> str:
+    """Size and modification time of ``path`` ("missing" if absent): a cache keyed by the stamps of
+    its sources is rebuilt when one is re-made in place, not read stale."""
+    try:
+        stat = Path(path).stat()
+    except FileNotFoundError:
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def listing_file(folder: Path) -> Path:
+    """The optional list of a subset's images, named in errors about what it lists."""
+    return folder.parent / f"{folder.name}_images_paths.txt"
 
 
 def list_images(folder: Path) -> list[Path]:
     """Images of one subset: from ``<folder>_images_paths.txt`` when present, else a sorted walk."""
-    listing = folder.parent / f"{folder.name}_images_paths.txt"
+    listing = listing_file(folder)
     if listing.exists():
-        lines = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        lines = [line.strip() for line in read_text(listing).splitlines() if line.strip()]
         paths = [folder / line for line in lines]
         missing = [p for p in paths if not p.exists()]
         if missing:
@@ -41,11 +70,10 @@ def list_images(folder: Path) -> list[Path]:
 
 def read_metadata(root: Path) -> dict[str, dict[str, str]]:
     """``metadata.csv`` rows keyed by image path relative to the dataset root ({} if absent)."""
-    path = root / "metadata.csv"
+    path = root / METADATA
     if not path.exists():
         return {}
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = list(csv.DictReader(io.StringIO(read_text(path), newline="")))
     if rows and "path" not in rows[0]:
         raise DatasetError(f"{path} has no 'path' column")
     return {row["path"]: row for row in rows}
@@ -76,6 +104,9 @@ def _load_subset(root: Path, split: str, subset: str, metadata: dict[str, dict[s
     paths = list_images(folder)
     if not paths:
         raise DatasetError(f"no images in {folder}")
+    outside = next((p for p in paths if not p.is_relative_to(root / "images")), None)
+    if outside is not None:  # a listing's absolute path outside the root as given (e.g. a relative root)
+        raise DatasetError(f"{listing_file(folder)} lists {outside}, which is not under {root / 'images'}: list paths relative to {folder}")
     names = [parse_name(p) for p in paths]
     labels = [root / "labels" / p.relative_to(root / "images").with_suffix(".png") for p in paths]
     rows = [metadata.get(p.relative_to(root).as_posix()) for p in paths]
@@ -106,13 +137,12 @@ class VPRDataset:
         origin = self.database.utm.mean(axis=0)  # float32 keeps cm precision only near 0
         index = faiss.IndexFlatL2(2)
         index.add((self.database.utm - origin).astype(np.float32))
-        # faiss keeps distances strictly below the radius; the standard test is <= radius.
-        radius_sq = self.positive_radius**2 * (1 + 1e-6)
-        lims, dist, ids = index.range_search((self.queries.utm - origin).astype(np.float32), radius_sq)
+        lims, _, ids = index.range_search((self.queries.utm - origin).astype(np.float32), (self.positive_radius + SEARCH_SLACK_M) ** 2)
         result = []
-        for q in range(len(self.queries)):
-            d, i = dist[lims[q] : lims[q + 1]], ids[lims[q] : lims[q + 1]]
-            result.append(i[np.argsort(d, kind="stable")].astype(np.int64))
+        for q, truth in enumerate(self.queries.utm):
+            near = np.sort(ids[lims[q] : lims[q + 1]]).astype(np.int64)
+            near = near[within(self.database.utm[near], truth, self.positive_radius)]  # the same test as every metric
+            result.append(near[np.argsort(np.linalg.norm(self.database.utm[near] - truth, axis=1), kind="stable")])
         return result
 
     @property

@@ -7,11 +7,12 @@ clustering, as in CosPlace / GSV-Cities.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import DatasetError
-from .dataset import VPRDataset
+from .dataset import METADATA, VPRDataset
 
 
 @dataclass
@@ -37,13 +38,20 @@ def cluster_utm(utm: np.ndarray, headings: np.ndarray, cell_m: float = 10.0, hea
     return place.reshape(-1)
 
 
+def place_id(row: dict[str, str], metadata: Path) -> int:
+    """The row's ``place_id`` as an integer; anything else a DatasetError naming the file and image."""
+    try:
+        return int(row["place_id"])
+    except (TypeError, ValueError):  # TypeError: a row short of the column (csv gives None)
+        raise DatasetError(f"{metadata}: place_id of {row['path']} must be an integer, got {row['place_id']!r}") from None
+
+
 def place_groups(dataset: VPRDataset, min_images: int = 4, cell_m: float = 10.0) -> PlaceGroups:
     """Group the split's images by place (metadata ``place_id`` if present, else UTM clustering)."""
     subsets = (dataset.database, dataset.queries)
     paths = [p for s in subsets for p in s.paths]
-    ids = [s.column("place_id") for s in subsets]
-    if all(column is not None for column in ids):
-        place = np.array([int(v) for column in ids for v in column], dtype=np.int64)
+    if all(s.column("place_id") is not None for s in subsets):
+        place = np.array([place_id(row, dataset.root / METADATA) for s in subsets for row in s.metadata], dtype=np.int64)
     else:
         utm = np.concatenate([s.utm for s in subsets])
         headings = np.concatenate([s.headings for s in subsets])

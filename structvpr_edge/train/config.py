@@ -69,6 +69,14 @@ class OptimConfig:
     val_every: int = 250
     checkpoint_every: int = 500
 
+    def validate(self, where: str) -> None:
+        """``where``: the section's name (optim or teacher_optim). A batch of one place has no
+        negatives: the triplet loss is NaN and the multi-similarity loss 0, so nothing is learnt."""
+        if self.places_per_batch < 2:
+            raise ConfigError(f"{where}.places_per_batch must be >= 2: a batch needs other places as negatives, got {self.places_per_batch}")
+        if self.images_per_place < 2:
+            raise ConfigError(f"{where}.images_per_place must be >= 2: a place needs a positive pair, got {self.images_per_place}")
+
 
 @dataclass
 class DistillConfig:
@@ -174,6 +182,8 @@ class TrainConfig:
             raise ConfigError(f"optim.loss must be multi_similarity or triplet, got {self.optim.loss!r}")
         if self.optim.steps < 1 or self.teacher_optim.steps < 1:
             raise ConfigError(f"optim.steps and teacher_optim.steps must be >= 1, got {self.optim.steps}, {self.teacher_optim.steps}")
+        self.optim.validate("optim")
+        self.teacher_optim.validate("teacher_optim")
         self.distill.validate(recipe(self.mode, self.distill.enabled).distill)
         if not 0 <= self.photometric <= 1:
             raise ConfigError(f"photometric is a share of the training images, in [0, 1], got {self.photometric}")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..data.dataset import file_stamp
 from ..data.real_frames import photometric
 from ..errors import DatasetError
 from ..images import normalize, read_label, read_rgb, resize_area
@@ -30,9 +31,10 @@ def normalize_images(images: np.ndarray) -> torch.Tensor:
 
 
 def _cache_path(cache_dir: Path, kind: str, paths: list[Path], params: str) -> Path:
+    """Keyed by each path and its file's size and time: a file re-made in place is not read stale."""
     digest = hashlib.sha256()
     for p in paths:
-        digest.update(str(Path(p).resolve()).encode())
+        digest.update(f"{Path(p).resolve()}|{file_stamp(p)}".encode())
     digest.update(params.encode())
     return cache_dir / f"{kind}-{digest.hexdigest()[:20]}.npy"
 
@@ -124,6 +126,8 @@ class RowStack:
 
     def __getitem__(self, indices: np.ndarray) -> np.ndarray:
         indices = np.asarray(indices)
+        if indices.size and not 0 <= indices.min() <= indices.max() < len(self):
+            raise IndexError(f"rows {indices.min()}..{indices.max()} asked of a RowStack of {len(self)} rows")
         source = np.searchsorted(self.starts, indices, side="right") - 1
         out = np.empty((len(indices), *self.arrays[0].shape[1:]), self.arrays[0].dtype)
         for k, array in enumerate(self.arrays):
@@ -133,14 +137,24 @@ class RowStack:
         return out
 
 
+def draw(members: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` images of a place: without replacement when it has ``k``; else each image once, then
+    the rest drawn again, so a place of two images always holds a positive pair."""
+    if len(members) >= k:
+        return rng.choice(members, size=k, replace=False)
+    return np.concatenate([rng.permutation(members), rng.choice(members, size=k - len(members))])
+
+
 class PlaceBatchSampler:
     """Endless P places x K images batches; with ``world`` ranks each rank gets its own P places.
 
     Every epoch shuffles the places; a batch never repeats a place, and K images of a place are
-    drawn without replacement when the place has that many.
+    drawn without replacement when the place has that many (``draw``: a smaller place shows each once).
     """
 
     def __init__(self, places: list[np.ndarray], places_per_batch: int, images_per_place: int, seed: int = 0, rank: int = 0, world: int = 1) -> None:
+        if places_per_batch < 1:
+            raise DatasetError(f"places_per_batch must be >= 1, got {places_per_batch}")
         if places_per_batch * world > len(places):
             raise DatasetError(f"{places_per_batch} places per batch x {world} ranks > {len(places)} places")
         if images_per_place < 2:
@@ -162,9 +176,7 @@ class PlaceBatchSampler:
                 chosen = order[start + self.rank * self.p : start + (self.rank + 1) * self.p]
                 indices, labels = [], []
                 for place in chosen:
-                    members = self.places[place]
-                    pick = rng.choice(members, size=self.k, replace=len(members) < self.k)
-                    indices.append(pick)
+                    indices.append(draw(self.places[place], self.k, rng))
                     labels.append(np.full(self.k, place))
                 yield epoch, np.concatenate(indices), np.concatenate(labels)
             epoch += 1

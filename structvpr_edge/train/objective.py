@@ -28,6 +28,7 @@ class Batch:
 
     parts: AlignedOutput  # the trained model's outputs
     places: torch.Tensor  # (B,) place label of each image
+    ids: torch.Tensor  # (B,) the sampler's index of each image: a place of fewer than K images repeats one
     fractions: torch.Tensor | None = None  # label-group fractions: the mask target
     teacher: AlignedOutput | None = None  # the frozen teacher's outputs
     sample_groups: torch.Tensor | None = None  # (B,) index into weights.GROUPS, with a teacher
@@ -94,7 +95,7 @@ def objective(config: TrainConfig, recipe: Recipe, optim: OptimConfig, model: nn
             "distill/relational": (kd.weight, lambda b: relational_terms(b.parts, b.teacher, model, teacher, kd)),
             "distill/feature": (kd.feature_weight, lambda b: feature_kd(projector(b.parts), b.teacher)),
             "distill/similarity": (kd.similarity_weight, lambda b: similarity_kd(b.parts, b.teacher)),
-            "distill/negatives": (kd.negative_weight, lambda b: teacher_ranked_negatives(b.parts, b.teacher, b.places)),
+            "distill/negatives": (kd.negative_weight, lambda b: teacher_ranked_negatives(b.parts, b.teacher, b.places, b.ids)),
         }
         terms += [Term(name, weight, sample_weighted(term, kd.samples, kd.real_weight), warmup) for name, (weight, term) in per_anchor.items()]
     return [term for term in terms if term.weight > 0]

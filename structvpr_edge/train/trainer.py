@@ -254,14 +254,15 @@ class Stage:
         groups, ranked against the rank memory (which then remembers this batch)."""
         fractions = self.fraction_tensor(self.fractions, indices) if self.recipe.mask_loss or self.teacher is not None else None
         x = self.model_input(self.inputs, self.fractions, indices)
-        batch = Batch(net(x), labels, fractions)
+        ids = torch.from_numpy(indices).to(labels.device)
+        batch = Batch(net(x), labels, ids, fractions)
         if self.imagenet is not None:
             with torch.no_grad():
                 batch.imagenet_trunk = self.imagenet.forward_trainable(x)  # x: the cached frozen part's output, or the image
         if self.teacher is not None:
             with torch.no_grad():
                 batch.teacher = self.teacher.forward_parts(fractions)
-            keys = Keys(batch.teacher.descriptor.float(), batch.parts.descriptor.float(), labels, torch.from_numpy(indices).to(labels.device))
+            keys = Keys(batch.teacher.descriptor.float(), batch.parts.descriptor.float(), labels, ids)
             batch.sample_groups = sample_groups(keys, self.memory.keys(keys), self.config.distill.samples)
             self.memory.push(keys)
             if self.real_places is not None:  # MixedPlaceSampler labels real places after the synthetic ones
