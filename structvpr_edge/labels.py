@@ -143,6 +143,12 @@ _TO_CITYSCAPES = {"cityscapes": np.arange(256, dtype=np.uint8), "ade20k": ADE20K
 _TO_GROUP = {scheme: CITYSCAPES_TO_GROUP[table] for scheme, table in _TO_CITYSCAPES.items()}
 
 
+def model_class_counts(scheme: str) -> tuple[int, ...]:
+    """The logit channels a ``scheme`` segmenter may have: one per class, and for CamVid with or
+    without void (SegNet's copy trains with void ignored, 11 channels; a model predicting void, 12)."""
+    return (CAMVID_CLASSES.index("void"), SCHEME_CLASSES[scheme]) if scheme == "camvid" else (SCHEME_CLASSES[scheme],)
+
+
 def check_scheme(scheme: str) -> None:
     """Raise ConfigError unless ``scheme`` names a class-id scheme we can map (see SCHEMES)."""
     if scheme not in SCHEMES:

@@ -49,6 +49,7 @@ def test_a_state_dict_that_does_not_match_is_a_model_error_naming_the_file(tmp_p
         "extra.pth": ({**state, "decoder.extra.weight": torch.zeros(1)}, "unexpected decoder.extra.weight"),
         "shape.pth": ({**state, "classifier.weight": torch.zeros(19, 19, 2, 2)}, r"classifier.weight is \(19, 19, 2, 2\)"),
         "list.pth": ([1, 2], "not a state dict"),
+        "counter.pth": ({**state, "classifier.num_batches_tracked": torch.tensor(0)}, "unexpected classifier.num_batches_tracked"),
     }
     for name, (content, message) in variants.items():
         torch.save(content, tmp_path / name)
@@ -201,6 +202,13 @@ def test_a_label_png_with_ids_outside_the_table_is_a_dataset_error(tmp_path):
     with pytest.raises(DatasetError, match=r"pred/a.png has class ids \[151\] outside the ade20k table"):
         convert_label_pngs(tmp_path / "pred", tmp_path / "labels", "ade20k")
     assert not (tmp_path / "labels").exists()
+    from structvpr_edge.eval.masks import checked_label  # the student's mask scores read label PNGs too
+
+    cv2.imwrite(str(tmp_path / "pred" / "b.png"), np.array([[2, 40]], np.uint8))
+    with pytest.raises(DatasetError, match=r"b.png has class ids \[40\] outside the camvid table"):
+        checked_label(tmp_path / "pred" / "b.png", "camvid")
+    cv2.imwrite(str(tmp_path / "pred" / "c.png"), np.array([[0, 11]], np.uint8))  # CamVid sky, void
+    np.testing.assert_array_equal(checked_label(tmp_path / "pred" / "c.png", "camvid"), [[10, 255]])  # Cityscapes sky, ignore
 
 
 def test_a_label_map_is_written_whole_or_not_at_all(tmp_path, monkeypatch):

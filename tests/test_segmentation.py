@@ -136,6 +136,34 @@ def test_label_pngs_are_a_cache(tmp_path):
     np.testing.assert_array_equal(read_label(cached), expected_label(0))
 
 
+def test_a_kept_label_map_of_another_size_than_its_image_is_refused(tmp_path):
+    model = write_model(tmp_path / "seg.onnx", ADE20K_IDS, 150)
+    write_images(tmp_path / "images")
+    segment_folder(tmp_path / "images", model, tmp_path / "labels", "ade20k", **NO_NORMALISATION)
+    cv2.imwrite(str(tmp_path / "labels/test/database/a.png"), np.zeros((48, 64), np.uint8))  # another frame's
+    with pytest.raises(DatasetError, match="a.png is 64x48, its image .*a.jpg 32x24.*--overwrite"):
+        segment_folder(tmp_path / "images", model, tmp_path / "labels", "ade20k", **NO_NORMALISATION)
+    assert segment_folder(tmp_path / "images", model, tmp_path / "labels", "ade20k", **NO_NORMALISATION, overwrite=True).written == 3
+
+
+def test_two_images_that_would_share_a_label_map_are_refused(tmp_path):
+    model = write_model(tmp_path / "seg.onnx", ADE20K_IDS, 150)
+    write_images(tmp_path / "images")
+    cv2.imwrite(str(tmp_path / "images/test/database/a.png"), np.zeros((24, 32, 3), np.uint8))
+    with pytest.raises(DatasetError, match="a.jpg and .*a.png would share the label map"):
+        segment_folder(tmp_path / "images", model, tmp_path / "labels", "ade20k", **NO_NORMALISATION)
+    assert not (tmp_path / "labels").exists()
+
+
+@pytest.mark.parametrize("channels", [11, 12])
+def test_a_camvid_segmenter_with_or_without_a_void_channel_is_read(tmp_path, channels):
+    camvid_ids = {"blue": 0, "black": 3, "red": 8, "green": 5}  # sky, road, car, tree
+    model = write_model(tmp_path / "seg.onnx", camvid_ids, channels)
+    write_images(tmp_path / "images")
+    segment_folder(tmp_path / "images", model, tmp_path / "labels", "camvid", **NO_NORMALISATION)
+    np.testing.assert_array_equal(read_label(tmp_path / "labels/test/database/a.png"), expected_label(0))
+
+
 def test_fixed_size_and_fixed_batch_model(tmp_path):
     """A model exported with static shapes runs at its own size and batch (3 images, batch 2: padded)."""
     model = write_model(tmp_path / "seg.onnx", CITYSCAPES_IDS, 19, shape=(2, 3, 12, 16))

@@ -23,8 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import BackendError, ConfigError, DatasetError, ModelError
-from ..images import imread, read_rgb
-from ..labels import SCHEME_CLASSES, check_class_ids, check_scheme, to_cityscapes
+from ..images import header_size, imread, read_rgb
+from ..labels import check_class_ids, check_scheme, model_class_counts, to_cityscapes
 from ..safety import check_onnx
 from .dataset import IMAGE_EXTENSIONS
 
@@ -63,8 +63,37 @@ def _files_under(root: Path, extensions: tuple[str, ...], out: Path) -> list[Pat
 
 
 def image_files(images_root: Path, labels_root: Path) -> list[Path]:
-    """The images under ``images_root`` (sorted; DatasetError if none), minus ``labels_root`` if nested."""
-    return _files_under(images_root, IMAGE_EXTENSIONS, labels_root)
+    """The images under ``images_root`` (sorted; DatasetError if none), minus ``labels_root`` if
+    nested; two images that would share one label map (``a.jpg`` and ``a.png``) are a DatasetError."""
+    images = _files_under(images_root, IMAGE_EXTENSIONS, labels_root)
+    owner: dict[Path, Path] = {}
+    for image in images:
+        label = label_path(image, images_root, labels_root)
+        if label in owner:
+            raise DatasetError(f"{owner[label]} and {image} would share the label map {label}: rename one")
+        owner[label] = image
+    return images
+
+
+def _pixel_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header, without decoding; None for other formats."""
+    return header_size(path.read_bytes())
+
+
+def _to_segment(images: list[Path], images_root: Path, labels_root: Path, overwrite: bool) -> list[Path]:
+    """The images whose label map is written: all with ``overwrite``, else those without one. A kept
+    map of another size than its image was made for another frame: a DatasetError, not a label."""
+    if overwrite:
+        return images
+    todo = []
+    for image in images:
+        label = label_path(image, images_root, labels_root)
+        if not label.exists():
+            todo.append(image)
+        elif None not in (sizes := (_pixel_size(image), _pixel_size(label))) and sizes[0] != sizes[1]:
+            raise DatasetError(f"{label} is {sizes[1][0]}x{sizes[1][1]}, its image {image} {sizes[0][0]}x{sizes[0][1]}: "
+                               "a label map of another frame; write them again with --overwrite")
+    return todo
 
 
 def missing_labels(images_root: Path, labels_root: Path) -> list[Path]:
@@ -133,8 +162,9 @@ def _class_ids(output: np.ndarray, batch: int, model: Path, scheme: str) -> np.n
     """(B, h, w) uint8 class ids of ``scheme`` from logits (B, C, h, w) or ids (B, h, w); a class
     count or an id the scheme does not have means the model was made for other classes."""
     if output.ndim == 4 and output.shape[0] == batch:
-        if output.shape[1] != SCHEME_CLASSES[scheme]:
-            raise ModelError(f"{model} outputs {output.shape[1]} classes; a {scheme} model outputs {SCHEME_CLASSES[scheme]}")
+        if output.shape[1] not in model_class_counts(scheme):
+            counts = " or ".join(map(str, model_class_counts(scheme)))
+            raise ModelError(f"{model} outputs {output.shape[1]} classes; a {scheme} model outputs {counts}")
         output = output.argmax(axis=1)
     elif not (output.ndim == 3 and output.shape[0] == batch and np.issubdtype(output.dtype, np.integer)):
         raise ModelError(
@@ -173,7 +203,8 @@ def segment_folder(
     network input, ``input_size`` (W, H), else the model's fixed input size, else the first
     image's size, so frames of mixed sizes share one input; ids are resized back to each image's
     size with nearest neighbour. A model exported with a fixed batch runs at that batch.
-    Existing label PNGs are kept unless ``overwrite``.
+    Existing label PNGs are kept unless ``overwrite`` (one of another size than its image is
+    refused: it was made for another frame).
     """
     check_scheme(scheme)
     if batch_size <= 0:
@@ -192,7 +223,7 @@ def segment_folder(
     if isinstance(batch_dim, int):
         batch_size = batch_dim
     mean_, std_ = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-    todo = [p for p in images if overwrite or not label_path(p, images_root, out_root).exists()]
+    todo = _to_segment(images, images_root, out_root, overwrite)
     with tqdm(total=len(todo), desc="segment", unit="image", leave=False) as progress:
         for start in range(0, len(todo), batch_size):
             paths = todo[start : start + batch_size]

@@ -15,12 +15,20 @@ import torch
 from tqdm import tqdm
 
 from ..images import normalize, read_label, read_rgb
-from ..labels import LABEL_GROUPS, label_fractions, to_cityscapes
+from ..labels import LABEL_GROUPS, check_class_ids, label_fractions, to_cityscapes
 from ..models.efficientnet_lite import MEAN_RGB, STD_RGB
 from ..models.student import StructVPRStudent
 
 
 @torch.no_grad()
+def checked_label(path: Path, scheme: str) -> np.ndarray:
+    """A label PNG as Cityscapes ids; ids outside ``scheme``'s table are a DatasetError naming it,
+    not ignored cells that would lower the scores without a word."""
+    label = read_label(path, None)
+    check_class_ids(label, scheme, str(path))
+    return to_cityscapes(label, scheme)
+
+
 def mask_scores(model: StructVPRStudent, image_size: tuple[int, int], images: list[Path], labels: list[Path],
                 scheme: str = "cityscapes", batch: int = 64) -> dict:
     """Per image: soft overlap, and per group (intersection, union) cell counts of the argmax.
@@ -32,7 +40,7 @@ def mask_scores(model: StructVPRStudent, image_size: tuple[int, int], images: li
         rgb = np.stack([read_rgb(p, image_size) for p in images[start : start + batch]])
         predicted = model.forward_parts(torch.from_numpy(normalize(rgb, MEAN_RGB, STD_RGB))).mask_logits.softmax(dim=1).numpy()
         grid = (predicted.shape[3], predicted.shape[2])
-        truth = np.stack([label_fractions(to_cityscapes(read_label(p, None), scheme), grid) for p in labels[start : start + batch]]) / 255
+        truth = np.stack([label_fractions(checked_label(p, scheme), grid) for p in labels[start : start + batch]]) / 255
         overlap.extend(np.minimum(predicted, truth).sum(axis=1).mean(axis=(1, 2)))
         dominated = truth.max(axis=1) > 0.5
         for k in range(len(LABEL_GROUPS)):

@@ -210,9 +210,9 @@ def load_espnet(path: str | Path = WEIGHTS, conf: ESPNetConfig = ESPNetConfig())
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"{path} is not a state dict of tensors")
     model = ESPNet(conf)
-    expected = {k: v.shape for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    given = {k: v.shape for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    problems = [f"missing {k}" for k in expected if k not in given]
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    given = {k: v.shape for k, v in state.items()}
+    problems = [f"missing {k}" for k in expected if k not in given and not k.endswith("num_batches_tracked")]
     problems += [f"unexpected {k}" for k in given if k not in expected]
     problems += [f"{k} is {tuple(given[k])}, not {tuple(v)}" for k, v in expected.items() if k in given and given[k] != v]
     if problems:
