@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import select
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from .artifacts import BACKENDS
 from .data.dataset import DEFAULT_POSITIVE_RADIUS_M
 from .errors import ConfigError, StructVPRError
 from .labels import SCHEMES
-from .files import check_not_an_input
+from .files import IMAGE_SUFFIXES, check_not_an_input, output_format, replace_whole
 
 SYNTH_PRESETS = ("smoke", "benchmark", "benchmark-hard")  # data/synthcity/generate.PRESETS, not imported to parse (tests/test_cli.py)
 SEGMENTERS = ("espnet-cityscapes",)  # deploy/segmenter.SEGMENTERS, not imported to parse: torch (tests/test_espnet.py)
@@ -108,12 +109,21 @@ def _side(text: str) -> int:
 
 
 def _threads(text: str) -> int | str:
-    """--threads: "auto" (timed per model and machine, runtime/ort_session.py) or a count."""
-    return text if text == "auto" else int(text)
+    """--threads: "auto" (timed per model and machine) or a count, bounded as the runtime bounds it
+    (runtime/ort_session.py, imported only when a count is given), so 0 ends the run at once."""
+    if text == "auto":
+        return text
+    from .runtime.ort_session import parse_threads
+
+    try:
+        return parse_threads(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _check_output(path: str | None) -> None:
-    """An output file path that can be written, checked before the long work that produces it."""
+def _check_output(path: str | None, suffixes: tuple[str, ...] = ()) -> None:
+    """An output file path that can be written, checked before the long work that produces it;
+    ``suffixes``: the formats its writer knows. Missing parent folders are made by the writer."""
     if path is None:
         return
     target = Path(path)
@@ -122,17 +132,17 @@ def _check_output(path: str | None) -> None:
     existing = next(p for p in target.parents if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write {path}: {existing} is not a writable folder")
+    if suffixes:
+        output_format(path, suffixes)
 
 
 OUTPUTS = ("out", "json", "plot", "retrievals")  # the options naming what a command writes
-INPUTS = ("model", "onnx", "checkpoint", "config", "dataset", "val_dataset", "images", "pngs", "parity_images", "calibration", "map", "frames")
-IN_PLACE = ("convert-checkpoint",)  # rewrites its input on purpose (written aside, swapped in whole)
+INPUTS = ("model", "onnx", "checkpoint", "config", "dataset", "val_dataset", "images", "pngs", "parity_images", "calibration", "map", "frames",
+          "bag", "poses", "timing_cache")  # the options naming what a command reads (--timing-cache: also written back)
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Before any work, for every command: no output may name one of the command's inputs."""
-    if args.command in IN_PLACE:
-        return
     values = [getattr(args, name, None) for name in INPUTS]
     inputs = [v for value in values for v in (value if isinstance(value, list) else [value])]
     for name in OUTPUTS:
@@ -244,6 +254,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
 def cmd_synth_preview(args: argparse.Namespace) -> None:
     from .data.synthcity import write_preview
 
+    _check_output(args.out, IMAGE_SUFFIXES)
     print(f"preview written to {write_preview(Path(args.out), seed=args.seed)}")
 
 
@@ -312,14 +323,15 @@ def cmd_train(args: argparse.Namespace) -> None:
          arg("--retrievals", help="write a PNG of queries with their top-5 here"),
          TRUST, renamed={"--image-size": "--size"}, needs="torch for a checkpoint, a shipped name or imagenet-gem")
 def cmd_eval(args: argparse.Namespace) -> None:
-    for output in (args.json, args.plot, args.retrievals):
-        _check_output(output)
+    from .eval.plots import FIGURE_SUFFIXES
+
+    for output, suffixes in ((args.json, ()), (args.plot, FIGURE_SUFFIXES), (args.retrievals, IMAGE_SUFFIXES)):
+        _check_output(output, suffixes)
     _check_drive_options(args, ("image_topic", "pose_topic"))
     report = _eval_drive(args) if args.bag else _eval_dataset(args)
     print(json.dumps(report, indent=2))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        replace_whole(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
 
 
 def _eval_dataset(args: argparse.Namespace) -> dict:
@@ -382,6 +394,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .deploy.export import export_onnx, read_parity_images
     from .deploy.trt_check import check_trt_friendly
 
+    _check_output(args.out)
     if args.precision != "fp32":
         _export_from_kit(args)
         return
@@ -569,7 +582,6 @@ def cmd_calibrate_threshold(args: argparse.Namespace) -> None:
                            "or a .csv instead of printing them (docs/drives.md)"), needs=RUNTIME_NEEDS)
 def cmd_localize(args: argparse.Namespace) -> None:
     from .data.drives import Skipped, read_drive
-    from .files import check_not_an_input
     from .runtime.edgevpr import EdgeVPR
     from .runtime.outputs import check_out, localize_frames, write_poses
     from .runtime.preprocess import read_image
@@ -582,7 +594,6 @@ def cmd_localize(args: argparse.Namespace) -> None:
             raise ConfigError("--out goes with --bag (image files print one JSON line each)")
         _check_output(args.out)
         check_out(args.out)
-        check_not_an_input(args.out, [args.bag, args.map])
     skipped = Skipped()
     if args.bag:
         frames, _, total = read_drive(args.bag, args.image_topic, skipped=skipped)
@@ -629,7 +640,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return build_parser().parse_args(current)
 
 
+def _reader_gone() -> bool:
+    """Whether stdout is a pipe its reader has closed (``| head`` read what it wanted); if so,
+    stdout is pointed at devnull, so the interpreter's own flush at exit does not fail again."""
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, 0)
+        gone = any(event & select.POLLERR for _, event in poller.poll(0))  # a pipe without reader: POLLERR on its write end
+    except (AttributeError, OSError, ValueError):  # no poll, or a stdout without a descriptor (captured)
+        return False
+    if gone:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return gone
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done, also when the reader of stdout stopped early (a
+    ``| head`` that has read what it wanted: the output was cut short on purpose, as ``yes | head``);
+    2 an operator error, one line on stderr; 130 interrupted (Ctrl-C: 128 + SIGINT, the shell's
+    convention), one line on stderr: a file written whole (files.replace_whole) is then the old one
+    with no temporary file beside it, and synth or demo start over where they were cut short."""
     try:
         args = parse_args(sys.argv[1:] if argv is None else list(argv))
     except SystemExit as exc:  # usage errors and --help: a code to return, also when called in-process
@@ -637,11 +668,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_outputs(args)
         args.func(args)
+        sys.stdout.flush()  # a reader gone shows here, not at the interpreter's exit
+        return 0
+    except KeyboardInterrupt:
+        code, message = 130, "interrupted"
     except (StructVPRError, OSError) as exc:  # operator errors (a path, a permission, a full disk): one line, no traceback
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"structvpr-edge {args.command}: error: {message}", file=sys.stderr)
-        return 2
-    return 0
+        if isinstance(exc, BrokenPipeError) and _reader_gone():
+            return 0
+        code, message = 2, "error: " + (str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    # Said once the exception is gone: the progress bars it cut short are closed with it, their line ended.
+    print(f"structvpr-edge {args.command}: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -32,10 +32,29 @@ def same_file(a: str | Path, b: str | Path) -> bool:
 
 
 def check_not_an_input(output: str | Path, inputs: Iterable[str | Path | None], error: type[StructVPRError] = ConfigError) -> None:
-    """Refuse an output path that is one of the inputs (writing it would destroy that input)."""
+    """Refuse an output path that is one of the inputs, or lies inside an input folder: writing it
+    would destroy that input, or a file of it (a bag folder's storage file, a map's)."""
     for source in inputs:
-        if source is not None and str(source) and same_file(output, source):
+        if source is None or not str(source):
+            continue
+        if same_file(output, source):
             raise error(f"the output {output} is the input {source}: writing it would destroy the input; choose another path")
+        if Path(source).is_dir() and Path(source).resolve() in Path(output).resolve().parents:
+            raise error(f"the output {output} lies inside the input folder {source}: writing it could overwrite a file of that input; "
+                        "choose a path outside it")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # what OpenCV writes in every build we install
+
+
+def output_format(path: str | Path, suffixes: tuple[str, ...]) -> str:
+    """The format of an output file, from its suffix (one of ``suffixes``, any case), known before
+    the work that writes it: a writer guessing from a missing or unknown suffix fails only after
+    the work, or writes another path than the one given (matplotlib adds .png)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in suffixes:
+        raise ConfigError(f"cannot write {path}: give a path ending in {', '.join(suffixes[:-1])} or {suffixes[-1]}")
+    return suffix[1:]
 
 
 @contextmanager
@@ -108,8 +127,10 @@ def remove_stale_temps(path: Path) -> int:
 def replace_whole(path: str | Path, write: Callable[[Path], object]) -> Path:
     """``write(tmp)`` a file beside ``path``, then move it over ``path`` in one step: a kill or an
     error in ``write`` (a failed check included) leaves the previous ``path`` untouched; what an
-    earlier killed writer of ``path`` left beside it is removed first."""
+    earlier killed writer of ``path`` left beside it is removed first. Missing parent folders are
+    created, as for every output of the command line."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
     tmp = temp_beside(path)
     try:

@@ -19,6 +19,7 @@ from ..errors import ConfigError, DatasetError, MapError
 from ..metrics import recall_of_hits, within
 from ..runtime.edgevpr import EdgeVPR
 from ..runtime.outputs import localize_frames
+from .plots import pyplot, save_figure
 
 DRIVE_NS = (1, 5, 10)
 SEGMENT_M = 100.0
@@ -72,16 +73,11 @@ def evaluate_drive(vpr: EdgeVPR, frames: Iterable[DriveFrame], frame_id: str = "
 
 def plot_drive_errors(report: DriveReport, out_png: str | Path, segment_m: float = SEGMENT_M, title: str = "") -> Path:
     """Localization error along the route: every frame, and the median per ``segment_m`` of driving."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
     travelled, error = report.travelled, report.error
     segment = (travelled // segment_m).astype(int)
     starts = np.unique(segment)
     medians = [np.median(error[segment == s]) for s in starts]
-    fig, ax = plt.subplots(figsize=(8, 3.5), dpi=120)
+    fig, ax = pyplot().subplots(figsize=(8, 3.5), dpi=120)
     ax.scatter(travelled, np.maximum(error, 0.1), s=6, alpha=0.5, label="frame")
     edges = np.append(starts * segment_m, max(travelled[-1], starts[-1] * segment_m))  # the last segment ends where the drive does
     ax.step(edges, np.maximum(np.append(medians, medians[-1]), 0.1), where="post", color="black", label=f"median per {segment_m:g} m")
@@ -91,8 +87,4 @@ def plot_drive_errors(report: DriveReport, out_png: str | Path, segment_m: float
            title=title or f"Recall@{n} {100 * report.recall[n]:.1f}% over {len(error)} frames")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
-    fig.tight_layout()
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    plt.close(fig)
-    return Path(out_png)
+    return save_figure(fig, out_png)

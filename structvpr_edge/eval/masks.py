@@ -20,7 +20,6 @@ from ..models.efficientnet_lite import MEAN_RGB, STD_RGB
 from ..models.student import StructVPRStudent
 
 
-@torch.no_grad()
 def checked_label(path: Path, scheme: str) -> np.ndarray:
     """A label PNG as Cityscapes ids; ids outside ``scheme``'s table are a DatasetError naming it,
     not ignored cells that would lower the scores without a word."""
@@ -29,6 +28,7 @@ def checked_label(path: Path, scheme: str) -> np.ndarray:
     return to_cityscapes(label, scheme)
 
 
+@torch.no_grad()
 def mask_scores(model: StructVPRStudent, image_size: tuple[int, int], images: list[Path], labels: list[Path],
                 scheme: str = "cityscapes", batch: int = 64) -> dict:
     """Per image: soft overlap, and per group (intersection, union) cell counts of the argmax.

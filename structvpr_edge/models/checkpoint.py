@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..artifacts import CHECKPOINT_SUFFIX
+from ..artifacts import BACKEND_BY_SUFFIX, CHECKPOINT_SUFFIX
 from ..errors import ConfigError, ModelError
+from ..files import open_regular
 from ..labels import CLASS_TO_GROUP, LABEL_GROUPS
 from ..layout import DescriptorLayout
 from .efficientnet_lite import MEAN_RGB, STD_RGB
@@ -32,6 +33,9 @@ from .student import StructVPRStudent, StudentConfig
 from .teacher import SegTeacher, TeacherConfig
 
 FORMAT = "structvpr-edge/checkpoint/1"
+# How a torch.save file begins: a zip archive (torch >= 1.6), or the legacy pickle of torch's magic number.
+TORCH_HEADS = (b"PK\x03\x04", b"\x80\x02\x8a\x0a" + 0x1950A86A20F9469CFC6C.to_bytes(10, "little"))
+NOT_A_CHECKPOINT = {"onnxruntime": "an ONNX file", "tensorrt": "a TensorRT engine"}  # by backend_for's suffix table
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
 SHIPPED = {"structvprpp": "structvpr++", "student-nokd": "structvpr++", "baseline": "global"}  # name -> the model type it holds
 MODEL_TYPES = {
@@ -128,9 +132,25 @@ def _unsafe_globals(path: Path) -> list[str]:
         return []
 
 
+def _check_torch_file(path: str | Path) -> None:
+    """Refuse a file that ``torch.save`` did not write (an ONNX graph, an engine, a text file, a
+    plain pickle) by its first bytes: torch would call it a pickle that needs code, and
+    --trust-checkpoint would be wrong advice that fails all the same."""
+    path = Path(path)
+    with open_regular(path, 1 << 40, ModelError) as handle:  # only its head is read; a FIFO or a folder is refused
+        head = handle.read(max(map(len, TORCH_HEADS)))
+    if not any(head.startswith(magic) for magic in TORCH_HEADS):
+        kind = NOT_A_CHECKPOINT.get(BACKEND_BY_SUFFIX.get(path.suffix.lower(), ""))
+        if kind:
+            raise ModelError(f"{path} is {kind}, not a PyTorch checkpoint: this step needs the checkpoint (.pt) it was made from; "
+                             f"the runtime commands (eval, build-map, localize) take {kind} directly")
+        raise ModelError(f"{path} is not a PyTorch checkpoint: " + ("it is empty" if not head else "torch.save did not write it"))
+
+
 def _read(path: Path, trust_checkpoint: bool = False):
     """The contents of a ``torch.save`` file: tensors and plain data only, or, with
     ``trust_checkpoint``, whatever its pickle builds, running any code it carries."""
+    _check_torch_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
     except Exception as exc:  # torch raises many types for a corrupt file

@@ -9,6 +9,7 @@ the cities' origins (500-540 km east, 4,000 km north) lie at about 36 N, 9 E.
 """
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 from ...errors import DatasetError
 from ..dataset import load_dataset
 from ..drives import FIX_TYPE, compressed_image, nav_sat_fix, utm_to_latlon, write_bag
+from .generate import holds_synthcity
 from .route import generate_route
 
 UTM_EPSG = "EPSG:32632"  # zone 32N
@@ -39,14 +41,18 @@ def _records(paths: list[Path], lat: np.ndarray, lon: np.ndarray, start: int) ->
 
 def generate_route_bags(out: str | Path, seed: int = 3, places: int = 120, group: str = "hard", preset: str = "smoke") -> dict[str, Path]:
     """``out/drive1`` and ``out/drive2``, driving order, from the route (route.generate_route) that
-    is rendered into ``out/route`` first (the same frames in the folder layout)."""
+    is rendered into ``out/route`` first (the same frames in the folder layout). Bags beside such a
+    route are this function's own (a rerun, the demo's, one cut short) and are written again;
+    bags anywhere else are refused."""
     out = Path(out)
     targets = {name: out / name for name in DRIVES}
     taken = [str(p) for p in targets.values() if p.exists()]
-    if taken:
-        raise DatasetError(f"{', '.join(taken)} exists already; a bag is written into a new folder")
+    if taken and not holds_synthcity(out / "route"):
+        raise DatasetError(f"{', '.join(taken)} exists already and {out / 'route'} holds no SynthCity route: "
+                           "a bag is written into a new folder")
     dataset = load_dataset(generate_route(out / "route", seed=seed, places=places, group=group, preset=preset), "test")
     for day, (name, subset) in enumerate(DRIVES.items()):
+        shutil.rmtree(targets[name], ignore_errors=True)
         images = getattr(dataset, subset)
         order = np.argsort([int(v) for v in images.column("place_id")], kind="stable")
         lat, lon = utm_to_latlon(images.utm[order, 0], images.utm[order, 1], UTM_EPSG)

@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from multiprocessing import get_context
@@ -19,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ...errors import ConfigError, DatasetError
+from ...files import replace_whole
 from ..names import ImageName, format_name
 from . import conditions as cond
 from . import render as rd
@@ -32,7 +34,8 @@ SPLIT_CODE = {"train": 1, "val": 2, "test": 3}
 ORIGIN = {"train": (500_000.0, 4_000_000.0), "val": (540_000.0, 4_000_000.0), "test": (520_000.0, 4_000_000.0)}
 COLUMNS = ("path", "label_path", "split", "subset", "place_id", "traversal", "condition", "time_of_day",
            "season", "weather", "heading", "east", "north")
-MANIFEST = "synthcity.json"
+MANIFEST = "synthcity.json"  # written last: a folder holding it is complete
+UNFINISHED = "synthcity-unfinished.json"  # written first, removed last: a folder holding it was being written
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,9 @@ _JOB: tuple[Path, int, Preset] | None = None
 
 
 def _init_worker(out: Path, seed: int, preset: Preset) -> None:
+    """Ctrl-C is the parent's to handle (it stops the pool): a worker ignores it, printing nothing."""
     global _JOB
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
     _JOB = (out, seed, preset)
 
@@ -211,22 +216,42 @@ def _worker(shot: Shot) -> dict:
     return _write_shot(*_JOB, shot)
 
 
+def holds_synthcity(folder: Path) -> bool:
+    """Whether ``folder`` holds SynthCity's own writing: a whole dataset or route, or one being
+    written or cut short (Ctrl-C, a kill), which the same command run again starts over."""
+    return (folder / MANIFEST).is_file() or (folder / UNFINISHED).is_file()
+
+
 def _prepare(out: Path) -> None:
-    """Refuse a non-empty folder unless it holds a previous SynthCity dataset (which is replaced)."""
+    """Refuse a non-empty folder unless it holds SynthCity's own writing (which is replaced). The
+    UNFINISHED marker goes in before anything is removed or written, so at every moment of the
+    run the folder is recognised as SynthCity's."""
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
-        if not (out / MANIFEST).is_file():
-            raise DatasetError(f"{out} is not empty and holds no {MANIFEST}: refusing to write a SynthCity "
-                               "dataset into it; choose an empty or new folder")
-        for sub in ("images", "labels"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-        for name in ("metadata.csv", MANIFEST):
-            (out / name).unlink(missing_ok=True)
+    if out.exists() and any(out.iterdir()) and not holds_synthcity(out):
+        raise DatasetError(f"{out} is not empty and holds no {MANIFEST}: refusing to write a SynthCity "
+                           "dataset into it; choose an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    replace_whole(out / UNFINISHED, lambda tmp: tmp.write_text('{"generator": "synthcity", "complete": false}\n'))
+    for sub in ("images", "labels"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    for name in ("metadata.csv", MANIFEST):
+        (out / name).unlink(missing_ok=True)
     for split in SPLITS:
         for subset in ("database", "queries"):
             (out / "images" / split / subset).mkdir(parents=True, exist_ok=True)
             (out / "labels" / split / subset).mkdir(parents=True, exist_ok=True)
+
+
+def _finish(out: Path, rows: list[dict], manifest: str) -> Path:
+    """metadata.csv, then the manifest (whole), then the UNFINISHED marker removed: ``out`` is complete."""
+    with open(out / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    replace_whole(out / MANIFEST, lambda tmp: tmp.write_text(manifest))
+    (out / UNFINISHED).unlink(missing_ok=True)
+    return out
 
 
 def generate_dataset(out: Path, seed: int, preset: str = "benchmark", workers: int | None = None,
@@ -251,10 +276,6 @@ def generate_dataset(out: Path, seed: int, preset: str = "benchmark", workers: i
     else:
         with get_context("spawn").Pool(workers, _init_worker, (out, seed, config)) as pool:
             rows = list(tqdm(pool.imap(_worker, shots, chunksize=16), **progress))
-    with open(out / "metadata.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
     counts: dict[str, dict[str, int]] = {}
     for r in rows:
         counts.setdefault(r["split"], {}).setdefault(r["subset"], 0)
@@ -265,5 +286,4 @@ def generate_dataset(out: Path, seed: int, preset: str = "benchmark", workers: i
         "origin": ORIGIN, "heading": "compass degrees, 0 = north, 90 = east", "counts": counts,
         "columns": list(COLUMNS), "query_groups": list(cond.QUERY_GROUPS),
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return out
+    return _finish(out, rows, json.dumps(manifest, indent=2))

@@ -2,14 +2,13 @@
 the test city, a reference traversal (database) and one query traversal, both in driving order."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from tqdm import tqdm
 
 from ...errors import ConfigError
 from . import world as wd
-from .generate import COLUMNS, Shot, _prepare, _write_shot, city, city_seed, get_preset
+from .generate import Shot, _finish, _prepare, _write_shot, city, city_seed, get_preset
 
 
 def route_places(seed: int, places: int, preset: str = "smoke") -> list[wd.Place]:
@@ -33,9 +32,4 @@ def generate_route(out: str | Path, seed: int = 3, places: int = 120, group: str
     shots += [Shot("test", "queries", 1, group, i, p) for i, p in enumerate(route)]
     _prepare(out)
     rows = [_write_shot(out, seed, config, shot) for shot in tqdm(shots, desc="SynthCity route", unit="img")]
-    with open(out / "metadata.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "synthcity.json").write_text('{"generator": "synthcity", "kind": "route"}\n')
-    return out
+    return _finish(out, rows, '{"generator": "synthcity", "kind": "route"}\n')
