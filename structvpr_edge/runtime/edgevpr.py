@@ -62,9 +62,9 @@ class Localization:
     heading: the chosen entry's compass heading in degrees, NaN when the map has none
     confident: whether the chosen entry passes the map's calibrated threshold (score and margin);
         always False on a map without one (see calibrated)
-    margin: similarity of the chosen entry minus the best entry at another place (> 25 m away);
-        when every retrieved entry is near the chosen one, its lead over the last of them (a lower
-        bound); inf when only one entry was retrieved
+    margin: similarity of the chosen entry minus the best entry at another place (> 25 m away),
+        among the best max(top_k, 10) entries, as calibrate-threshold measures it; when all of them
+        are near the chosen one, its lead over the last (a lower bound); inf on a map of one entry
     timing_ms: milliseconds per stage for this frame: preprocess, inference, search and total
     calibrated: whether the map has a confidence threshold (structvpr-edge calibrate-threshold);
         when False, confident says nothing about the match
@@ -92,6 +92,14 @@ class Localization:
 def finite_or_none(value: float) -> float | None:
     """JSON has no NaN or inf: null stands for them."""
     return value if math.isfinite(value) else None
+
+
+MARGIN_CANDIDATES = 10  # the margin looks this far down the ranking, in localize and calibration alike
+
+
+def search_depth(top_k: int) -> int:
+    """Entries to retrieve per frame: the top_k listed, and enough that the margin is the one calibration measured."""
+    return max(top_k, MARGIN_CANDIDATES)
 
 
 def margin_to_other_places(scores: np.ndarray, rows: np.ndarray, poses: np.ndarray, chosen: int = 0) -> float:
@@ -284,22 +292,24 @@ class EdgeVPR:
             t1 = time.perf_counter()
             descriptors = self._infer(batch)
             t2 = time.perf_counter()
-            scores, rows = self.map.search(descriptors, self.top_k)
+            scores, rows = self.map.search(descriptors, search_depth(self.top_k))
             t3 = time.perf_counter()
             per_frame = {"preprocess": (t1 - t0) * 1e3 / len(part), "inference": (t2 - t1) * 1e3 / len(part), "search": (t3 - t2) * 1e3 / len(part)}
             found += [(scores[i], rows[i], per_frame) for i in range(len(part))]
         return [self._result(self.map, *one) for one in found]
 
     def _result(self, place_map: PlaceMap | TileView, scores: np.ndarray, rows: np.ndarray, timing: dict[str, float]) -> Localization:
+        """Matches and filter see the top_k candidates; the margin all of them (search_depth), as calibration does."""
         poses = place_map.poses
+        top_scores, top_rows = scores[: self.top_k], rows[: self.top_k]
         matches = [
             Match(int(r), place_map.places[r].id, float(poses[r, 0]), float(poses[r, 1]), float(poses[r, 2]), float(s))
-            for s, r in zip(scores, rows) if r >= 0
+            for s, r in zip(top_scores, top_rows) if r >= 0
         ]
         chosen = 0  # the candidate whose pose is returned; the confidence is about that pose
         if self.filter is not None:
-            posterior = self.filter.update(rows, scores, poses)
-            chosen = int(np.flatnonzero(rows == self.filter.rows[int(np.argmax(posterior))])[0])
+            posterior = self.filter.update(top_rows, top_scores, poses)
+            chosen = int(np.flatnonzero(top_rows == self.filter.rows[int(np.argmax(posterior))])[0])
         margin = margin_to_other_places(scores, rows, poses, chosen)
         threshold = place_map.manifest.threshold
         confident = threshold is not None and bool(scores[chosen] >= threshold.score and margin >= threshold.margin)

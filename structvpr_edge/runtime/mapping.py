@@ -15,7 +15,7 @@ from ..data.drives import NO_PIXELS, DriveFrame, Skipped, read_pose_csv
 from ..data.names import parse_name
 from ..errors import ConfigError, DatasetError, MapError, ThresholdError
 from ..metrics import within
-from .edgevpr import EdgeVPR, margin_to_other_places, positive_int
+from .edgevpr import EdgeVPR, margin_to_other_places, positive_int, search_depth
 from .map import INDEX_TYPES, Place, PlaceMap, Threshold, check_writable
 from .preprocess import bgr_as, describe_files, read_image
 
@@ -165,16 +165,18 @@ def threshold_for_precision(scores: np.ndarray, margins: np.ndarray, correct: np
     queries, positives = len(correct), int(correct.sum())
     finite = margins[np.isfinite(margins)]
     best, supported = None, 0.0
+    order = np.argsort(-scores)
+    ranked = scores[order]
+    run_end = np.diff(ranked, append=-np.inf) != 0  # `score >= cut` accepts a whole run of tied scores: cut after one
     for margin in np.unique(np.concatenate([[0.0], np.quantile(finite, np.linspace(0, 0.9, 10)) if len(finite) else []])):
         keep_margin = margins >= margin
-        order = np.argsort(-scores)
         hits = np.cumsum((correct & keep_margin)[order])
         kept = np.cumsum(keep_margin[order])
         with np.errstate(invalid="ignore", divide="ignore"):
             running = np.where(kept > 0, hits / kept, 0)
         # a rule accepting k queries at precision r measures any target up to min(r, 1 - 1/k)
-        supported = max(supported, float(np.max(np.minimum(running, 1 - 1 / np.maximum(kept, 1)), initial=0.0)))
-        ok = np.flatnonzero((running >= precision) & (kept >= needed))
+        supported = max(supported, float(np.max(np.minimum(running, 1 - 1 / np.maximum(kept, 1))[run_end], initial=0.0)))
+        ok = np.flatnonzero((running >= precision) & (kept >= needed) & run_end)
         if len(ok):
             i = ok[-1]
             found = Threshold(float(scores[order][i]), float(margin), float(running[i]), float(hits[i] / queries), queries, positives)
@@ -211,7 +213,7 @@ def calibrate_threshold(vpr: EdgeVPR, map_dir: str | Path, val: str | Path, prec
     dataset = load_dataset(val, split, positive_radius=radius)
     frames_paths = dataset.queries.paths
     descriptors = describe_paths(vpr, frames_paths, desc="queries")
-    scores, rows = place_map.search(descriptors, max(vpr.top_k, 10))
+    scores, rows = place_map.search(descriptors, search_depth(vpr.top_k))
     top = place_map.poses[rows[:, 0], :2]
     correct = within(top, dataset.queries.utm, radius)
     margins = np.array([margin_to_other_places(s, r, place_map.poses) for s, r in zip(scores, rows)])

@@ -2,8 +2,9 @@
 
 The state is a belief over map entries, kept sparse on the candidates retrieved for recent
 frames. Motion model: from place i the vehicle moves to any place within ``max_move_m`` metres
-(uniform), elsewhere with a small ``teleport`` probability so the filter recovers from a wrong
-lock. Observation: ``exp((similarity - best) / temperature)`` over the frame's candidates.
+(uniform: i's belief is split evenly among the reachable candidates, so a place mapped many times
+over gains nothing), elsewhere with a small ``teleport`` probability so the filter recovers from
+a wrong lock. Observation: ``exp((similarity - best) / temperature)`` over the frame's candidates.
 """
 from __future__ import annotations
 
@@ -38,26 +39,34 @@ class TemporalConfig:
 
 
 class PlaceFilter:
-    """The belief over map rows. It holds no copy of the map's poses: each update is given the
-    map's current ones, so it follows a map that grows (``add``, a merged save) under it."""
+    """The belief over map rows. Each update is given the map's current poses, so it follows a map
+    that grows (``add``) under it; it keeps the poses of the rows it believes in, and starts over
+    when the map no longer holds them there (a merged save renumbers rows)."""
 
     def __init__(self, config: TemporalConfig | None = None) -> None:
         self.config = config or TemporalConfig()
         self.rows = np.zeros(0, dtype=np.int64)
         self.belief = np.zeros(0)
+        self.poses = np.zeros((0, 2))  # the map's poses at ``rows`` when they were believed in
+
+    def same_map(self, poses: np.ndarray) -> bool:
+        """Whether the map's rows still name the places this belief is about."""
+        return len(self.rows) == 0 or (int(self.rows.max()) < len(poses) and np.array_equal(poses[self.rows], self.poses, equal_nan=True))
 
     def update(self, rows: np.ndarray, scores: np.ndarray, poses: np.ndarray) -> np.ndarray:
         """Fold in one frame's candidates (best first) given the map's (N, 2+) poses; returns the posterior over ``rows``."""
         valid = rows >= 0
-        rows, scores = rows[valid], scores[valid]
+        rows = rows[valid]
+        scores = scores[valid].astype(np.float64)  # float32 would turn a small temperature into 0/0
         likelihood = np.exp((scores - scores.max()) / self.config.temperature)
-        if len(self.rows):
+        if len(self.rows) and self.same_map(poses):
             distance = np.linalg.norm(poses[rows][:, None, :2] - poses[self.rows][None, :, :2], axis=2)
             reachable = (distance <= self.config.max_move_m).astype(np.float64)
-            prior = reachable @ self.belief + self.config.teleport
+            moves = reachable / np.maximum(reachable.sum(axis=0), 1)  # each previous row's belief split among its reachable candidates
+            prior = moves @ self.belief + self.config.teleport
         else:
             prior = np.ones(len(rows))
         posterior = prior * likelihood
         posterior /= posterior.sum()
-        self.rows, self.belief = rows, posterior
+        self.rows, self.belief, self.poses = rows, posterior, poses[rows]
         return posterior
