@@ -11,6 +11,9 @@ bag's index (the bag must be readable at the same path on every node, as image f
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from .runtime.edgevpr import EdgeVPR
 from .runtime.mapping import describe_frames, describe_paths
 
 RETRIES = 2  # restarts of a dead worker, and re-runs of its batch, before the build fails
+WORKER_ERROR = re.compile(r"^structvpr_edge\.errors\.(\w+): (.*)$", re.MULTILINE)  # our error's last traceback line
 
 
 @dataclass(frozen=True)
@@ -81,24 +85,47 @@ def require_ray(config: RayConfig) -> Any:
     return ray
 
 
+@contextmanager
+def ray_session(ray: Any, address: str | None) -> Iterator[None]:
+    """Ray for one build: started here unless it already runs (then left as found), and shut down
+    after the build that started it, failed or not: its processes must not outlive the build."""
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        except (ValueError, ConnectionError, RuntimeError) as exc:  # a bad or unreachable address, a missing Ray Client
+            raise ConfigError(f"cannot start or reach Ray at {address or 'this machine'}: {exc}") from None
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def worker_error(exc: BaseException) -> str:
+    """What a Ray failure says to the user: the worker's own error (a truncated frame, a changed
+    bag), which Ray Data passes on only as the text of the worker's traceback, else Ray's first line."""
+    ours = WORKER_ERROR.findall(str(exc))
+    return f"{ours[-1][0]}: {ours[-1][1]}" if ours else str(exc).splitlines()[0]
+
+
 def ray_pool(items: list[dict], dim: int, config: RayConfig, actor: type, actor_kwargs: dict) -> np.ndarray:
     """The (len(items), dim) descriptors of ``items`` (each with its ``row``) from an actor pool
     of ``actor``; every row must come back exactly once, or a MapError is raised and nothing is
     written."""
     ray = require_ray(config)
-    if not ray.is_initialized():
-        ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
-    described = ray.data.from_items(items).map_batches(
-        actor, batch_size=config.batch_size, compute=ray.data.ActorPoolStrategy(size=config.workers), num_cpus=config.cpus, num_gpus=config.gpus,
-        fn_constructor_kwargs={**actor_kwargs, "threads": config.threads},
-        ray_remote_args_fn=lambda: {"max_restarts": RETRIES, "max_task_retries": RETRIES})
     out, seen = np.zeros((len(items), dim), np.float32), np.zeros(len(items), np.int64)
-    try:
-        for shard in described.iter_batches(batch_size=None, batch_format="numpy"):
-            out[shard["row"]] = np.stack(shard["descriptor"])
-            np.add.at(seen, shard["row"], 1)
-    except ray.exceptions.RayError as exc:
-        raise MapError(f"the Ray build failed, no map was written: {str(exc).splitlines()[0]}") from exc
+    with ray_session(ray, config.address):
+        described = ray.data.from_items(items).map_batches(
+            actor, batch_size=config.batch_size, compute=ray.data.ActorPoolStrategy(size=config.workers), num_cpus=config.cpus, num_gpus=config.gpus,
+            fn_constructor_kwargs={**actor_kwargs, "threads": config.threads},
+            ray_remote_args_fn=lambda: {"max_restarts": RETRIES, "max_task_retries": RETRIES})
+        try:
+            for shard in described.iter_batches(batch_size=None, batch_format="numpy"):
+                out[shard["row"]] = np.stack(shard["descriptor"])
+                np.add.at(seen, shard["row"], 1)
+        except ray.exceptions.RayError as exc:
+            raise MapError(f"the Ray build failed, no map was written: {worker_error(exc)}") from exc
     if not (seen == 1).all():
         raise MapError(f"the Ray build returned {int((seen == 0).sum())} frames missing, {int((seen > 1).sum())} twice; no map was written")
     return out

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             self.create_subscription(message_class(image_type), values["image_topic"], self.on_frame, 10)
 
         def on_frame(self, message: Any) -> None:
-            stamp = stamp_ns(message.header)
+            stamp = stamp_ns(message.header) or self.get_clock().now().nanoseconds  # a zero stamp: the receive time, as drives take the bag's
             try:
                 result = self.vpr.localize(image_of(message, f"frame at {stamp} ns"))
             except StructVPRError as exc:  # one bad frame (an unsupported encoding, a truncated JPEG) must not stop the node
@@ -82,14 +82,20 @@ def main(argv: list[str] | None = None) -> None:
             for topic, built in messages(result, stamp, self.frame_id):
                 self.publishers_by_topic[topic].publish(to_rclpy(built))
 
+    from rclpy.executors import ExternalShutdownException  # noqa: PLC0415
+
     rclpy.init(args=argv if argv is not None else sys.argv)
-    node = VPRNode()
+    node = None
     try:
+        node = VPRNode()
         rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):  # Ctrl-C, or a launch file stopping the node: a normal end
+        pass
     finally:
-        node.vpr.close()
-        node.destroy_node()
-        rclpy.shutdown()
+        if node is not None:
+            node.vpr.close()
+            node.destroy_node()
+        rclpy.try_shutdown()  # rclpy's signal handler may have shut the context down already
 
 
 if __name__ == "__main__":

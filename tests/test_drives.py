@@ -396,20 +396,24 @@ def test_pose_messages_carry_the_heading_and_a_covariance_from_the_match_spread(
     assert covariance(localization(float("nan")))[5, 5] == 1e6 and diagnostic.status[0].level == 0
 
 
-def test_the_ros2_node_copies_the_messages_into_rclpy_types_without_ros(monkeypatch):
+def stand_in_ros_messages(monkeypatch) -> None:
     """Stand-in ROS message modules: classes that take fields by setattr and report their types
     as rclpy's generated classes do (``byte`` fields are ``octet``)."""
-    from structvpr_edge.ros2 import to_rclpy
-
     def stand_in(msgtype: str) -> type:
         fields_and_types = {"level": "octet"} if msgtype.endswith("DiagnosticStatus") else {}
         return type(msgtype.rsplit("/", 1)[1], (), {"get_fields_and_field_types": lambda self: fields_and_types, "msgtype": msgtype})
 
-    for package in ("std_msgs", "builtin_interfaces", "geometry_msgs", "diagnostic_msgs"):
+    for package in ("std_msgs", "builtin_interfaces", "geometry_msgs", "diagnostic_msgs", "sensor_msgs"):
         monkeypatch.setitem(sys.modules, package, types.ModuleType(package))
         module = types.ModuleType(f"{package}.msg")
         module.__getattr__ = lambda name, package=package: stand_in(f"{package}/msg/{name}")
         monkeypatch.setitem(sys.modules, f"{package}.msg", module)
+
+
+def test_the_ros2_node_copies_the_messages_into_rclpy_types_without_ros(monkeypatch):
+    from structvpr_edge.ros2 import to_rclpy
+
+    stand_in_ros_messages(monkeypatch)
     (_, pose), (_, diagnostic) = messages(localization(), 2_000_000_003, "utm_32N")
     copied = to_rclpy(pose)
     assert copied.msgtype == "geometry_msgs/msg/PoseWithCovarianceStamped" and copied.header.stamp.msgtype == "builtin_interfaces/msg/Time"
