@@ -34,7 +34,7 @@ from pathlib import Path
 from structvpr_edge.artifacts import BACKENDS
 from structvpr_edge.bench.latency import LatencyConfig, latency_report
 from structvpr_edge.bench.rig import RunSpec
-from structvpr_edge.cli import _size as frame_size
+from structvpr_edge.cli import parse_size
 from structvpr_edge.errors import ConfigError
 from structvpr_edge.runtime.ort_session import parse_threads
 
@@ -52,7 +52,7 @@ def parse_config() -> tuple[LatencyConfig, str | None]:
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--threads", type=parse_threads, default="auto", help="auto (measured, cached) or a count")
-    parser.add_argument("--frame-size", type=frame_size, default="640x480", help="camera frame WxH before the resize")
+    parser.add_argument("--frame-size", type=parse_size, default="640x480", help="camera frame WxH before the resize")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--compare", action="store_true", help="torch eager vs ORT FP32 / FP16 / INT8 (+TensorRT), side by side")
     parser.add_argument("--cameras", type=int, default=1, help="N > 1: also time N instances of the INT8 artifact of the fastest backend "

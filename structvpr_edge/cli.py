@@ -90,7 +90,7 @@ _opset = _number(int, lambda v: 11 <= v <= 20, "an ONNX opset in 11..20 (17 is t
 _non_negative = _number(float, lambda v: v >= 0, "a finite number >= 0")
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
     """'320x240' -> (320, 240), width first like OpenCV."""
     try:
         width, height = (int(v) for v in text.lower().split("x"))
@@ -105,7 +105,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def _side(text: str) -> int:
     """One side of --size (the old --width / --height), bounded as --size is."""
-    return _size(f"{text}x{text}")[0]
+    return parse_size(f"{text}x{text}")[0]
 
 
 def _threads(text: str) -> int | str:
@@ -180,7 +180,7 @@ def _check_drive_options(args: argparse.Namespace, topics: tuple[str, ...]) -> N
 
 
 def size(what: str) -> tuple:
-    return arg("--size", type=_size, default=None, metavar="WxH", help=what)
+    return arg("--size", type=parse_size, default=None, metavar="WxH", help=what)
 
 
 THREADS = arg("--threads", type=_threads, default="auto", help="CPU inference threads: auto (measured, cached) or a count")

@@ -35,7 +35,7 @@ def read_text(path: Path) -> str:
     try:
         return path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise DatasetError(f"{path} is not UTF-8 text (byte {error.start}): save it as UTF-8") from None
+        raise DatasetError(f"{path} is not UTF-8 text (byte {error.start}): save it as UTF-8 (in Excel: CSV UTF-8)") from None
 
 
 def file_stamp(path: Path) -> str:

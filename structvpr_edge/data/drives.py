@@ -26,6 +26,7 @@ and ``time`` (seconds; rows are sorted by it when present).
 from __future__ import annotations
 
 import csv
+import io
 import math
 import sqlite3
 import struct
@@ -41,6 +42,7 @@ import cv2
 import numpy as np
 
 from ..errors import DatasetError
+from .dataset import read_text
 from ..images import decode_image
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
@@ -451,17 +453,11 @@ def _csv_number(row: dict[str, str], column: str, line: int, path: Path, optiona
 
 
 def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """The stripped header and the rows of a UTF-8 CSV; a byte-order mark (Excel's "CSV UTF-8")
-    is dropped, so it does not stick to the first column's name."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            reader.fieldnames = columns
-            return columns, list(reader)
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path} is not UTF-8 text (byte {exc.start} reads {exc.object[exc.start:exc.start + 1]!r}): "
-                           "save it as UTF-8 (in Excel: CSV UTF-8)") from None
+    """The stripped header and the rows of a UTF-8 CSV, read as every dataset text file is (read_text)."""
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    columns = [c.strip() for c in reader.fieldnames or []]
+    reader.fieldnames = columns
+    return columns, list(reader)
 
 
 def read_pose_csv(path: str | Path, images: str | Path, min_spacing_m: float = 0.0, skipped: Skipped | None = None) -> tuple[list[Path], Track]:

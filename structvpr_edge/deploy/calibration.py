@@ -39,9 +39,10 @@ from ..errors import BackendError, ConfigError, DatasetError, ModelError
 from ..files import open_regular, remove_stale_temps, replace_whole, temp_beside
 from ..metrics import recall_at_n, retrieve
 from ..modelinfo import ModelInfo, info_digest, load_onnx, read_onnx_info, sha256_file
-from ..runtime.backends import open_backend
+from ..runtime.edgevpr import EdgeVPR
 from ..runtime.ort_session import LOAD_SLACK, load_per_core
-from ..runtime.preprocess import Preprocessor, describe_files, read_image
+from ..runtime.mapping import describe_paths
+from ..runtime.preprocess import Preprocessor, read_image
 from ..safety import confined
 from ..timing import SessionSpec, int8_advice, measure_isolated, stage_stats
 from . import quantize as q
@@ -51,6 +52,7 @@ KIT_EXPORT: dict[str, Any] = {"uint8_input": True, "batch": "dynamic", "opset": 
 INT8_FORMS = ("INT8 cpu", "INT8 trt")  # both gated: the TensorRT form once passed at mean cosine 0.61 unchecked
 DEFAULT_MAX_RECALL_DROP = 1.0  # Recall@1 points either INT8 form may lose on the validation set
 DEFAULT_MIN_COSINE = 0.95  # without a validation set: the mean descriptor cosine to FP32 either INT8 form must keep
+DESCRIBE_BATCH = 64  # images per inference call when describing candidates and the gate's val split
 
 
 @dataclass
@@ -312,13 +314,12 @@ def _recall(descriptors: np.ndarray, dataset: VPRDataset) -> dict[str, float]:
 
 
 def describe(model: Path, paths: list[Path], desc: str, threads: int | None) -> np.ndarray:
-    """Descriptors of ``paths`` by an ONNX model of any precision, through ONNX Runtime on the CPU,
-    each file read and preprocessed on its own as the runtime does a camera frame, as
+    """Descriptors of ``paths`` by an ONNX model of any precision, computed by the runtime itself
+    (EdgeVPR, mapping.describe_paths): each file read and preprocessed on its own as a camera frame, as
     calibration_batches feeds the ranges: the k-center selection and the accuracy gate see the
     pixels INT8 was calibrated on and the vehicle sees, also in a folder of mixed image sizes."""
-    backend = open_backend(model, threads=threads, max_batch=64)
-    preprocess = Preprocessor(backend.info, max_batch=backend.max_batch)
-    return describe_files(lambda frames: backend.infer(preprocess(frames)), paths, read_image, backend.max_batch, desc)
+    with EdgeVPR(model, threads=threads, max_batch=DESCRIBE_BATCH) as vpr:
+        return describe_paths(vpr, paths, DESCRIBE_BATCH, desc)
 
 
 def _group_nodes(groups: dict[str, list[str]], kept: list[str]) -> list[str]:

@@ -179,7 +179,7 @@ def threshold_for_precision(scores: np.ndarray, margins: np.ndarray, correct: np
         ok = np.flatnonzero((running >= precision) & (kept >= needed) & run_end)
         if len(ok):
             i = ok[-1]
-            found = Threshold(float(scores[order][i]), float(margin), float(running[i]), float(hits[i] / queries), queries, positives)
+            found = Threshold(float(ranked[i]), float(margin), float(running[i]), float(hits[i] / queries), queries, positives)
             if best is None or found.recall > best.recall:
                 best = found
     if best is None:
