@@ -308,3 +308,51 @@ def test_distill_real_weight_scales_only_the_real_anchors():
     assert distill(0.0, torch.ones(8, dtype=torch.bool)) == 0.0
     with pytest.raises(ConfigError, match="real_weight"):
         load_config(None, {"mode": "structvpr++", "distill": {"real_weight": -1.0}}).validate()
+
+
+def three_places(closeness: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Places 0 and 2 apart; place 1 turned ``closeness`` of the way onto place 0 (never toward 2),
+    two images each. Returns descriptors, labels and the pairs of places 0 and 1 as neighbours."""
+    e = torch.eye(4)
+    one = F.normalize((1 - closeness) * e[1] + closeness * e[0], dim=0)
+    descriptors = F.normalize(torch.stack([e[0], e[0] + 0.1 * e[3], one, one + 0.1 * e[3], e[2], e[2] + 0.1 * e[3]]), dim=1)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    near = (labels[:, None] <= 1) & (labels[None, :] <= 1) & (labels[:, None] != labels[None, :])
+    return descriptors, labels, near
+
+
+@pytest.mark.parametrize("loss", [lambda d, y, n: multi_similarity_loss(d, y, MultiSimilarityConfig(), n), lambda d, y, n: triplet_margin_loss(d, y, 0.1, n)])
+def test_a_neighbouring_place_is_no_negative_in_the_metric_losses(loss):
+    """Moving place 1 onto its neighbour 0 costs nothing once the pair is masked, and costs without the mask."""
+    apart, labels, near = three_places(0.0)
+    onto, _, _ = three_places(0.95)
+    assert torch.isclose(loss(apart, labels, near), loss(onto, labels, near))
+    assert loss(onto, labels, None) > loss(apart, labels, None) + 0.01
+
+
+def test_a_neighbouring_place_does_not_outrank_the_positive():
+    descriptors, labels, near = three_places(0.95)
+    ids = torch.arange(6)
+    sim = descriptors @ descriptors.T
+    assert (positive_ranks(sim, labels, labels, ids, ids)[:4] > 1).all()  # the neighbour's images come first
+    assert positive_ranks(sim, labels, labels, ids, ids, near).tolist() == [1] * 6
+    conf = SampleWeightConfig(right_rank=1, noisy_rank=2)
+    batch = in_batch(descriptors, descriptors, labels)
+    assert [GROUPS[g] for g in sample_groups(batch, batch, conf)][:4] == ["teacher_moderate"] * 4
+    assert [GROUPS[g] for g in sample_groups(batch, batch, conf, near)] == ["both_right"] * 6
+
+
+def test_a_neighbouring_place_is_no_teacher_ranked_negative():
+    rng = np.random.default_rng(3)
+    places = torch.tensor([0, 0, 1, 1, 2, 2])
+    (student, student_parts), (teacher, teacher_parts) = random_parts(rng, batch=6), random_parts(rng, batch=6)
+    near = (places[:, None] <= 1) & (places[None, :] <= 1) & (places[:, None] != places[None, :])
+    ids = torch.arange(6)
+    s, t = student["descriptor"] @ student["descriptor"].T, teacher["descriptor"] @ teacher["descriptor"].T
+    # with places 0 and 1 neighbours, their anchors' only negatives are place 2's: a batch without the neighbour
+    for anchors, keep in (([0, 1], [0, 1, 4, 5]), ([2, 3], [2, 3, 4, 5])):
+        expected = hand_teacher_negatives(s[np.ix_(keep, keep)], t[np.ix_(keep, keep)], places[keep].tolist())[:2]
+        got = teacher_ranked_negatives(student_parts, teacher_parts, places, ids, near)[anchors].numpy()
+        assert np.allclose(got, expected, atol=1e-6)
+    assert not np.allclose(teacher_ranked_negatives(student_parts, teacher_parts, places, ids).numpy(),
+                           teacher_ranked_negatives(student_parts, teacher_parts, places, ids, near).numpy())

@@ -10,7 +10,7 @@ import torch
 from structvpr_edge.data.real_frames import FrameViews, real_places
 from structvpr_edge.errors import ConfigError, DatasetError
 from structvpr_edge.train.config import load_config
-from structvpr_edge.train.data import MixedPlaceSampler, PlaceBatchSampler, RowStack
+from structvpr_edge.train.data import MixedPlaceSampler, PlaceBatchSampler, RowStack, near_places
 from structvpr_edge.train.trainer import Stage, setup_context, train
 
 from .test_train import tiny_config
@@ -129,3 +129,15 @@ def test_teacher_and_student_train_on_synthetic_and_real_places(place_dataset, v
     real_anchors = stage.batch(stage.parts, indices, torch.from_numpy(labels)).real  # what distill.real_weight weighs
     assert real_anchors is not None and np.array_equal(real_anchors.numpy(), indices >= main_rows)
     assert stage.run(resume=False).exists()
+
+
+def test_windows_are_placed_along_their_sequence_by_time(video_set, tmp_path):
+    """No GPS: a window sits at its mean frame time times the assumed speed; sequences far apart."""
+    groups = real_places(video_set, "train", "cityscapes", tmp_path / "cache", FrameViews(window=2, views=2), speed_mps=8.0)
+    seqa, seqb = groups.positions[:3], groups.positions[3:]
+    assert np.allclose(np.diff(seqa[:, 1]), [2 * 8.0, 1.5 * 8.0])  # 2 s between windows of two frames; the last holds one
+    assert np.allclose(seqa[0], [0, (1000 + 1030) / 2 / 30 * 8.0])
+    assert np.linalg.norm(seqb[0] - seqa[0]) > 1e5
+    positions, places = torch.from_numpy(groups.positions), torch.arange(len(groups))
+    near = near_places(positions, places, places, 25.0)
+    assert near[0].tolist() == [False, True, False, False, False] and not near[:3, 3:].any()

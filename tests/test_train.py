@@ -469,3 +469,24 @@ def test_photometric_relights_a_share_of_the_training_images_the_same_way_in_eve
     for share in (-0.1, 1.5):
         with pytest.raises(ConfigError, match="photometric"):
             load_config(None, {"photometric": share})
+
+
+def test_neighbouring_places_are_marked_in_every_batch(easy, place_dataset):
+    """neighbour_m 150 on places 100 m apart: a place's neighbours are the places beside it, in the
+    batch (metric loss, teacher-ranked negatives) and among the rank memory's keys (sample weights)."""
+    config = load_config(None, tiny_config(place_dataset, easy / "cache", mode="structvpr++", neighbour_m=150, optim={**FAST, "steps": 3},
+                                           distill={"negative_weight": 1.0}))
+    stage = Stage(config, "student", easy / "neighbours", setup_context("cpu"), easy / "teacher" / "model.pt")
+    train_split = load_dataset(place_dataset, "train")
+    east = np.concatenate([train_split.database.utm, train_split.queries.utm])[:, 0]  # the rows the sampler indexes
+    _, indices, labels = next(iter(stage.sampler()))
+    batch = stage.batch(stage.parts, indices, torch.from_numpy(labels))
+    street = torch.from_numpy(east[indices] // 100)
+    assert torch.equal(batch.near, (street[:, None] - street[None, :]).abs() == 1)
+    assert batch.near.any()
+    assert stage.run(resume=False).exists()
+    assert load_config(None, tiny_config(place_dataset, easy / "cache")).neighbour_m == 0  # off unless asked
+    with pytest.raises(ConfigError, match="neighbour_m"):
+        load_config(None, {"neighbour_m": -1})
+    with pytest.raises(ConfigError, match="speed_mps"):
+        load_config(None, {"real": {"speed_mps": 0}})

@@ -22,6 +22,7 @@ class PlaceGroups:
     paths: list  # list[Path], database images first, then queries
     label_paths: list | None
     places: list[np.ndarray]  # per place, indices into ``paths``
+    positions: np.ndarray | None = None  # (places, 2) metres: where each place is, to tell its neighbours
 
     def __len__(self) -> int:
         return len(self.places)
@@ -64,4 +65,6 @@ def place_groups(dataset: VPRDataset, min_images: int = 4, cell_m: float = 10.0)
     labels = None
     if dataset.has_labels:
         labels = [p for s in subsets for p in s.label_paths]
-    return PlaceGroups(paths=paths, label_paths=labels, places=groups)
+    utm = np.concatenate([s.utm for s in subsets])
+    positions = np.stack([utm[g].mean(axis=0) for g in groups])
+    return PlaceGroups(paths=paths, label_paths=labels, places=groups, positions=positions)

@@ -29,6 +29,8 @@ from .places import PlaceGroups
 FRAME_NAME = re.compile(r"^(?P<sequence>.+)_\D*(?P<frame>\d+)$")  # 0001TP_006690, 0006R0_f00930
 # A step between frames up to this many times the usual one is jitter (CamVid: 29 or 31 for 30), not a gap.
 GAP_STEPS = 1.5
+FRAME_RATE = 30.0  # frame numbers count video frames (CamVid: 30 a second)
+SEQUENCES_APART_M = 1e6  # sequences have no shared coordinates: each is placed far from the others
 
 
 @dataclass(frozen=True)
@@ -96,11 +98,20 @@ def write_view(image: np.ndarray, label: np.ndarray, box: tuple[int, int, int, i
         os.replace(partial, target)  # a view is whole or absent: an interrupted run redoes only what is missing
 
 
-def real_places(root: str | Path, split: str, scheme: str, out: Path, conf: FrameViews, labels_root: str | Path | None = None) -> PlaceGroups:
+def window_position(sequence: int, window: list[Path], speed_mps: float) -> np.ndarray:
+    """Where a window is, in metres, without GPS: its mean frame time times an assumed speed along
+    its sequence's own line, so windows a few seconds apart are neighbours and sequences never are."""
+    seconds = np.mean([int(FRAME_NAME.match(frame.stem)["frame"]) for frame in window]) / FRAME_RATE
+    return np.array([sequence * SEQUENCES_APART_M, seconds * speed_mps])
+
+
+def real_places(root: str | Path, split: str, scheme: str, out: Path, conf: FrameViews, labels_root: str | Path | None = None,
+                speed_mps: float = 8.0) -> PlaceGroups:
     """Places of a labelled real video set, their views written under ``out`` (kept as a cache).
 
     ``labels_root``: label maps of another origin (a segmenter's) instead of ``ROOT/labels``;
-    ``scheme`` names their class ids (``camvid``, ``cityscapes``, ``ade20k``).
+    ``scheme`` names their class ids (``camvid``, ``cityscapes``, ``ade20k``); ``speed_mps``: the
+    assumed driving speed that places the windows (``window_position``).
     """
     check_scheme(scheme)
     if conf.window < 1 or conf.views < 2 or not 0 < conf.crop_min <= 1:
@@ -108,7 +119,7 @@ def real_places(root: str | Path, split: str, scheme: str, out: Path, conf: Fram
     root = Path(root)
     images = root / "images" / split
     labels = Path(labels_root) / split if labels_root is not None else root / "labels" / split
-    sequences = sequence_frames(images).values()
+    sequences = list(sequence_frames(images).values())
     # each source file's size and time in the key: frames or label maps re-made in place give new views
     stamps = "|".join(f"{p.name}:{file_stamp(p)}" for frames in sequences for _, frame in frames for p in (frame, labels / f"{frame.stem}.png"))
     key = hashlib.sha256(f"{images.resolve()}|{labels.resolve()}|{scheme}|{conf}|{stamps}".encode()).hexdigest()[:16]
@@ -116,8 +127,8 @@ def real_places(root: str | Path, split: str, scheme: str, out: Path, conf: Fram
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "labels").mkdir(parents=True, exist_ok=True)
     paths, label_paths, places = [], [], []
-    windows = [window for frames in sequences for window in frame_windows(frames, conf.window)]
-    for place, frames in enumerate(tqdm(windows, desc=f"real views {split}", unit="place", leave=False)):
+    windows = [(k, window) for k, frames in enumerate(sequences) for window in frame_windows(frames, conf.window)]
+    for place, (_, frames) in enumerate(tqdm(windows, desc=f"real views {split}", unit="place", leave=False)):
         members = []
         for view in range(conf.views):
             frame = frames[view % len(frames)]
@@ -136,4 +147,5 @@ def real_places(root: str | Path, split: str, scheme: str, out: Path, conf: Fram
             paths.append(image_out)
             label_paths.append(label_out)
         places.append(np.array(members))
-    return PlaceGroups(paths=paths, label_paths=label_paths, places=places)
+    positions = np.stack([window_position(sequence, frames, speed_mps) for sequence, frames in windows])
+    return PlaceGroups(paths=paths, label_paths=label_paths, places=places, positions=positions)

@@ -130,6 +130,7 @@ class RealConfig:
     window: int = 2  # consecutive labelled frames of a sequence that count as one place
     views: int = 4  # photometric + crop views written per place
     relight: bool = True  # the views' random light; false: crops of the frames as filmed
+    speed_mps: float = 8.0  # no GPS: windows are placed along their sequence at this assumed speed (neighbour_m)
 
 
 @dataclass
@@ -157,6 +158,10 @@ class TrainConfig:
     # the way back to their ImageNet weights (WiSE-FT), keeping generic features the synthetic city
     # would have trained away; the model is validated again after it; 0 = off. RGB students from ImageNet.
     imagenet_blend: float = 0.0
+    # Neighbouring places (issue 23): two places closer than this many metres are neither positives
+    # nor negatives of each other, in the metric loss, the teacher-ranked negatives and the sample
+    # weights' ranks: the evaluation counts them as one place (25 m); 0 = every other place a negative.
+    neighbour_m: float = 0.0
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     global_student: GlobalStudentConfig = field(default_factory=GlobalStudentConfig)
@@ -190,6 +195,8 @@ class TrainConfig:
         check_blend_share(self.imagenet_blend)
         if not self.preserve_weight >= 0:
             raise ConfigError(f"preserve_weight must be >= 0, got {self.preserve_weight}")
+        if not self.neighbour_m >= 0 or not self.real.speed_mps > 0:
+            raise ConfigError(f"neighbour_m must be >= 0 and real.speed_mps > 0, got {self.neighbour_m}, {self.real.speed_mps}")
         section = self.student if self.mode == "structvpr++" else self.global_student
         for name in ("preserve_weight", "imagenet_blend"):
             if getattr(self, name) > 0 and self.mode != "teacher" and not section.imagenet:

@@ -137,6 +137,13 @@ class RowStack:
         return out
 
 
+def near_places(positions: torch.Tensor, places: torch.Tensor, key_places: torch.Tensor, radius_m: float) -> torch.Tensor:
+    """(anchors, keys) True where the two images are of different places less than ``radius_m`` apart;
+    ``positions``: (places, 2) metres, indexed by place label."""
+    apart = torch.cdist(positions[places], positions[key_places])
+    return (apart < radius_m) & (places[:, None] != key_places[None, :])
+
+
 def draw(members: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """``k`` images of a place: without replacement when it has ``k``; else each image once, then
     the rest drawn again, so a place of two images always holds a positive pair."""

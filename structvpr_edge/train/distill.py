@@ -87,20 +87,24 @@ def similarity_kd(parts: AlignedOutput, teacher: AlignedOutput) -> torch.Tensor:
     return ((student_sim - teacher_sim) ** 2 * off_diagonal).sum(dim=1) / max(len(student_sim) - 1, 1)
 
 
-def teacher_ranked_negatives(parts: AlignedOutput, teacher: AlignedOutput, places: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def teacher_ranked_negatives(parts: AlignedOutput, teacher: AlignedOutput, places: torch.Tensor, ids: torch.Tensor,
+                             near: torch.Tensor | None = None) -> torch.Tensor:
     """(B,): hinge ``(t_ap - t_an) - (s_ap - s_an)`` with p the teacher's best true match of the
     anchor and n the student's hardest negative among those the teacher ranks below p. Negatives
     the teacher itself confuses with the place are left out: its ranking is trusted only where it
     is right. 0 for an anchor without such a pair.
 
     ``ids``: each row's image (the sampler's index). A copy of the anchor, as drawn for a place of
-    fewer than K images, is no true match (as in ``weights.positive_ranks``)."""
+    fewer than K images, is no true match (as in ``weights.positive_ranks``). ``near``: (B, B) pairs of
+    neighbouring places, never taken as the negative."""
     student_sim, teacher_sim = batch_similarities(parts, teacher)
     same = places[:, None] == places[None, :]
     positive = same & (ids[:, None] != ids[None, :])
     best_pos = torch.where(positive, teacher_sim, -torch.inf).argmax(dim=1, keepdim=True)
     teacher_pos = teacher_sim.gather(1, best_pos)
     trusted = ~same & (teacher_sim < teacher_pos) & positive.any(dim=1, keepdim=True)
+    if near is not None:
+        trusted &= ~near
     hardest = torch.where(trusted, student_sim, -torch.inf).argmax(dim=1, keepdim=True)
     teacher_gap = teacher_pos - teacher_sim.gather(1, hardest)
     student_gap = student_sim.gather(1, best_pos) - student_sim.gather(1, hardest)

@@ -16,20 +16,21 @@ class MultiSimilarityConfig:
     epsilon: float = 0.1  # miner margin
 
 
-def _pair_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair_masks(labels: torch.Tensor, near: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positives, negatives); ``near``: (B, B) pairs of neighbouring places, neither."""
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    return same & ~eye, ~same
+    return same & ~eye, ~same if near is None else ~same & ~near
 
 
-def multi_similarity_loss(descriptors: torch.Tensor, labels: torch.Tensor, conf: MultiSimilarityConfig) -> torch.Tensor:
+def multi_similarity_loss(descriptors: torch.Tensor, labels: torch.Tensor, conf: MultiSimilarityConfig, near: torch.Tensor | None = None) -> torch.Tensor:
     """Wang et al. 2019: mine informative pairs, then soft-weight positives and negatives.
 
     Miner: keep a negative if it is more similar than the hardest positive minus epsilon, and a
     positive if it is less similar than the hardest negative plus epsilon.
     """
     sim = descriptors @ descriptors.T
-    pos_mask, neg_mask = _pair_masks(labels)
+    pos_mask, neg_mask = _pair_masks(labels, near)
     with torch.no_grad():
         hardest_pos = torch.where(pos_mask, sim, torch.inf).amin(dim=1, keepdim=True)
         hardest_neg = torch.where(neg_mask, sim, -torch.inf).amax(dim=1, keepdim=True)
@@ -42,10 +43,10 @@ def multi_similarity_loss(descriptors: torch.Tensor, labels: torch.Tensor, conf:
     return per_anchor[active].sum() / max(int(active.sum()), 1)
 
 
-def triplet_margin_loss(descriptors: torch.Tensor, labels: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
+def triplet_margin_loss(descriptors: torch.Tensor, labels: torch.Tensor, margin: float = 0.1, near: torch.Tensor | None = None) -> torch.Tensor:
     """Batch-hard triplet loss on cosine similarity."""
     sim = descriptors @ descriptors.T
-    pos_mask, neg_mask = _pair_masks(labels)
+    pos_mask, neg_mask = _pair_masks(labels, near)
     hardest_pos = torch.where(pos_mask, sim, torch.inf).amin(dim=1)
     hardest_neg = torch.where(neg_mask, sim, -torch.inf).amax(dim=1)
     valid = pos_mask.any(dim=1) & neg_mask.any(dim=1)

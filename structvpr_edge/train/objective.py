@@ -34,6 +34,7 @@ class Batch:
     sample_groups: torch.Tensor | None = None  # (B,) index into weights.GROUPS, with a teacher
     imagenet_trunk: torch.Tensor | None = None  # the ImageNet backbone's features, with feature preservation
     real: torch.Tensor | None = None  # (B,) True where the image is a real frame, with real frames in training
+    near: torch.Tensor | None = None  # (B, B) pairs of other places closer than neighbour_m: neither positive nor negative
 
 
 Schedule = Callable[[int], float]
@@ -80,9 +81,9 @@ def objective(config: TrainConfig, recipe: Recipe, optim: OptimConfig, model: nn
     """The loss terms of one stage: ``model`` trained by ``optim``, distilled from ``teacher`` (None:
     no distillation; the trainer loads one where ``recipe.distill``)."""
     if optim.loss == "triplet":
-        metric = Term("metric", 1.0, lambda b: triplet_margin_loss(b.parts.descriptor.float(), b.places, optim.triplet_margin))
+        metric = Term("metric", 1.0, lambda b: triplet_margin_loss(b.parts.descriptor.float(), b.places, optim.triplet_margin, b.near))
     else:
-        metric = Term("metric", 1.0, lambda b: multi_similarity_loss(b.parts.descriptor.float(), b.places, optim.multi_similarity))
+        metric = Term("metric", 1.0, lambda b: multi_similarity_loss(b.parts.descriptor.float(), b.places, optim.multi_similarity, b.near))
     terms = [metric]
     if recipe.mask_loss:
         decay = linear_decay(optim.steps) if config.mask_loss_decay else constant
@@ -95,7 +96,7 @@ def objective(config: TrainConfig, recipe: Recipe, optim: OptimConfig, model: nn
             "distill/relational": (kd.weight, lambda b: relational_terms(b.parts, b.teacher, model, teacher, kd)),
             "distill/feature": (kd.feature_weight, lambda b: feature_kd(projector(b.parts), b.teacher)),
             "distill/similarity": (kd.similarity_weight, lambda b: similarity_kd(b.parts, b.teacher)),
-            "distill/negatives": (kd.negative_weight, lambda b: teacher_ranked_negatives(b.parts, b.teacher, b.places, b.ids)),
+            "distill/negatives": (kd.negative_weight, lambda b: teacher_ranked_negatives(b.parts, b.teacher, b.places, b.ids, b.near)),
         }
         terms += [Term(name, weight, sample_weighted(term, kd.samples, kd.real_weight), warmup) for name, (weight, term) in per_anchor.items()]
     return [term for term in terms if term.weight > 0]

@@ -29,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.dataset import load_dataset
-from ..data.places import place_groups
+from ..data.places import PlaceGroups, place_groups
 from ..data.real_frames import FrameViews, real_places
 from ..errors import ConfigError, DatasetError
 from ..metrics import recall_at_n, retrieve
@@ -37,7 +37,7 @@ from ..models.checkpoint import build_model, load_checkpoint, load_resume_state,
 from ..models.efficientnet_lite import blend_toward_imagenet
 from .config import OptimConfig, TrainConfig, config_to_dict, recipe
 from .curves import plot_training_curves
-from .data import MixedPlaceSampler, PlaceBatchSampler, RowStack, fraction_array, frozen_feature_array, to_model_input
+from .data import MixedPlaceSampler, PlaceBatchSampler, RowStack, fraction_array, frozen_feature_array, near_places, to_model_input
 from .distill import FeatureProjector
 from .objective import Batch, objective, part_values
 from .weights import GROUPS, Keys, RankMemory, sample_groups
@@ -174,7 +174,9 @@ class Stage:
         if self.recipe.labels and self.groups.label_paths is None:
             raise DatasetError(f"mode {self.mode!r} needs label maps, and {train!r} has none; train mode 'baseline' instead")
         self.inputs, self.fractions = self._arrays(self.groups.paths, self.groups.label_paths, config.photometric)
-        self.real_places = self._add_real_frames() if config.real.root is not None else None
+        real = self._add_real_frames() if config.real.root is not None else None
+        self.real_places = real.places if real is not None else None
+        self.place_positions = self._place_positions(real)
         self.val = self._load_val()
         from_frozen = self.recipe.rgb and self.model.backbone.frozen_blocks > 0
         self.parts = PartsModule(self.model, from_frozen)
@@ -210,16 +212,32 @@ class Stage:
             self.ctx.barrier()
         return arrays
 
-    def _add_real_frames(self) -> list[np.ndarray]:
+    def _add_real_frames(self) -> PlaceGroups:
         """Real frames' places, their inputs and fractions stacked after the main dataset's rows."""
         real = self.config.real
         views = FrameViews(real.window, real.views, seed=self.config.seed, relight=real.relight)
-        groups = real_places(real.root, real.split, real.scheme, Path(self.config.cache_dir), views, real.labels_root)
+        groups = real_places(real.root, real.split, real.scheme, Path(self.config.cache_dir), views, real.labels_root, real.speed_mps)
         inputs, fractions = self._arrays(groups.paths, groups.label_paths)
         offset = len(self.groups.paths)
         self.inputs = RowStack(self.inputs, inputs) if inputs is not None else None
         self.fractions = RowStack(self.fractions, fractions) if fractions is not None else None
-        return [members + offset for members in groups.places]
+        return dataclasses.replace(groups, places=[members + offset for members in groups.places])
+
+    def _place_positions(self, real: PlaceGroups | None) -> torch.Tensor | None:
+        """Every place's position in the samplers' label order (real places after the main ones), to
+        tell neighbours apart; None with ``neighbour_m`` 0 (every other place a negative)."""
+        if self.config.neighbour_m == 0:
+            return None
+        groups = [self.groups] if real is None else [self.groups, real]
+        if any(g.positions is None for g in groups):
+            raise DatasetError("neighbour_m needs every place's position, and these places have none")
+        return torch.from_numpy(np.concatenate([g.positions for g in groups])).to(self.ctx.device)
+
+    def near(self, places: torch.Tensor, key_places: torch.Tensor) -> torch.Tensor | None:
+        """(anchors, keys) pairs of neighbouring places (``near_places``); None with ``neighbour_m`` 0."""
+        if self.place_positions is None:
+            return None
+        return near_places(self.place_positions, places, key_places, self.config.neighbour_m)
 
     def sampler(self) -> PlaceBatchSampler | MixedPlaceSampler:
         optim, seed, ctx = self.optim, self.config.seed, self.ctx
@@ -255,7 +273,7 @@ class Stage:
         fractions = self.fraction_tensor(self.fractions, indices) if self.recipe.mask_loss or self.teacher is not None else None
         x = self.model_input(self.inputs, self.fractions, indices)
         ids = torch.from_numpy(indices).to(labels.device)
-        batch = Batch(net(x), labels, ids, fractions)
+        batch = Batch(net(x), labels, ids, fractions, near=self.near(labels, labels))
         if self.imagenet is not None:
             with torch.no_grad():
                 batch.imagenet_trunk = self.imagenet.forward_trainable(x)  # x: the cached frozen part's output, or the image
@@ -263,7 +281,8 @@ class Stage:
             with torch.no_grad():
                 batch.teacher = self.teacher.forward_parts(fractions)
             keys = Keys(batch.teacher.descriptor.float(), batch.parts.descriptor.float(), labels, ids)
-            batch.sample_groups = sample_groups(keys, self.memory.keys(keys), self.config.distill.samples)
+            ranked_among = self.memory.keys(keys)
+            batch.sample_groups = sample_groups(keys, ranked_among, self.config.distill.samples, self.near(labels, ranked_among.places))
             self.memory.push(keys)
             if self.real_places is not None:  # MixedPlaceSampler labels real places after the synthetic ones
                 batch.real = labels >= len(self.groups.places)

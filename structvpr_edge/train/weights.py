@@ -60,24 +60,26 @@ class RankMemory:
 
 
 @torch.no_grad()
-def positive_ranks(sim: torch.Tensor, places: torch.Tensor, key_places: torch.Tensor, ids: torch.Tensor, key_ids: torch.Tensor) -> torch.Tensor:
+def positive_ranks(sim: torch.Tensor, places: torch.Tensor, key_places: torch.Tensor, ids: torch.Tensor, key_ids: torch.Tensor,
+                   near: torch.Tensor | None = None) -> torch.Tensor:
     """1-based rank of each anchor's most similar same-place image among the keys.
 
-    ``sim`` is (anchors, keys). Copies of the anchor image itself (same id) are neither positives
-    nor negatives; an anchor without any other image of its place ranks last.
+    ``sim`` is (anchors, keys). Copies of the anchor image itself (same id) and images of
+    neighbouring places (``near``, (anchors, keys)) are neither positives nor negatives; an anchor
+    without any other image of its place ranks last.
     """
     same_image = ids[:, None] == key_ids[None, :]
     same_place = (places[:, None] == key_places[None, :]) & ~same_image
-    sim = sim.masked_fill(same_image, -torch.inf)
+    sim = sim.masked_fill(same_image if near is None else same_image | near, -torch.inf)
     best_pos = torch.where(same_place, sim, -torch.inf).amax(dim=1, keepdim=True)
     return ((sim > best_pos) & ~same_place).sum(dim=1) + 1
 
 
 @torch.no_grad()
-def sample_groups(batch: Keys, keys: Keys, conf: SampleWeightConfig) -> torch.Tensor:
-    """Index into GROUPS for every anchor of ``batch``, ranked among ``keys``."""
-    x = positive_ranks(batch.teacher @ keys.teacher.T, batch.places, keys.places, batch.ids, keys.ids)
-    y = positive_ranks(batch.student @ keys.student.T, batch.places, keys.places, batch.ids, keys.ids)
+def sample_groups(batch: Keys, keys: Keys, conf: SampleWeightConfig, near: torch.Tensor | None = None) -> torch.Tensor:
+    """Index into GROUPS for every anchor of ``batch``, ranked among ``keys`` (``near``: pairs left out)."""
+    x = positive_ranks(batch.teacher @ keys.teacher.T, batch.places, keys.places, batch.ids, keys.ids, near)
+    y = positive_ranks(batch.student @ keys.student.T, batch.places, keys.places, batch.ids, keys.ids, near)
     group = torch.full_like(x, GROUPS.index("teacher_moderate"))
     group[(x <= conf.right_rank) & (y > conf.right_rank)] = GROUPS.index("teacher_right_student_wrong")
     group[(x <= conf.right_rank) & (y <= conf.right_rank)] = GROUPS.index("both_right")
