@@ -4,7 +4,7 @@
         -p image_topic:=/camera/image/compressed
 
 It subscribes to ``image_topic`` (``sensor_msgs/msg/CompressedImage`` when the topic name ends
-in ``compressed``, else ``sensor_msgs/msg/Image``) and publishes, per frame and stamped with the
+in ``compressed``, else ``sensor_msgs/msg/Image``) with the sensor-data QoS (best effort) and publishes, per frame and stamped with the
 frame's own time, the messages ``localize --out result.mcap`` writes (runtime/outputs.py):
 ``/structvpr_edge/pose`` (PoseWithCovarianceStamped) and ``/diagnostics`` (DiagnosticArray).
 
@@ -58,6 +58,7 @@ def to_rclpy(message: Any) -> Any:
 def main(argv: list[str] | None = None) -> None:
     import rclpy  # noqa: PLC0415 - a ROS 2 install, not a pip dependency
     from rclpy.node import Node  # noqa: PLC0415
+    from rclpy.qos import qos_profile_sensor_data  # noqa: PLC0415
 
     from .runtime.edgevpr import EdgeVPR  # noqa: PLC0415
 
@@ -70,7 +71,9 @@ def main(argv: list[str] | None = None) -> None:
             compressed = values["image_topic"].rstrip("/").endswith("compressed")
             image_type = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
             self.publishers_by_topic = {topic: self.create_publisher(message_class(msgtype), topic, 10) for topic, msgtype in TOPICS.items()}
-            self.create_subscription(message_class(image_type), values["image_topic"], self.on_frame, 10)
+            # best effort, as camera drivers publish (a reliable subscriber gets nothing from a best-effort
+            # publisher; a best-effort one takes both); a late frame is dropped, not queued
+            self.create_subscription(message_class(image_type), values["image_topic"], self.on_frame, qos_profile_sensor_data)
 
         def on_frame(self, message: Any) -> None:
             stamp = stamp_ns(message.header) or self.get_clock().now().nanoseconds  # a zero stamp: the receive time, as drives take the bag's

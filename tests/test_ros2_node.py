@@ -13,13 +13,16 @@ from structvpr_edge.runtime import edgevpr
 from tests.test_drives import jpeg, localization, stand_in_ros_messages
 
 
+SENSOR_DATA = SimpleNamespace(reliability="best effort")  # rclpy.qos's profile, as the node passes it on
+
+
 class ExternalShutdownException(Exception):
     """rclpy.executors' exception when a launch file or another node shuts the context down."""
 
 
 def stand_in_rclpy(monkeypatch, spin) -> SimpleNamespace:
-    """rclpy, rclpy.node and rclpy.executors as far as ros2.main uses them; ``spin(node)`` drives the node."""
-    calls = SimpleNamespace(published=[], try_shutdown=0)
+    """rclpy, rclpy.node, rclpy.qos and rclpy.executors as far as ros2.main uses them; ``spin(node)`` drives the node."""
+    calls = SimpleNamespace(published=[], try_shutdown=0, subscription_qos=None)
 
     class Node:
         def __init__(self, name: str) -> None:
@@ -31,8 +34,8 @@ def stand_in_rclpy(monkeypatch, spin) -> SimpleNamespace:
         def create_publisher(self, kind, topic, depth):
             return SimpleNamespace(publish=calls.published.append)
 
-        def create_subscription(self, kind, topic, callback, depth):
-            self.callback = callback
+        def create_subscription(self, kind, topic, callback, qos):
+            self.callback, calls.subscription_qos = callback, qos
 
         def get_clock(self):
             return SimpleNamespace(now=lambda: SimpleNamespace(nanoseconds=7_000_000_042))
@@ -46,8 +49,9 @@ def stand_in_rclpy(monkeypatch, spin) -> SimpleNamespace:
     rclpy = types.ModuleType("rclpy")
     rclpy.init, rclpy.spin, rclpy.try_shutdown = (lambda args=None: None), spin, try_shutdown
     rclpy.shutdown = lambda: pytest.fail("rclpy.shutdown fails once a signal handler shut the context down; try_shutdown does not")
-    modules = {"rclpy": rclpy, "rclpy.node": types.ModuleType("rclpy.node"), "rclpy.executors": types.ModuleType("rclpy.executors")}
+    modules = {name: types.ModuleType(name) for name in ("rclpy.node", "rclpy.qos", "rclpy.executors")} | {"rclpy": rclpy}
     modules["rclpy.node"].Node = Node
+    modules["rclpy.qos"].qos_profile_sensor_data = SENSOR_DATA
     modules["rclpy.executors"].ExternalShutdownException = ExternalShutdownException
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
@@ -84,6 +88,7 @@ def test_a_frame_without_a_stamp_takes_the_receive_time_and_a_stop_ends_cleanly(
     stamp = calls.published[0].header.stamp
     assert (stamp.sec, stamp.nanosec) == (7, 42) and len(calls.published) == 2
     assert calls.try_shutdown == 1 and StubVPR.closed and calls.destroyed
+    assert calls.subscription_qos is SENSOR_DATA  # camera drivers publish best effort: a reliable subscription would get nothing
 
 
 def test_a_node_that_fails_to_start_still_shuts_rclpy_down(monkeypatch):
