@@ -12,6 +12,7 @@ bag's index (the bag must be readable at the same path on every node, as image f
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from .runtime.edgevpr import EdgeVPR
 from .runtime.mapping import describe_frames, describe_paths
 
 RETRIES = 2  # restarts of a dead worker, and re-runs of its batch, before the build fails
+REACH_TIMEOUT_S = 5.0  # a head that does not answer in this time is unreachable (ray.init itself retries for minutes)
 WORKER_ERROR = re.compile(r"^structvpr_edge\.errors\.(\w+): (.*)$", re.MULTILINE)  # our error's last traceback line
 
 
@@ -85,12 +87,25 @@ def require_ray(config: RayConfig) -> Any:
     return ray
 
 
+def check_reachable(address: str | None) -> None:
+    """A ``host:port`` or ``ray://host:port`` address must accept a connection before Ray is asked
+    to join it: a mistyped host or a closed port fails here in seconds, not inside ``ray.init``."""
+    host, colon, port = (address or "").removeprefix("ray://").rpartition(":")
+    if not (host and colon and port.isdigit()):  # None, "auto", "local": nothing to reach
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach Ray at {address}: {exc} (is the head running and its port open?)") from None
+
+
 @contextmanager
 def ray_session(ray: Any, address: str | None) -> Iterator[None]:
     """Ray for one build: started here unless it already runs (then left as found), and shut down
     after the build that started it, failed or not: its processes must not outlive the build."""
     started = not ray.is_initialized()
     if started:
+        check_reachable(address)
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         except (ValueError, ConnectionError, RuntimeError) as exc:  # a bad or unreachable address, a missing Ray Client

@@ -1,6 +1,8 @@
 """Ray for one build (cluster.ray_session) and what a worker's failure tells the user, on a stand-in Ray."""
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from structvpr_edge.cluster import ray_session, worker_error
@@ -37,10 +39,30 @@ def test_a_build_leaves_a_running_ray_as_it_found_it():
     assert ray.shutdowns == 0 and ray.running
 
 
+@pytest.fixture
+def listening_port():
+    """A local port that accepts connections, as a Ray head's does."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield server.getsockname()[1]
+
+
 @pytest.mark.parametrize("refusal", [ValueError("Ray Client requires pip package `ray[client]`"), ConnectionError("no cluster at auto")])
-def test_an_address_ray_cannot_use_is_a_config_error(refusal):
-    with pytest.raises(ConfigError, match="cannot start or reach Ray at ray://head:10001"), ray_session(StandInRay(refuse=refusal), "ray://head:10001"):
+def test_an_address_ray_cannot_use_is_a_config_error(refusal, listening_port):
+    address = f"ray://127.0.0.1:{listening_port}"
+    with pytest.raises(ConfigError, match=f"cannot start or reach Ray at {address}"), ray_session(StandInRay(refuse=refusal), address):
         pytest.fail("no build without Ray")
+
+
+def test_an_address_that_does_not_answer_fails_before_ray_is_asked():
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    ray = StandInRay(refuse=AssertionError("ray.init must not be reached"))
+    for address in (f"ray://127.0.0.1:{closed}", f"127.0.0.1:{closed}"):
+        with pytest.raises(ConfigError, match=f"cannot reach Ray at {address}"), ray_session(ray, address):
+            pytest.fail("no build without Ray")  # and ray.init, which retries for minutes, was never called
 
 
 def test_a_worker_error_of_ours_is_what_the_user_reads():
