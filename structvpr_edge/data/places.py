@@ -22,7 +22,7 @@ class PlaceGroups:
     paths: list  # list[Path], database images first, then queries
     label_paths: list | None
     places: list[np.ndarray]  # per place, indices into ``paths``
-    positions: np.ndarray | None = None  # (places, 2) metres: where each place is, to tell its neighbours
+    positions: np.ndarray  # (places, 2) metres: where each place is, to tell its neighbours
 
     def __len__(self) -> int:
         return len(self.places)

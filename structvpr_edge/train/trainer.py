@@ -229,8 +229,6 @@ class Stage:
         if self.config.neighbour_m == 0:
             return None
         groups = [self.groups] if real is None else [self.groups, real]
-        if any(g.positions is None for g in groups):
-            raise DatasetError("neighbour_m needs every place's position, and these places have none")
         return torch.from_numpy(np.concatenate([g.positions for g in groups])).to(self.ctx.device)
 
     def near(self, places: torch.Tensor, key_places: torch.Tensor) -> torch.Tensor | None:
