@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 from collections import defaultdict
+from multiprocessing import get_context
 from pathlib import Path
 
 import cv2
@@ -14,6 +16,7 @@ from structvpr_edge.data.names import parse_name
 from structvpr_edge.data.synthcity import (Camera, build_world, fixed_condition, generate_dataset, make_look,
                                            render_view, street_places, write_preview)
 from structvpr_edge.data.synthcity import generate as gen
+from structvpr_edge.data.synthcity.generate import interrupts_ignored
 from structvpr_edge.data.synthcity.render import Canvas
 from structvpr_edge.errors import ConfigError, DatasetError
 from structvpr_edge.labels import CITYSCAPES_CLASSES, CLASS_ID
@@ -262,3 +265,25 @@ def test_imperfect_segmenter_errs_more_at_night_in_fog():
     assert changed["night"] > changed["day"], changed
     thin = np.isin(label, [CLASS_ID["pole"], CLASS_ID["traffic sign"], CLASS_ID["traffic light"]])
     assert segmenter_labels(label, night, np.random.default_rng(2))[thin].tolist() != label[thin].tolist() or not thin.any()
+
+
+def report_interrupt_handling(queue) -> None:
+    queue.put(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+
+
+def test_worker_processes_start_with_ctrl_c_ignored():
+    """A Ctrl-C while a worker is still importing must not print its traceback: the worker is started
+    with SIGINT ignored, and the parent's own handler is back afterwards."""
+    context = get_context("spawn")
+    queue = context.Queue()
+    handler = signal.getsignal(signal.SIGINT)
+    with interrupts_ignored():
+        worker = context.Process(target=report_interrupt_handling, args=(queue,))
+        worker.start()
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert queue.get(timeout=120) is True
+    worker.join()
+    started_plainly = context.Process(target=report_interrupt_handling, args=(queue,))
+    started_plainly.start()
+    assert queue.get(timeout=120) is False  # what a worker started outside it sees: the check can fail
+    started_plainly.join()

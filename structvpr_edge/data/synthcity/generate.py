@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from multiprocessing import get_context
@@ -203,8 +205,20 @@ def _write_shot(out: Path, seed: int, preset: Preset, shot: Shot) -> dict:
 _JOB: tuple[Path, int, Preset] | None = None
 
 
+@contextmanager
+def interrupts_ignored() -> Iterator[None]:
+    """Ctrl-C ignored while worker processes are started: a spawned Python that inherits an ignored
+    SIGINT keeps it from its first instruction, so a Ctrl-C during its start-up prints nothing."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _init_worker(out: Path, seed: int, preset: Preset) -> None:
-    """Ctrl-C is the parent's to handle (it stops the pool): a worker ignores it, printing nothing."""
+    """Ctrl-C is the parent's to handle (it stops the pool): a worker ignores it, printing nothing
+    (a worker the pool starts again later was not started under ``interrupts_ignored``)."""
     global _JOB
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
@@ -274,7 +288,9 @@ def generate_dataset(out: Path, seed: int, preset: str = "benchmark", workers: i
     if workers == 1:
         rows = [_write_shot(out, seed, config, s) for s in tqdm(shots, **progress)]
     else:
-        with get_context("spawn").Pool(workers, _init_worker, (out, seed, config)) as pool:
+        with interrupts_ignored():
+            pool = get_context("spawn").Pool(workers, _init_worker, (out, seed, config))
+        with pool:
             rows = list(tqdm(pool.imap(_worker, shots, chunksize=16), **progress))
     counts: dict[str, dict[str, int]] = {}
     for r in rows:
