@@ -31,15 +31,15 @@ def gradient_shares(dataset: str, teacher: str, batches: int, settings: list[str
         parts = stage.parts(stage.model_input(stage.inputs, stage.fractions, indices))
         with torch.no_grad():
             taught = stage.teacher.forward_parts(stage.fraction_tensor(stage.fractions, indices))
-        ids = torch.from_numpy(indices)
+        ids, near = torch.from_numpy(indices), stage.near(labels, labels)  # near: None unless neighbour_m is set
         batch = Keys(taught.descriptor, parts.descriptor, labels, ids)
-        weights = group_weights(sample_groups(batch, batch, distill.samples), distill.samples)
-        metric = next(term for term in stage.terms if term.name == "metric").loss(Batch(parts, labels, ids))
+        weights = group_weights(sample_groups(batch, batch, distill.samples, near), distill.samples)
+        metric = next(term for term in stage.terms if term.name == "metric").loss(Batch(parts, labels, ids, near=near))
         terms = {
             "relational": distill.weight * relational_terms(parts, taught, stage.model, stage.teacher, distill),
             "feature": feature_kd(stage.projector(parts), taught),
             "similarity": similarity_kd(parts, taught),
-            "negatives": teacher_ranked_negatives(parts, taught, labels, ids),
+            "negatives": teacher_ranked_negatives(parts, taught, labels, ids, near),
         }
         for name, term in terms.items():
             ratio = gradient_ratio((weights * term).mean(), metric, stage.model)
