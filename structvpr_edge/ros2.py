@@ -4,8 +4,8 @@
         -p image_topic:=/camera/image/compressed
 
 It subscribes to ``image_topic`` (``sensor_msgs/msg/CompressedImage`` when the topic name ends
-in ``compressed``, else ``sensor_msgs/msg/Image``) with the sensor-data QoS (best effort) and publishes, per frame and stamped with the
-frame's own time, the messages ``localize --out result.mcap`` writes (runtime/outputs.py):
+in ``compressed``, else ``sensor_msgs/msg/Image``; the sensor-data QoS, best effort) and publishes,
+per frame and stamped with the frame's own time, the messages ``localize --out result.mcap`` writes (runtime/outputs.py):
 ``/structvpr_edge/pose`` (PoseWithCovarianceStamped) and ``/diagnostics`` (DiagnosticArray).
 
 rclpy and the ROS message packages come with a ROS 2 install (sourced ``setup.bash``), never
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
             image_type = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
             self.publishers_by_topic = {topic: self.create_publisher(message_class(msgtype), topic, 10) for topic, msgtype in TOPICS.items()}
             # best effort, as camera drivers publish (a reliable subscriber gets nothing from a best-effort
-            # publisher; a best-effort one takes both); a late frame is dropped, not queued
+            # publisher; a best-effort one takes both); the last 5 frames are kept, older ones dropped
             self.create_subscription(message_class(image_type), values["image_topic"], self.on_frame, qos_profile_sensor_data)
 
         def on_frame(self, message: Any) -> None:
