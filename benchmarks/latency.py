@@ -33,7 +33,7 @@ from pathlib import Path
 
 from structvpr_edge.artifacts import BACKENDS
 from structvpr_edge.bench.latency import LatencyConfig, latency_report
-from structvpr_edge.bench.rig import RunSpec
+from structvpr_edge.bench.rig import EXACT_QUERIES, RunSpec
 from structvpr_edge.cli import parse_size
 from structvpr_edge.errors import ConfigError
 from structvpr_edge.runtime.ort_session import parse_threads
@@ -118,7 +118,7 @@ def print_profile(name: str, profile: dict) -> None:
 def print_extras(config: LatencyConfig, report: dict) -> None:
     if "top1_agreement_with_exact" in report:
         print(f"top-1 agreement with exact search: {100 * report['top1_agreement_with_exact']:.1f}% over {report['exact_queries']} revisit "
-              f"queries (500, or one per map entry on a smaller map; search p50 {report['search_ms_on_revisits']['p50']:.2f} ms on them)")
+              f"queries ({EXACT_QUERIES}, or one per map entry on a smaller map; search p50 {report['search_ms_on_revisits']['p50']:.2f} ms on them)")
     export = report["export_parity"]
     if export:
         print(f"\nexport parity over {export['frames']} frames: min cosine {export['min_cosine']:.7f}, max abs diff {export['max_abs_diff']:.2e}")

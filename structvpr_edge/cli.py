@@ -329,9 +329,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
         _check_output(output, suffixes)
     _check_drive_options(args, ("image_topic", "pose_topic"))
     report = _eval_drive(args) if args.bag else _eval_dataset(args)
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    print(text)
     if args.json:
-        replace_whole(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+        replace_whole(args.json, lambda tmp: tmp.write_text(text + "\n"))
 
 
 def _eval_dataset(args: argparse.Namespace) -> dict:
@@ -420,8 +421,7 @@ def _export_from_kit(args: argparse.Namespace) -> None:
         raise ConfigError(f"--precision {args.precision} takes the kit's graph as calibrated ({KIT_EXPORT}): "
                           f"{', '.join(k for k, v in shaping.items() if v)} cannot change it")
     graph = prepare_kit(shipped_kit(args.model)) / {"int8": CPU_INT8, "fp16": FP16}[args.precision]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(graph, args.out)
+    replace_whole(args.out, lambda tmp: shutil.copyfile(graph, tmp))  # a kill mid-copy leaves no half graph
     print(f"{args.precision.upper()} ONNX of {args.model} written to {args.out} (from {graph})")
 
 

@@ -28,7 +28,7 @@ from .runtime.mapping import describe_frames, describe_paths
 
 RETRIES = 2  # restarts of a dead worker, and re-runs of its batch, before the build fails
 REACH_TIMEOUT_S = 5.0  # a head that does not answer in this time is unreachable (ray.init itself retries for minutes)
-WORKER_ERROR = re.compile(r"^structvpr_edge\.errors\.(\w+): (.*)$", re.MULTILINE)  # our error's last traceback line
+WORKER_ERROR = re.compile(r"^structvpr_edge\.errors\.(\w+: .*)$", re.MULTILINE)  # our error's last traceback line
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def worker_error(exc: BaseException) -> str:
     """What a Ray failure says to the user: the worker's own error (a truncated frame, a changed
     bag), which Ray Data passes on only as the text of the worker's traceback, else Ray's first line."""
     ours = WORKER_ERROR.findall(str(exc))
-    return f"{ours[-1][0]}: {ours[-1][1]}" if ours else str(exc).splitlines()[0]
+    return ours[-1] if ours else str(exc).splitlines()[0]
 
 
 def ray_pool(items: list[dict], dim: int, config: RayConfig, actor: type, actor_kwargs: dict) -> np.ndarray:

@@ -58,6 +58,7 @@ def to_rclpy(message: Any) -> Any:
 def main(argv: list[str] | None = None) -> None:
     import rclpy  # noqa: PLC0415 - a ROS 2 install, not a pip dependency
     from rclpy.node import Node  # noqa: PLC0415
+    from rclpy.executors import ExternalShutdownException  # noqa: PLC0415
     from rclpy.qos import qos_profile_sensor_data  # noqa: PLC0415
 
     from .runtime.edgevpr import EdgeVPR  # noqa: PLC0415
@@ -84,8 +85,6 @@ def main(argv: list[str] | None = None) -> None:
                 return
             for topic, built in messages(result, stamp, self.frame_id):
                 self.publishers_by_topic[topic].publish(to_rclpy(built))
-
-    from rclpy.executors import ExternalShutdownException  # noqa: PLC0415
 
     rclpy.init(args=argv if argv is not None else sys.argv)
     node = None

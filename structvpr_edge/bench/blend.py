@@ -77,7 +77,6 @@ def plot_blend(results: dict[str, list[dict]], out_png: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
     replace_whole(out_png, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return out_png

@@ -219,10 +219,11 @@ def run_figures(spec: RunSpec, result: dict, precision: str) -> dict:
 def time_artifacts(config: LatencyConfig, artifacts: dict) -> list[dict]:
     """Every artifact timed side by side and, with ``cameras`` > 1, camera_artifact's on that many cameras."""
     base = replace(config.run, cameras=1)
-    timed = [(name, replace(base, name=name, model=path, backend=backend)) for name, (path, backend, _) in artifacts.items()]
+    specs = {name: replace(base, name=name, model=path, backend=backend) for name, (path, backend, _) in artifacts.items()}
+    timed = list(specs.items())
     if config.run.cameras > 1:
         name = camera_artifact(artifacts)
-        timed.append((name, replace(dict(timed)[name], name=f"{name} x{config.run.cameras} cameras", cameras=config.run.cameras)))
+        timed.append((name, replace(specs[name], name=f"{name} x{config.run.cameras} cameras", cameras=config.run.cameras)))
     measured = measure_isolated([spec for _, spec in timed], config.frames, config.warmup)
     return [run_figures(spec, measured[spec.name], artifacts[name][2]) for name, spec in timed]
 

@@ -17,6 +17,8 @@ from ..runtime.map import Place, PlaceMap
 from ..runtime.quantized_scan import QuantizedScan
 from ..timing import stage_stats, time_calls
 
+EXACT_QUERIES = 500  # revisit queries compared with exact search (fewer on a smaller map)
+
 
 def synthetic_map(vpr, size: int, index: str, seed: int = 0, chunk: int = 100_000, keep: bool = False):
     """``size`` entries for ``vpr``'s model along synthetic routes: unit vectors clustered around
@@ -42,7 +44,7 @@ def camera_frames(count: int, size: tuple[int, int], seed: int = 0) -> list[np.n
     return [rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8) for _ in range(count)]
 
 
-def exact_agreement(place_map, vectors: np.ndarray, queries: int = 500, seed: int = 1) -> tuple[float, int, dict]:
+def exact_agreement(place_map, vectors: np.ndarray, queries: int = EXACT_QUERIES, seed: int = 1) -> tuple[float, int, dict]:
     """Share of queries whose top-1 equals exact search's, how many queries that was, and the map's
     search time on them. Queries are distinct map entries with noise (a revisit of a mapped place):
     at most one per entry, so a map smaller than ``queries`` gets one query per entry."""

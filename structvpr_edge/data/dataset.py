@@ -38,6 +38,11 @@ def read_text(path: Path) -> str:
         raise DatasetError(f"{path} is not UTF-8 text (byte {error.start}): save it as UTF-8 (in Excel: CSV UTF-8)") from None
 
 
+def read_csv(path: Path) -> csv.DictReader:
+    """A dataset's CSV file (``read_text``'s UTF-8 rule), row by row as dicts."""
+    return csv.DictReader(io.StringIO(read_text(path), newline=""))
+
+
 def file_stamp(path: Path) -> str:
     """Size and modification time of ``path`` ("missing" if absent): a cache keyed by the stamps of
     its sources is rebuilt when one is re-made in place, not read stale."""
@@ -73,7 +78,7 @@ def read_metadata(root: Path) -> dict[str, dict[str, str]]:
     path = root / METADATA
     if not path.exists():
         return {}
-    rows = list(csv.DictReader(io.StringIO(read_text(path), newline="")))
+    rows = list(read_csv(path))
     if rows and "path" not in rows[0]:
         raise DatasetError(f"{path} has no 'path' column")
     return {row["path"]: row for row in rows}

@@ -25,8 +25,6 @@ and ``time`` (seconds; rows are sorted by it when present).
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import sqlite3
 import struct
@@ -42,7 +40,7 @@ import cv2
 import numpy as np
 
 from ..errors import DatasetError
-from .dataset import read_text
+from .dataset import read_csv
 from ..images import decode_image
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
@@ -453,8 +451,8 @@ def _csv_number(row: dict[str, str], column: str, line: int, path: Path, optiona
 
 
 def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """The stripped header and the rows of a UTF-8 CSV, read as every dataset text file is (read_text)."""
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    """The stripped header and the rows of a UTF-8 CSV, read as every dataset CSV is (read_csv)."""
+    reader = read_csv(path)
     columns = [c.strip() for c in reader.fieldnames or []]
     reader.fieldnames = columns
     return columns, list(reader)

@@ -51,10 +51,10 @@ def place_groups(dataset: VPRDataset, min_images: int = 4, cell_m: float = 10.0)
     """Group the split's images by place (metadata ``place_id`` if present, else UTM clustering)."""
     subsets = (dataset.database, dataset.queries)
     paths = [p for s in subsets for p in s.paths]
+    utm = np.concatenate([s.utm for s in subsets])
     if all(s.column("place_id") is not None for s in subsets):
         place = np.array([place_id(row, dataset.root / METADATA) for s in subsets for row in s.metadata], dtype=np.int64)
     else:
-        utm = np.concatenate([s.utm for s in subsets])
         headings = np.concatenate([s.headings for s in subsets])
         place = cluster_utm(utm, headings, cell_m)
     order = np.argsort(place, kind="stable")
@@ -65,6 +65,5 @@ def place_groups(dataset: VPRDataset, min_images: int = 4, cell_m: float = 10.0)
     labels = None
     if dataset.has_labels:
         labels = [p for s in subsets for p in s.label_paths]
-    utm = np.concatenate([s.utm for s in subsets])
     positions = np.stack([utm[g].mean(axis=0) for g in groups])
     return PlaceGroups(paths=paths, label_paths=labels, places=groups, positions=positions)

@@ -98,11 +98,10 @@ def write_view(image: np.ndarray, label: np.ndarray, box: tuple[int, int, int, i
         os.replace(partial, target)  # a view is whole or absent: an interrupted run redoes only what is missing
 
 
-def window_position(sequence: int, window: list[Path], speed_mps: float) -> np.ndarray:
+def window_position(sequence: int, frame_numbers: list[int], speed_mps: float) -> np.ndarray:
     """Where a window is, in metres, without GPS: its mean frame time times an assumed speed along
     its sequence's own line, so windows a few seconds apart are neighbours and sequences never are."""
-    seconds = np.mean([int(FRAME_NAME.match(frame.stem)["frame"]) for frame in window]) / FRAME_RATE
-    return np.array([sequence * SEQUENCES_APART_M, seconds * speed_mps])
+    return np.array([sequence * SEQUENCES_APART_M, np.mean(frame_numbers) / FRAME_RATE * speed_mps])
 
 
 def real_places(root: str | Path, split: str, scheme: str, out: Path, conf: FrameViews, labels_root: str | Path | None = None,
@@ -147,5 +146,6 @@ def real_places(root: str | Path, split: str, scheme: str, out: Path, conf: Fram
             paths.append(image_out)
             label_paths.append(label_out)
         places.append(np.array(members))
-    positions = np.stack([window_position(sequence, frames, speed_mps) for sequence, frames in windows])
+    number = {path: n for frames in sequences for n, path in frames}
+    positions = np.stack([window_position(sequence, [number[f] for f in frames], speed_mps) for sequence, frames in windows])
     return PlaceGroups(paths=paths, label_paths=label_paths, places=places, positions=positions)

@@ -32,6 +32,7 @@ from .dataset import IMAGE_EXTENSIONS
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+HEADER_BYTES = 1 << 18  # where a PNG's or JPEG's size is read first (the whole file only if it lies further)
 
 
 @dataclass
@@ -76,8 +77,14 @@ def image_files(images_root: Path, labels_root: Path) -> list[Path]:
 
 
 def _pixel_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from a PNG or JPEG header, without decoding; None for other formats."""
-    return header_size(path.read_bytes())
+    """(width, height) from a PNG or JPEG header, without decoding; None for other formats. The
+    file's head is read first: a rerun over a large folder must not read every image whole."""
+    with path.open("rb") as handle:
+        head = handle.read(HEADER_BYTES)
+    size = header_size(head)
+    if size is None and len(head) == HEADER_BYTES:  # the size marker may lie past the head (a large EXIF block)
+        size = header_size(path.read_bytes())
+    return size
 
 
 def _to_segment(images: list[Path], images_root: Path, labels_root: Path, overwrite: bool) -> list[Path]:

@@ -304,9 +304,7 @@ def build_engine(config: EngineBuildConfig, trt=None, gpu: GpuInfo | None = None
     files = [(engine_manifest_path(config.out), (json.dumps(manifest, indent=2) + "\n").encode()), (config.out, engine)]
     if config.timing_cache is not None and api.timing_cache:
         files.append((config.timing_cache, bytes(builder_config.get_timing_cache().serialize())))
-    for path, _ in files:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    _swap_in(files)
+    _swap_in(files)  # replace_whole makes missing folders
     return manifest
 
 

@@ -161,7 +161,6 @@ def export_onnx(
     dummy = torch.from_numpy(example_input(info, 1, rng))
     dynamic_axes = {info.input_name: {0: "batch"}, info.output_name: {0: "batch"}} if batch == "dynamic" else None
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     done: dict = {}
 
     def write(tmp: Path) -> None:

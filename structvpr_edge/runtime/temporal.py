@@ -50,8 +50,8 @@ class PlaceFilter:
         self.poses = np.zeros((0, 2))  # the map's poses at ``rows`` when they were believed in
 
     def same_map(self, poses: np.ndarray) -> bool:
-        """Whether the map's rows still name the places this belief is about."""
-        return len(self.rows) == 0 or (int(self.rows.max()) < len(poses) and np.array_equal(poses[self.rows], self.poses, equal_nan=True))
+        """Whether the map's rows still name the places this (non-empty) belief is about."""
+        return int(self.rows.max()) < len(poses) and np.array_equal(poses[self.rows], self.poses, equal_nan=True)
 
     def update(self, rows: np.ndarray, scores: np.ndarray, poses: np.ndarray) -> np.ndarray:
         """Fold in one frame's candidates (best first) given the map's (N, 2+) poses; returns the posterior over ``rows``."""
@@ -59,8 +59,9 @@ class PlaceFilter:
         rows = rows[valid]
         scores = scores[valid].astype(np.float64)  # float32 would turn a small temperature into 0/0
         likelihood = np.exp((scores - scores.max()) / self.config.temperature)
-        if len(self.rows) and self.same_map(poses):
-            distance = np.linalg.norm(poses[rows][:, None, :2] - poses[self.rows][None, :, :2], axis=2)
+        here = poses[rows]
+        if len(self.rows) and self.same_map(poses):  # then self.poses is what the map holds at self.rows
+            distance = np.linalg.norm(here[:, None, :2] - self.poses[None, :, :2], axis=2)
             reachable = (distance <= self.config.max_move_m).astype(np.float64)
             moves = reachable / np.maximum(reachable.sum(axis=0), 1)  # each previous row's belief split among its reachable candidates
             prior = moves @ self.belief + self.config.teleport
@@ -68,5 +69,5 @@ class PlaceFilter:
             prior = np.ones(len(rows))
         posterior = prior * likelihood
         posterior /= posterior.sum()
-        self.rows, self.belief, self.poses = rows, posterior, poses[rows]
+        self.rows, self.belief, self.poses = rows, posterior, here
         return posterior

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ...errors import ConfigError, DatasetError
 from ...files import replace_whole
+from ..dataset import METADATA
 from ..names import ImageName, format_name
 from . import conditions as cond
 from . import render as rd
@@ -249,7 +250,7 @@ def _prepare(out: Path) -> None:
     replace_whole(out / UNFINISHED, lambda tmp: tmp.write_text('{"generator": "synthcity", "complete": false}\n'))
     for sub in ("images", "labels"):
         shutil.rmtree(out / sub, ignore_errors=True)
-    for name in ("metadata.csv", MANIFEST):
+    for name in (METADATA, MANIFEST):
         (out / name).unlink(missing_ok=True)
     for split in SPLITS:
         for subset in ("database", "queries"):
@@ -259,7 +260,7 @@ def _prepare(out: Path) -> None:
 
 def _finish(out: Path, rows: list[dict], manifest: str) -> Path:
     """metadata.csv, then the manifest (whole), then the UNFINISHED marker removed: ``out`` is complete."""
-    with open(out / "metadata.csv", "w", newline="") as handle:
+    with open(out / METADATA, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
