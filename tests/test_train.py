@@ -26,7 +26,7 @@ from structvpr_edge.models.student import StructVPRStudent
 from structvpr_edge.train.config import OldConfigWarning, Recipe, config_to_dict, load_config, recipe
 from structvpr_edge.images import read_rgb
 from structvpr_edge.train.data import PlaceBatchSampler, frozen_feature_array, normalize_images, read_many
-from structvpr_edge.train.trainer import Stage, gradient_ratio, setup_context, train
+from structvpr_edge.train.trainer import RunLog, Stage, gradient_ratio, setup_context, train
 
 FAST = {"steps": 24, "places_per_batch": 6, "val_every": 12, "log_every": 4, "warmup_steps": 4, "checkpoint_every": 12}
 # Enough to learn the hard places' invariances: a short run with larger learning rates.
@@ -91,6 +91,20 @@ def test_two_stage_training_writes_everything(trained):
     assert {"metric", "mask", "distill"} <= set(steps[0])
     ratios = [r["kd_grad_ratio"] for r in steps]  # every log step of a distilling run carries it
     assert all(math.isfinite(ratio) and ratio > 0 for ratio in ratios), ratios
+
+
+def test_run_log_writes_the_last_epochs_shares(tmp_path):
+    """A run's step budget usually ends inside an epoch: its shares are written at close, not lost."""
+    log = RunLog(tmp_path / "log.jsonl")
+    log.epoch(0, 0)
+    log.shares.update(["both_right", "both_right", "noisy"])
+    log.epoch(1, 250)
+    log.shares.update(["teacher_moderate"])
+    log.close(300)
+    shares = [r for r in log_rows(tmp_path) if "group_shares" in r]
+    assert [(r["epoch"], r["step"]) for r in shares] == [(0, 250), (1, 300)]
+    assert shares[0]["group_shares"]["both_right"] == pytest.approx(2 / 3)
+    assert shares[1]["group_shares"]["teacher_moderate"] == 1.0
 
 
 def untrained_recall(config_path: Path, stage: str, teacher: Path, dataset: Path, out: Path) -> float:

@@ -127,7 +127,8 @@ def make_optimizer(model: nn.Module, optim: OptimConfig, extra: nn.Module | None
 
 class RunLog:
     """``log.jsonl`` (main rank only; ``path`` None elsewhere): step records, validations, and the
-    share of each sample group over every epoch, written when the next epoch begins."""
+    share of each sample group over every epoch, written when the next epoch begins or the run ends
+    (the last epoch is often cut short by the step budget; its record's ``step`` says where)."""
 
     def __init__(self, path: Path | None) -> None:
         self.file = path.open("a") if path is not None else None
@@ -144,15 +145,20 @@ class RunLog:
             self.file.flush()
 
     def epoch(self, epoch: int, step: int) -> None:
-        if self.current_epoch is not None and epoch != self.current_epoch and self.shares and self.open:
-            total = sum(self.shares.values())
-            self.write({"epoch": self.current_epoch, "step": step, "group_shares": {g: self.shares[g] / total for g in GROUPS}})
-            self.shares.clear()
+        if epoch != self.current_epoch:
+            self._write_shares(step)
         self.current_epoch = epoch
 
-    def close(self) -> None:
+    def close(self, step: int) -> None:
+        self._write_shares(step)
         if self.file is not None:
             self.file.close()
+
+    def _write_shares(self, step: int) -> None:
+        if self.current_epoch is not None and self.shares and self.open:
+            total = sum(self.shares.values())
+            self.write({"epoch": self.current_epoch, "step": step, "group_shares": {g: self.shares[g] / total for g in GROUPS}})
+        self.shares.clear()
 
 
 class Stage:
@@ -395,7 +401,7 @@ class Stage:
                 blend_toward_imagenet(self.model.backbone, self.config.imagenet_blend)
                 recall = self.validate()
                 log.write({"step": step, "imagenet_blend": self.config.imagenet_blend} | ({} if recall is None else {"val_recall@1": recall}))
-            log.close()
+            log.close(step + 1)
             save_checkpoint(final, self.model.cpu(), self.config.image_size, config_to_dict(self.config), {"stage": self.stage, "steps_done": step + 1})
             plot_training_curves(self.out / "log.jsonl", self.out / "curves.png")
         self.ctx.barrier()
