@@ -22,6 +22,7 @@ from structvpr_edge.errors import ConfigError, DatasetError
 from structvpr_edge.eval.evaluate import evaluate
 from structvpr_edge.eval.models import load_extractor
 from structvpr_edge.models.checkpoint import build_model, load_checkpoint, save_checkpoint, shipped_path
+from structvpr_edge.models.efficientnet_lite import EfficientNetLite0
 from structvpr_edge.models.student import StructVPRStudent
 from structvpr_edge.train.config import OldConfigWarning, Recipe, config_to_dict, load_config, recipe
 from structvpr_edge.images import read_rgb
@@ -90,6 +91,8 @@ def test_two_stage_training_writes_everything(trained):
     steps = [r for r in rows if "loss" in r]
     assert {"metric", "mask", "distill"} <= set(steps[0])
     ratios = [r["kd_grad_ratio"] for r in steps]  # every log step of a distilling run carries it
+    assert steps[0]["step"] == 0 and steps[0]["lr"] == pytest.approx(QUALITY["lr"] / QUALITY["warmup_steps"])  # the rate step 0 trained at
+    assert steps[1]["lr"] == pytest.approx(QUALITY["lr"])  # step 4: warm-up done, cosine not yet begun
     assert all(math.isfinite(ratio) and ratio > 0 for ratio in ratios), ratios
 
 
@@ -468,6 +471,20 @@ def test_a_checkpoint_config_reads_back_as_the_same_config(tmp_path):
         assert load_config(path) == config
 
 
+def test_the_frozen_feature_cache_is_keyed_by_the_frozen_weights(place_dataset, tmp_path):
+    """Two backbones of other frozen weights (random draws here; ImageNet and random alike) must not share a
+    cache: a run would train on one backbone's features and ship another's frozen blocks."""
+    paths = load_dataset(place_dataset, "train").database.paths[:4]
+    for seed in (0, 1, 0):
+        torch.manual_seed(seed)
+        backbone = EfficientNetLite0(stride=16, frozen_blocks=2)
+        cached = frozen_feature_array(backbone, paths, (64, 48), tmp_path)
+        with torch.inference_mode():
+            own = backbone.eval().forward_frozen(normalize_images(read_many(read_rgb, paths, (64, 48)))).numpy()
+        np.testing.assert_allclose(cached.astype(np.float32), own, rtol=1e-2, atol=1e-2)
+    assert len(list(tmp_path.glob("frozen-*.npy"))) == 2  # the third backbone is the first again: its cache is reused
+
+
 def test_photometric_relights_a_share_of_the_training_images_the_same_way_in_every_run(place_dataset, tmp_path):
     """``photometric``: that share of the images is cached under another light, the same images and
     light in every run (a fresh cache rebuilds the same pixels), in a cache of its own."""
@@ -483,6 +500,21 @@ def test_photometric_relights_a_share_of_the_training_images_the_same_way_in_eve
     for share in (-0.1, 1.5):
         with pytest.raises(ConfigError, match="photometric"):
             load_config(None, {"photometric": share})
+
+
+def test_a_bf16_forward_leaves_ranks_and_losses_in_float32(easy, place_dataset, monkeypatch):
+    """On CUDA the forward passes run under bfloat16 autocast; similarities in bf16 step by 0.004 near 1,
+    so the ranks behind the sample weights would tie. CPU autocast stands in for CUDA's here: the batch
+    the terms read, the sample groups and the losses must be those of float32 descriptors."""
+    config = load_config(None, tiny_config(place_dataset, easy / "cache", mode="structvpr++", distill={"negative_weight": 1.0}))
+    stage = Stage(config, "student", easy / "bf16", setup_context("cpu"), easy / "teacher" / "model.pt")
+    monkeypatch.setattr(stage, "mixed_precision", lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    _, indices, labels = next(iter(stage.sampler()))
+    with torch.no_grad():
+        terms, groups = stage.losses(stage.parts, indices, torch.from_numpy(labels), step=10)
+        batch = stage.batch(stage.parts, indices, torch.from_numpy(labels))
+    tensors = [batch.parts.descriptor, batch.parts.presence, batch.parts.mask_logits, batch.teacher.descriptor, *terms.values()]
+    assert all(t.dtype == torch.float32 for t in tensors), [t.dtype for t in tensors]
 
 
 def test_neighbouring_places_are_marked_in_every_batch(easy, place_dataset):

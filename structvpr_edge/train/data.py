@@ -86,7 +86,7 @@ def relit_reader(share: float) -> Callable[[Path, tuple[int, int]], np.ndarray]:
 def frozen_feature_array(
     backbone: torch.nn.Module, paths: list[Path], image_size: tuple[int, int], cache_dir: Path, relight: float = 0.0
 ) -> np.ndarray:
-    """float16 output of the frozen ImageNet blocks; the raw uint8 images when nothing is frozen.
+    """float16 output of the frozen blocks (keyed by their weights); the raw uint8 images when nothing is frozen.
     ``relight``: the share of images read through ``relit_reader`` (0: the files as they are)."""
     read = relit_reader(relight) if relight > 0 else read_rgb
     params = f"{image_size}" + (f"-relight{relight}" if relight > 0 else "")
@@ -102,7 +102,7 @@ def frozen_feature_array(
         backbone.train(was_training)
         return features.float().cpu().numpy().astype(np.float16)
 
-    return cached_array(cache_dir, "frozen", paths, f"{params}-{backbone.frozen_blocks}-imagenet", compute)
+    return cached_array(cache_dir, "frozen", paths, f"{params}-{backbone.frozen_blocks}-{backbone.frozen_digest()[:16]}", compute)
 
 
 def to_model_input(array: np.ndarray, indices: np.ndarray) -> torch.Tensor:

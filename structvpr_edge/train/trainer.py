@@ -7,7 +7,8 @@ how reliable the teacher is (see weights.py); ``structvpr++`` adds the mask loss
 per-group distillation. ``baseline`` is the metric loss alone. What each mode uses is read from
 one :class:`~.config.Recipe`; the loss terms, their weights and schedules from one table
 (``objective.py``).
-Runs on CPU, or CUDA with bfloat16 autocast; ``torchrun`` gives distributed data parallel.
+Runs on CPU, or CUDA with bfloat16 autocast on the forward passes (ranks and losses in float32);
+``torchrun`` gives distributed data parallel.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import math
 import os
 import time
 from collections import Counter
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,20 +272,25 @@ class Stage:
     def fraction_tensor(self, fractions: np.ndarray, indices: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(fractions[indices]).astype(np.float32) / 255).to(self.ctx.device)
 
+    def mixed_precision(self) -> AbstractContextManager:
+        """bfloat16 autocast on CUDA (nothing on CPU)."""
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.ctx.device.type == "cuda" else nullcontext()
+
     def batch(self, net: nn.Module, indices: np.ndarray, labels: torch.Tensor) -> Batch:
         """The model's outputs on the batch, and with a teacher its outputs and the anchors' sample
         groups, ranked against the rank memory (which then remembers this batch)."""
         fractions = self.fraction_tensor(self.fractions, indices) if self.recipe.mask_loss or self.teacher is not None else None
         x = self.model_input(self.inputs, self.fractions, indices)
         ids = torch.from_numpy(indices).to(labels.device)
-        batch = Batch(net(x), labels, ids, fractions, near=self.near(labels, labels))
-        if self.imagenet is not None:
+        with self.mixed_precision():  # the forward passes only: ranks and losses below are float32
+            parts = net(x)
             with torch.no_grad():
-                batch.imagenet_trunk = self.imagenet.forward_trainable(x)  # x: the cached frozen part's output, or the image
-        if self.teacher is not None:
-            with torch.no_grad():
-                batch.teacher = self.teacher.forward_parts(fractions)
-            keys = Keys(batch.teacher.descriptor.float(), batch.parts.descriptor.float(), labels, ids)
+                trunk = None if self.imagenet is None else self.imagenet.forward_trainable(x)  # x: the cached frozen part's output, or the image
+                teacher = None if self.teacher is None else self.teacher.forward_parts(fractions)
+        batch = Batch(parts.float(), labels, ids, fractions, near=self.near(labels, labels),
+                      teacher=None if teacher is None else teacher.float(), imagenet_trunk=None if trunk is None else trunk.float())
+        if batch.teacher is not None:
+            keys = Keys(batch.teacher.descriptor, batch.parts.descriptor, labels, ids)
             ranked_among = self.memory.keys(keys)
             batch.sample_groups = sample_groups(keys, ranked_among, self.config.distill.samples, self.near(labels, ranked_among.places))
             self.memory.push(keys)
@@ -334,7 +340,7 @@ class Stage:
             record = self._train_step(net, optimizer, scheduler, indices, torch.from_numpy(place_labels).to(self.ctx.device), step, log)
             elapsed = time.time() - began
             if record is not None:
-                log.write({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], "time_s": round(elapsed, 1), **record})
+                log.write({"step": step, "epoch": epoch, "time_s": round(elapsed, 1), **record})
                 progress.set_postfix(loss=f"{record['loss']:.3f}")
             out_of_time = self.optim.time_budget_min is not None and elapsed > self.optim.time_budget_min * 60
             self._validate_and_save(step, step == self.optim.steps - 1 or out_of_time, optimizer, scheduler, log)
@@ -361,13 +367,11 @@ class Stage:
     def _train_step(self, net: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
                     indices: np.ndarray, labels: torch.Tensor, step: int, log: RunLog) -> dict | None:
         """One optimiser step; the step's record for the log on a logged step, else None."""
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.ctx.device.type == "cuda" else nullcontext()
-        with autocast:
-            parts, sample_group = self.losses(net, indices, labels, step)
+        parts, sample_group = self.losses(net, indices, labels, step)
         loss = sum(parts.values())
         record = None
         if log.open and (step % self.optim.log_every == 0 or step == self.optim.steps - 1):
-            record = {name: value.item() for name, value in parts.items()} | {"loss": loss.item()}
+            record = {name: value.item() for name, value in parts.items()} | {"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}  # the heads' rate this step
             ratio = gradient_ratio(parts["distill"], parts["metric"], self.model) if "distill" in parts else None
             if ratio is not None:
                 record["kd_grad_ratio"] = ratio
