@@ -8,6 +8,8 @@ Each row is a method-table run folder (its ``s*/model.pt`` seeds) or one checkpo
 blended at every share (``imagenet_blend`` in train/config.py), written under ``--out`` (ship one
 with ``structvpr-edge ship``) and measured on SynthCity val and the real val: corridor R@1/R@5 and
 CamVid-val mask mIoU. Prints mean ± std over the seeds; the share is chosen on these columns only.
+A checkpoint already blended (the shipped file: 0.2) is blended further, and its rows are named by the
+share it ends at: ``shipped`` at ``--shares 0,0.2`` reads as ``a=0.2`` and ``a=0.36``.
 """
 from __future__ import annotations
 

@@ -42,8 +42,20 @@ def test_blend_benchmark_writes_each_share_and_reads_it_on_the_val(student_check
 def test_blend_refuses_a_model_without_an_imagenet_backbone(tmp_path):
     teacher = save_checkpoint(tmp_path / "teacher.pt", SegTeacher(), (64, 48), {})
     with pytest.raises(ModelError, match="teacher"):
-        write_blended(teacher, 0.2, tmp_path / "out.pt")
-    assert not (tmp_path / "out.pt").exists()
+        write_blended(teacher, 0.2, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_blended_checkpoint_blended_again_records_the_share_it_stands_at(student_checkpoint, tmp_path):
+    """The shipped file is already blended 0.2: a further 0.2 leaves 0.8 x 0.8 of the trained offset, 0.36."""
+    once, first = write_blended(student_checkpoint, 0.2, tmp_path / "once")
+    twice, total = write_blended(once, 0.2, tmp_path / "twice")
+    assert (first, total) == (0.2, 0.36) and twice.name == "blend-0.36.pt"
+    assert load_checkpoint(twice)[1]["train_config"]["imagenet_blend"] == 0.36
+    trained, imagenet = load_checkpoint(student_checkpoint)[0].state_dict(), build_model("structvpr++", {}, imagenet=True).state_dict()
+    blended = load_checkpoint(twice)[0].state_dict()
+    key = next(k for k in trained if k.startswith("backbone.") and trained[k].is_floating_point() and not torch.equal(trained[k], imagenet[k]))
+    torch.testing.assert_close(blended[key] - imagenet[key], 0.64 * (trained[key] - imagenet[key]))
 
 
 def test_blend_table_checks_every_row_and_share_before_the_first_blend(student_checkpoint, tmp_path):

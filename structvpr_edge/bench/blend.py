@@ -21,14 +21,19 @@ from ..models.efficientnet_lite import EfficientNetLite0, blend_toward_imagenet,
 from .table import real_val
 
 
-def write_blended(checkpoint: Path, share: float, out: Path) -> Path:
-    """``checkpoint``'s model with its backbone blended ``share`` toward ImageNet, saved at ``out``."""
+def write_blended(checkpoint: Path, share: float, out_dir: Path) -> tuple[Path, float]:
+    """``checkpoint``'s model with its backbone blended ``share`` toward ImageNet, saved in ``out_dir``
+    as ``blend-A.pt``, and A: the share it now stands at. A checkpoint already blended by s0 (the
+    shipped file: 0.2) ends at 1 - (1 - s0)(1 - share), and its name and config say so."""
     model, meta = load_checkpoint(checkpoint)
     if not isinstance(getattr(model, "backbone", None), EfficientNetLite0):
         raise ModelError(f"{checkpoint} holds a {meta['model_type']} model: only an RGB student has an ImageNet backbone to blend")
     blend_toward_imagenet(model.backbone, share)
-    config = meta["train_config"] | {"imagenet_blend": share}
-    return save_checkpoint(out, model, tuple(meta["input"]["size"]), config, derived_extra(meta, blended_from=checkpoint))
+    total = round(1 - (1 - meta["train_config"].get("imagenet_blend", 0.0)) * (1 - share), 6)
+    config = meta["train_config"] | {"imagenet_blend": total}
+    out = save_checkpoint(out_dir / f"blend-{total:g}.pt", model, tuple(meta["input"]["size"]), config,
+                          derived_extra(meta, blended_from=checkpoint))
+    return out, total
 
 
 def seed_runs(runs: Path) -> list[Path]:
@@ -37,7 +42,7 @@ def seed_runs(runs: Path) -> list[Path]:
 
 
 def blend_table(rows: dict[str, Path], shares: list[float], out: Path, val: VPRDataset, corridor: Path, camvid: Path) -> dict[str, list[dict]]:
-    """``"ROW a=SHARE"`` -> one figures dict per seed: val R@1 and the real val columns. Every share
+    """``"ROW a=SHARE"`` (the share the model stands at, see write_blended) -> one figures dict per seed: val R@1 and the real val columns. Every share
     and row is checked before the first blend."""
     for share in shares:
         check_blend_share(share)
@@ -48,9 +53,9 @@ def blend_table(rows: dict[str, Path], shares: list[float], out: Path, val: VPRD
     results: dict[str, list[dict]] = {}
     for name, run, share in tqdm(jobs, desc="blend"):
         seed = run.parent.name if run.name == "model.pt" else run.stem
-        path = write_blended(run, share, out / name / seed / f"blend-{share:g}.pt")
-        figures = {"row": name, "seed": seed, "share": share, "val": evaluate(load_extractor(str(path)), val).recall["1"]}
-        results.setdefault(f"{name} a={share:g}", []).append(figures | real_val(path, corridor, camvid))
+        path, total = write_blended(run, share, out / name / seed)
+        figures = {"row": name, "seed": seed, "share": total, "val": evaluate(load_extractor(str(path)), val).recall["1"]}
+        results.setdefault(f"{name} a={total:g}", []).append(figures | real_val(path, corridor, camvid))
     return results
 
 
