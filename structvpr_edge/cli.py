@@ -214,7 +214,7 @@ def command(name: str, summary: str, *options: tuple, renamed: dict[str, str] | 
     return register
 
 
-@command("demo", "generate a route, map it, localize a night/winter drive with the shipped model",
+@command("demo", "generate a route, map it, localize a drive at night or dusk, in rain or fog, with the shipped model",
          arg("--out", default="demo-output", help="output folder: the route, the map, demo.json and demo.png"), model(default="structvprpp"),
          arg("--places", type=_count(10_000), default=120, help="places along the demo route"),
          arg("--from-bags", action="store_true", help="the route as two ROS 2 bags (MCAP): map from one, localize the other (needs .[ros])"),
@@ -231,21 +231,27 @@ def cmd_demo(args: argparse.Namespace) -> None:
          arg("--preset", default="benchmark", choices=SYNTH_PRESETS,
              help="smoke: a tiny city for tests; benchmark: the standard set; benchmark-hard: queries shifted and turned, imperfect labels"),
          arg("--workers", type=_count(1024), default=None, help="processes (default: all cores)"),
-         arg("--splits", default="train,val,test", help="comma-separated subset of train,val,test to render"),
+         arg("--splits", default=None, help="comma-separated subset of train,val,test to render (default: all three)"),
          arg("--format", choices=("folder", "rosbag2"), default="folder",
              help="folder: the VPR layout; rosbag2: the demo route in the --preset's city as two MCAP bags, OUT/drive1 (day) and "
-                  "OUT/drive2 (night, winter), with CompressedImage JPEG frames and NavSatFix fixes (its frames also in OUT/route)"),
-         arg("--places", type=_positive_int, default=120, help="places along the route of --format rosbag2"))
+                  "OUT/drive2 (hard conditions: night or dusk, rain or fog, autumn or winter), with CompressedImage JPEG frames and NavSatFix fixes (its frames also in OUT/route)"),
+         arg("--places", type=_positive_int, default=None, help="places along the route of --format rosbag2 (default: 120)"))
 def cmd_synth(args: argparse.Namespace) -> None:
     from .data.synthcity import generate_dataset
+    from .data.synthcity.generate import SPLITS
 
+    misplaced = ["--splits", "--workers"] if args.format == "rosbag2" else ["--places"]
+    given = [option for option in misplaced if getattr(args, option[2:]) is not None]
+    if given:  # an option the format does not read would be dropped without a word
+        raise ConfigError(f"{' and '.join(given)} do not apply to --format {args.format}")
     if args.format == "rosbag2":
         from .data.synthcity.bags import CAMERA_TOPIC, FIX_TOPIC, generate_route_bags
 
-        bags = generate_route_bags(args.out, seed=args.seed, places=args.places, preset=args.preset)
+        bags = generate_route_bags(args.out, seed=args.seed, places=args.places or 120, preset=args.preset)
         print(f"SynthCity drives written to {', '.join(map(str, bags.values()))} (camera {CAMERA_TOPIC}, fixes {FIX_TOPIC})")
         return
-    out = generate_dataset(Path(args.out), seed=args.seed, preset=args.preset, workers=args.workers, splits=tuple(args.splits.split(",")))
+    splits = tuple(args.splits.split(",")) if args.splits else SPLITS
+    out = generate_dataset(Path(args.out), seed=args.seed, preset=args.preset, workers=args.workers, splits=splits)
     print(f"SynthCity dataset written to {out}")
 
 

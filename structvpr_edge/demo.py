@@ -1,7 +1,8 @@
 """``structvpr-edge demo``: the whole product in under two minutes, from the installed package.
 
 1. generate a small SynthCity route: a reference traversal (day, summer) and a query
-   traversal of the same streets at night in winter;
+   traversal of the same streets in hard conditions (night or dusk, rain or fog,
+   autumn or winter, drawn per street);
 2. export the shipped StructVPR++ student to ONNX and build a map from the reference traversal;
 3. localize every query frame in order with a progress bar (ONNX Runtime, CPU);
 4. print Recall@1 (single frame and with the temporal filter) and per-stage latency;
@@ -56,7 +57,7 @@ def sheet(queries: list[Path], matches: list[Path], correct: list[bool], out_png
     rows under a legend that says so (a figure is read without the code beside it)."""
     picks = np.linspace(0, len(queries) - 1, min(rows, len(queries))).astype(int)
     legend = np.full((64, 648, 3), 255, np.uint8)
-    for x, text in ((8, "query: night, winter"), (336, "its top-1 place in the day map")):
+    for x, text in ((8, "query: night or dusk, rain or fog"), (336, "its top-1 place in the day map")):
         cv2.putText(legend, text, (x, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     for x, colour, text in ((8, GREEN, f"green frame: within {radius:g} m of the query"), (336, RED, "red frame: a wrong place")):
         cv2.rectangle(legend, (x, 38), (x + 18, 56), colour, -1)
@@ -140,7 +141,7 @@ def print_summary(summary: dict) -> None:
         print(f"error along the route: {summary['figure']}  ({summary['seconds']:.0f} s in all)")
         return
     latency = summary["latency_ms"]
-    print(f"\nRecall@1 of {summary['places']} night/winter frames: {100 * summary['recall@1']:.1f}% single frame, "
+    print(f"\nRecall@1 of {summary['places']} hard-condition frames (night or dusk, rain or fog): {100 * summary['recall@1']:.1f}% single frame, "
           f"{100 * summary['recall@1_temporal']:.1f}% with the temporal filter")
     print("latency p50 (ms): " + ", ".join(f"{stage} {latency[stage]['p50']:.2f}" for stage in latency))
     print(f"queries beside their matches: {summary['figure']}  ({summary['seconds']:.0f} s in all)")

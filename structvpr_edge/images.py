@@ -27,6 +27,13 @@ def imread(path: Path, flags: int = cv2.IMREAD_COLOR, what: str = "image") -> np
     return image
 
 
+def imwrite(path: Path, image: np.ndarray, params: Sequence[int] = (), what: str = "image") -> None:
+    """Write ``image`` or raise a DatasetError naming ``path``: OpenCV returns False on a full disk
+    or a file-size limit instead of raising, and a dataset missing files must not be called complete."""
+    if not cv2.imwrite(str(path), image, list(params)):
+        raise DatasetError(f"cannot write {what} {path}")
+
+
 def read_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     """An RGB image, area-resized to ``size`` (W, H) unless None or already that size."""
     return cv2.cvtColor(resize_area(imread(path), size), cv2.COLOR_BGR2RGB)

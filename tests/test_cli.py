@@ -43,6 +43,15 @@ def test_synth_preset_choices_are_the_generator_presets(capsys):
     assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
+
+@pytest.mark.parametrize("options", [["--format", "rosbag2", "--splits", "bogus"], ["--format", "rosbag2", "--workers", "7"],
+                                     ["--places", "3"]], ids=" ".join)
+def test_synth_refuses_an_option_its_format_does_not_read(options, tmp_path, capsys):
+    """rosbag2 used to write its bags and drop --splits and --workers without a word (a bad --splits included)."""
+    assert main(["synth", "--out", str(tmp_path / "s"), "--preset", "smoke", *options]) == 2
+    assert f"{options[-2]} do not apply to --format" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
 def test_a_dataset_is_required_in_some_spelling(capsys):
     assert main(["build-map", "--model", "m.onnx", "--out", "o"]) == 2
     assert "--dataset" in capsys.readouterr().err

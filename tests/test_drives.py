@@ -36,7 +36,7 @@ FIX, ODOMETRY, POSE = "sensor_msgs/msg/NavSatFix", "nav_msgs/msg/Odometry", "geo
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
-    """The demo route (night/winter queries) in the folder layout and as two MCAP bags."""
+    """The demo route (queries in hard conditions) in the folder layout and as two MCAP bags."""
     out = tmp_path_factory.mktemp("drives")
     generate_route_bags(out, seed=3, places=PLACES)
     return out

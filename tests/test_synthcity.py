@@ -223,6 +223,28 @@ def test_val_places_are_far_from_every_train_place(rows: list[dict]):
     assert gen.city_seed(3, "val") not in (gen.city_seed(3, "train"), gen.city_seed(3, "test"))
 
 
+
+def test_no_seed_trains_on_another_seeds_test_or_val_city():
+    """Seed 1's train city was seed 0's test city, seed 2's its val city; published seeds keep theirs."""
+    owners: dict[int, tuple[int, str]] = {}
+    for seed in [*range(3003), 2**32 - 1]:
+        for split in ("train", "val", "test"):
+            city = gen.city_seed(seed, split)
+            assert owners.setdefault(city, (seed, split)) == (seed, split), (city, owners[city], (seed, split))
+    assert [gen.city_seed(0, s) for s in ("train", "test", "val")] == [0, 1, 2]
+    assert [gen.city_seed(7, s) for s in ("train", "test", "val")] == [7, 7001, 7002]
+    with pytest.raises(ConfigError, match="seed"):
+        generate_dataset(Path("unused"), seed=2**32, preset="smoke")
+
+
+def test_an_image_that_cannot_be_written_stops_the_dataset(tmp_path, monkeypatch):
+    """OpenCV returns False on a full disk instead of raising: the dataset used to be marked complete without it."""
+    real_imwrite = cv2.imwrite
+    monkeypatch.setattr(cv2, "imwrite", lambda path, *a: False if "_p2@" in path else real_imwrite(path, *a))
+    with pytest.raises(DatasetError, match="cannot write image .*_p2"):
+        generate_dataset(tmp_path / "out", seed=3, preset="smoke", workers=1, splits=("val",))
+    assert not (tmp_path / "out" / "synthcity.json").exists() and gen.holds_synthcity(tmp_path / "out")
+
 def _query_offsets(preset: str) -> tuple[np.ndarray, np.ndarray]:
     """Lateral offset (m) and heading change (deg) of the first test queries from their places."""
     config = gen.get_preset(preset)
@@ -266,6 +288,15 @@ def test_imperfect_segmenter_errs_more_at_night_in_fog():
     thin = np.isin(label, [CLASS_ID["pole"], CLASS_ID["traffic sign"], CLASS_ID["traffic light"]])
     assert segmenter_labels(label, night, np.random.default_rng(2))[thin].tolist() != label[thin].tolist() or not thin.any()
 
+
+
+@pytest.mark.parametrize("rate", [0.03, 0.07, 0.25])
+def test_confusion_blobs_cover_the_share_the_error_rate_states(rate):
+    """Cut at ``rate`` itself, the upsampled field covered 0.0008 of the image at 0.03 and 0.11 at 0.25."""
+    from structvpr_edge.data.synthcity.segmenter import confusion_blobs
+
+    shares = [confusion_blobs((120, 160), rate, np.random.default_rng(seed)).mean() for seed in range(5)]
+    assert np.allclose(shares, rate, atol=0.01), shares
 
 def report_interrupt_handling(queue) -> None:
     queue.put(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)

@@ -36,14 +36,20 @@ def _confusion_table() -> np.ndarray:
 CONFUSION = _confusion_table()
 
 
+def confusion_blobs(shape: tuple[int, ...], rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Blobs covering ``rate`` of an HxW image: a coarse random field, upsampled, cut at its own
+    ``rate`` quantile (the upsampling bunches values near 0.5, so cutting at ``rate`` itself
+    covered a tenth to a half of that)."""
+    h, w = shape
+    field = cv2.resize(rng.random((max(2, h // 16), max(2, w // 16))).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    return field < np.quantile(field, rate)
+
+
 def segmenter_labels(label: np.ndarray, condition: Condition, rng: np.random.Generator) -> np.ndarray:
     """``label`` (HxW Cityscapes train ids) as an imperfect segmenter would have produced it."""
     rate = error_rate(condition)
     out = label.copy()
-    h, w = label.shape
-    # Blobs of confusion: a coarse random field, the cells below the error rate swap classes.
-    field = cv2.resize(rng.random((max(2, h // 16), max(2, w // 16))).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    confused = field < rate
+    confused = confusion_blobs(label.shape, rate, rng)
     out[confused] = CONFUSION[out[confused]]
     # Missed thin objects: each pole/sign component is lost with a probability that grows with the rate.
     thin = np.isin(label, THIN_IDS).astype(np.uint8)
