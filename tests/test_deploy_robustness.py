@@ -85,6 +85,55 @@ def test_a_kit_of_other_weights_is_refused_also_without_its_graphs(variant, stud
         _build(variant, "int8", student_onnx[0], tmp_path / "e.engine", kit)
 
 
+@pytest.fixture(scope="module")
+def wide_onnx(student_checkpoint, tmp_path_factory) -> Path:
+    """The student's weights exported at another input size (the calibrated one is 64x48)."""
+    from structvpr_edge.deploy.export import export_onnx
+
+    out = tmp_path_factory.mktemp("wide") / "student.wide.onnx"
+    export_onnx(student_checkpoint, out, width=96, height=72, batch="dynamic")
+    return out
+
+
+@pytest.fixture
+def kit_as_cloned(calibration_dir, tmp_path) -> Path:
+    """calibration_dir as a clean clone holds a kit: *.onnx is git-ignored, so no graph at all."""
+    kit = tmp_path / "cloned"
+    kit.mkdir()
+    for path in calibration_dir.iterdir():
+        if path.suffix != ".onnx":
+            shutil.copy(path, kit / path.name)
+    return kit
+
+
+@pytest.mark.parametrize(("model", "size"), [("uint8_onnx", "64x48 uint8 BGR"), ("wide_onnx", "96x72 float32 RGB")])
+def test_another_export_of_the_same_weights_is_refused_by_the_kit_record_alone(model, size, request, kit_as_cloned, tmp_path):
+    """Same checkpoint, another input: the 8.6 cache's scales (or names) are not this graph's."""
+    onnx = request.getfixturevalue(model)
+    named = re.escape(f"--calibration {kit_as_cloned} was calibrated for another model than --model {onnx}")
+    with pytest.raises(ConfigError, match=f"{named} \\(report.json records another student.onnx than this {size} input export"):
+        _build("8.6", "int8", onnx, tmp_path / "e.engine", kit_as_cloned)
+    assert not (tmp_path / "e.engine").exists()
+
+
+def test_a_fresh_export_like_the_calibrated_one_builds_from_the_kit_record(student_checkpoint, kit_as_cloned, tmp_path):
+    from structvpr_edge.deploy.export import export_onnx
+
+    again = tmp_path / "again.onnx"
+    export_onnx(student_checkpoint, again, batch="dynamic")
+    _, manifest = _build("8.6", "int8", again, tmp_path / "e.engine", kit_as_cloned)
+    assert manifest["plan"]["entropy_calibrator"] and manifest["plan"]["onnx"] == str(again)
+
+
+@pytest.mark.parametrize("damage", [lambda r: r.pop("model"), lambda r: r.update(graphs={}, sha256={})])
+def test_a_kit_report_that_records_no_model_is_a_config_error(damage, student_onnx, kit_as_cloned, tmp_path):
+    report = json.loads((kit_as_cloned / REPORT).read_text())
+    damage(report)
+    (kit_as_cloned / REPORT).write_text(json.dumps(report))
+    with pytest.raises(ConfigError, match=f"{re.escape(str(kit_as_cloned / REPORT))} does not record which model"):
+        _build("8.6", "int8", student_onnx[0], tmp_path / "e.engine", kit_as_cloned)
+
+
 # 2. calibration describes each file as the runtime does
 
 def test_describe_sees_each_image_as_the_runtime_does_in_a_folder_of_mixed_sizes(student_onnx, tmp_path):

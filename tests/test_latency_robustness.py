@@ -328,6 +328,9 @@ def fake_tensorrt(monkeypatch, deserializes: bool) -> types.ModuleType:
         def get_tensor_dtype(self, name: str) -> str:
             return "uint8" if name == "images" else "float32"
 
+        def get_tensor_shape(self, name: str) -> tuple:
+            return (-1, 8, 8, 3) if name == "images" else (-1, INFO.layout.dim)
+
         def create_execution_context(self):
             return types.SimpleNamespace(set_tensor_address=lambda name, address: True)
 

@@ -40,6 +40,7 @@ import pytest
 from structvpr_edge.deploy.engine import plan_build
 from structvpr_edge.errors import StructVPRError
 from structvpr_edge.trt_compat import TrtApi
+from tests.cuda_standin import make_pycuda
 from tests.trt_standin import VERSIONS as STANDIN_VERSIONS
 from tests.trt_standin import make_tensorrt
 
@@ -351,6 +352,15 @@ def test_every_pycuda_name_we_use_exists():
     assert [f"{u.name} ({u.where})" for u in uses if u.name not in PYCUDA] == []
     imported = {a.name for m in CUDA_MODULES for n in ast.walk(ast.parse((ROOT / m).read_text())) if isinstance(n, ast.Import) for a in n.names}
     assert "pycuda.driver" in imported and "pycuda.autoinit" not in imported, "pycuda.autoinit makes a second context; use PrimaryContext"
+
+
+def test_the_cuda_standin_defines_only_real_pycuda_names():
+    cuda = make_pycuda()
+    defined = [name for name in vars(cuda) if not name.startswith("_") and name != "calls"]
+    defined += [member for value in vars(cuda).values() if isinstance(value, type) and value.__module__ == "tests.cuda_standin"
+                for member in vars(value) if not member.startswith("_")]
+    assert {"mem_alloc", "pagelocked_empty", "Stream", "synchronize", "retain_primary_context"} <= set(defined)
+    assert [name for name in defined if name not in PYCUDA] == []
 
 
 def _repaired_stubs(out: Path) -> Path:

@@ -12,12 +12,13 @@ import pytest
 
 from structvpr_edge.cli import main
 from structvpr_edge.artifacts import CPU_INT8, FP16, FP32, MANIFEST, RANGES, REPORT, TRT_CACHE, TRT_INT8, engine_manifest_path
-from structvpr_edge.deploy.calibration import graph_identity
+from structvpr_edge.deploy.calibration import graph_identity, load_manifest
 from structvpr_edge.deploy.engine import EngineBuildConfig, build_engine
 from structvpr_edge.runtime.tensorrt_backend import GpuInfo, check_engine_compatible, load_engine_manifest
 from structvpr_edge.errors import BackendError, ConfigError, DatasetError, ModelError
 from structvpr_edge.modelinfo import sha256_file
 from structvpr_edge.trt_compat import detect
+from tests.cuda_standin import install_pycuda
 from tests.trt_standin import make_tensorrt
 
 GPU = GpuInfo("Stand-in Orin", "8.7", "12.6", 12060)
@@ -113,6 +114,50 @@ def test_trt86_calibrator_checks_images_only_when_asked_for_batches(student_onnx
     with pytest.raises(DatasetError, match="is missing"):  # only when TensorRT rejects the cache and asks for batches
         calibrator.get_batch(["images"])
 
+
+def test_trt86_calibrator_releases_its_context_when_calibration_ends(student_onnx, calibration_dir, tmp_path, monkeypatch):
+    """TensorRT rejected the cache and calibrates: the buffer is freed and the primary context released after the last image."""
+    cuda = install_pycuda(monkeypatch)
+    trt, _ = _build("8.6", "int8", student_onnx[0], tmp_path, calibration_dir)
+    (calibrator,) = [c[0] for c in _calls(trt, "config.int8_calibrator")]
+    fed = list(iter(lambda: calibrator.get_batch(["images"]), None))
+    assert len(fed) == len(load_manifest(calibration_dir)[1]) and calibrator.get_batch(["images"]) is None  # asked again: still done
+    assert cuda.calls.count("retain") == cuda.calls.count("detach") == 1 and cuda.calls[-1] == "detach"
+    assert cuda.calls.count("alloc") == cuda.calls.count("free") == 1 and cuda.calls.count("push") == cuda.calls.count("pop")
+
+
+def test_the_trtexec_line_reads_the_cache_retargeted_beside_the_engine(student_onnx, calibration_dir, tmp_path):
+    """The kit's cache says TRT-8601; trtexec on TensorRT 10 given that one would recalibrate."""
+    kit = tmp_path / "kit"
+    shutil.copytree(calibration_dir, kit)
+    (kit / TRT_INT8).unlink()  # TensorRT 10 without the Q/DQ graph: INT8 flag and the entropy calibrator
+    kit_cache = (kit / TRT_CACHE).read_bytes()
+    _, manifest = _build("10", "int8", student_onnx[0], tmp_path, kit)
+    cache = tmp_path / f"10-int8.engine.{TRT_CACHE}"
+    assert manifest["plan"]["entropy_calibrator"] and f"--int8 --calib={cache} " in manifest["trtexec"]
+    assert kit_cache.startswith(b"TRT-8601-") and cache.read_bytes() == kit_cache.replace(b"TRT-8601-", b"TRT-101300-", 1)
+    assert (kit / TRT_CACHE).read_bytes() == kit_cache
+
+
+
+def test_a_cache_tensorrt_makes_itself_goes_beside_the_engine_not_into_the_kit(student_onnx, calibration_dir, tmp_path, monkeypatch):
+    """Had TensorRT rejected the kit's cache and calibrated again, its new cache overwrote the kit's
+    cache.trt, which report.json records: the kit became a mix of two calibrations."""
+    kit = tmp_path / "kit"
+    shutil.copytree(calibration_dir, kit)
+    (kit / TRT_INT8).unlink()
+    kit_cache = (kit / TRT_CACHE).read_bytes()
+    trt = make_tensorrt("10")
+    build = trt.Builder.build_serialized_network
+
+    def recalibrating(self, network, config):
+        config.int8_calibrator.write_calibration_cache(b"TRT-101300-recalibrated\n")
+        return build(self, network, config)
+
+    monkeypatch.setattr(trt.Builder, "build_serialized_network", recalibrating)
+    build_engine(EngineBuildConfig(onnx=student_onnx[0], precision="int8", out=tmp_path / "e.engine", calibration=kit), trt=trt, gpu=GPU)
+    assert (kit / TRT_CACHE).read_bytes() == kit_cache
+    assert (tmp_path / f"e.engine.{TRT_CACHE}").read_bytes() == b"TRT-101300-recalibrated\n"
 
 def test_manifest_records_the_build(student_onnx, calibration_dir, tmp_path):
     cache_file = tmp_path / "timing.cache"

@@ -11,13 +11,36 @@ wheels of that version hold (tests/data/api/, from benchmarks/trt_api_names.py).
 - 10.x: no binding API, EXPLICIT_BATCH (deprecated, ignored), STRONGLY_TYPED, flags and calibrators
   (deprecated); like TensorRT, refuses precision flags on a strongly typed network.
 - 11.x: STRONGLY_TYPED only (ignored), no FP16/INT8 flags, no calibrators.
+
+Its ``Runtime`` deserializes the plans ``plan()`` writes (JSON naming the engine's I/O and batch
+range; anything else is refused, as TensorRT refuses garbage) into engines that run on host memory
+at the addresses tests/cuda_standin.py allocates: each descriptor row is its frame's mean.
 """
 from __future__ import annotations
 
+import ctypes
 import enum
+import json
 import types
 
+import numpy as np
+
 VERSIONS = {"8.6": "8.6.1", "10": "10.13.0.35", "11": "11.4.0.106"}
+NPTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "UINT8": np.uint8}
+
+
+def plan(frame: tuple[int, ...], dim: int, batch: tuple[int, int] = (1, 8), in_dtype: str = "UINT8", out_dtype: str = "FLOAT",
+         outputs: tuple[str, ...] = ("descriptor",)) -> bytes:
+    """A plan the stand-in Runtime deserializes: input ``images`` of ``frame`` per batch item
+    (``in_dtype``), ``outputs`` of ``dim`` values (``out_dtype``) each, a dynamic batch in ``batch``."""
+    io = [["images", "INPUT", in_dtype, [-1, *frame]]] + [[name, "OUTPUT", out_dtype, [-1, dim]] for name in outputs]
+    return json.dumps({"io": io, "batch": list(batch)}).encode()
+
+
+def _at(address: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """The array of ``shape`` at host ``address`` (the cuda stand-in's device memory is host memory)."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return np.frombuffer((ctypes.c_char * nbytes).from_address(address), dtype).reshape(shape)
 
 
 def make_tensorrt(variant: str) -> types.ModuleType:  # noqa: C901 - the branches are its nested stand-in classes', one module per call
@@ -33,6 +56,8 @@ def make_tensorrt(variant: str) -> types.ModuleType:  # noqa: C901 - the branche
     trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", ["WORKSPACE"])
     trt.DeviceType = enum.IntEnum("DeviceType", ["GPU", "DLA"])
     trt.TensorIOMode = enum.IntEnum("TensorIOMode", ["INPUT", "OUTPUT"])
+    trt.DataType = enum.IntEnum("DataType", list(NPTYPES))
+    trt.nptype = lambda data_type: NPTYPES[data_type.name]
 
     class Logger:
         WARNING = 2
@@ -146,24 +171,68 @@ def make_tensorrt(variant: str) -> types.ModuleType:  # noqa: C901 - the branche
             return b"stand-in serialized plan"
 
     class ICudaEngine:
-        num_io_tensors = 2
+        def __init__(self, spec: dict) -> None:
+            self.io = {name: (mode, dtype, tuple(shape)) for name, mode, dtype, shape in spec["io"]}
+            self.batch = spec["batch"]
 
-        def get_tensor_name(self, index: int) -> str: ...
+        @property
+        def num_io_tensors(self) -> int:
+            return len(self.io)
 
-        def get_tensor_mode(self, name: str): ...
+        def get_tensor_name(self, index: int) -> str:
+            return list(self.io)[index]
 
-        def get_tensor_shape(self, name: str): ...
+        def get_tensor_mode(self, name: str):
+            return trt.TensorIOMode[self.io[name][0]]
+
+        def get_tensor_dtype(self, name: str):
+            return trt.DataType[self.io[name][1]]
+
+        def get_tensor_shape(self, name: str) -> Dims:
+            return Dims(self.io[name][2])
+
+        def create_execution_context(self) -> IExecutionContext:
+            return IExecutionContext(self)
 
     if legacy:
-        ICudaEngine.num_bindings = 2
+        ICudaEngine.num_bindings = property(lambda self: len(self.io))
 
     class IExecutionContext:
-        def set_tensor_address(self, name: str, address: int) -> None: ...
+        def __init__(self, engine: ICudaEngine) -> None:
+            self.engine, self.addresses, self.shape = engine, {}, None
 
-        def set_input_shape(self, name: str, shape) -> bool: ...
+        def set_tensor_address(self, name: str, address: int) -> bool:
+            self.addresses[name] = address
+            return True
 
-        def execute_async_v3(self, stream: int) -> bool: ...
+        def set_input_shape(self, name: str, shape) -> bool:
+            """Refused (False, the shape unset) outside the engine's batch range or frame shape, as TensorRT does."""
+            frame = self.engine.io[name][2][1:]
+            ok = self.engine.batch[0] <= shape[0] <= self.engine.batch[1] and tuple(shape[1:]) == frame
+            calls.append(("set_input_shape", tuple(shape), ok))
+            self.shape = tuple(shape) if ok else None
+            return ok
 
-    for cls in (Dims, Logger, OnnxParser, IBuilderConfig, Builder, ICudaEngine, IExecutionContext):
+        def execute_async_v3(self, stream: int) -> bool:
+            """Every output row is the mean of its input frame; False until an input shape is set."""
+            if self.shape is None:
+                return False
+            (name, (_, dtype, _)), *outputs = self.engine.io.items()
+            means = _at(self.addresses[name], NPTYPES[dtype], self.shape).reshape(self.shape[0], -1).mean(axis=1)
+            for output, (_, out_dtype, shape) in outputs:
+                _at(self.addresses[output], NPTYPES[out_dtype], (self.shape[0], shape[1]))[:] = means[:, None]
+            return True
+
+    class Runtime:
+        def __init__(self, logger: Logger) -> None:
+            self.logger = logger
+
+        def deserialize_cuda_engine(self, blob: bytes) -> ICudaEngine | None:
+            try:
+                return ICudaEngine(json.loads(blob))
+            except ValueError:  # not a plan(): TensorRT logs and returns None
+                return None
+
+    for cls in (Dims, Logger, OnnxParser, IBuilderConfig, Builder, ICudaEngine, IExecutionContext, Runtime):
         setattr(trt, cls.__name__, cls)
     return trt

@@ -15,12 +15,12 @@ import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..artifacts import ENGINE_FORMAT, FORMATS, FP16, MANIFEST, TRT_CACHE, TRT_INT8, engine_manifest_path
+from ..artifacts import ENGINE_FORMAT, FORMATS, FP16, MANIFEST, REPORT, TRT_CACHE, TRT_INT8, engine_manifest_path
 from ..errors import BackendError, ConfigError, ModelError
-from ..files import replace_whole
-from ..modelinfo import PREFIX, ModelInfo, load_onnx, sha256_file
+from ..files import open_regular, replace_whole
+from ..modelinfo import DTYPES, PREFIX, ModelInfo, info_digest, load_onnx, sha256_file
 from ..runtime.tensorrt_backend import GpuInfo, gpu_info
 from ..trt_compat import TrtApi, detect, import_tensorrt, require
 from .calibration import kit_manifest
@@ -94,10 +94,11 @@ def find_graphs(config: EngineBuildConfig) -> dict[str, Path]:
 
 def check_kit_model(model: Path, info: ModelInfo, kit: Path, graphs: list[Path]) -> None:
     """ConfigError unless calibration ``kit`` was made for ``model`` (``info``): the same weights
-    (its manifest's checkpoint sha256) and, by the metadata of its ``graphs``, the same weights
-    fingerprint, input size and format. Else build-engine would build the kit's graphs in the
-    model's place, or apply its cache (TensorRT 8.6) to ranges of other weights or inputs, and the
-    engine would answer for a model nobody asked for."""
+    (its manifest's checkpoint sha256), by the metadata of its ``graphs`` the same weights
+    fingerprint, input size and format, and, graphs or none, the graph its report records. Else
+    build-engine would build the kit's graphs in the model's place, or apply its cache (TensorRT
+    8.6) to ranges of other weights or inputs, and the engine would answer for a model nobody
+    asked for."""
     wanted = {name: getattr(info, name) for name in IDENTITY}
     recorded = {kit / MANIFEST: {"checkpoint_sha256": kit_manifest(kit, ("weights_sha256",))["weights_sha256"]}}
     for graph in graphs:
@@ -107,6 +108,32 @@ def check_kit_model(model: Path, info: ModelInfo, kit: Path, graphs: list[Path])
         if differ:
             raise ConfigError(f"--calibration {kit} was calibrated for another model than --model {model} ({path.name}: {'; '.join(differ)}); "
                               f"calibrate {model} (structvpr-edge calibrate --model {model} ...) or pass its own kit")
+    _check_kit_record(model, info, kit)
+
+
+def _check_kit_record(model: Path, info: ModelInfo, kit: Path) -> None:
+    """ConfigError unless ``kit``'s report.json records ``model`` as the graph of its precision that
+    was calibrated: by its metadata digest (modelinfo.info_digest: weights, input size and type,
+    colour, precision), for a kit from before that record by its sha256. The kit's own graphs are
+    not committed (``*.onnx`` is git-ignored), so in a clean clone this record is all there is to
+    tell a 320x240 or float-input export of the same weights from the calibrated one."""
+    report = kit / REPORT
+    with open_regular(report, 16 << 20, ConfigError) as handle:
+        text = handle.read()
+    tag = info.extra.get("precision", "fp32")
+    try:
+        recorded = json.loads(text)
+        name = Path(recorded["model"]).name if tag == "fp32" else FORMATS[tag].file
+        graph = recorded.get("graphs", {}).get(name)
+        same = graph["info"] == info_digest(info) if graph else recorded["sha256"][name] == sha256_file(model)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{report} does not record which model {kit} was calibrated for ({exc!r}); recalibrate: "
+                          f"structvpr-edge calibrate --model {model} ... --out {kit}") from exc
+    if not same:
+        raise ConfigError(f"--calibration {kit} was calibrated for another model than --model {model} ({REPORT} records another {name} "
+                          f"than this {info.width}x{info.height} {DTYPES[info.uint8_input]} {info.colour} input export of checkpoint "
+                          f"{info.checkpoint_sha256[:12]}: another input size, input type, colour or export); "
+                          f"calibrate {model} (structvpr-edge calibrate --model {model} ...) or pass its own kit")
 
 
 @dataclass(frozen=True)
@@ -154,13 +181,21 @@ def plan_build(api: TrtApi, precision: str, graphs: dict[str, Path], calibration
     )
 
 
+def engine_cache_path(engine: Path) -> Path:
+    """``NAME.engine.cache.trt``: the calibration cache an entropy-calibrated engine was built with,
+    under the header of the TensorRT that built it (the kit's says ``TRT-8601``; trtexec given that
+    one on another version would recalibrate)."""
+    return engine.with_name(f"{engine.name}.{TRT_CACHE}")
+
+
 def trtexec_command(config: EngineBuildConfig, plan: BuildPlan, input_name: str, shapes: dict[str, list[int]]) -> str:
     """The ``trtexec`` line that builds the same engine from the same graph (for comparing, or for a
-    machine without this package): same precision route, profile, workspace, timing cache and DLA."""
+    machine without this package): same precision route, calibration cache, profile, workspace,
+    timing cache and DLA."""
     args = ["trtexec", f"--onnx={plan.onnx}", f"--saveEngine={config.out}", f"--memPoolSize=workspace:{config.workspace_mb}"]
     args += ["--stronglyTyped"] * plan.strongly_typed + [{"FP16": "--fp16", "INT8": "--int8"}[flag] for flag in plan.flags]
     if plan.calibration_cache is not None:
-        args.append(f"--calib={plan.calibration_cache}")
+        args.append(f"--calib={engine_cache_path(config.out)}")
     if shapes["min"] != shapes["max"]:
         args += [f"--{k}Shapes={input_name}:{'x'.join(map(str, shapes[k]))}" for k in ("min", "opt", "max")]
     if config.timing_cache is not None:
@@ -200,8 +235,9 @@ def _parse(trt, builder: tensorrt.Builder, logger: tensorrt.ILogger, plan: Build
 
 def _configure(
     trt, api: TrtApi, builder: tensorrt.Builder, config: EngineBuildConfig, plan: BuildPlan, tensor: tensorrt.ITensor, shapes: dict
-) -> tensorrt.IBuilderConfig:
-    """Builder config: workspace, precision flags, profiles, calibrator, timing cache, DLA."""
+) -> tuple[tensorrt.IBuilderConfig, Any]:
+    """Builder config (workspace, precision flags, profiles, calibrator, timing cache, DLA) and its
+    calibrator, None without one."""
     from .trt_calibrator import make_entropy_calibrator  # noqa: PLC0415
 
     builder_config = builder.create_builder_config()
@@ -213,10 +249,12 @@ def _configure(
         profile = builder.create_optimization_profile()
         profile.set_shape(tensor.name, trt.Dims(shapes["min"]), trt.Dims(shapes["opt"]), trt.Dims(shapes["max"]))
         builder_config.add_optimization_profile(profile)
+    calibrator = None
     if plan.calibration_cache is not None:
         info = _model_info(plan.onnx)
         manifest = plan.calibration_cache.parent / MANIFEST  # the cache lives in the calibration folder
-        builder_config.int8_calibrator = make_entropy_calibrator(trt, plan.calibration_cache, manifest, info)
+        calibrator = make_entropy_calibrator(trt, plan.calibration_cache, manifest, info)
+        builder_config.int8_calibrator = calibrator
         if dynamic and api.calibration_profile:  # the calibrator feeds single images
             single = [1, *shapes["opt"][1:]]
             calibration_profile = builder.create_optimization_profile()
@@ -229,7 +267,7 @@ def _configure(
         builder_config.default_device_type = trt.DeviceType.DLA
         builder_config.DLA_core = config.dla_core
         builder_config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-    return builder_config
+    return builder_config, calibrator
 
 
 def _check_outputs(config: EngineBuildConfig) -> None:
@@ -256,8 +294,8 @@ def _swap_in(files: list[tuple[Path, bytes]]) -> None:
 
 
 def build_engine(config: EngineBuildConfig, trt=None, gpu: GpuInfo | None = None) -> dict:
-    """Build, write ``config.out``, its manifest and the timing cache, all or none; returns the
-    manifest. ``trt`` and ``gpu`` are injectable so the version gating is testable without a GPU."""
+    """Build, write ``config.out``, its manifest, the timing cache and the calibration cache the
+    trtexec line reads (engine_cache_path), all or none; returns the manifest. ``trt`` and ``gpu`` are injectable so the version gating is testable without a GPU."""
     from .trt_check import check_trt_friendly  # noqa: PLC0415
 
     _check_outputs(config)
@@ -274,7 +312,7 @@ def build_engine(config: EngineBuildConfig, trt=None, gpu: GpuInfo | None = None
     network = _parse(trt, builder, logger, plan)
     tensor = network.get_input(0)
     shapes = _profile_shapes(tensor.shape[:], config)  # Dims[:] is a tuple
-    builder_config = _configure(trt, api, builder, config, plan, tensor, shapes)
+    builder_config, calibrator = _configure(trt, api, builder, config, plan, tensor, shapes)
     serialized = builder.build_serialized_network(network, builder_config)
     if serialized is None:
         raise BackendError(f"TensorRT failed to build an engine from {plan.onnx} (see the TensorRT log above)")
@@ -304,6 +342,8 @@ def build_engine(config: EngineBuildConfig, trt=None, gpu: GpuInfo | None = None
     files = [(engine_manifest_path(config.out), (json.dumps(manifest, indent=2) + "\n").encode()), (config.out, engine)]
     if config.timing_cache is not None and api.timing_cache:
         files.append((config.timing_cache, bytes(builder_config.get_timing_cache().serialize())))
+    if calibrator is not None:  # the cache the engine was built with: the kit's, or one TensorRT made in its place
+        files.append((engine_cache_path(config.out), calibrator.written or calibrator.read_calibration_cache()))
     _swap_in(files)  # replace_whole makes missing folders
     return manifest
 

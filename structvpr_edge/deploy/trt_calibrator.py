@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
+from ..files import open_regular
 from ..modelinfo import ModelInfo
 from ..runtime.tensorrt_backend import PrimaryContext
 from ..trt_compat import detect, require
@@ -17,14 +18,13 @@ from .calibration import calibration_batches, load_manifest
 from .quantize import retarget_cache
 
 
-def _read_cache(cache: Path, trt_version: str) -> bytes | None:
-    """``cache`` under ``trt_version``'s header, None when there is none; read when the calibrator is
-    made, before the build: TensorRT calls read_calibration_cache from inside it, where an error
-    would not name the file."""
-    if not cache.is_file():
-        return None
+def _read_cache(cache: Path, trt_version: str) -> bytes:
+    """``cache`` under ``trt_version``'s header; read when the calibrator is made, before the build:
+    TensorRT calls read_calibration_cache from inside it, where an error would not name the file."""
+    with open_regular(cache, 16 << 20, ModelError) as handle:
+        data = handle.read()
     try:
-        return retarget_cache(cache.read_text(), trt_version).encode()
+        return retarget_cache(data.decode(), trt_version).encode()
     except ValueError as exc:  # the parse's ModelError, or bytes that are not text
         raise ModelError(f"{cache} is not a whole TensorRT calibration cache ({exc}); recalibrate, or copy the kit again") from exc
 
@@ -38,8 +38,9 @@ def make_entropy_calibrator(trt, cache: Path, manifest: Path, info: ModelInfo):
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.batches: Iterator[np.ndarray] | None = None
-            self.primary: PrimaryContext
+            self.primary: PrimaryContext | None = None
             self.device: Any = None
+            self.written: bytes | None = None  # a cache TensorRT made itself, had it rejected ``cache``
 
         def get_batch_size(self) -> int:
             return 1
@@ -49,22 +50,25 @@ def make_entropy_calibrator(trt, cache: Path, manifest: Path, info: ModelInfo):
                 self.batches = calibration_batches(load_manifest(manifest)[1], info)
                 self.primary = PrimaryContext()
             batch = next(self.batches, None)
+            if self.primary is None:  # calibration has ended, its context released
+                return None
             with self.primary.active() as cuda:
-                if batch is None:  # done: TensorRT asks no more
-                    if self.device is not None:
-                        self.device.free()
-                    self.device = None
-                    return None
-                batch = np.ascontiguousarray(batch)
-                if self.device is None:
-                    self.device = cuda.mem_alloc(batch.nbytes)
-                cuda.memcpy_htod(self.device, batch)
-            return [int(self.device)]
+                if batch is not None:
+                    if self.device is None:
+                        self.device = cuda.mem_alloc(batch.nbytes)
+                    cuda.memcpy_htod(self.device, np.ascontiguousarray(batch))
+                    return [int(self.device)]
+                if self.device is not None:  # done: TensorRT asks no more
+                    self.device.free()
+                self.device = None
+            self.primary.release()  # its buffer freed inside it, the context goes back
+            self.primary = None
+            return None
 
         def read_calibration_cache(self) -> bytes | None:
             return cached
 
         def write_calibration_cache(self, data) -> None:
-            cache.write_bytes(bytes(data))
+            self.written = bytes(data)  # kept for the engine's own cache: the kit's file is what its report records
 
     return EntropyCalibrator()
