@@ -13,15 +13,17 @@ import weakref
 import numpy as np
 
 
-def make_pycuda() -> types.ModuleType:  # noqa: C901 - the branches are its nested stand-in classes', one module per call
-    """A fresh stand-in ``pycuda.driver`` module."""
+def make_pycuda(init_error: str | None = None, fail_alloc: int | None = None) -> types.ModuleType:  # noqa: C901 - the branches are its nested stand-in classes', one module per call
+    """A fresh stand-in ``pycuda.driver`` module. ``init_error``: what cuInit fails with (as pycuda's
+    Error, the base of what it raises); ``fail_alloc``: the mem_alloc (1, 2, ...) that runs out of memory."""
     cuda = types.ModuleType("pycuda.driver")
     cuda.calls = calls = []
     memory: dict[int, np.ndarray] = {}
     cuda.Error = type("Error", (Exception,), {})
 
     def init() -> None:
-        pass
+        if init_error:
+            raise cuda.Error(init_error)
 
     class Context:
         def push(self) -> None:
@@ -54,6 +56,8 @@ def make_pycuda() -> types.ModuleType:  # noqa: C901 - the branches are its nest
             del memory[self]
 
     def mem_alloc(nbytes: int) -> DeviceAllocation:
+        if calls.count("alloc") + 1 == fail_alloc:
+            raise cuda.Error("cuMemAlloc failed: out of memory")
         buffer = np.zeros(nbytes, np.uint8)
         memory[buffer.ctypes.data] = buffer
         calls.append("alloc")
@@ -88,9 +92,9 @@ def make_pycuda() -> types.ModuleType:  # noqa: C901 - the branches are its nest
     return cuda
 
 
-def install_pycuda(monkeypatch) -> types.ModuleType:
-    """A fresh stand-in, importable as ``pycuda.driver`` for the test."""
-    cuda = make_pycuda()
+def install_pycuda(monkeypatch, **options) -> types.ModuleType:
+    """A fresh stand-in (``options``: make_pycuda's), importable as ``pycuda.driver`` for the test."""
+    cuda = make_pycuda(**options)
     package = types.ModuleType("pycuda")
     package.driver = cuda
     monkeypatch.setitem(sys.modules, "pycuda", package)

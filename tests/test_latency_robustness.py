@@ -23,6 +23,7 @@ from structvpr_edge.layout import DescriptorLayout
 from structvpr_edge.modelinfo import ModelInfo
 from structvpr_edge.runtime import tensorrt_backend
 from structvpr_edge.timing import measure_isolated
+from tests.cuda_standin import install_pycuda
 from tests.trt_standin import VERSIONS, make_tensorrt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,66 +227,8 @@ def test_run_spec_checks_its_options():
 # 10. pycuda missing, libcuda missing, no GPU
 
 
-def fake_pycuda(monkeypatch, init_error: str | None = None, fail_alloc: int | None = None) -> types.ModuleType:
-    """A recording pycuda.driver: ``calls`` lists retain/detach/alloc/free; the Error hierarchy is
-    pycuda._driver's (RuntimeError, LogicError under Error); ``fail_alloc``: the mem_alloc that fails."""
-    cuda = types.ModuleType("pycuda.driver")
-    cuda.calls = calls = []
-    cuda.Error = type("Error", (Exception,), {})
-    cuda.RuntimeError = type("RuntimeError", (cuda.Error,), {})
-
-    def init() -> None:
-        if init_error:
-            raise cuda.RuntimeError(init_error)
-
-    class Context:
-        def push(self) -> None:
-            calls.append("push")
-
-        @staticmethod
-        def pop() -> None:
-            calls.append("pop")
-
-        def detach(self) -> None:
-            calls.append("detach")
-
-    class Device:
-        def __init__(self, index: int) -> None:
-            pass
-
-        def name(self) -> str:
-            return GPU_NAME
-
-        def compute_capability(self) -> tuple[int, int]:
-            return 8, 7
-
-        def retain_primary_context(self) -> Context:
-            calls.append("retain")
-            return Context()
-
-    class Allocation(int):
-        def free(self) -> None:
-            calls.append(("free", int(self)))
-
-    def mem_alloc(nbytes: int) -> Allocation:
-        if sum(1 for c in calls if c[0] == "alloc") + 1 == fail_alloc:
-            raise cuda.Error("cuMemAlloc failed: out of memory")
-        calls.append(("alloc", nbytes))
-        return Allocation(nbytes)
-
-    cuda.init, cuda.Context, cuda.Device, cuda.mem_alloc = init, Context, Device, mem_alloc
-    cuda.get_version, cuda.get_driver_version = lambda: (12, 6, 0), lambda: 12060
-    cuda.pagelocked_empty = lambda shape, dtype: np.empty(shape, dtype)
-    cuda.Stream = lambda: types.SimpleNamespace(handle=0)
-    package = types.ModuleType("pycuda")
-    package.driver = cuda
-    monkeypatch.setitem(sys.modules, "pycuda", package)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
-    return cuda
-
-
 def test_no_cuda_device_is_a_backend_error(monkeypatch):
-    fake_pycuda(monkeypatch, init_error="cuInit failed: no CUDA-capable device is detected")
+    install_pycuda(monkeypatch, init_error="cuInit failed: no CUDA-capable device is detected")
     with pytest.raises(BackendError, match="no CUDA device: cuInit failed: no CUDA-capable device is detected"):
         tensorrt_backend.import_pycuda()
 
@@ -348,29 +291,29 @@ def fake_tensorrt(monkeypatch, deserializes: bool) -> types.ModuleType:
 
 @pytest.mark.parametrize("deserializes, fail_alloc, message", [(False, None, "could not deserialize"), (True, 2, "out of memory")])
 def test_a_failed_open_releases_the_primary_context_and_its_buffers(monkeypatch, tmp_path, deserializes, fail_alloc, message):
-    cuda = fake_pycuda(monkeypatch, fail_alloc=fail_alloc)
+    cuda = install_pycuda(monkeypatch, fail_alloc=fail_alloc)
     fake_tensorrt(monkeypatch, deserializes)
     with pytest.raises((BackendError, cuda.Error), match=message):
         tensorrt_backend.TensorRTBackend(engine_file(tmp_path))
     assert cuda.calls.count("retain") == cuda.calls.count("detach") == 1
     assert cuda.calls.count("push") == cuda.calls.count("pop")
-    assert [c[1] for c in cuda.calls if c[0] == "alloc"] == [c[1] for c in cuda.calls if c[0] == "free"]  # every buffer made is freed
+    assert cuda.calls.count("alloc") == cuda.calls.count("free")  # every buffer made is freed
 
 
 def test_an_open_engine_closes_once(monkeypatch, tmp_path):
-    cuda = fake_pycuda(monkeypatch)
+    cuda = install_pycuda(monkeypatch)
     fake_tensorrt(monkeypatch, deserializes=True)
     backend = tensorrt_backend.TensorRTBackend(engine_file(tmp_path), max_batch=4)
     assert backend.max_batch == 2 and cuda.calls.count("retain") == 1
     backend.close()
     backend.close()
-    assert cuda.calls.count("detach") == 1 and len([c for c in cuda.calls if c[0] == "free"]) == 2
+    assert cuda.calls.count("detach") == 1 and cuda.calls.count("free") == 2
     with pytest.raises(BackendError, match="closed"):
         backend.infer(np.zeros((1, 8, 8, 3), np.uint8))
 
 
 def test_a_manifest_without_its_profile_is_refused_before_cuda(monkeypatch, tmp_path):
-    cuda = fake_pycuda(monkeypatch)
+    cuda = install_pycuda(monkeypatch)
     fake_tensorrt(monkeypatch, deserializes=True)
     with pytest.raises(BackendError, match=r"missing \['profile'\]"):
         tensorrt_backend.TensorRTBackend(engine_file(tmp_path, drop="profile"))
