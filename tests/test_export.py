@@ -60,12 +60,14 @@ def test_uint8_input_equals_float_input(student_onnx, student_checkpoint, tmp_pa
         assert np.abs(a - b).max() < 1e-5
 
 
-def test_folded_stem_equals_normalise_then_conv_bn_on_every_pixel():
-    """Any mean/std (ImageNet's, per channel), trained BN statistics, borders included."""
+@pytest.mark.parametrize("same_padding", [False, True])
+def test_folded_stem_equals_normalise_then_conv_bn_on_every_pixel(same_padding):
+    """Any mean/std (ImageNet's, per channel), trained BN statistics, borders included, under either padding."""
     from structvpr_edge.deploy.export import CENTRE, FoldedStem
+    from structvpr_edge.models.efficientnet_lite import StridedConv
 
     torch.manual_seed(1)
-    conv, bn = torch.nn.Conv2d(3, 8, 3, 2, padding=1, bias=False), torch.nn.BatchNorm2d(8, eps=1e-3)
+    conv, bn = StridedConv(3, 8, 3, same_padding), torch.nn.BatchNorm2d(8, eps=1e-3)
     bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2), bn.bias.data.uniform_(-1, 1)
     bn.eval()
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -75,9 +77,24 @@ def test_folded_stem_equals_normalise_then_conv_bn_on_every_pixel():
         with torch.no_grad():
             expected, got = bn(conv(normalised)), FoldedStem(conv, bn, mean, std)(bgr - CENTRE)
         assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-4)
-    with pytest.raises(ModelError, match="padding 1"):
+    with pytest.raises(ModelError, match="padded 1 or as TensorFlow does"):
         FoldedStem(torch.nn.Conv2d(3, 8, 3, 2, padding=0), bn, mean, std)
 
+
+
+def test_a_student_padded_as_tensorflow_exports_with_parity(tmp_path):
+    """The uint8 graph frames the pixels as the stem pads them (0 before, 1 after on an even side)."""
+    from structvpr_edge.models.checkpoint import save_checkpoint
+    from structvpr_edge.models.student import StructVPRStudent
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "same.pt", StructVPRStudent(StudentConfig(imagenet=False, same_padding=True)).eval(), SIZE, {})
+    model, _ = load_checkpoint(checkpoint)
+    assert model.backbone.same_padding  # the checkpoint records it
+    float_report = export_onnx(checkpoint, tmp_path / "f.onnx")
+    u8_report = export_onnx(checkpoint, tmp_path / "u8.onnx", uint8_input=True)
+    assert min(float_report.parity_min_cosine, u8_report.parity_min_cosine) >= PARITY_MIN_COSINE
+    assert u8_report.parity_max_abs_diff < 1e-4
 
 def test_uint8_graph_has_no_pixel_arithmetic_before_the_first_conv(student_checkpoint, tmp_path):
     import onnx

