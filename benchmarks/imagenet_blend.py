@@ -2,9 +2,10 @@
 
     python benchmarks/imagenet_blend.py --dataset data/synthcity-bench --out runs/blend \
         --row r-filmed=runs/real23/espnet/r-filmed-1000 [--row shipped=structvpr_edge/weights/structvprpp.pt] \
-        [--shares 0,0.2,0.4,0.6] [--json runs/blend/table.json] [--plot docs/figures/imagenet-blend.png]
+        [--shares 0,0.2,0.4,0.6] [--seeds 0,1,2] [--json runs/blend/table.json] [--plot docs/figures/imagenet-blend.png]
 
-Each row is a method-table run folder (its ``s*/model.pt`` seeds) or one checkpoint. Every seed is
+Each row is a method-table run folder (its ``s*/model.pt`` seeds; --seeds picks them, a missing one
+refused, default every seed present) or one checkpoint. The JSON records --seeds. Every seed is
 blended at every share (``imagenet_blend`` in train/config.py), written under ``--out`` (ship one
 with ``structvpr-edge ship``) and measured on SynthCity val and the real val: corridor R@1/R@5 and
 CamVid-val mask mIoU. Prints mean ± std over the seeds; the share is chosen on these columns only.
@@ -18,7 +19,7 @@ import json
 from pathlib import Path
 
 from structvpr_edge.bench.blend import blend_table, plot_blend
-from structvpr_edge.bench.table import summarize
+from structvpr_edge.bench.table import parse_seeds, summarize
 from structvpr_edge.data.dataset import load_dataset
 from structvpr_edge.files import replace_whole
 
@@ -28,6 +29,8 @@ def main() -> None:
     parser.add_argument("--dataset", required=True, help="the SynthCity dataset whose val split is read")
     parser.add_argument("--row", action="append", required=True, metavar="NAME=RUNS", help="a run folder with s*/model.pt, or a checkpoint")
     parser.add_argument("--shares", default="0,0.2,0.3,0.4,0.5,0.6,0.7,0.8")
+    parser.add_argument("--seeds", type=parse_seeds, help="the seeds of each run folder: a count (0..N-1) or a comma-separated list "
+                        "(default: every s*/model.pt present)")
     parser.add_argument("--out", required=True, help="where the blended checkpoints go (git-ignored, e.g. runs/blend)")
     parser.add_argument("--corridor", default="../shared/data/corridor")
     parser.add_argument("--camvid", default="../shared/data/camvid")
@@ -42,8 +45,9 @@ def main() -> None:
     except ValueError:
         parser.error(f"--shares is a comma-separated list of numbers in [0, 1], got {args.shares!r}")
     out = Path(args.out)
-    results = blend_table(rows, shares, out, load_dataset(args.dataset, "val"), Path(args.corridor), Path(args.camvid))
-    replace_whole(args.json or out / "table.json", lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
+    results = blend_table(rows, shares, out, load_dataset(args.dataset, "val"), Path(args.corridor), Path(args.camvid), args.seeds)
+    record = {"seeds": "all present" if args.seeds is None else args.seeds, "results": results}
+    replace_whole(args.json or out / "table.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
     if args.plot:
         print(f"plot: {plot_blend(results, Path(args.plot))}")
     print(summarize(results, ["val", "corridor R@1", "corridor R@5", "camvid mIoU"]))

@@ -15,7 +15,9 @@ Every configuration runs in its own process, one at a time, in blocks of frames 
 order, each block after one untimed frame that re-warms the caches (timing.py):
 background load hits all alike and no configuration's threads spin while another runs. The stage
 p50s come from that rotation; jitter (p99, p99/p50) from one uninterrupted run of each
-configuration afterwards, the way a vehicle runs it. --compare prepares the artifacts from a checkpoint (export, INT8
+configuration afterwards, the way a vehicle runs it: the ``alone`` columns, that run's p50 beside its
+p99, so the ratio follows from the two. The load is read before any work (and after the runs,
+printed as such: the harness's own work is in that one). --compare prepares the artifacts from a checkpoint (export, INT8
 calibration on --images, default a generated SynthCity smoke set) and prints the ratios;
 --dataset adds export parity and Recall@1/5 of FP32, FP16 and INT8; --profile prints ONNX
 Runtime's per-node profile of every ONNX graph timed. Each row's precision is the artifact's own
@@ -82,10 +84,12 @@ def parse_config() -> tuple[LatencyConfig, str | None]:
 def print_runs(config: LatencyConfig, report: dict) -> None:
     system, runs = report["system"], report["runs"]
     pace = f"paced at {config.run.fps:g} fps" if config.run.fps else "back to back"
-    print(f"\n{system['cpu']} [{', '.join(system['cpu_features'])}], {system['cores']} cores, load {system['load_average'][0]:.1f} | "
+    load = f"load {system['load_average'][0]:.1f} before the run, {report['load_average_after'][0]:.1f} after it (its own work included)"
+    print(f"\n{system['cpu']} [{', '.join(system['cpu_features'])}], {system['cores']} cores, {load} | "
           f"map {config.run.map_size} ({runs[0]['index_factory']}) | batch 1 | frames {pace} | {time.strftime('%Y-%m-%d')}")
+    print("p50: the configurations in rotating blocks; alone: one uninterrupted run of each (alone p99/p50 = alone frame p99 / alone frame p50)")
     print("capacity: frames/s the stages could sustain back to back (cameras x 1000 / mean frame ms), not the camera rate\n")
-    print("| run | threads | preprocess p50 | inference p50 | search p50 | frame p50 | alone: frame p50 | frame p99 | p99/p50 | capacity fps |")
+    print("| run | threads | preprocess p50 | inference p50 | search p50 | frame p50 | alone frame p50 | alone frame p99 | alone p99/p50 | capacity fps |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for run in runs:
         s, alone, chosen = run["stage_ms"], run["sustained_ms"]["frame"], run["threading"][0] or {}

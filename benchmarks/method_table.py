@@ -9,7 +9,10 @@ Val R@1 (the last validation of each run) is always reported: settings are chose
 ``--test`` also evaluates every finished run on the test split, for the report (read once per
 finished model). ``--real-val`` adds the real val columns: corridor R@1 / R@5 and the students'
 mask mIoU on CamVid val. Writes every run's figures to --json (default RUNS/table-STEPS.json),
-replacing the rows of this call and keeping the others.
+replacing the rows of this call and keeping the others. A requested seed whose run did not finish
+stays there as ``"finished": false``, and its row prints ``K of N`` seeds and ``(n=K of N requested)``.
+A finished run in --runs trained with another config (--set, --distill-set, --dataset, the row's
+YAML) is refused, its differing keys named: runs are kept by row, steps and seed only.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from structvpr_edge.bench.table import ROWS, parse_row, summarize, table_results, train_table
+from structvpr_edge.bench.table import ROWS, parse_row, parse_seeds, summarize, table_results, train_table
 from structvpr_edge.data.dataset import load_dataset
 
 DEFAULT_ROWS = "baseline,baseline-head,student-nokd,global-kd,group-kd,relational-kd,negatives-kd,structvprpp,structvpr"
@@ -30,7 +33,7 @@ def main() -> None:
     parser.add_argument("--runs", required=True, help="folder of the runs (git-ignored, e.g. runs/table)")
     parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated rows of {sorted(ROWS)}")
     parser.add_argument("--row", action="append", default=[], help="an extra row NAME=CONFIG.yaml[:KEY=VALUE...]")
-    parser.add_argument("--seeds", default="3", help="how many seeds (0..N-1), or a comma-separated list of seeds ('1,' is seed 1 alone)")
+    parser.add_argument("--seeds", type=parse_seeds, default="3", help="how many seeds (0..N-1), or a comma-separated list of seeds ('1,' is seed 1 alone)")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--teacher-steps", type=int, default=1000)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (1 on a 2-core CPU; several on a GPU)")
@@ -47,23 +50,22 @@ def main() -> None:
     parser.add_argument("--json", help="where to write every run's figures (default RUNS/table-STEPS.json)")
     args = parser.parse_args()
     rows = [parse_row(spec) for spec in args.rows.split(",") if spec] + [parse_row(spec) for spec in args.row]
-    seeds = [int(s) for s in args.seeds.split(",") if s] if "," in args.seeds else list(range(int(args.seeds)))
-    runs = Path(args.runs)
+    seeds, runs = args.seeds, Path(args.runs)
     deadline = time.time() + 60 * args.deadline_min if args.deadline_min is not None else None
     train_table(rows, args.dataset, seeds, args.steps, runs, args.jobs, args.teacher_steps, args.threads, tuple(args.distill_set), deadline,
                 overrides=tuple(args.overrides))
     test = load_dataset(args.dataset, "test") if args.test else None
     real = (Path(args.corridor), Path(args.camvid)) if args.real_val else None
-    results = table_results(rows, seeds, args.steps, args.teacher_steps, runs, real, test)
+    results = table_results(rows, args.dataset, seeds, args.steps, args.teacher_steps, runs, real, test, tuple(args.distill_set), tuple(args.overrides))
     out = Path(args.json or runs / f"table-{args.steps}.json")
     earlier = json.loads(out.read_text()) if out.is_file() else {}  # rows of earlier calls into the same runs stay
     out.write_text(json.dumps(earlier | results, indent=2) + "\n")
-    columns = sorted({c for runs_ in results.values() for r in runs_ for c in r if c not in ("seed", "kd_grad_ratio")},
+    columns = sorted({c for runs_ in results.values() for r in runs_ for c in r if c not in ("seed", "finished", "kd_grad_ratio")},
                      key=lambda c: (c != "val", c != "test", c))
     print(summarize(results, columns))
     print("\nKD share of the gradient (median over logged steps of ||grad KD|| / ||grad metric||):")
     for name, runs_ in results.items():
-        ratios = [r["kd_grad_ratio"] for r in runs_ if r["kd_grad_ratio"] is not None]
+        ratios = [r["kd_grad_ratio"] for r in runs_ if r.get("kd_grad_ratio") is not None]
         if ratios:
             print(f"  {name}: {sum(ratios) / len(ratios):.3f}")
 

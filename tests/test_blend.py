@@ -1,5 +1,7 @@
 """benchmarks/imagenet_blend.py: finished runs blended toward ImageNet and read on the val."""
+import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from structvpr_edge.bench import blend
 from structvpr_edge.bench.blend import blend_table, write_blended
 from structvpr_edge.errors import ConfigError, DatasetError, ModelError
 from structvpr_edge.models.checkpoint import build_model, load_checkpoint, save_checkpoint
@@ -21,7 +24,9 @@ def test_blend_benchmark_writes_each_share_and_reads_it_on_the_val(student_check
                "--out", str(out), "--corridor", str(corridor), "--camvid", str(camvid), "--plot", str(tmp_path / "blend.png")]
     printed = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     assert "| tiny a=0 | 1 |" in printed and "| tiny a=1 | 1 |" in printed
-    results = json.loads((out / "table.json").read_text())
+    record = json.loads((out / "table.json").read_text())
+    assert record["seeds"] == "all present"
+    results = record["results"]
     for key in ("tiny a=0", "tiny a=1"):
         (figures,) = results[key]
         assert all(0 <= figures[c] <= 1 for c in ("val", "corridor R@1", "corridor R@5", "camvid mIoU")), figures
@@ -64,3 +69,26 @@ def test_blend_table_checks_every_row_and_share_before_the_first_blend(student_c
     with pytest.raises(DatasetError, match="no finished run"):
         blend_table({"tiny": student_checkpoint, "gone": tmp_path / "runs"}, [0.2], tmp_path / "out", None, tmp_path, tmp_path)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_row_reads_the_seeds_asked_for_and_the_json_records_them(student_checkpoint, place_dataset, tmp_path, monkeypatch, capsys):
+    """A run folder that gained a seed since the published row gives the same row with --seeds; a
+    requested seed without a finished run is refused before the first blend."""
+    runs = tmp_path / "runs"
+    for seed in (0, 1, 2):
+        (runs / f"s{seed}").mkdir(parents=True)
+        shutil.copy(student_checkpoint, runs / f"s{seed}" / "model.pt")
+    monkeypatch.setattr(blend, "real_val", lambda path, corridor, camvid: {})  # the real val needs ../shared data
+    spec = importlib.util.spec_from_file_location("blend_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "blend"
+    monkeypatch.setattr(sys, "argv", ["imagenet_blend.py", "--dataset", str(place_dataset), "--row", f"r={runs}", "--shares", "0",
+                                      "--out", str(out), "--seeds", "0,2"])
+    script.main()
+    record = json.loads((out / "table.json").read_text())
+    assert record["seeds"] == [0, 2] and [figures["seed"] for figures in record["results"]["r a=0"]] == ["s0", "s2"]
+    assert "| r a=0 | 2 |" in capsys.readouterr().out
+    with pytest.raises(DatasetError, match=r"--seeds \[0, 3\]: no finished run at .*s3/model.pt"):
+        blend_table({"r": runs}, [0.2], tmp_path / "none", None, tmp_path, tmp_path, seeds=[0, 3])
+    assert not (tmp_path / "none").exists()

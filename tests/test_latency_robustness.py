@@ -16,7 +16,8 @@ import pytest
 
 from structvpr_edge.artifacts import ENGINE_FORMAT, engine_manifest_path
 from structvpr_edge.bench import latency
-from structvpr_edge.bench.latency import LatencyConfig, camera_artifact, choose_artifacts, latency_report, run_figures, system_info, time_artifacts
+from structvpr_edge.bench.latency import (SOURCE_RECORD, LatencyConfig, camera_artifact, choose_artifacts, latency_report, prepare_artifacts,
+                                          run_figures, system_info, time_artifacts)
 from structvpr_edge.bench.rig import RunSpec, exact_agreement
 from structvpr_edge.errors import BackendError, ConfigError
 from structvpr_edge.layout import DescriptorLayout
@@ -111,10 +112,68 @@ def test_the_table_says_capacity_and_the_pace(script, harness, capsys):
     config = LatencyConfig(RunSpec("", "", fps=30.0, cameras=2), ("m.int8.onnx",))
     runs = time_artifacts(config, {"m.int8.onnx": ("m.int8.onnx", "auto", "int8")})
     system = {"cpu": "cpu", "cpu_features": [], "cores": 2, "load_average": (0.0, 0.0, 0.0)}
-    script.print_runs(config, {"system": system, "runs": runs})
+    script.print_runs(config, {"system": system, "load_average_after": (0.0, 0.0, 0.0), "runs": runs})
     out = capsys.readouterr().out
     assert "frames paced at 30 fps" in out and "capacity: frames/s the stages could sustain back to back" in out
     assert "| capacity fps |" in out and out.rstrip().endswith("| 500 |")
+
+
+def test_the_jitter_ratio_follows_from_the_alone_columns_beside_it(script, monkeypatch, capsys):
+    """Rotated frames take 4 ms, the uninterrupted run 1, 3 or 9: its p99/p50 (~2.9) is read against
+    its own p50 (3), printed beside it and labelled, never against the rotated p50 (4)."""
+    def fake(specs, frames, warmup):
+        return {s.name: {"setup": {**asdict(s), "threading": [None], "index_factory": "Flat"},
+                         "samples": {stage: [4.0] for stage in latency.STAGES}, "sustained": {stage: [1.0, 3.0, 9.0] for stage in latency.STAGES}}
+                for s in specs}
+
+    monkeypatch.setattr(latency, "measure_isolated", fake)
+    config = LatencyConfig(BASE, ("m.onnx",))
+    runs = time_artifacts(config, {"m.onnx": ("m.onnx", "auto", "fp32")})
+    system = {"cpu": "cpu", "cpu_features": [], "cores": 2, "load_average": (0.5, 0.0, 0.0)}
+    script.print_runs(config, {"system": system, "load_average_after": (2.0, 0.0, 0.0), "runs": runs})
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("| run |"))
+    cells = dict(zip(header.strip("| ").split(" | "), lines[lines.index(header) + 2].strip("| ").split(" | ")))
+    assert cells["frame p50"] == "4.00" and cells["alone frame p50"] == "3.00"
+    assert float(cells["alone p99/p50"]) == pytest.approx(float(cells["alone frame p99"]) / float(cells["alone frame p50"]), abs=0.01)
+    assert "load 0.5 before the run, 2.0 after it" in lines[1]
+
+
+def test_the_load_is_read_before_the_harness_works(harness, monkeypatch, tmp_path):
+    """The load printed is the background the runs met: read before the timing, which here raises it to 2."""
+    monkeypatch.setattr(latency.os, "getloadavg", lambda: (2.0, 2.0, 2.0) if harness else (0.5, 0.5, 0.5))
+    report = latency_report(LatencyConfig(BASE, (onnx_model(tmp_path / "a.onnx", None),)))
+    assert report["system"]["load_average"][0] == 0.5 and report["load_average_after"][0] == 2.0
+
+
+def test_reuse_refuses_the_artifacts_of_another_checkpoint(monkeypatch, tmp_path):
+    """--reuse times what is in --work only when it was made from this checkpoint's very file."""
+    exported: list[str] = []
+
+    def export(checkpoint, out, uint8_input):
+        exported.append(str(checkpoint))
+        Path(out).write_bytes(b"graph")
+        return types.SimpleNamespace(parity_min_cosine=1.0, parity_max_abs_diff=0.0, parity_images=1)
+
+    def calibrate(config):
+        config.out.mkdir(exist_ok=True)
+        (config.out / "model.int8.cpu.onnx").write_bytes(b"int8 graph")
+
+    monkeypatch.setattr("structvpr_edge.deploy.export.export_onnx", export)
+    monkeypatch.setattr("structvpr_edge.deploy.calibration.calibrate", calibrate)
+    first, second, work = tmp_path / "first.pt", tmp_path / "second.pt", tmp_path / "work"
+    first.write_bytes(b"weights of one run")
+    second.write_bytes(b"weights of another")
+    work.mkdir()
+    prepare_artifacts(str(first), work, "images", 8, 1, reuse=False)
+    artifacts, export_report = prepare_artifacts(str(first), work, "images", 8, 1, reuse=True)
+    assert exported == [str(first)] and export_report == {} and artifacts["ort-fp32"][0] == str(work / "model.onnx")
+    with pytest.raises(ConfigError, match=f"--reuse: the artifacts in {work} \\(made from {first}\\) are not {second}'s"):
+        prepare_artifacts(str(second), work, "images", 8, 1, reuse=True)
+    (work / SOURCE_RECORD).unlink()  # a work folder of before the record
+    with pytest.raises(ConfigError, match="no record of the checkpoint"):
+        prepare_artifacts(str(first), work, "images", 8, 1, reuse=True)
+    assert exported == [str(first)]
 
 
 # 3. TensorRT in the system report

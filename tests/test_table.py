@@ -11,8 +11,9 @@ import pytest
 
 from structvpr_edge.errors import ConfigError
 from structvpr_edge.train.config import DistillConfig, dotted_overrides, load_config
-from structvpr_edge.bench.table import (CONFIGS, ROWS, Row, last_val_recall, median_kd_grad_ratio, parse_row, run_dir, summarize,
-                                        train_command, train_run)
+from structvpr_edge.bench import table
+from structvpr_edge.bench.table import (CONFIGS, ROWS, Row, last_val_recall, median_kd_grad_ratio, parse_row, parse_seeds, run_dir, summarize,
+                                        table_results, train_command, train_run, train_table)
 
 
 def test_parse_row_names_and_variants():
@@ -110,3 +111,71 @@ def test_gpu_table_packs_what_a_reader_needs_and_reads_val(tmp_path):
         assert sorted(tar.getnames()) == ["row-10/s0/log.jsonl", "row-10/s0/model.pt", "row-10/s1/log.jsonl"]
     table = gpu_table.val_table(tmp_path / "runs", ["row-10"], [0, 1])
     assert [(r["finished"], r["val"]) for r in table["row-10"]] == [(True, 0.5), (False, 0.5)]
+
+
+@pytest.fixture
+def recording_trainer(monkeypatch) -> list[str]:
+    """train_run's process replaced by the CLI in this process, whose trainer trains nothing: it
+    saves a small checkpoint recording the config the CLI read (as the trainer records it) and a
+    val R@1 of 0.5. Returns the run folders trained."""
+    from structvpr_edge import cli
+    from structvpr_edge.models.checkpoint import save_checkpoint
+    from structvpr_edge.models.teacher import SegTeacher
+    from structvpr_edge.train import trainer
+    from structvpr_edge.train.config import config_to_dict
+
+    trained: list[str] = []
+
+    def record(config, out, stages=None, resume=False) -> Path:
+        (Path(out) / "log.jsonl").write_text(json.dumps({"step": 0, "val_recall@1": 0.5}) + "\n")
+        return save_checkpoint(Path(out) / "model.pt", SegTeacher(), (64, 48), config_to_dict(config))
+
+    def run(command: list[str], **kwargs) -> None:
+        trained.append(command[command.index("--out") + 1])
+        assert cli.main(command[3:]) == 0
+
+    monkeypatch.setattr(trainer, "train", record)
+    monkeypatch.setattr(table.subprocess, "run", run)
+    return trained
+
+
+ROWS_KD = [ROWS["student-nokd"], ROWS["structvprpp"]]
+
+
+def test_a_finished_run_of_another_config_is_refused_not_reported(recording_trainer, tmp_path):
+    """Run folders are named by row, steps and seed: a call with other --set / --distill-set into the
+    same --runs would have trained nothing and reported the first call's runs as its own."""
+    runs, kd, small = tmp_path / "runs", ("distill.weight=0.1",), ("image_size=[160,120]",)
+    train_table(ROWS_KD, "data/x", [0], 10, runs, distill_overrides=kd, overrides=small)
+    assert sorted(recording_trainer) == [str(runs / name / "s0") for name in ("structvprpp-10", "student-nokd-10", "teacher-10")]
+    recording_trainer.clear()
+    train_table(ROWS_KD, "data/x", [0], 10, runs, distill_overrides=kd, overrides=small)  # the same call resumes: nothing to train
+    results = table_results(ROWS_KD, "data/x", [0], 10, 10, runs, distill_overrides=kd, overrides=small)
+    assert list(results) == ["teacher", "student-nokd", "structvprpp"] and all(r[0]["val"] == 0.5 for r in results.values())
+
+    with pytest.raises(ConfigError, match=r"teacher-10/s0 holds a finished run .*image_size: \(160, 120\) there, \(320, 240\) in this call"):
+        train_table(ROWS_KD, "data/x", [0], 10, runs, distill_overrides=kd, overrides=("image_size=[320,240]",))
+    with pytest.raises(ConfigError, match=r"structvprpp-10/s0 holds a finished run .*distill.weight: 0.1 there, 0.3 in this call"):
+        train_table(ROWS_KD, "data/x", [0], 10, runs, distill_overrides=("distill.weight=0.3",), overrides=small)
+    with pytest.raises(ConfigError, match=r"structvprpp-10/s0 .*distill.weight: 0.1 there, 1.0 in this call"):
+        table_results(ROWS_KD, "data/x", [0], 10, 10, runs)
+    assert recording_trainer == []
+
+
+def test_a_row_short_of_its_requested_seeds_says_so(recording_trainer, tmp_path):
+    """Seed 1 was stopped (a log, no model): the row reads 1 of 2 seeds, not a whole row of one."""
+    runs = tmp_path / "runs"
+    train_table([ROWS["student-nokd"]], "data/x", [0], 10, runs)
+    stopped = run_dir(runs, ROWS["student-nokd"], 10, 1)
+    stopped.mkdir()
+    (stopped / "log.jsonl").write_text(json.dumps({"step": 9, "val_recall@1": 0.1}) + "\n")
+    results = table_results([ROWS["student-nokd"]], "data/x", [0, 1], 10, 10, runs)
+    assert results["student-nokd"][1] == {"seed": 1, "finished": False}
+    assert summarize(results, ["val"]).splitlines()[-1] == "| student-nokd | 1 of 2 | 50.0 ± 0.0 (n=1 of 2 requested) |"
+
+
+def test_parse_seeds():
+    assert (parse_seeds("3"), parse_seeds("1,"), parse_seeds("0,2,5")) == ([0, 1, 2], [1], [0, 2, 5])
+    for bad in ("a,b", "0", ","):
+        with pytest.raises(ConfigError, match="--seeds"):
+            parse_seeds(bad)

@@ -36,20 +36,27 @@ def write_blended(checkpoint: Path, share: float, out_dir: Path) -> tuple[Path, 
     return out, total
 
 
-def seed_runs(runs: Path) -> list[Path]:
-    """A row's finished runs: ``runs/s*/model.pt`` (a method-table row), or one checkpoint."""
-    return [runs] if runs.is_file() else sorted(runs.glob("s*/model.pt"))
+def seed_runs(runs: Path, seeds: list[int] | None = None) -> list[Path]:
+    """A row's runs: one checkpoint, or a method-table row's ``runs/sSEED/model.pt`` of ``seeds``;
+    None: every seed present, so a folder that gained seeds since gives another row."""
+    if runs.is_file():
+        return [runs]
+    return sorted(runs.glob("s*/model.pt")) if seeds is None else [runs / f"s{seed}" / "model.pt" for seed in seeds]
 
 
-def blend_table(rows: dict[str, Path], shares: list[float], out: Path, val: VPRDataset, corridor: Path, camvid: Path) -> dict[str, list[dict]]:
-    """``"ROW a=SHARE"`` (the share the model stands at, see write_blended) -> one figures dict per seed: val R@1 and the real val columns. Every share
-    and row is checked before the first blend."""
+def blend_table(rows: dict[str, Path], shares: list[float], out: Path, val: VPRDataset, corridor: Path, camvid: Path,
+                seeds: list[int] | None = None) -> dict[str, list[dict]]:
+    """``"ROW a=SHARE"`` (the share the model stands at, see write_blended) -> one figures dict per seed: val R@1 and the real val columns.
+    ``seeds``: seed_runs'. Every share, row and requested seed is checked before the first blend."""
     for share in shares:
         check_blend_share(share)
     empty = [str(runs) for runs in rows.values() if not seed_runs(runs)]
     if empty:
         raise DatasetError(f"no finished run (s*/model.pt) and no checkpoint at {', '.join(empty)}")
-    jobs = [(name, run, share) for name, runs in rows.items() for run in seed_runs(runs) for share in shares]
+    missing = [str(run) for runs in rows.values() for run in seed_runs(runs, seeds) if not run.is_file()]
+    if missing:
+        raise DatasetError(f"--seeds {seeds}: no finished run at {', '.join(missing)}")
+    jobs = [(name, run, share) for name, runs in rows.items() for run in seed_runs(runs, seeds) for share in shares]
     results: dict[str, list[dict]] = {}
     for name, run, share in tqdm(jobs, desc="blend"):
         seed = run.parent.name if run.name == "model.pt" else run.stem

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..artifacts import CPU_INT8, FORMATS, backend_for
 from ..errors import BackendError, ConfigError
-from ..modelinfo import read_onnx_info
+from ..modelinfo import read_onnx_info, sha256_file
 from ..runtime.edgevpr import EdgeVPR
 from ..runtime.hardware import cpu_features, cpu_name
 from ..runtime.tensorrt_backend import load_engine_manifest
@@ -25,6 +25,7 @@ from .rig import RunSpec, exact_agreement, synthetic_map
 
 STAGES = ("preprocess", "inference", "search", "total", "frame")  # frame: wall time of localize() (of all cameras)
 BACKEND_SPEED = ("tensorrt", "onnxruntime", "torch")  # fastest first: picks the artifact the multi-camera row times
+SOURCE_RECORD = "source.json"  # in the work folder: the checkpoint its artifacts were made from, and its sha256
 
 
 def _version(module: str) -> str | None:
@@ -52,6 +53,11 @@ def _command(*args: str) -> str | None:
         return None
 
 
+def load_average() -> tuple[float, float, float] | None:
+    """The 1, 5 and 15-minute load average; None where the OS keeps none."""
+    return os.getloadavg() if hasattr(os, "getloadavg") else None
+
+
 def system_info() -> dict:
     """CPU, load, GPU, library versions and, on a Jetson, the L4T release and power mode."""
     tegra = Path("/etc/nv_tegra_release")
@@ -59,7 +65,7 @@ def system_info() -> dict:
         "cpu": cpu_name(),
         "cpu_features": cpu_features(),
         "cores": os.cpu_count(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "load_average": load_average(),
         "machine": platform.machine(),
         "python": platform.python_version(),
         "gpu": _command("nvidia-smi", "--query-gpu=name", "--format=csv,noheader"),
@@ -146,17 +152,41 @@ def artifact_precision(model: str) -> str:
     return "fp32"
 
 
+def source_of(checkpoint: str) -> dict:
+    """What the work folder records of the checkpoint (a path or shipped name) its artifacts are made from."""
+    from ..models.checkpoint import resolve_checkpoint  # noqa: PLC0415 - torch only where a checkpoint is read
+
+    path = resolve_checkpoint(checkpoint)
+    return {"checkpoint": str(path), "sha256": sha256_file(path)}
+
+
+def check_reusable(work: Path, checkpoint: str) -> None:
+    """--reuse: the artifacts in ``work`` must come from ``checkpoint``'s very file, by the sha256
+    prepare_artifacts records beside them; another checkpoint's export would be timed as this one's."""
+    record = work / SOURCE_RECORD
+    made_from = json.loads(record.read_text()) if record.is_file() else None
+    source = source_of(checkpoint)
+    if made_from is None or made_from.get("sha256") != source["sha256"]:
+        origin = "no record of the checkpoint they were made from" if made_from is None else f"made from {made_from.get('checkpoint')}"
+        raise ConfigError(f"--reuse: the artifacts in {work} ({origin}) are not {source['checkpoint']}'s (sha256 {source['sha256'][:12]}): "
+                          "run without --reuse to export them anew, or give another --work")
+
+
 def prepare_artifacts(checkpoint: str, work: Path, images: str | None, num: int, threads, reuse: bool) -> tuple[dict, dict]:
     """name -> (model, backend, precision) for torch, ORT FP32 / FP16 / INT8 (+ TensorRT engines
-    found in ``work``), and the export report (parity) when exported in this run."""
+    found in ``work``), and the export report (parity) when exported in this run. A fresh export
+    records the checkpoint's sha256 in ``work`` (SOURCE_RECORD) once calibrated, for check_reusable."""
     from ..deploy.calibration import CalibrationConfig, calibrate  # noqa: PLC0415
 
-    fp32, calibration = work / "model.onnx", work / "calibration"
+    fp32, calibration, record = work / "model.onnx", work / "calibration", work / SOURCE_RECORD
     export = {}
-    if not (reuse and fp32.exists() and (calibration / CPU_INT8).exists()):
+    if reuse and fp32.exists() and (calibration / CPU_INT8).exists():
+        check_reusable(work, checkpoint)
+    else:
         from ..data.synthcity import generate_dataset  # noqa: PLC0415
         from ..deploy.export import export_onnx  # noqa: PLC0415
 
+        record.unlink(missing_ok=True)  # the artifacts are another checkpoint's until this export and calibration end
         report = export_onnx(checkpoint, fp32, uint8_input=True)
         export = {"min_cosine": report.parity_min_cosine, "max_abs_diff": report.parity_max_abs_diff, "frames": report.parity_images}
         if images is None:
@@ -164,6 +194,7 @@ def prepare_artifacts(checkpoint: str, work: Path, images: str | None, num: int,
             if not (images / "images").exists():
                 generate_dataset(images, seed=7, preset="smoke")
         calibrate(CalibrationConfig(model=fp32, images=images, out=calibration, num=num, threads=threads, reselect=True))
+        record.write_text(json.dumps(source_of(checkpoint)) + "\n")
     configs = {"torch-fp32": (checkpoint, "torch", "fp32")}
     for tag, form in FORMATS.items():  # the ONNX Runtime artifacts, "ort-fp32", "ort-fp16", "ort-int8"
         if form.backend == "onnxruntime":
@@ -229,10 +260,14 @@ def time_artifacts(config: LatencyConfig, artifacts: dict) -> list[dict]:
 
 
 def latency_report(config: LatencyConfig) -> dict:
-    """The runs, the machine, INT8's verdict and what the options add (profile, exactness, recall)."""
+    """The runs, the machine, INT8's verdict and what the options add (profile, exactness, recall).
+    The machine is read before any work, so its load is the background the runs met, not the
+    harness's own export and timing; ``load_average_after`` is read once the runs end."""
+    system = system_info()
     artifacts, export = choose_artifacts(config)
     runs = time_artifacts(config, artifacts)
-    report = {"runs": runs, "system": system_info(), "frames": config.frames, "export_parity": export}
+    report: dict = {"runs": runs, "system": system, "load_average_after": load_average(),
+              "frames": config.frames, "export_parity": export}
     by_name = {run["name"]: run for run in runs}
     report["inference_p50"] = {p: by_name[f"ort-{p}"]["stage_ms"]["inference"]["p50"] for p in ("fp32", "fp16", "int8") if f"ort-{p}" in by_name}
     report["int8_advice"] = int8_advice(report["inference_p50"])

@@ -4,7 +4,9 @@ mean +- std, val and test apart.
 Protocol (docs/RESULTS.md): settings and shipped models are chosen on ``val`` (the R@1 each run
 logs at its last step); ``test`` is read once per finished model, for the report. Row ``r`` of
 seed ``s`` that distils uses the teacher of seed ``s``. Runs go to ``RUNS/ROW-STEPS/sSEED``; a
-finished run (``model.pt`` present) is never trained again, so an interrupted table resumes.
+finished run (``model.pt`` present) is never trained again, so an interrupted table resumes. The
+folder's name holds neither the options nor the dataset, so a finished run whose recorded
+``train_config`` differs from what the call would train is refused, never reported as the call's.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..train.config import dotted_overrides, load_config, recipe
+from ..train.config import config_to_dict, dotted_overrides, load_config, recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -69,6 +71,17 @@ def parse_row(spec: str) -> Row:
     return Row(name, config, tuple(overrides))
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``N``: seeds 0..N-1; else a comma-separated list of seeds ('1,' is seed 1 alone). None at all is refused."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s] if "," in text else list(range(int(text)))
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise ConfigError(f"--seeds is a count (>= 1) or a comma-separated list of seeds, got {text!r}")
+    return seeds
+
+
 def with_overrides(row: Row, overrides: tuple[str, ...]) -> Row:
     return Row(row.name, row.config, row.overrides + overrides) if overrides else row
 
@@ -86,6 +99,60 @@ def train_command(row: Row, dataset: str, steps: int, seed: int, out: Path, teac
     for override in row.overrides:
         command += ["--set", override]
     return command
+
+
+def planned_runs(rows: list[Row], dataset: str, seeds: list[int], steps: int, runs: Path, teacher_steps: int | None = None,
+                 distill_overrides: tuple[str, ...] = (), overrides: tuple[str, ...] = ()) -> dict[tuple[str, int], tuple[list[str], Path]]:
+    """(row name, seed) -> (train command, run folder) of every run of the table: each seed's teacher
+    first where a row distils (or is the teacher), then each row on each seed. ``distill_overrides``
+    apply to the rows that distil, ``overrides`` to every row and the teachers (train_table's)."""
+    rows = [with_overrides(r, overrides) for r in rows]
+    teacher, teacher_steps = with_overrides(ROWS["teacher"], overrides), teacher_steps or steps
+    planned: dict[tuple[str, int], tuple[list[str], Path]] = {}
+    if any(r.distils for r in rows) or teacher in rows:
+        for seed in seeds:
+            out = run_dir(runs, teacher, teacher_steps, seed)
+            planned[teacher.name, seed] = (train_command(teacher, dataset, teacher_steps, seed, out, None), out)
+    for row in rows:
+        if row == teacher:
+            continue
+        if row.distils:  # the overrides may not switch the teacher off: they apply to distilling rows only
+            row = Row(row.name, row.config, row.overrides + distill_overrides)
+        for seed in seeds:
+            out = run_dir(runs, row, steps, seed)
+            teacher_model = planned[teacher.name, seed][1] / "model.pt" if row.distils else None
+            planned[row.name, seed] = (train_command(row, dataset, steps, seed, out, teacher_model), out)
+    return planned
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, object]:
+    """A nested config as dotted keys, so a difference can be named: {'distill.weight': 0.1, ...}."""
+    flat: dict[str, object] = {}
+    for key, value in config.items():
+        flat |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return flat
+
+
+def command_config(command: list[str]) -> dict:
+    """The ``train_config`` a run of train_command's ``command`` records, read as the CLI reads its --config and --set."""
+    sets = [value for option, value in zip(command, command[1:]) if option == "--set"]
+    return config_to_dict(load_config(command[command.index("--config") + 1], dotted_overrides(sets)))
+
+
+def finished(out: Path, command: list[str]) -> bool:
+    """Whether ``out`` holds a finished run (``model.pt``) of ``command``. A finished run recorded
+    with another config is a ConfigError naming the folder and the keys that differ: its folder
+    name would have it kept and reported as this call's run."""
+    model = out / "model.pt"
+    if not model.exists():
+        return False
+    recorded, wanted = _flat(config_to_dict(load_config(model))), _flat(command_config(command))
+    differing = sorted(key for key in recorded.keys() | wanted.keys() if recorded.get(key) != wanted.get(key))
+    if differing:
+        changes = "; ".join(f"{key}: {recorded.get(key)!r} there, {wanted.get(key)!r} in this call" for key in differing)
+        raise ConfigError(f"{out} holds a finished run trained with another config ({changes}): give the options it was trained "
+                          "with, or another --runs folder")
+    return True
 
 
 def train_run(command: list[str], out: Path, threads: int, deadline: float | None = None, stop: float | None = None) -> Path:
@@ -113,21 +180,23 @@ def train_table(rows: list[Row], dataset: str, seeds: list[int], steps: int, run
     features) that the other runs then read; a distilling run waits for its seed's teacher.
     ``distill_overrides`` apply to the rows that distil (e.g. a KD weight chosen on val),
     ``overrides`` to every row and the teachers (e.g. real frames in training);
-    ``deadline`` and ``stop`` are train_run's."""
+    ``deadline`` and ``stop`` are train_run's. Every finished run is checked against this call's
+    config (``finished``) before anything trains."""
+    planned = planned_runs(rows, dataset, seeds, steps, runs, teacher_steps, distill_overrides, overrides)
+    for command, out in planned.values():
+        finished(out, command)
     rows = [with_overrides(r, overrides) for r in rows]
     teacher = with_overrides(ROWS["teacher"], overrides)
-    teacher_steps = teacher_steps or steps
-    teachers = {s: run_dir(runs, teacher, teacher_steps, s) for s in seeds}
+
+    def job(key: tuple[str, int]) -> Path:
+        command, out = planned[key]
+        return train_run(command, out, threads, deadline, stop)
 
     def teacher_job(seed: int) -> Path:
-        return train_run(train_command(teacher, dataset, teacher_steps, seed, teachers[seed], None), teachers[seed], threads, deadline, stop)
+        return job((teacher.name, seed))
 
     def student_job(row_seed: tuple[Row, int]) -> Path:
-        row, seed = row_seed
-        if row.distils:  # the overrides may not switch the teacher off: they apply to distilling rows only
-            row = Row(row.name, row.config, row.overrides + distill_overrides)
-        out = run_dir(runs, row, steps, seed)
-        return train_run(train_command(row, dataset, steps, seed, out, teachers[seed] / "model.pt" if row.distils else None), out, threads, deadline, stop)
+        return job((row_seed[0].name, row_seed[1]))
 
     students = [(r, s) for s in seeds for r in rows if r != teacher]
     with ThreadPoolExecutor(max(1, jobs)) as pool:
@@ -192,16 +261,19 @@ def median_kd_grad_ratio(out: Path) -> float | None:
 
 
 def summarize(results: dict[str, list[dict]], columns: list[str]) -> str:
-    """Markdown: one line per row, ``mean ± std`` of each column over the seeds that finished
-    (`` (n=K)`` added where a column has fewer values than the row has seeds)."""
+    """Markdown: one line per row, ``mean ± std`` of each column over the runs that finished. A
+    row's entries are the seeds requested (``finished`` False: no model), so a row short of them
+    says so: ``K of N`` seeds, and `` (n=K of N requested)`` on a column with fewer values."""
     lines = ["| row | seeds | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 2)]
     for name, runs in results.items():
         cells = []
         for column in columns:
             values = [100 * r[column] for r in runs if r.get(column) is not None]
-            count = f" (n={len(values)})" if 0 < len(values) < len(runs) else ""
+            count = f" (n={len(values)} of {len(runs)} requested)" if 0 < len(values) < len(runs) else ""
             cells.append(f"{np.mean(values):.1f} ± {np.std(values):.1f}{count}" if values else "")
-        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+        done = sum(r.get("finished", True) for r in runs)
+        seeds = f"{done} of {len(runs)}" if done < len(runs) else str(len(runs))
+        lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -209,7 +281,7 @@ def summarize(results: dict[str, list[dict]], columns: list[str]) -> str:
 def run_figures(out: Path, seed: int, real: tuple[Path, Path] | None = None, test=None) -> dict:
     """One finished run's figures: last val R@1 and KD gradient share, with ``real`` (corridor,
     CamVid) the real val columns, with ``test`` (a loaded split) R@1 overall and per condition."""
-    figures = {"seed": seed, "val": last_val_recall(out), "kd_grad_ratio": median_kd_grad_ratio(out)}
+    figures = {"seed": seed, "finished": True, "val": last_val_recall(out), "kd_grad_ratio": median_kd_grad_ratio(out)}
     if real is not None:
         figures |= real_val(out / "model.pt", *real)
     if test is not None:
@@ -222,14 +294,15 @@ def run_figures(out: Path, seed: int, real: tuple[Path, Path] | None = None, tes
     return figures
 
 
-def table_results(rows: list[Row], seeds: list[int], steps: int, teacher_steps: int, runs: Path, real: tuple[Path, Path] | None = None,
-                  test=None) -> dict[str, list[dict]]:
-    """Row name -> the figures of its finished runs; the teacher first, where a row distils from it."""
-    teacher = [ROWS["teacher"]] if any(r.distils for r in rows) and ROWS["teacher"] not in rows else []
+def table_results(rows: list[Row], dataset: str, seeds: list[int], steps: int, teacher_steps: int, runs: Path,
+                  real: tuple[Path, Path] | None = None, test=None, distill_overrides: tuple[str, ...] = (),
+                  overrides: tuple[str, ...] = ()) -> dict[str, list[dict]]:
+    """Row name -> one entry per requested seed: its run's figures, or ``finished`` False where it
+    has no model (failed, stopped or never started), so a short row is not read as a whole one; the
+    teacher first, where a row distils from it. The options are train_table's: a finished run of
+    another config is refused (``finished``)."""
     results: dict[str, list[dict]] = {}
-    for row in [*teacher, *rows]:
-        for seed in seeds:
-            out = run_dir(runs, row, teacher_steps if row.name == "teacher" else steps, seed)
-            if (out / "model.pt").exists():
-                results.setdefault(row.name, []).append(run_figures(out, seed, real, test))
+    for (name, seed), (command, out) in planned_runs(rows, dataset, seeds, steps, runs, teacher_steps, distill_overrides, overrides).items():
+        figures = run_figures(out, seed, real, test) if finished(out, command) else {"seed": seed, "finished": False}
+        results.setdefault(name, []).append(figures)
     return results
