@@ -310,6 +310,9 @@ def test_distill_real_weight_scales_only_the_real_anchors():
         load_config(None, {"mode": "structvpr++", "distill": {"real_weight": -1.0}}).validate()
 
 
+METRIC_LOSSES = [lambda d, y, n: multi_similarity_loss(d, y, MultiSimilarityConfig(), n), lambda d, y, n: triplet_margin_loss(d, y, 0.1, n)]
+
+
 def three_places(closeness: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Places 0 and 2 apart; place 1 turned ``closeness`` of the way onto place 0 (never toward 2),
     two images each. Returns descriptors, labels and the pairs of places 0 and 1 as neighbours."""
@@ -321,13 +324,25 @@ def three_places(closeness: float) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return descriptors, labels, near
 
 
-@pytest.mark.parametrize("loss", [lambda d, y, n: multi_similarity_loss(d, y, MultiSimilarityConfig(), n), lambda d, y, n: triplet_margin_loss(d, y, 0.1, n)])
+@pytest.mark.parametrize("loss", METRIC_LOSSES)
 def test_a_neighbouring_place_is_no_negative_in_the_metric_losses(loss):
     """Moving place 1 onto its neighbour 0 costs nothing once the pair is masked, and costs without the mask."""
     apart, labels, near = three_places(0.0)
     onto, _, _ = three_places(0.95)
     assert torch.isclose(loss(apart, labels, near), loss(onto, labels, near))
     assert loss(onto, labels, None) > loss(apart, labels, None) + 0.01
+
+
+@pytest.mark.parametrize("loss", METRIC_LOSSES)
+def test_a_batch_without_a_usable_anchor_costs_0_not_nan(loss):
+    """Every other place a neighbour (or one place in the batch): no anchor has both a positive and a
+    negative, and the loss is 0 with a zero gradient, not the NaN that would poison the weights."""
+    descriptors, labels, _ = three_places(0.0)
+    descriptors.requires_grad_(True)
+    everyone_near = labels[:, None] != labels[None, :]
+    for value in (loss(descriptors, labels, everyone_near), loss(descriptors, torch.zeros_like(labels), None)):
+        value.backward()
+        assert value.item() == 0 and torch.equal(descriptors.grad, torch.zeros_like(descriptors))
 
 
 def test_a_neighbouring_place_does_not_outrank_the_positive():

@@ -87,6 +87,26 @@ def test_checkpoint_roundtrip_half_and_errors(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+@pytest.mark.parametrize("field, change", [
+    ("layout", lambda p: p["layout"]["segments"][0].update(size=256)),  # a global segment of 256 over weights of 128
+    ("label_groups", lambda p: p["label_groups"].reverse()),
+    ("class_to_group", lambda p: p["class_to_group"].update(sky="building")),
+    ("model_type", lambda p: p.pop("model_type")),
+    ("model_config", lambda p: p.pop("model_config")),
+    ("state_dict", lambda p: p["state_dict"].update(extra=3)),
+])
+def test_a_checkpoint_whose_metadata_disagrees_with_its_model_or_this_code_is_refused(tmp_path, field, change):
+    """The runtime slices descriptors by the file's layout and indexes groups by LABEL_GROUPS: a file
+    whose tables are not the rebuilt model's and this code's must not load silently."""
+    path = save_checkpoint(tmp_path / "t.pt", SegTeacher(TeacherConfig(input_size=(32, 24))), (64, 48), {})
+    assert load_checkpoint(path)[1]["layout"] == layout_of(SegTeacher(TeacherConfig())).to_dict()
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    torch.save(payload, path)
+    with pytest.raises(ModelError, match=rf"t\.pt: .*{field}"):
+        load_checkpoint(path)
+
+
 def test_ship_saves_half_weights_with_their_source(tmp_path):
     model = StructVPRStudent(StudentConfig(imagenet=False)).eval()
     run = save_checkpoint(tmp_path / "run" / "model.pt", model, (64, 48), {"mode": "structvpr++", "seed": 2}, {"steps_done": 7})

@@ -18,10 +18,10 @@ from torch import nn
 
 from structvpr_edge.cli import main
 from structvpr_edge.data.dataset import load_dataset
-from structvpr_edge.errors import ConfigError, DatasetError
+from structvpr_edge.errors import ConfigError, DatasetError, ModelError
 from structvpr_edge.eval.evaluate import evaluate
 from structvpr_edge.eval.models import load_extractor
-from structvpr_edge.models.checkpoint import build_model, load_checkpoint, save_checkpoint, shipped_path
+from structvpr_edge.models.checkpoint import build_model, load_checkpoint, load_resume_state, save_checkpoint, save_resume_state, shipped_path
 from structvpr_edge.models.efficientnet_lite import EfficientNetLite0
 from structvpr_edge.models.student import StructVPRStudent
 from structvpr_edge.train.config import OldConfigWarning, Recipe, config_to_dict, load_config, recipe
@@ -166,6 +166,13 @@ def test_student_nokd_trains_without_a_teacher(place_dataset, tmp_path):
     assert isinstance(load_checkpoint(model)[0], StructVPRStudent)
 
 
+def test_a_teacher_of_another_input_size_is_refused(easy, place_dataset):
+    """The label fractions are pooled to teacher.input_size: a convolutional teacher trained at another size would run on them silently."""
+    config = load_config(None, tiny_config(place_dataset, easy / "cache", mode="structvpr++", teacher={"input_size": [16, 12]}))
+    with pytest.raises(ConfigError, match=r"teacher/model\.pt is a teacher of label fractions \[32, 24\], but teacher\.input_size is \[16, 12\]"):
+        Stage(config, "student", easy / "other-size", setup_context("cpu"), easy / "teacher" / "model.pt")
+
+
 def test_extra_distillation_terms_train_their_projector_and_resume(easy, place_dataset):
     """Feature KD, similarity KD and teacher-ranked negatives on: the projector learns, is kept in
     last.pt for a resume, and never reaches the shipped checkpoint."""
@@ -297,6 +304,39 @@ def test_resume_continues_from_last_step(easy, place_dataset):
     train(longer, out, resume=True)
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines() if '"loss"' in line]
     assert steps[0] == 0 and max(steps) == 19 and 12 in steps and steps.count(0) == 1
+
+
+def test_resume_refuses_a_run_configured_otherwise(easy, place_dataset):
+    """last.pt keeps its run's config: another model or loss setting is a ConfigError naming them, not a
+    RuntimeError from load_state_dict or a silent change. A last.pt of before is resumed with a warning,
+    and weights of another model in it are a ModelError."""
+    out = easy / "resume-config"
+    train(load_config(None, tiny_config(place_dataset, easy / "cache", mode="baseline", optim={**FAST, "steps": 2})), out)
+    other = load_config(None, tiny_config(place_dataset, easy / "cache", mode="baseline", optim={**FAST, "steps": 4, "triplet_margin": 0.2},
+                                           global_student={"frozen_blocks": 4, "dim": 64}))
+    with pytest.raises(ConfigError, match=r"last\.pt was trained with other settings of global_student\.dim, optim\.triplet_margin:"):
+        train(other, out, resume=True)
+    state = load_resume_state(out / "last.pt")
+    del state["config"]
+    save_resume_state(out / "last.pt", state)
+    with pytest.warns(UserWarning, match="does not record the config"), pytest.raises(ModelError, match=r"last\.pt does not hold a resumable"):
+        train(other, out, resume=True)
+
+
+def test_a_resumed_run_computes_what_an_unbroken_run_does(easy, place_dataset):
+    """last.pt keeps the rank memory too: a resumed run ranks its first anchors among the batches before
+    them, as the run it continues does, so its sample weights and losses are that run's."""
+    teacher = str(easy / "teacher" / "model.pt")
+
+    def run(steps: int, out: Path, resume: bool = False) -> dict:
+        optim = {**FAST, "steps": steps, "warmup_steps": 4, "log_every": 1}  # in the warm-up the rate does not depend on steps
+        train(load_config(None, tiny_config(place_dataset, easy / "cache", mode="structvpr++", teacher_checkpoint=teacher, optim=optim)),
+              out, resume=resume)
+        return {r["step"]: {k: v for k, v in r.items() if k != "time_s"} for r in log_rows(out) if "loss" in r}
+
+    unbroken = run(4, easy / "unbroken")
+    run(2, easy / "broken")
+    assert run(4, easy / "broken", resume=True) == unbroken
 
 
 def test_bad_configs_raise(tmp_path, place_dataset):

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -189,15 +190,39 @@ def load_checkpoint(name_or_path: str | Path, trust_checkpoint: bool = False) ->
     payload = _read(path, trust_checkpoint)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"{path} is not a structvpr-edge checkpoint (format {FORMAT})")
-    model = build_model(payload["model_type"], payload["model_config"])
-    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    model = build_model(_field(path, payload, "model_type", str), _field(path, payload, "model_config", dict))
+    state = _field(path, payload, "state_dict", dict)
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ModelError(f"{path}: state_dict entries {not_tensors[:3]} are not tensors")
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     except RuntimeError as exc:
         raise ModelError(f"{path}: weights do not fit the model config: {exc}") from exc
+    _check_tables(path, payload, model)
     meta = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer")}
     meta["path"] = str(path)
     return model.eval(), meta
+
+
+def _field(path: Path, payload: dict, name: str, kind: type) -> Any:
+    """``payload[name]``, a ModelError naming the file and field if it is missing or not a ``kind``."""
+    value = payload.get(name)
+    if not isinstance(value, kind):
+        found = "it has none" if name not in payload else f"got {type(value).__name__}"
+        raise ModelError(f"{path}: checkpoint field {name!r} must be a {kind.__name__}, {found}")
+    return value
+
+
+def _check_tables(path: Path, payload: dict, model: nn.Module) -> None:
+    """The file's descriptor layout and label-group tables must be the model's and this code's: the
+    runtime and maps slice descriptors by the layout, and group ids index LABEL_GROUPS, so another
+    table (a layout of other sizes, groups in another order) would give wrong matches silently."""
+    expected = {"layout": layout_of(model).to_dict(), "label_groups": list(LABEL_GROUPS), "class_to_group": dict(CLASS_TO_GROUP)}
+    for name, ours in expected.items():
+        theirs = _field(path, payload, name, type(ours))
+        if theirs != ours:
+            raise ModelError(f"{path}: checkpoint field {name!r} is {theirs!r}, but this model and structvpr-edge use {ours!r}")
 
 
 def ship(run_checkpoint: str | Path, name: str, weights_dir: Path = SHIPPED_DIR, trust_checkpoint: bool = False) -> Path:

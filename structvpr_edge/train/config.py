@@ -71,7 +71,7 @@ class OptimConfig:
 
     def validate(self, where: str) -> None:
         """``where``: the section's name (optim or teacher_optim). A batch of one place has no
-        negatives: the triplet loss is NaN and the multi-similarity loss 0, so nothing is learnt."""
+        negatives: both metric losses are 0, so nothing is learnt."""
         if self.places_per_batch < 2:
             raise ConfigError(f"{where}.places_per_batch must be >= 2: a batch needs other places as negatives, got {self.places_per_batch}")
         if self.images_per_place < 2:
@@ -310,3 +310,14 @@ def config_to_dict(config: TrainConfig) -> dict:
     del raw["global_student"]["feature_hw"]
     return raw
 
+
+def differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The dotted keys (``optim.lr``) whose values differ between two configs of config_to_dict's form."""
+    keys = []
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += differing_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(prefix + key)
+    return keys

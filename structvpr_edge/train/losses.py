@@ -44,13 +44,15 @@ def multi_similarity_loss(descriptors: torch.Tensor, labels: torch.Tensor, conf:
 
 
 def triplet_margin_loss(descriptors: torch.Tensor, labels: torch.Tensor, margin: float = 0.1, near: torch.Tensor | None = None) -> torch.Tensor:
-    """Batch-hard triplet loss on cosine similarity."""
+    """Batch-hard triplet loss on cosine similarity; 0 when no anchor has both a positive and a
+    negative (every other place a neighbour), as the multi-similarity loss, not the NaN of an empty mean."""
     sim = descriptors @ descriptors.T
     pos_mask, neg_mask = _pair_masks(labels, near)
     hardest_pos = torch.where(pos_mask, sim, torch.inf).amin(dim=1)
     hardest_neg = torch.where(neg_mask, sim, -torch.inf).amax(dim=1)
     valid = pos_mask.any(dim=1) & neg_mask.any(dim=1)
-    return F.relu(hardest_neg - hardest_pos + margin)[valid].mean()
+    per_anchor = F.relu(hardest_neg - hardest_pos + margin)[valid]
+    return per_anchor.mean() if len(per_anchor) else per_anchor.sum()  # mean() kept: the same value as before, to the bit
 
 
 def off_diagonal_log_softmax(sim: torch.Tensor, temperature: float) -> torch.Tensor:

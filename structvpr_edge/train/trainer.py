@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections import Counter
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -32,16 +33,23 @@ from tqdm import tqdm
 from ..data.dataset import load_dataset
 from ..data.places import PlaceGroups, place_groups
 from ..data.real_frames import FrameViews, real_places
-from ..errors import ConfigError, DatasetError
+from ..errors import ConfigError, DatasetError, ModelError
 from ..metrics import recall_at_n, retrieve
 from ..models.checkpoint import build_model, load_checkpoint, load_resume_state, save_checkpoint, save_resume_state
 from ..models.efficientnet_lite import blend_toward_imagenet
-from .config import OptimConfig, TrainConfig, config_to_dict, recipe
+from .config import OptimConfig, TrainConfig, config_to_dict, differing_keys, merge, recipe
 from .curves import plot_training_curves
 from .data import MixedPlaceSampler, PlaceBatchSampler, RowStack, fraction_array, frozen_feature_array, near_places, to_model_input
 from .distill import FeatureProjector
 from .objective import Batch, objective, part_values
 from .weights import GROUPS, Keys, RankMemory, sample_groups
+
+
+# What a resumed run may set otherwise than the run it continues: how long it trains, how often it
+# logs, validates and saves, where its cache is, on which device. Any other setting changes what a
+# step computes (or the model's shape), so ``last.pt`` refuses a run configured otherwise.
+RESUMABLE = {"device", "cache_dir"} | {f"{section}.{key}" for section in ("optim", "teacher_optim")
+                                       for key in ("steps", "time_budget_min", "log_every", "val_every", "checkpoint_every")}
 
 
 @dataclass
@@ -203,6 +211,10 @@ class Stage:
         teacher, meta = load_checkpoint(path)
         if meta["model_type"] != "teacher":
             raise ConfigError(f"{path} is a {meta['model_type']} checkpoint, not a teacher")
+        size, ours = tuple(teacher.conf.input_size), tuple(self.config.teacher.input_size)
+        if size != ours:  # the fractions are pooled to teacher.input_size; a convolutional teacher would run on another silently
+            raise ConfigError(f"{path} is a teacher of label fractions {list(size)}, but teacher.input_size is {list(ours)}: "
+                              f"set teacher.input_size to {list(size)} or train a teacher at {list(ours)}")
         return frozen(teacher.to(self.ctx.device))
 
     def _arrays(self, paths: list[Path], label_paths: list[Path] | None, relight: float = 0.0) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -350,14 +362,36 @@ class Stage:
         return self._finish(step, log)
 
     def _resume(self, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR) -> int:
-        """Weights, projector, optimizer and scheduler from ``last.pt``; the step to go on from."""
-        state = load_resume_state(self.out / "last.pt")
-        self.model.load_state_dict(state["state_dict"])
-        if self.projector is not None:
-            self.projector.load_state_dict(state["projector"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        return state["step"]
+        """Weights, projector, optimizer, scheduler and the main rank's rank memory from ``last.pt``;
+        the step to go on from. Refused if ``last.pt`` was trained with other settings (beyond RESUMABLE)."""
+        path = self.out / "last.pt"
+        state = load_resume_state(path)
+        self._check_resumed_config(path, state.get("config"))
+        try:
+            self.model.load_state_dict(state["state_dict"])
+            if self.projector is not None:
+                self.projector.load_state_dict(state["projector"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            step = int(state["step"])
+        except (KeyError, RuntimeError, ValueError) as exc:  # what load_state_dict raises for another model
+            raise ModelError(f"{path} does not hold a resumable state of this run's model ({type(exc).__name__}: {exc})") from exc
+        if self.ctx.is_main:  # only the main rank's memory is saved; other ranks start with an empty one
+            self.memory.restore(state.get("memory", []), self.ctx.device)
+        return step
+
+    def _check_resumed_config(self, path: Path, saved: dict | None) -> None:
+        """A ConfigError naming each setting beyond RESUMABLE that ``saved`` sets otherwise. A ``last.pt``
+        of before the config was kept in it is resumed with a warning: refusing it would strand its run."""
+        if saved is None:
+            warnings.warn(f"{path} does not record the config it was trained with (written by an older structvpr-edge): "
+                          "resumed without checking that this run's config is the same", stacklevel=3)
+            return
+        saved_config = config_to_dict(merge(TrainConfig(), saved, str(path)))  # a setting added since takes its default
+        changed = [key for key in differing_keys(saved_config, config_to_dict(self.config)) if key not in RESUMABLE]
+        if changed:
+            raise ConfigError(f"{path} was trained with other settings of {', '.join(changed)}: resume it with the config it was "
+                              f"trained with (only {', '.join(sorted(RESUMABLE))} may change), or train into another folder")
 
     def _distributed(self) -> nn.Module:
         if self.ctx.world == 1:
@@ -395,7 +429,8 @@ class Stage:
         if (step + 1) % self.optim.checkpoint_every == 0 or done:
             projector = {"projector": self.projector.state_dict()} if self.projector is not None else {}
             save_resume_state(self.out / "last.pt", {"state_dict": self.model.state_dict(), "optimizer": optimizer.state_dict(),
-                                                     "scheduler": scheduler.state_dict(), "step": step + 1, **projector})
+                                                     "scheduler": scheduler.state_dict(), "step": step + 1, **projector,
+                                                     "config": config_to_dict(self.config), "memory": self.memory.state()})
 
     def _finish(self, step: int, log: RunLog) -> Path:
         """The model, its config and the curves (main rank); every rank waits for them."""

@@ -58,6 +58,15 @@ class RankMemory:
     def push(self, batch: Keys) -> None:
         self.entries.appendleft(Keys(batch.teacher.detach(), batch.student.detach(), batch.places, batch.ids))
 
+    def state(self) -> list[dict[str, torch.Tensor]]:
+        """The remembered batches, newest first, as plain data: a resume file keeps them, so that a
+        resumed run ranks its first batches as the run it continues would have."""
+        return [dict(vars(entry)) for entry in self.entries]
+
+    def restore(self, state: list[dict[str, torch.Tensor]], device: torch.device) -> None:
+        self.entries.clear()
+        self.entries.extend(Keys(**{name: value.to(device) for name, value in entry.items()}) for entry in state)
+
 
 @torch.no_grad()
 def positive_ranks(sim: torch.Tensor, places: torch.Tensor, key_places: torch.Tensor, ids: torch.Tensor, key_ids: torch.Tensor,
