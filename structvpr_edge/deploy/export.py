@@ -62,18 +62,14 @@ class FoldedStem(nn.Module):
 
     def forward(self, bgr: torch.Tensor) -> torch.Tensor:
         """``bgr``: (B, 3, H, W) pixels minus CENTRE."""
-        height, width = bgr.shape[-2:]
-        (top, bottom), (left, right) = (same_pads(height, 3, 2), same_pads(width, 3, 2)) if self.same_padding else ((1, 1), (1, 1))
-        return self.conv(self._framed(self._framed(bgr, top, bottom, dim=2), left, right, dim=3))
-
-    def _framed(self, x: torch.Tensor, before: int, after: int, dim: int) -> torch.Tensor:
-        """``x`` between ``before`` and ``after`` rows (``dim`` 2) or columns (3) of the neutral value."""
-        def band(size: int) -> torch.Tensor:
-            shape = list(x.shape)
-            shape[dim] = size
-            return self.neutral.expand(*shape)
-
-        return torch.cat([band(before)] * (before > 0) + [x] + [band(after)] * (after > 0), dim=dim)
+        batch, _, height, width = bgr.shape
+        # Pads as Python ints (a static frame size): constants in the graph, not shape arithmetic.
+        (top, bottom), (left, right) = (same_pads(int(height), 3, 2), same_pads(int(width), 3, 2)) if self.same_padding else ((1, 1), (1, 1))
+        # One band per width, reused on both sides: the symmetric case stays the graph the shipped kit was calibrated on.
+        rows = {n: self.neutral.expand(batch, 3, n, width) for n in (top, bottom) if n}
+        framed = torch.cat(([rows[top]] if top else []) + [bgr] + ([rows[bottom]] if bottom else []), dim=2)
+        columns = {n: self.neutral.expand(batch, 3, height + (top + bottom), n) for n in (left, right) if n}
+        return self.conv(torch.cat(([columns[left]] if left else []) + [framed] + ([columns[right]] if right else []), dim=3))
 
 
 class Uint8Input(nn.Module):

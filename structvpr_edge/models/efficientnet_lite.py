@@ -61,7 +61,8 @@ class StridedConv(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.same_padding:
             kernel = self.kernel_size[0]
-            x = F.pad(x, (*same_pads(x.shape[-1], kernel, 2), *same_pads(x.shape[-2], kernel, 2)))
+            height, width = (int(n) for n in x.shape[-2:])  # Python ints: constant pads in an exported graph
+            x = F.pad(x, (*same_pads(width, kernel, 2), *same_pads(height, kernel, 2)))
         return super().forward(x)
 
 
