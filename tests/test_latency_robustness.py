@@ -176,6 +176,25 @@ def test_reuse_refuses_the_artifacts_of_another_checkpoint(monkeypatch, tmp_path
     assert exported == [str(first)]
 
 
+
+def test_an_engine_in_the_work_folder_is_timed_only_when_built_from_this_checkpoint(monkeypatch, tmp_path):
+    """An engine left in --work by another model's run was timed and reported as this checkpoint's."""
+    monkeypatch.setattr("structvpr_edge.deploy.export.export_onnx", lambda checkpoint, out, uint8_input: (
+        Path(out).write_bytes(b"graph"), types.SimpleNamespace(parity_min_cosine=1.0, parity_max_abs_diff=0.0, parity_images=1))[1])
+    monkeypatch.setattr("structvpr_edge.deploy.calibration.calibrate", lambda config: (
+        config.out.mkdir(exist_ok=True), (config.out / "model.int8.cpu.onnx").write_bytes(b"int8 graph")))
+    ours, work = tmp_path / "ours.pt", tmp_path / "work"
+    ours.write_bytes(b"weights of this run")
+    work.mkdir()
+    engine = Path(engine_file(work))  # INFO's checkpoint: not ours
+    with pytest.raises(ConfigError, match=f"{engine} was built from checkpoint sha256 .* not {ours}"):
+        prepare_artifacts(str(ours), work, "images", 8, 1, reuse=False)
+    manifest = json.loads(engine_manifest_path(engine).read_text())
+    manifest["model_info"] = replace(INFO, checkpoint_sha256=hashlib.sha256(ours.read_bytes()).hexdigest()).to_props()
+    engine_manifest_path(engine).write_text(json.dumps(manifest))
+    artifacts, _ = prepare_artifacts(str(ours), work, "images", 8, 1, reuse=True)
+    assert artifacts["tensorrt-fp16"] == (str(engine), "tensorrt", "fp16")
+
 # 3. TensorRT in the system report
 
 

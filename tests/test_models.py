@@ -94,6 +94,7 @@ def test_checkpoint_roundtrip_half_and_errors(tmp_path):
     ("model_type", lambda p: p.pop("model_type")),
     ("model_config", lambda p: p.pop("model_config")),
     ("state_dict", lambda p: p["state_dict"].update(extra=3)),
+    ("future_padding", lambda p: p["model_config"].update(future_padding=True)),  # a newer file's setting, once dropped silently
 ])
 def test_a_checkpoint_whose_metadata_disagrees_with_its_model_or_this_code_is_refused(tmp_path, field, change):
     """The runtime slices descriptors by the file's layout and indexes groups by LABEL_GROUPS: a file

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..artifacts import CPU_INT8, FORMATS, backend_for
 from ..errors import BackendError, ConfigError
-from ..modelinfo import read_onnx_info, sha256_file
+from ..modelinfo import ModelInfo, read_onnx_info, sha256_file
 from ..runtime.edgevpr import EdgeVPR
 from ..runtime.hardware import cpu_features, cpu_name
 from ..runtime.tensorrt_backend import load_engine_manifest
@@ -203,8 +203,20 @@ def prepare_artifacts(checkpoint: str, work: Path, images: str | None, num: int,
     for precision in ("fp16", "int8"):
         engine = work / f"model.{precision}.engine"
         if engine.exists():
+            check_engine_source(engine, checkpoint)
             configs[f"tensorrt-{precision}"] = (str(engine), "tensorrt", precision)
     return configs, export
+
+
+def check_engine_source(engine: Path, checkpoint: str) -> None:
+    """ConfigError unless ``engine`` was built from ``checkpoint``'s very file (its manifest's model
+    metadata records the checkpoint sha256): an engine left in --work by another model's run would be
+    timed, and its figures reported, as this one's."""
+    made_from = ModelInfo.from_props(load_engine_manifest(engine)["model_info"]).checkpoint_sha256
+    wanted = source_of(checkpoint)
+    if made_from != wanted["sha256"]:
+        raise ConfigError(f"{engine} was built from checkpoint sha256 {made_from[:12]}, not {wanted['checkpoint']} "
+                          f"({wanted['sha256'][:12]}): build it again from {engine.parent / 'model.onnx'} or remove it")
 
 
 def recall_figures(artifacts: dict, dataset: str, split: str, threads) -> dict[str, dict]:

@@ -66,7 +66,11 @@ def build_model(model_type: str, model_config: dict, imagenet: bool = False) -> 
         raise ModelError(f"unknown model type {model_type!r}; known: {sorted(MODEL_TYPES)}")
     cls, conf_cls = MODEL_TYPES[model_type]
     known = {f.name for f in dataclasses.fields(conf_cls)}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in model_config.items() if k in known}
+    unknown = sorted(set(model_config) - known)
+    if unknown:  # a setting this version cannot build (a newer file's): dropping it would build another network
+        raise ModelError(f"{model_type} model settings {unknown} are unknown to structvpr-edge {__version__}; "
+                         "use the version that wrote the file, or a newer one")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in model_config.items()}
     if "imagenet" in known:
         values["imagenet"] = imagenet
     return cls(conf_cls(**values))
@@ -190,7 +194,11 @@ def load_checkpoint(name_or_path: str | Path, trust_checkpoint: bool = False) ->
     payload = _read(path, trust_checkpoint)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"{path} is not a structvpr-edge checkpoint (format {FORMAT})")
-    model = build_model(_field(path, payload, "model_type", str), _field(path, payload, "model_config", dict))
+    model_type, model_config = _field(path, payload, "model_type", str), _field(path, payload, "model_config", dict)
+    try:
+        model = build_model(model_type, model_config)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from exc
     state = _field(path, payload, "state_dict", dict)
     not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
