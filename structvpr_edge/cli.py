@@ -250,7 +250,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
         bags = generate_route_bags(args.out, seed=args.seed, places=args.places or 120, preset=args.preset)
         print(f"SynthCity drives written to {', '.join(map(str, bags.values()))} (camera {CAMERA_TOPIC}, fixes {FIX_TOPIC})")
         return
-    splits = tuple(args.splits.split(",")) if args.splits else SPLITS
+    splits = tuple(args.splits.split(",")) if args.splits is not None else SPLITS
     out = generate_dataset(Path(args.out), seed=args.seed, preset=args.preset, workers=args.workers, splits=splits)
     print(f"SynthCity dataset written to {out}")
 

@@ -44,6 +44,12 @@ def test_synth_preset_choices_are_the_generator_presets(capsys):
 
 
 
+def test_synth_refuses_empty_splits(tmp_path, capsys):
+    """An empty --splits is a mistake, not "every split"."""
+    assert main(["synth", "--out", str(tmp_path / "s"), "--preset", "smoke", "--splits", ""]) == 2
+    assert "splits must be a non-empty subset" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("options", [["--format", "rosbag2", "--splits", "bogus"], ["--format", "rosbag2", "--workers", "7"],
                                      ["--places", "3"]], ids=" ".join)
 def test_synth_refuses_an_option_its_format_does_not_read(options, tmp_path, capsys):

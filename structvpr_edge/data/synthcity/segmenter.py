@@ -39,7 +39,7 @@ CONFUSION = _confusion_table()
 def confusion_blobs(shape: tuple[int, ...], rate: float, rng: np.random.Generator) -> np.ndarray:
     """Blobs covering ``rate`` of an HxW image: a coarse random field, upsampled, cut at its own
     ``rate`` quantile (the upsampling bunches values near 0.5, so cutting at ``rate`` itself
-    covered a tenth to a half of that)."""
+    covered a fortieth of that by a clear day, half at night in fog)."""
     h, w = shape
     field = cv2.resize(rng.random((max(2, h // 16), max(2, w // 16))).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
     return field < np.quantile(field, rate)
