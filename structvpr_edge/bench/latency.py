@@ -160,12 +160,11 @@ def source_of(checkpoint: str) -> dict:
     return {"checkpoint": str(path), "sha256": sha256_file(path)}
 
 
-def check_reusable(work: Path, checkpoint: str) -> None:
-    """--reuse: the artifacts in ``work`` must come from ``checkpoint``'s very file, by the sha256
-    prepare_artifacts records beside them; another checkpoint's export would be timed as this one's."""
+def check_reusable(work: Path, source: dict) -> None:
+    """--reuse: the artifacts in ``work`` must come from the checkpoint ``source`` (source_of) names, by
+    the sha256 prepare_artifacts records beside them; another checkpoint's export would be timed as this one's."""
     record = work / SOURCE_RECORD
     made_from = json.loads(record.read_text()) if record.is_file() else None
-    source = source_of(checkpoint)
     if made_from is None or made_from.get("sha256") != source["sha256"]:
         origin = "no record of the checkpoint they were made from" if made_from is None else f"made from {made_from.get('checkpoint')}"
         raise ConfigError(f"--reuse: the artifacts in {work} ({origin}) are not {source['checkpoint']}'s (sha256 {source['sha256'][:12]}): "
@@ -179,9 +178,9 @@ def prepare_artifacts(checkpoint: str, work: Path, images: str | None, num: int,
     from ..deploy.calibration import CalibrationConfig, calibrate  # noqa: PLC0415
 
     fp32, calibration, record = work / "model.onnx", work / "calibration", work / SOURCE_RECORD
-    export = {}
+    source, export = source_of(checkpoint), {}
     if reuse and fp32.exists() and (calibration / CPU_INT8).exists():
-        check_reusable(work, checkpoint)
+        check_reusable(work, source)
     else:
         from ..data.synthcity import generate_dataset  # noqa: PLC0415
         from ..deploy.export import export_onnx  # noqa: PLC0415
@@ -194,7 +193,7 @@ def prepare_artifacts(checkpoint: str, work: Path, images: str | None, num: int,
             if not (images / "images").exists():
                 generate_dataset(images, seed=7, preset="smoke")
         calibrate(CalibrationConfig(model=fp32, images=images, out=calibration, num=num, threads=threads, reselect=True))
-        record.write_text(json.dumps(source_of(checkpoint)) + "\n")
+        record.write_text(json.dumps(source) + "\n")
     configs = {"torch-fp32": (checkpoint, "torch", "fp32")}
     for tag, form in FORMATS.items():  # the ONNX Runtime artifacts, "ort-fp32", "ort-fp16", "ort-int8"
         if form.backend == "onnxruntime":
@@ -203,20 +202,19 @@ def prepare_artifacts(checkpoint: str, work: Path, images: str | None, num: int,
     for precision in ("fp16", "int8"):
         engine = work / f"model.{precision}.engine"
         if engine.exists():
-            check_engine_source(engine, checkpoint)
+            check_engine_source(engine, source)
             configs[f"tensorrt-{precision}"] = (str(engine), "tensorrt", precision)
     return configs, export
 
 
-def check_engine_source(engine: Path, checkpoint: str) -> None:
-    """ConfigError unless ``engine`` was built from ``checkpoint``'s very file (its manifest's model
-    metadata records the checkpoint sha256): an engine left in --work by another model's run would be
-    timed, and its figures reported, as this one's."""
+def check_engine_source(engine: Path, source: dict) -> None:
+    """ConfigError unless ``engine`` was built from the checkpoint ``source`` (source_of) names: its
+    manifest's model metadata records the checkpoint sha256; an engine left in --work by another
+    model's run would be timed, and its figures reported, as this one's."""
     made_from = ModelInfo.from_props(load_engine_manifest(engine)["model_info"]).checkpoint_sha256
-    wanted = source_of(checkpoint)
-    if made_from != wanted["sha256"]:
-        raise ConfigError(f"{engine} was built from checkpoint sha256 {made_from[:12]}, not {wanted['checkpoint']} "
-                          f"({wanted['sha256'][:12]}): build it again from {engine.parent / 'model.onnx'} or remove it")
+    if made_from != source["sha256"]:
+        raise ConfigError(f"{engine} was built from checkpoint sha256 {made_from[:12]}, not {source['checkpoint']} "
+                          f"({source['sha256'][:12]}): build it again from {engine.parent / 'model.onnx'} or remove it")
 
 
 def recall_figures(artifacts: dict, dataset: str, split: str, threads) -> dict[str, dict]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..train.config import config_to_dict, dotted_overrides, load_config, recipe
+from ..train.config import config_to_dict, differing_keys, dotted_overrides, flat_config, load_config, recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -125,14 +125,6 @@ def planned_runs(rows: list[Row], dataset: str, seeds: list[int], steps: int, ru
     return planned
 
 
-def _flat(config: dict, prefix: str = "") -> dict[str, object]:
-    """A nested config as dotted keys, so a difference can be named: {'distill.weight': 0.1, ...}."""
-    flat: dict[str, object] = {}
-    for key, value in config.items():
-        flat |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
-    return flat
-
-
 def command_config(command: list[str]) -> dict:
     """The ``train_config`` a run of train_command's ``command`` records, read as the CLI reads its --config and --set."""
     sets = [value for option, value in zip(command, command[1:]) if option == "--set"]
@@ -146,10 +138,11 @@ def finished(out: Path, command: list[str]) -> bool:
     model = out / "model.pt"
     if not model.exists():
         return False
-    recorded, wanted = _flat(config_to_dict(load_config(model))), _flat(command_config(command))
-    differing = sorted(key for key in recorded.keys() | wanted.keys() if recorded.get(key) != wanted.get(key))
+    recorded, wanted = config_to_dict(load_config(model)), command_config(command)
+    differing = differing_keys(recorded, wanted)
     if differing:
-        changes = "; ".join(f"{key}: {recorded.get(key)!r} there, {wanted.get(key)!r} in this call" for key in differing)
+        there, here = flat_config(recorded), flat_config(wanted)
+        changes = "; ".join(f"{key}: {there.get(key)!r} there, {here.get(key)!r} in this call" for key in differing)
         raise ConfigError(f"{out} holds a finished run trained with another config ({changes}): give the options it was trained "
                           "with, or another --runs folder")
     return True

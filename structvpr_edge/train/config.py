@@ -311,13 +311,15 @@ def config_to_dict(config: TrainConfig) -> dict:
     return raw
 
 
-def differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """The dotted keys (``optim.lr``) whose values differ between two configs of config_to_dict's form."""
-    keys = []
-    for key in sorted(old.keys() | new.keys()):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += differing_keys(a, b, f"{prefix}{key}.")
-        elif a != b:
-            keys.append(prefix + key)
-    return keys
+def flat_config(config: dict, prefix: str = "") -> dict[str, object]:
+    """A config of config_to_dict's form as dotted keys (``optim.lr``), so a difference can be named."""
+    flat: dict[str, object] = {}
+    for key, value in config.items():
+        flat |= flat_config(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return flat
+
+
+def differing_keys(old: dict, new: dict) -> list[str]:
+    """The dotted keys whose values differ between two configs of config_to_dict's form."""
+    a, b = flat_config(old), flat_config(new)
+    return sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
