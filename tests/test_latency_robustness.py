@@ -170,6 +170,9 @@ def test_reuse_refuses_the_artifacts_of_another_checkpoint(monkeypatch, tmp_path
     assert exported == [str(first)] and export_report == {} and artifacts["ort-fp32"][0] == str(work / "model.onnx")
     with pytest.raises(ConfigError, match=f"--reuse: the artifacts in {work} \\(made from {first}\\) are not {second}'s"):
         prepare_artifacts(str(second), work, "images", 8, 1, reuse=True)
+    (work / SOURCE_RECORD).write_text('{"checkpoint": "x", "sha')  # a record cut short by a kill
+    with pytest.raises(ConfigError, match="no record of the checkpoint"):
+        prepare_artifacts(str(first), work, "images", 8, 1, reuse=True)
     (work / SOURCE_RECORD).unlink()  # a work folder of before the record
     with pytest.raises(ConfigError, match="no record of the checkpoint"):
         prepare_artifacts(str(first), work, "images", 8, 1, reuse=True)

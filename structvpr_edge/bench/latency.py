@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..artifacts import CPU_INT8, FORMATS, backend_for
 from ..errors import BackendError, ConfigError
+from ..files import replace_whole
 from ..modelinfo import ModelInfo, read_onnx_info, sha256_file
 from ..runtime.edgevpr import EdgeVPR
 from ..runtime.hardware import cpu_features, cpu_name
@@ -164,9 +165,12 @@ def check_reusable(work: Path, source: dict) -> None:
     """--reuse: the artifacts in ``work`` must come from the checkpoint ``source`` (source_of) names, by
     the sha256 prepare_artifacts records beside them; another checkpoint's export would be timed as this one's."""
     record = work / SOURCE_RECORD
-    made_from = json.loads(record.read_text()) if record.is_file() else None
-    if made_from is None or made_from.get("sha256") != source["sha256"]:
-        origin = "no record of the checkpoint they were made from" if made_from is None else f"made from {made_from.get('checkpoint')}"
+    try:
+        made_from = json.loads(record.read_text())
+    except (OSError, ValueError):  # none, or not whole: the artifacts' origin is unknown
+        made_from = None
+    if not isinstance(made_from, dict) or made_from.get("sha256") != source["sha256"]:
+        origin = f"made from {made_from.get('checkpoint')}" if isinstance(made_from, dict) else "no record of the checkpoint they were made from"
         raise ConfigError(f"--reuse: the artifacts in {work} ({origin}) are not {source['checkpoint']}'s (sha256 {source['sha256'][:12]}): "
                           "run without --reuse to export them anew, or give another --work")
 
@@ -193,7 +197,7 @@ def prepare_artifacts(checkpoint: str, work: Path, images: str | None, num: int,
             if not (images / "images").exists():
                 generate_dataset(images, seed=7, preset="smoke")
         calibrate(CalibrationConfig(model=fp32, images=images, out=calibration, num=num, threads=threads, reselect=True))
-        record.write_text(json.dumps(source) + "\n")
+        replace_whole(record, lambda tmp: tmp.write_text(json.dumps(source) + "\n"))  # whole or absent
     configs = {"torch-fp32": (checkpoint, "torch", "fp32")}
     for tag, form in FORMATS.items():  # the ONNX Runtime artifacts, "ort-fp32", "ort-fp16", "ort-int8"
         if form.backend == "onnxruntime":
