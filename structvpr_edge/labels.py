@@ -43,16 +43,15 @@ CLASS_TO_GROUP: dict[str, str] = {
 }
 
 
-def _lookup_table() -> np.ndarray:
+def _table(mapping: dict[int, int]) -> np.ndarray:
+    """uint8[256] lookup: each id of ``mapping`` to its value, every other id to IGNORE."""
     table = np.full(256, IGNORE, dtype=np.uint8)
-    for name, group in CLASS_TO_GROUP.items():
-        table[CLASS_ID[name]] = GROUP_ID[group]
+    table[list(mapping)] = list(mapping.values())
     return table
 
 
-CITYSCAPES_TO_GROUP: np.ndarray = _lookup_table()
+CITYSCAPES_TO_GROUP: np.ndarray = _table({CLASS_ID[name]: GROUP_ID[group] for name, group in CLASS_TO_GROUP.items()})
 """uint8[256] lookup: Cityscapes train id (or SynthCity class id) -> label group id."""
-
 
 # ADE20K SceneParsing 150 classes, ids 0..149 in the order of ``objectInfo150`` (what
 # ADE20K-trained models output). The raw annotation PNGs of the benchmark are 1-based with
@@ -74,7 +73,6 @@ ADE20K_CLASSES: tuple[str, ...] = (
     "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan",
     "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag",
 )
-ADE20K_ID: dict[str, int] = {name: i for i, name in enumerate(ADE20K_CLASSES)}
 
 # The ADE20K classes of each group, chosen as Cityscapes groups them (walls, fences and
 # awnings are building; terrain is vegetation). Indoor objects, water and rocks are ignored.
@@ -99,17 +97,8 @@ GROUP_TO_CITYSCAPES: dict[str, str] = {
     "building": "building", "vegetation": "vegetation", "ground": "road",
     "pole_sign": "pole", "sky": "sky", "dynamic": "car",
 }
-
-
-def _ade20k_to_cityscapes_table() -> np.ndarray:
-    table = np.full(256, IGNORE, dtype=np.uint8)
-    for group, names in ADE20K_GROUP_CLASSES.items():
-        for name in names:
-            table[ADE20K_ID[name]] = CLASS_ID[GROUP_TO_CITYSCAPES[group]]
-    return table
-
-
-ADE20K_TO_CITYSCAPES: np.ndarray = _ade20k_to_cityscapes_table()
+ADE20K_TO_CITYSCAPES: np.ndarray = _table(
+    {ADE20K_CLASSES.index(name): CLASS_ID[GROUP_TO_CITYSCAPES[group]] for group, names in ADE20K_GROUP_CLASSES.items() for name in names})
 """uint8[256] lookup: ADE20K class id -> Cityscapes train id of its group (255 = ignore)."""
 
 # CamVid, the 11-class version of SegNet's copy (ids 0..10, 11 = void), each class mapped to the
@@ -123,16 +112,7 @@ CAMVID_TO_CITYSCAPES_CLASS: dict[str, str] = {
     "bicyclist": "rider",
 }
 
-
-def _camvid_to_cityscapes_table() -> np.ndarray:
-    table = np.full(256, IGNORE, dtype=np.uint8)
-    for camvid_id, name in enumerate(CAMVID_CLASSES):
-        if name in CAMVID_TO_CITYSCAPES_CLASS:
-            table[camvid_id] = CLASS_ID[CAMVID_TO_CITYSCAPES_CLASS[name]]
-    return table
-
-
-CAMVID_TO_CITYSCAPES: np.ndarray = _camvid_to_cityscapes_table()
+CAMVID_TO_CITYSCAPES: np.ndarray = _table({CAMVID_CLASSES.index(camvid): CLASS_ID[name] for camvid, name in CAMVID_TO_CITYSCAPES_CLASS.items()})
 """uint8[256] lookup: CamVid class id -> Cityscapes train id (void and unknown ids -> 255 = ignore)."""
 
 SCHEMES: tuple[str, ...] = ("cityscapes", "ade20k", "camvid")
