@@ -62,23 +62,19 @@ def header_size(data: bytes) -> tuple[int, int] | None:
 
 
 def is_truncated(data: bytes) -> bool:
-    """A JPEG must end its last scan with EOI; a PNG must end with IEND (OpenCV pads what is missing)."""
+    """A JPEG must end its last scan with EOI; a PNG's chunks, walked by their lengths, must reach
+    IEND (bytes after it are allowed). OpenCV pads what is missing."""
     if data.startswith(b"\xff\xd8"):
         return b"\xff\xd9" not in data[data.rfind(b"\xff\xda") :]
-    if data.startswith(b"\x89PNG"):
-        return not png_has_end(data)
-    return False
-
-
-def png_has_end(data: bytes) -> bool:
-    """Whether walking the PNG's chunks by their lengths reaches IEND (bytes after it are allowed)."""
+    if not data.startswith(b"\x89PNG"):
+        return False
     i = 8
     while i + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[i : i + 8])
         if kind == b"IEND":
-            return True
+            return False
         i += 12 + length  # length, type, data, CRC
-    return False
+    return True
 
 
 def decode_image(data: bytes, what: str) -> np.ndarray:
