@@ -22,22 +22,17 @@ from typing import BinaryIO
 from .errors import ConfigError, StructVPRError
 
 
-def same_file(a: str | Path, b: str | Path) -> bool:
-    """Whether two paths name one file (links and relative spellings included)."""
-    a, b = Path(a), Path(b)
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist yet: compare where they would be
-        return a.resolve() == b.resolve()
-
-
 def check_not_an_input(output: str | Path, inputs: Iterable[str | Path | None], error: type[StructVPRError] = ConfigError) -> None:
     """Refuse an output path that is one of the inputs, or lies inside an input folder: writing it
     would destroy that input, or a file of it (a bag folder's storage file, a map's)."""
     for source in inputs:
         if source is None or not str(source):
             continue
-        if same_file(output, source):
+        try:  # one path, links and relative spellings included
+            same = os.path.samefile(output, source)
+        except OSError:  # one of them does not exist yet: compare where they would be
+            same = Path(output).resolve() == Path(source).resolve()
+        if same:
             raise error(f"the output {output} is the input {source}: writing it would destroy the input; choose another path")
         if Path(source).is_dir() and Path(source).resolve() in Path(output).resolve().parents:
             raise error(f"the output {output} lies inside the input folder {source}: writing it could overwrite a file of that input; "
