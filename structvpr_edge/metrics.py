@@ -25,14 +25,12 @@ def retrieve(database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndar
 
     if database.ndim != 2 or queries.ndim != 2 or database.shape[1] != queries.shape[1]:
         raise DatasetError(f"descriptor shapes do not match: database {database.shape}, queries {queries.shape}")
-    db = np.ascontiguousarray(database, dtype=np.float32).copy()
-    q = np.ascontiguousarray(queries, dtype=np.float32).copy()
+    db, q = (np.ascontiguousarray(x, dtype=np.float32).copy() for x in (database, queries))
     faiss.normalize_L2(db)
     faiss.normalize_L2(q)
     index = faiss.IndexFlatIP(db.shape[1])
     index.add(db)
-    scores, ids = index.search(q, min(k, len(db)))
-    return scores, ids
+    return index.search(q, min(k, len(db)))
 
 
 def within(found, truth, radius: float) -> np.ndarray:
