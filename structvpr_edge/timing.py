@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
@@ -57,10 +56,10 @@ def time_calls(call: Callable[[], object], runs: int) -> list[float]:
 def stage_stats(samples_ms: list[float]) -> dict[str, float]:
     """Percentiles in ms and the jitter ratio p99/p50."""
     values = np.asarray(samples_ms, dtype=np.float64)
-    p50, p99 = np.percentile(values, [50, 99])
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
     return {
         "p50": float(p50),
-        "p90": float(np.percentile(values, 90)),
+        "p90": float(p90),
         "p99": float(p99),
         "max": float(values.max()),
         "mean": float(values.mean()),
@@ -146,32 +145,32 @@ def receive(process, conn, poll_s: float = 1.0):
 
 
 def measure_isolated(specs: Sequence[Spec], frames: int, warmup: int, block: int = 10, settle_s: float = 0.02) -> dict[str, dict]:
-    """Each spec in its own process, one process working at a time, blocks of ``block`` frames
-    in rotating order with ``settle_s`` between blocks. Returns name -> {"setup", "samples"
-    (stage -> ms per frame after ``warmup`` frames), "sustained" (the same for one uninterrupted
-    run of ``frames`` frames after the rotation, for jitter)}. Processes open one after another, so a
-    thread tune is never timed against another's. Each block starts with one untimed frame: the
-    first frame after a switch re-warms caches the other configurations evicted (its frame time
-    was 1.3-1.7x the median, AMX Xeon, docs/history/2026-11-26-to-12-04-results-log.md issue 13), which one configuration running
-    alone, as on a vehicle, never pays."""
+    """The rotation of the module docstring, blocks of ``block`` frames with ``settle_s`` between
+    them. Returns name -> {"setup", "samples" (stage -> ms per frame after ``warmup`` frames),
+    "sustained" (the same for one uninterrupted run of ``frames`` frames, for jitter)}. Processes
+    open one after another, so a thread tune is never timed against another's. Each block starts
+    with one untimed frame: the first frame after a switch re-warms caches the other configurations
+    evicted (1.3-1.7x the median, AMX Xeon, docs/history/2026-11-26-to-12-04-results-log.md issue 13)."""
     from tqdm import tqdm  # noqa: PLC0415
 
     check_frames(frames, warmup)
     context = multiprocessing.get_context("spawn")
     workers: dict[str, tuple] = {}
 
-    def ask(name: str, message):
+    def ask(name: str, message=None, failed: str = "failed"):
+        """The worker's answer to ``message`` (None: to its opening)."""
         process, conn = workers[name]
-        conn.send(message)
+        if message is not None:
+            conn.send(message)
         status, payload = receive(process, conn)
         if status != "ok":
-            raise BackendError(f"configuration {name} failed: {payload}")
+            raise BackendError(f"configuration {name} {failed}: {payload}")
         return payload
 
     def collect(name: str, frames: int, into: str) -> None:
         for timing in ask(name, 1 + frames)[1:]:  # the first frame re-warms the caches, untimed
             for stage, ms in timing.items():
-                results[name][into][stage].append(ms)
+                results[name][into].setdefault(stage, []).append(ms)
 
     results: dict[str, dict] = {}
     try:
@@ -180,10 +179,7 @@ def measure_isolated(specs: Sequence[Spec], frames: int, warmup: int, block: int
             process = context.Process(target=_worker, args=(spec, child), daemon=True)
             process.start()
             workers[spec.name] = (process, parent)
-            status, payload = receive(process, parent)
-            if status != "ok":
-                raise BackendError(f"configuration {spec.name} failed to open: {payload}")
-            results[spec.name] = {"setup": payload, "samples": defaultdict(list), "sustained": defaultdict(list)}
+            results[spec.name] = {"setup": ask(spec.name, failed="failed to open"), "samples": {}, "sustained": {}}
         names = list(workers)
         for name in names:
             ask(name, warmup)
@@ -204,4 +200,4 @@ def measure_isolated(specs: Sequence[Spec], frames: int, warmup: int, block: int
             process.join(timeout=10)
             if process.is_alive():
                 process.terminate()
-    return {name: {"setup": r["setup"], "samples": dict(r["samples"]), "sustained": dict(r["sustained"])} for name, r in results.items()}
+    return results
