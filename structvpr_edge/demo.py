@@ -1,12 +1,7 @@
-"""``structvpr-edge demo``: the whole product in under two minutes, from the installed package.
-
-1. generate a small SynthCity route: a reference traversal (day, summer) and a query
-   traversal of the same streets in hard conditions (night or dusk, rain or fog,
-   autumn or winter, drawn per street);
-2. export the shipped StructVPR++ student to ONNX and build a map from the reference traversal;
-3. localize every query frame in order with a progress bar (ONNX Runtime, CPU);
-4. print Recall@1 (single frame and with the temporal filter) and per-stage latency;
-5. write a PNG of some queries beside their matches, and the figures to demo.json.
+"""``structvpr-edge demo``: the whole product in under two minutes, from the installed package: a
+small SynthCity route, its reference traversal (day, summer) mapped with the shipped model as ONNX,
+its query traversal (night or dusk, rain or fog, autumn or winter, drawn per street) localized in
+order; Recall@1, latency, a PNG of queries beside their matches, the figures in demo.json.
 
 ``--from-bags`` runs the same route as a vehicle team records it: two ROS 2 bags (MCAP, compressed
 JPEG frames, GNSS fixes), the map built from the first, the second localized and scored against
@@ -24,14 +19,13 @@ from tqdm import tqdm
 
 from .data.dataset import load_dataset
 from .errors import ModelError
+from .eval.plots import GREEN, RED
 from .metrics import within
 from .modelinfo import read_onnx_info, sha256_file
 from .runtime.edgevpr import EdgeVPR
 from .runtime.mapping import build_map
 from .runtime.preprocess import read_image
 from .timing import stage_stats
-
-GREEN, RED = (40, 180, 40), (40, 40, 220)
 
 
 def export_shipped(out: Path, model: str, trust_checkpoint: bool = False) -> Path:
@@ -85,18 +79,15 @@ def run_demo(out: str | Path = "demo-output", model: str = "structvprpp", places
     order = np.argsort([int(v) for v in dataset.queries.column("place_id")], kind="stable")  # driving order
     query_paths = [dataset.queries.paths[i] for i in order]
     truth = dataset.queries.utm[order]
-    results = {}
+    results, summary = {}, {"model": str(model), "places": places}
     with EdgeVPR(onnx_path, threads=threads, max_batch=16) as vpr:
         build_map(vpr, route, out / "map")
         for temporal in (False, True):
             vpr.set_map(out / "map", temporal=temporal)
             label = "localize" + (" (temporal filter)" if temporal else "")
-            found = [vpr.localize(read_image(p)) for p in tqdm(query_paths, desc=label, unit="frame")]
-            results[temporal] = found
-    summary = {"model": str(model), "places": places}
-    for temporal, found in results.items():
-        correct = within([(r.east, r.north) for r in found], truth, dataset.positive_radius)
-        summary["recall@1_temporal" if temporal else "recall@1"] = float(np.mean(correct))
+            found = results[temporal] = [vpr.localize(read_image(p)) for p in tqdm(query_paths, desc=label, unit="frame")]
+            correct = within([(r.east, r.north) for r in found], truth, dataset.positive_radius)
+            summary["recall@1_temporal" if temporal else "recall@1"] = float(np.mean(correct))
     single = results[False]
     summary["latency_ms"] = {stage: stage_stats([r.timing_ms[stage] for r in single]) for stage in ("preprocess", "inference", "search", "total")}
     places = vpr.map.places
