@@ -83,11 +83,9 @@ def _count(limit: int):
 _positive_int = _count(1_000_000)
 _batch = _count(1024)
 _seed = _number(int, lambda v: 0 <= v < 2**32, "a seed in 0..2**32-1")
-_recall_points = _number(float, lambda v: -100 <= v <= 100, "Recall@1 points in -100..100")
 _positive_float = _number(float, lambda v: v > 0, "a finite number > 0")
-_fraction = _number(float, lambda v: 0 < v < 1, "a number in (0, 1)")
-_opset = _number(int, lambda v: 11 <= v <= 20, "an ONNX opset in 11..20 (17 is the newest TensorRT 8.6 parses)")
 _non_negative = _number(float, lambda v: v >= 0, "a finite number >= 0")
+_opset = _number(int, lambda v: 11 <= v <= 20, "an ONNX opset in 11..20 (17 is the newest TensorRT 8.6 parses)")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -437,7 +435,7 @@ def _export_from_kit(args: argparse.Namespace) -> None:
          arg("--out", required=True, help="calibration folder, e.g. calibration/NAME"),
          arg("--num", type=_positive_int, default=512, help="calibration images, chosen by greedy k-center"),
          arg("--method", choices=("entropy", "minmax", "percentile"), default="entropy", help="how INT8 ranges are chosen from the activations"),
-         arg("--max-recall-drop", type=_recall_points, default=None,
+         arg("--max-recall-drop", type=_number(float, lambda v: -100 <= v <= 100, "Recall@1 points in -100..100"), default=None,
              help=f"with --val-dataset: Recall@1 points either INT8 form may lose; sensitive layers are kept in FP32 until it holds, "
                   f"else the kit is rejected (default {DEFAULT_MAX_RECALL_DROP})"),
          arg("--val-dataset", default=None, help="validation dataset root for cosine and Recall@1/5"), arg("--val-split", default="val", help="split of --val-dataset"),
@@ -563,7 +561,7 @@ def cmd_cut_tiles(args: argparse.Namespace) -> None:
 @command("calibrate-threshold", "pick the confidence threshold reaching a target precision and store it in the map",
          *RUNTIME, arg("--map", required=True, help="map folder; the threshold is stored in it"),
          *dataset("dataset whose --split queries lie in the map's area (any split)", split="val"),
-         arg("--precision", type=_fraction, default=0.99,
+         arg("--precision", type=_number(float, lambda v: 0 < v < 1, "a number in (0, 1)"), default=0.99,
              help="target precision in (0, 1) on those queries; measuring it needs at least 1/(1 - precision) correct top-1 "
                   "matches among them (100 for 0.99, 10 for 0.9), else the command says the most they can measure"),
          renamed={"--val": "--dataset"}, needs=RUNTIME_NEEDS)
