@@ -1,13 +1,10 @@
 """Semantic classes and label groups, kept in one place.
 
-SynthCity writes its label PNGs directly in the 19 Cityscapes *train ids*, so one table maps
-both SynthCity and any Cityscapes-trained segmentation model to our label groups.
-Pixels that belong to no class carry ``IGNORE`` (255).
-
-Label PNGs always hold Cityscapes train ids. Maps from an ADE20K-trained model are converted
-once, each ADE20K class to a representative train id of its group (``GROUP_TO_CITYSCAPES``),
-and CamVid's own labels class by class (``CAMVID_TO_CITYSCAPES``), so the rest of the code
-reads one format.
+Label PNGs always hold the 19 Cityscapes *train ids* (SynthCity writes them directly), so one
+table maps both SynthCity and any Cityscapes-trained segmentation model to our label groups;
+pixels of no class carry ``IGNORE`` (255). Maps from an ADE20K-trained model are converted once,
+each ADE20K class to a representative train id of its group (``GROUP_TO_CITYSCAPES``), and
+CamVid's own labels class by class (``CAMVID_TO_CITYSCAPES``), so the rest of the code reads one format.
 """
 from __future__ import annotations
 
@@ -141,10 +138,8 @@ def check_class_ids(class_map: np.ndarray, scheme: str, source: str, error: type
     check_scheme(scheme)
     if class_map.dtype != np.uint8:
         raise error(f"{source} must hold uint8 class ids, holds {class_map.dtype}")
-    known = np.zeros(256, dtype=bool)
-    known[: SCHEME_CLASSES[scheme]] = known[IGNORE] = True
     present = np.flatnonzero(np.bincount(class_map.ravel(), minlength=256))
-    unknown = present[~known[present]]
+    unknown = present[(present >= SCHEME_CLASSES[scheme]) & (present != IGNORE)]
     if unknown.size:
         raise error(
             f"{source} has class ids {unknown[:8].tolist()} outside the {scheme} table "
