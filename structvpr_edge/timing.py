@@ -11,6 +11,7 @@ and wakes sleeping threads, which no configuration running alone pays.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import time
 from collections.abc import Callable, Sequence
@@ -193,10 +194,8 @@ def measure_isolated(specs: Sequence[Spec], frames: int, warmup: int, block: int
             collect(name, frames, "sustained")
     finally:
         for process, conn in workers.values():
-            try:
+            with contextlib.suppress(OSError):
                 conn.send(None)
-            except OSError:
-                pass
             process.join(timeout=10)
             if process.is_alive():
                 process.terminate()
