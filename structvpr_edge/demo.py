@@ -90,8 +90,7 @@ def run_demo(out: str | Path = "demo-output", model: str = "structvprpp", places
             summary["recall@1_temporal" if temporal else "recall@1"] = float(np.mean(correct))
     single = results[False]
     summary["latency_ms"] = {stage: stage_stats([r.timing_ms[stage] for r in single]) for stage in ("preprocess", "inference", "search", "total")}
-    places = vpr.map.places
-    matches = [route / places[r.matches[0].row].source for r in single]
+    matches = [route / vpr.map.places[r.matches[0].row].source for r in single]
     correct = list(within([(r.matches[0].east, r.matches[0].north) for r in single], truth, dataset.positive_radius))
     summary["figure"] = str(sheet(query_paths, matches, correct, out / "demo.png", dataset.positive_radius))
     summary["seconds"] = time.perf_counter() - started
