@@ -58,6 +58,7 @@ GENERATION_FILES = (*FILES, VECTORS, "manifest.json", "places.sqlite-journal")  
 LEGACY = ("index.faiss", "places.sqlite", "manifest.json")  # a map of the format before generations
 MAX_DIM = 1 << 16
 MAX_ENTRIES = 1 << 32
+SELECT_PLACES = "SELECT id, east, north, heading, timestamp, source FROM places"
 MAX_SMALL_FILE = 1 << 20  # CURRENT, manifest.json
 NORM_TOLERANCE = 1e-2  # |norm - 1| of a stored descriptor (5x more for the 8/16-bit codes of approximate indexes)
 LOCK_TIMEOUT_S = 60.0
@@ -94,13 +95,13 @@ class PlaceTable:
         return self.count
 
     def __getitem__(self, row: int) -> Place:
-        found = self.db.execute("SELECT id, east, north, heading, timestamp, source FROM places WHERE row = ?", (int(row),)).fetchone()
+        found = self.db.execute(f"{SELECT_PLACES} WHERE row = ?", (int(row),)).fetchone()
         if found is None:
             raise IndexError(row)
         return _place(found)
 
     def __iter__(self):
-        return map(_place, self.db.execute("SELECT id, east, north, heading, timestamp, source FROM places ORDER BY row"))
+        return map(_place, self.db.execute(f"{SELECT_PLACES} ORDER BY row"))
 
 
 def _place(row: tuple) -> Place:
@@ -126,12 +127,15 @@ def _checked_place(row: int, place: object) -> Place:
     return replace(place, east=float(place.east), north=float(place.north), heading=float(place.heading))
 
 
-def _float_rows(values: object, what: str) -> np.ndarray:
-    """``values`` as a contiguous float32 array; a MapError for anything that is not a numeric array."""
+def _float_rows(values: object, what: str, dim: int, n: str) -> np.ndarray:
+    """``values`` as a contiguous (n, dim) float32 array, n >= 1; a MapError for anything else."""
     try:
-        return np.ascontiguousarray(values, dtype=np.float32)
+        rows = np.ascontiguousarray(values, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise MapError(f"{what} must be a float array: {exc}") from exc
+    if rows.ndim != 2 or rows.shape[1] != dim or len(rows) == 0:
+        raise MapError(f"{what} must be ({n}, {dim}) with {n} >= 1, got {rows.shape}")
+    return rows
 
 
 @dataclass
@@ -198,15 +202,10 @@ def index_string(index_type: str, count: int, dim: int) -> str:
         raise MapError(f"index type must be one of {INDEX_TYPES}, got {index_type!r}")
     if index_type == "auto":
         index_type = "flat" if count <= EXACT_LIMIT else "ivfpq" if dim % 8 == 0 else "ivf"
-    if index_type == "ivfpq":
-        if dim % 8:
-            raise MapError(f"an ivfpq index needs a descriptor length divisible by 8, got {dim}: use --index ivf")
-        return f"IVF{ivf_lists(count)},PQ{dim // 8}x4fs"
-    if index_type == "flat":
-        return "Flat"
-    if index_type == "hnsw":
-        return "HNSW32,SQfp16"
-    return f"IVF{ivf_lists(count)},SQ8"
+    if index_type == "ivfpq" and dim % 8:
+        raise MapError(f"an ivfpq index needs a descriptor length divisible by 8, got {dim}: use --index ivf")
+    lists = ivf_lists(count)
+    return {"flat": "Flat", "hnsw": "HNSW32,SQfp16", "ivf": f"IVF{lists},SQ8", "ivfpq": f"IVF{lists},PQ{dim // 8}x4fs"}[index_type]
 
 
 def files_of(factory: str) -> tuple[str, ...]:
@@ -320,15 +319,14 @@ def _read_manifest(path: Path) -> MapManifest:
             raise TypeError(f"expected a JSON object, got {type(data).__name__}")
         raw_threshold = data.pop("threshold", None)
         manifest = MapManifest(**data, threshold=None if raw_threshold is None else Threshold(**raw_threshold))
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+    except (ValueError, TypeError) as exc:  # a UnicodeDecodeError is a ValueError
         raise MapError(f"{path} is malformed: {exc}") from exc
     if manifest.format != FORMAT:
         raise MapError(f"{path}: unsupported map format {manifest.format!r} (expected {FORMAT}); rebuild the map")
-    if not isinstance(manifest.checksums, dict) or sorted(manifest.checksums) != sorted(files_of(manifest.index_string)) or not all(
-        isinstance(v, str) and SHA256.fullmatch(v) for v in manifest.checksums.values()
-    ):
-        raise MapError(f"{path}: the checksums of {files_of(manifest.index_string)} are missing or malformed; the map cannot be verified, rebuild it")
-    if not isinstance(manifest.model_sha256, str) or not SHA256.fullmatch(manifest.model_sha256):
+    files = files_of(manifest.index_string)  # checksums and model_sha256 are typed by MapManifest
+    if sorted(manifest.checksums) != sorted(files) or not all(isinstance(v, str) and SHA256.fullmatch(v) for v in manifest.checksums.values()):
+        raise MapError(f"{path}: the checksums of {files} are missing or malformed; the map cannot be verified, rebuild it")
+    if not SHA256.fullmatch(manifest.model_sha256):
         raise MapError(f"{path}: the model's sha256 is missing or malformed; rebuild the map")
     if manifest.weights_sha256 and not SHA256.fullmatch(manifest.weights_sha256):
         raise MapError(f"{path}: the weights fingerprint is malformed; rebuild the map")
@@ -427,9 +425,7 @@ class PlaceMap:
 
     def add(self, descriptors: np.ndarray, places: list[Place]) -> None:
         """Append entries; the first add to an untrained approximate index trains it."""
-        descriptors = _float_rows(descriptors, "descriptors")
-        if descriptors.ndim != 2 or descriptors.shape[1] != self.dim or len(descriptors) == 0:
-            raise MapError(f"descriptors must be (N, {self.dim}) with N >= 1, got {descriptors.shape}")
+        descriptors = _float_rows(descriptors, "descriptors", self.dim, "N")
         if not isinstance(places, (list, tuple)) or len(places) != len(descriptors):
             raise MapError(f"{len(descriptors)} descriptors need a list of as many places")
         places = [_checked_place(row, place) for row, place in enumerate(places)]
@@ -478,9 +474,7 @@ class PlaceMap:
             raise MapError("the map is empty")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise MapError(f"k must be a positive integer, got {k!r}")
-        queries = _float_rows(queries, "queries")
-        if queries.ndim != 2 or queries.shape[1] != self.dim or len(queries) == 0:
-            raise MapError(f"queries must be (B, {self.dim}) with B >= 1, got {queries.shape}")
+        queries = _float_rows(queries, "queries", self.dim, "B")
         if not np.isfinite(queries).all():
             raise MapError("queries must be finite (a NaN or inf descriptor has no nearest place)")
         # One query per frame: OpenMP fan-out costs more than it saves and fights the inference threads.
@@ -497,10 +491,8 @@ class PlaceMap:
 
     def to_gpu(self, float16: bool = True) -> bool:
         """Move the index to the GPU when faiss has GPU support; returns whether it moved."""
-        if not hasattr(self.faiss, "StandardGpuResources") or self.faiss.get_num_gpus() == 0:
-            return False
-        if self.vectors is not None:  # fast-scan PQ codes stay on the CPU
-            return False
+        if self.vectors is not None or not hasattr(self.faiss, "StandardGpuResources") or self.faiss.get_num_gpus() == 0:
+            return False  # fast-scan PQ codes (vectors) stay on the CPU
         options = self.faiss.GpuClonerOptions()
         options.useFloat16 = float16
         self._gpu_resources = self.faiss.StandardGpuResources()
@@ -571,7 +563,7 @@ class PlaceMap:
                 )
             db.close()
             _fsync(tmp / "places.sqlite")
-            self.manifest.checksums = {name: sha256_file(tmp / name) for name in ("index.faiss", "places.sqlite")}
+            self.manifest.checksums = {name: sha256_file(tmp / name) for name in FILES}
             if self.vectors is not None:
                 with (tmp / VECTORS).open("wb") as handle:
                     self.manifest.checksums[VECTORS] = self.vectors.write(handle)
@@ -613,9 +605,7 @@ class PlaceMap:
         folder = directory / name
         if folder.is_symlink():  # its files would be read wherever the link leads (docs/security.md)
             raise MapError(f"{folder} is a link, not a generation folder inside {directory}; rebuild the map")
-        if not folder.is_dir():
-            raise FileNotFoundError(folder)
-        if not (folder / "manifest.json").exists():
+        if not (folder / "manifest.json").exists():  # also when the folder is missing or a file
             raise FileNotFoundError(folder / "manifest.json")
         manifest = _read_manifest(folder / "manifest.json")
         for file, expected in manifest.checksums.items():
@@ -649,12 +639,12 @@ class PlaceMap:
                     place_map.poses[i] = e, n, np.nan if h is None else h
             else:
                 with sqlite3.connect(uri, uri=True) as db:
-                    place_map.places = [_place(r) for r in db.execute("SELECT id, east, north, heading, timestamp, source FROM places ORDER BY row")]
+                    place_map.places = [_place(r) for r in db.execute(f"{SELECT_PLACES} ORDER BY row")]
                 db.close()
                 place_map.poses = np.array([[p.east, p.north, p.heading] for p in place_map.places], dtype=np.float64).reshape(-1, 3)
         except (sqlite3.Error, IndexError, ValueError, TypeError) as exc:  # ValueError, TypeError: a position that is no number
             raise MapError(f"{folder}/places.sqlite cannot be read: {exc}") from exc
-        if len(place_map.places) != place_map.index.ntotal or manifest.count != len(place_map.places) or place_map.index.d != manifest.dim:
+        if len(place_map.places) != place_map.index.ntotal or manifest.count != len(place_map.places):
             raise MapError(f"{folder}: index has {place_map.index.ntotal} entries, metadata {len(place_map.places)}, manifest {manifest.count}")
         place_map.set_search_effort()
         place_map._origin, place_map._generation, place_map._pending, place_map._threshold_changed = directory.resolve(), name, [], False
@@ -679,10 +669,8 @@ def _remove_generation(folder: Path) -> None:
         path = folder / name
         if path.is_file() or path.is_symlink():
             path.unlink()
-    try:
+    with suppress(OSError):
         folder.rmdir()
-    except OSError:
-        pass
 
 
 def _remove_leftovers(directory: Path, keep: str | None) -> None:
