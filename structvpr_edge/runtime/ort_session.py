@@ -23,6 +23,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import numpy as np
 
 from ..artifacts import FORMATS, cache_folder
 from ..errors import BackendError, ConfigError, ModelError
-from ..files import open_regular
+from ..files import open_regular, replace_whole
 from ..modelinfo import PREFIX, sha256_file
 from ..safety import check_onnx
 from .hardware import cpu_name
@@ -168,8 +169,7 @@ def fastest(timings_ms: dict[str, float], shared: bool, source: str) -> Threadin
         raise BackendError(f"no threading candidate was timed (got {sorted(timings_ms)})")
     quickest = min(allowed.values())
     best = min((k for k, v in allowed.items() if v <= quickest * MARGIN), key=_cost)
-    threads, mode = best.split("/")
-    return Threading(int(threads), mode == "spin", source, dict(timings_ms))
+    return Threading(*_cost(best), source, dict(timings_ms))
 
 
 class ThreadCache:
@@ -177,9 +177,7 @@ class ThreadCache:
     rewritten, so the cache can never stop a session from opening."""
 
     def __init__(self, path: Path | None = None, entries: int = CACHE_ENTRIES) -> None:
-        if path is None:
-            path = cache_folder() / "threads.json"
-        self.path, self.entries = Path(path), entries
+        self.path, self.entries = Path(path) if path is not None else cache_folder() / "threads.json", entries
 
     def _read(self) -> dict[str, dict]:
         try:  # a FIFO or a device there is ignored (and replaced by put), never waited on
@@ -210,13 +208,8 @@ class ThreadCache:
         entries = self._read()
         entries[key] = {"timings_ms": timings_ms, "measured": time.time(), "load_per_core": load}
         kept = dict(sorted(entries.items(), key=lambda kv: kv[1].get("measured", 0))[-self.entries :])
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            scratch = self.path.with_suffix(f".{os.getpid()}.tmp")
-            scratch.write_text(json.dumps({"format": CACHE_FORMAT, "entries": kept}, indent=1) + "\n")
-            os.replace(scratch, self.path)  # atomic: a reader never sees half a file
-        except OSError:
-            pass
+        with suppress(OSError):  # replaced whole: a reader never sees half a file
+            replace_whole(self.path, lambda tmp: tmp.write_text(json.dumps({"format": CACHE_FORMAT, "entries": kept}, indent=1) + "\n"))
 
 
 def load_per_core() -> float | None:
@@ -316,10 +309,8 @@ class OrtSession:
             current = self.threading  # None only on a GPU provider, which is never shared
             if self.session is None or current is None or not current.spinning:
                 return
-            if current.source == "explicit":
-                self.threading = Threading(current.threads, False, "explicit")
-            else:
-                self.threading = fastest(current.timings_ms, True, current.source)
+            self.threading = (Threading(current.threads, False, "explicit") if current.source == "explicit"
+                              else fastest(current.timings_ms, True, current.source))
             self.session = create_session(self.path, self.threading.threads, False, self.providers)
 
     def close(self) -> None:
