@@ -32,7 +32,6 @@ from .temporal import PlaceFilter, TemporalConfig
 from .tiles import DEFAULT_BUDGET_MB, TiledMap, TileView, is_tiled
 
 
-
 @dataclass(frozen=True)
 class Match:
     """One map entry retrieved for a frame.
@@ -236,8 +235,7 @@ class EdgeVPR:
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         """The backend's descriptors, refused when not finite: a NaN descriptor has no nearest place."""
-        if self.backend is None:
-            raise ConfigError("this EdgeVPR is closed; create a new one")
+        assert self.backend is not None  # _frames refused a closed instance
         descriptors = np.asarray(self.backend.infer(batch), dtype=np.float32)
         if descriptors.shape != (len(batch), self.info.layout.dim):
             raise ModelError(f"the model returned descriptors of shape {descriptors.shape}, its metadata says ({len(batch)}, {self.info.layout.dim})")

@@ -36,7 +36,7 @@ class QuantizedScan:
         self.index = faiss.IndexScalarQuantizer(flat.d, faiss.ScalarQuantizer.QT_8bit_uniform, faiss.METRIC_INNER_PRODUCT)
         self.error = 0.0  # largest reconstruction-error norm of an entry that is not an outlier
         self.outliers = np.zeros(0, np.int64)  # rows clipped to the 8-bit range: re-scored on every query
-        self.queries = self.fallbacks = 0  # queries seen, and those answered by the float32 scan
+        self.fallbacks = 0  # queries answered by the float32 scan after all
         for start in range(0, flat.ntotal, MIRROR_BLOCK):  # in blocks: a float32 copy of a large map would double its memory
             self.add(flat.reconstruct_n(start, min(MIRROR_BLOCK, flat.ntotal - start)))
 
@@ -56,7 +56,6 @@ class QuantizedScan:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.index.ntotal < max(self.min_entries, k + EXTRA_CANDIDATES + 1):
             return self.flat.search(queries, k)
-        self.queries += len(queries)
         approx, candidates = self.index.search(queries, k + EXTRA_CANDIDATES)
         scores = np.empty((len(queries), k), np.float32)
         rows = np.empty((len(queries), k), np.int64)
