@@ -3,6 +3,7 @@ Runtime runs. Read from /proc/cpuinfo (torch-free); the threading cache keys its
 from __future__ import annotations
 
 import platform
+from contextlib import suppress
 from pathlib import Path
 
 CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
@@ -11,14 +12,12 @@ CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_i
 def _cpuinfo() -> dict[str, str]:
     """The first processor's fields of /proc/cpuinfo ({} elsewhere)."""
     fields: dict[str, str] = {}
-    try:
+    with suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if not line.strip():
                 break
             key, _, value = line.partition(":")
             fields[key.strip()] = value.strip()
-    except OSError:
-        pass
     return fields
 
 

@@ -22,14 +22,14 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError, MapError
-from ..files import open_regular
+from ..files import open_regular, replace_whole
 from .map import MAX_SMALL_FILE, Place, PlaceMap, _check_field, _read_manifest, check_writable, read_current
 
 FORMAT = "structvpr-edge/tiles/1"
@@ -104,9 +104,7 @@ def cut_tiles(place_map: PlaceMap, out: str | Path, size_m: float = 500.0, overl
         name = f"tile_{col}_{row}"
         tile.save(out / name)
         index.tiles.append(Tile(name, col, row, len(rows)))
-    tmp = out / f"{INDEX}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(asdict(index), indent=1) + "\n")
-    os.replace(tmp, out / INDEX)
+    replace_whole(out / INDEX, lambda tmp: tmp.write_text(json.dumps(asdict(index), indent=1) + "\n"))
     return index
 
 
@@ -124,10 +122,8 @@ def giving_way_to_frames() -> Iterator[None]:
     the lowest priority (Linux, where a thread has its own nice value), and a short interpreter
     switch interval meanwhile, so a frame waits ~0.5 ms, not 5 ms, for the loader's Python work."""
     if sys.platform.startswith("linux"):
-        try:
+        with suppress(OSError):  # a sandbox without setpriority: load at normal priority
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICE)
-        except OSError:  # a sandbox without setpriority: load at normal priority
-            pass
     interval = sys.getswitchinterval()
     sys.setswitchinterval(LOADER_SWITCH_S)
     try:
