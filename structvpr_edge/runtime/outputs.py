@@ -31,8 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.drives import DriveFrame, header, require_extra, typestore
-from ..errors import ConfigError
-from ..files import replace_whole
+from ..files import output_format, replace_whole
 from .edgevpr import EdgeVPR, Localization
 from .mapping import batched
 from .preprocess import bgr_as
@@ -98,12 +97,9 @@ def localize_frames(vpr: EdgeVPR, frames: Iterable[DriveFrame], batch_size: int 
 
 def check_out(path: str | Path) -> Path:
     """An output path of a kind we write, checked before the work that produces it."""
-    path = Path(path)
-    if path.suffix.lower() not in SUFFIXES:
-        raise ConfigError(f"--out must end in {' or '.join(SUFFIXES)}, got {path.name}")
-    if path.suffix.lower() == ".mcap":
+    if output_format(path, SUFFIXES) == "mcap":
         require_extra("mcap.writer")
-    return path
+    return Path(path)
 
 
 def write_poses(path: str | Path, results: Iterable[tuple[int, str, Localization]], frame_id: str, metadata: dict[str, str]) -> int:
