@@ -31,16 +31,15 @@ def reference_images(source: str | Path, split: str = "test", subset: str = "dat
     return list_images(source)
 
 
+def source_of(path: Path, root: Path) -> str:
+    """What a place records as its source: the image file, relative to the dataset when inside it."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def place_of(path: Path, root: Path) -> Place:
     name = parse_name(path)
-    return Place(
-        id=name.pano_id or path.stem,
-        east=name.east,
-        north=name.north,
-        heading=float("nan") if name.heading is None else name.heading,
-        timestamp=name.timestamp,
-        source=str(path.relative_to(root)) if path.is_relative_to(root) else str(path),
-    )
+    heading = float("nan") if name.heading is None else name.heading
+    return Place(name.pano_id or path.stem, name.east, name.north, heading, name.timestamp, source_of(path, root))
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -104,7 +103,7 @@ def build_map(vpr: EdgeVPR, source: str | Path, out: str | Path | None = None, i
     else:  # the CSV is read and checked whole first: it names the frame
         paths, track = read_pose_csv(poses, root, min_spacing_m, skipped)
         existing, frame_id = open_target(vpr, out, index_type, append, track.frame_id), track.frame_id
-        places = [Place(p.stem, float(e), float(n), float(h), str(t), str(p.relative_to(root)) if p.is_relative_to(root) else str(p))
+        places = [Place(p.stem, float(e), float(n), float(h), str(t), source_of(p, root))
                   for p, (e, n), h, t in zip(paths, track.xy, track.heading, track.stamps_ns)]
     if not paths:
         raise DatasetError(f"no images in {source}")
@@ -210,12 +209,10 @@ def calibrate_threshold(vpr: EdgeVPR, map_dir: str | Path, val: str | Path, prec
     check_writable(map_dir)
     place_map = PlaceMap.load(map_dir)
     vpr.set_map(place_map)
-    dataset = load_dataset(val, split, positive_radius=radius)
-    frames_paths = dataset.queries.paths
-    descriptors = describe_paths(vpr, frames_paths, desc="queries")
+    queries = load_dataset(val, split, positive_radius=radius).queries
+    descriptors = describe_paths(vpr, queries.paths, desc="queries")
     scores, rows = place_map.search(descriptors, search_depth(vpr.top_k))
-    top = place_map.poses[rows[:, 0], :2]
-    correct = within(top, dataset.queries.utm, radius)
+    correct = within(place_map.poses[rows[:, 0], :2], queries.utm, radius)
     margins = np.array([margin_to_other_places(s, r, place_map.poses) for s, r in zip(scores, rows)])
     threshold = threshold_for_precision(scores[:, 0], margins, correct, precision)
     place_map.set_threshold(threshold)
