@@ -84,13 +84,9 @@ class TorchBackend:
 
 def open_backend(model: str | Path, backend: str = "auto", threads: int | str | None = "auto", max_batch: int = 1,
                  trust_checkpoint: bool = False) -> Backend:
-    """Pick and open a backend for ``model`` (engine, ONNX file, checkpoint or shipped name).
-
-    ``auto``: an engine runs on TensorRT; an ONNX file on ONNX Runtime (whose CUDA/TensorRT
-    providers take the GPU when present); a checkpoint on torch. ``threads``: an integer, or
-    ``"auto"`` (None: the same), measured for ONNX Runtime (ort_session.py). ``trust_checkpoint``:
-    see TorchBackend.
-    """
+    """Open a backend for ``model`` (engine, ONNX file, checkpoint or shipped name); ``auto`` picks
+    it by the model's suffix (artifacts.backend_for). ONNX Runtime's CUDA/TensorRT providers take
+    the GPU when present; ``threads`` "auto" is measured for it (ort_session.py)."""
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
     backend = backend_for(model) if backend == "auto" else backend

@@ -74,10 +74,8 @@ def _ort():
 def create_session(
     path: str | Path, threads: int | None = None, spinning: bool = True, providers: list[str] | None = None, profile_prefix: str | None = None,
 ):
-    """An ``onnxruntime.InferenceSession`` with ORT_ENABLE_ALL, ``threads`` intra-op threads
-    (None: ORT's default, every core), the pool's spinning on or off and, with
-    ``profile_prefix``, ONNX Runtime's per-node profiler on. A graph made for TensorRT (the s8
-    Q/DQ form) runs unfused instead (``made_for_tensorrt``)."""
+    """An ``onnxruntime.InferenceSession``, fully optimised unless the graph was made for TensorRT
+    (``made_for_tensorrt``: it runs unfused); ``threads`` None is ORT's default, every core."""
     ort = _ort()
     check_onnx(path)
     options = ort.SessionOptions()

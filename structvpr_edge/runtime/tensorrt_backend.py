@@ -234,7 +234,7 @@ class TensorRTBackend:
         if self.context is None or self.primary is None:
             raise BackendError("this TensorRT backend is closed")
         n, low, high, want = len(batch), self.profile["min"][0], self.profile["max"][0], self.host_in.shape[1:]
-        if batch.ndim != len(self.host_in.shape) or batch.shape[1:] != want or batch.dtype != self.host_in.dtype:
+        if batch.shape[1:] != want or batch.dtype != self.host_in.dtype:  # a batch of another rank too
             raise ConfigError(f"engine {self.path} takes a (N, {', '.join(map(str, want))}) {self.host_in.dtype} batch, "
                               f"got {batch.shape} {batch.dtype}")
         if n > self.max_batch:
