@@ -189,26 +189,22 @@ class TensorRTBackend:
         primary = PrimaryContext(device_index)
         self.primary: PrimaryContext | None = primary
         try:  # from here on the primary context is retained: a failed open releases it (and any buffers) again
-            self._load(primary, trt, blob)
+            with primary.active() as cuda:  # the engine, its context, buffers and stream live in the primary context
+                self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(blob)
+                if self.engine is None:
+                    raise BackendError(f"TensorRT could not deserialize {self.path}; rebuild it with:\n  {self.command}")
+                frame, in_dtype, out_dtype = self._check_io(trt, self.engine)
+                self.context = self.engine.create_execution_context()
+                self.host_in = cuda.pagelocked_empty((self.max_batch, *frame), in_dtype)
+                self.host_out = cuda.pagelocked_empty((self.max_batch, self.info.layout.dim), out_dtype)
+                self.device_in = cuda.mem_alloc(self.host_in.nbytes)
+                self.device_out = cuda.mem_alloc(self.host_out.nbytes)
+                self.context.set_tensor_address(self.input, int(self.device_in))
+                self.context.set_tensor_address(self.output, int(self.device_out))
+                self.stream = cuda.Stream()
         except BaseException:
             self.close()
             raise
-
-    def _load(self, primary: PrimaryContext, trt: Any, blob: bytes) -> None:
-        """Deserialize the engine, check its I/O and allocate its context, buffers and stream in the primary context."""
-        with primary.active() as cuda:
-            self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(blob)
-            if self.engine is None:
-                raise BackendError(f"TensorRT could not deserialize {self.path}; rebuild it with:\n  {self.command}")
-            frame, in_dtype, out_dtype = self._check_io(trt, self.engine)
-            self.context = self.engine.create_execution_context()
-            self.host_in = cuda.pagelocked_empty((self.max_batch, *frame), in_dtype)
-            self.host_out = cuda.pagelocked_empty((self.max_batch, self.info.layout.dim), out_dtype)
-            self.device_in = cuda.mem_alloc(self.host_in.nbytes)
-            self.device_out = cuda.mem_alloc(self.host_out.nbytes)
-            self.context.set_tensor_address(self.input, int(self.device_in))
-            self.context.set_tensor_address(self.output, int(self.device_out))
-            self.stream = cuda.Stream()
 
     def _check_io(self, trt: Any, engine: tensorrt.ICudaEngine) -> tuple[list[int], np.dtype, np.dtype]:
         """One input frame's shape and the input's and output's dtypes, once the engine's one input and
