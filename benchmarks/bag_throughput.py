@@ -23,6 +23,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from structvpr_edge.bench import disk_bytes
 from structvpr_edge.bench.drives import FIXED_COST, best_seconds, drive_bag, drive_folder, stream_long_bag
 from structvpr_edge.data.dataset import load_dataset
 from structvpr_edge.data.synthcity.bags import generate_route_bags
@@ -61,7 +62,7 @@ def main() -> None:
 
     if args.long:
         bag = drive_bag(work / "long", jpegs, args.long)
-        size_mb = sum(f.stat().st_size for f in bag.iterdir()) / 2**20
+        size_mb = disk_bytes(bag) / 2**20
         total, seconds, skipped, rows = stream_long_bag(bag)
         print(f"\nlong bag: {total} frames, {size_mb:.0f} MB, streamed (decoded + posed) at {total / seconds:.0f} frames/s; {skipped.summary()}")
         print("| frames | RSS MB |\n| --- | --- |\n" + "\n".join(f"| {n} | {rss:.1f} |" for n, rss in rows))

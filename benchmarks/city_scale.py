@@ -12,66 +12,62 @@ A place is a real descriptor (a SynthCity test database image) plus Gaussian noi
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from structvpr_edge import EdgeVPR, PlaceMap
+from structvpr_edge.bench import disk_bytes, in_fresh_process, rss_mb
+from structvpr_edge.eval.plots import pyplot
 from structvpr_edge.runtime.map import Place
 from structvpr_edge.runtime.mapping import describe_paths, reference_images
 
 CHUNK = 250_000
 
 
-def perturbed(bases: np.ndarray, start: int, count: int, noise: float, seed: int) -> np.ndarray:
-    """Places start..start+count: the same rows for the same arguments (regenerated, never all held)."""
-    rng = np.random.default_rng([seed, start])
-    rows = bases[(start + np.arange(count)) % len(bases)] + rng.normal(0, noise / np.sqrt(bases.shape[1]), (count, bases.shape[1])).astype(np.float32)
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+def chunks(bases: np.ndarray, size: int, noise: float) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, places start..start+CHUNK) of a map of ``size``: the same rows on every pass
+    (regenerated, never all held)."""
+    for start in range(0, size, CHUNK):
+        count, rng = min(CHUNK, size - start), np.random.default_rng([0, start])
+        rows = bases[(start + np.arange(count)) % len(bases)] + rng.normal(0, noise / np.sqrt(bases.shape[1]), (count, bases.shape[1])).astype(np.float32)
+        yield start, rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
 def build(vpr: EdgeVPR, bases: np.ndarray, size: int, noise: float, out: Path) -> float:
     start_s = time.perf_counter()
     place_map = PlaceMap(bases.shape[1], vpr.info.layout.hash(), vpr.model_sha256, "auto", expected_size=size)
-    for start in tqdm(range(0, size, CHUNK), desc=f"build {size:,}", leave=False):
-        count = min(CHUNK, size - start)
-        places = [Place(f"p{i}", float(i % 10_000), float(i // 10_000)) for i in range(start, start + count)]
-        place_map.add(perturbed(bases, start, count, noise, seed=0), places)
+    for start, rows in tqdm(chunks(bases, size, noise), desc=f"build {size:,}", total=-(-size // CHUNK), leave=False):
+        place_map.add(rows, [Place(f"p{i}", float(i % 10_000), float(i // 10_000)) for i in range(start, start + len(rows))])
     place_map.save(out)
     return time.perf_counter() - start_s
 
 
-def rss() -> int:
-    """Resident bytes of this process (/proc/self/status VmRSS)."""
-    line = next(row for row in Path("/proc/self/status").read_text().splitlines() if row.startswith("VmRSS:"))
-    return int(line.split()[1]) * 1024
-
-
 def measure(out: str, queries: np.ndarray, result) -> None:
     """In a fresh process: open the map, search one query at a time; RSS includes everything."""
-    before = rss()
+    before = rss_mb()
     place_map = PlaceMap.load(out)
-    opened = rss()
+    opened = rss_mb()
     times, top = [], []
     for query in queries:
         t0 = time.perf_counter()
         _, rows = place_map.search(query[None], 5)
         times.append(time.perf_counter() - t0)
         top.append(int(rows[0, 0]))
-    result.put({"factory": place_map.factory, "rss_open_mb": opened / 2**20, "rss_mb": rss() / 2**20,
-                "rss_before_mb": before / 2**20, "times_ms": 1e3 * np.array(times), "top": np.array(top)})
+    result.put({"factory": place_map.factory, "rss_open_mb": opened, "rss_mb": rss_mb(), "rss_before_mb": before,
+                "times_ms": 1e3 * np.array(times), "top": np.array(top)})
 
 
 def exact_top1(bases: np.ndarray, size: int, noise: float, queries: np.ndarray) -> np.ndarray:
     best, best_row = np.full(len(queries), -np.inf), np.zeros(len(queries), np.int64)
-    for start in range(0, size, CHUNK):
-        scores = perturbed(bases, start, min(CHUNK, size - start), noise, seed=0) @ queries.T
+    for start, rows in chunks(bases, size, noise):
+        scores = rows @ queries.T
         arg = scores.argmax(axis=0)
         better = scores[arg, np.arange(len(queries))] > best
         best[better], best_row[better] = scores[arg, np.arange(len(queries))][better], start + arg[better]
@@ -98,20 +94,16 @@ def main() -> None:
             out = work / f"map-{size}"
             shutil.rmtree(out, ignore_errors=True)
             build_s = build(vpr, bases, size, args.noise, out)
-            disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+            disk = disk_bytes(out)
             rng = np.random.default_rng(size)
             picked = rng.integers(0, size, args.queries)
             queries = np.zeros((args.queries, bases.shape[1]), np.float32)
-            for start in range(0, size, CHUNK):  # the picked places, from the chunks that made them
+            for start, places in chunks(bases, size, args.noise):  # the picked places, from the chunks that made them
                 inside = (picked >= start) & (picked < start + CHUNK)
-                queries[inside] = perturbed(bases, start, min(CHUNK, size - start), args.noise, seed=0)[picked[inside] - start]
+                queries[inside] = places[picked[inside] - start]
             queries += rng.normal(0, args.query_noise / np.sqrt(queries.shape[1]), queries.shape).astype(np.float32)
             queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-            result = multiprocessing.get_context("spawn").Queue()
-            child = multiprocessing.get_context("spawn").Process(target=measure, args=(str(out), queries, result))
-            child.start()
-            found = result.get()
-            child.join()
+            found = in_fresh_process(measure, str(out), queries)
             exact = exact_top1(bases, size, args.noise, queries)
             times = found["times_ms"][len(queries) // 10 :]  # the first queries warm caches up
             rows.append({"places": size, "index": found["factory"], "build_s": build_s, "bytes_per_place": disk / size,
@@ -130,13 +122,8 @@ def main() -> None:
 
 
 def plot(rows: list[dict], path: str) -> None:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
     sizes = [r["places"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = pyplot().subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(sizes, [r["p50_ms"] for r in rows], "o-", label="p50")
     axes[0].plot(sizes, [r["p99_ms"] for r in rows], "s--", label="p99")
     axes[0].set(ylabel="search ms (one query)", title="latency")

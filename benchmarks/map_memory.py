@@ -11,7 +11,6 @@ chunks, then one save); a second fresh process opens the saved map. Each reports
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import resource
 import tempfile
 import threading
@@ -21,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from structvpr_edge.bench.killtest import MODEL_SHA
+from structvpr_edge.bench import disk_bytes, in_fresh_process, rss_mb
 from structvpr_edge.runtime.map import Place, PlaceMap
 
 
@@ -33,12 +33,10 @@ class PhasePeaks:
         self._thread.start()
 
     def _sample(self) -> None:
-        page = resource.getpagesize()
         while not self._stop.wait(0.02):
-            rss = int(Path("/proc/self/statm").read_text().split()[1]) * page
-            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), rss)
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), rss_mb() * 2**20)
 
-    def stop(self) -> dict[str, int]:
+    def stop(self) -> dict[str, float]:
         self._stop.set()
         self._thread.join()
         return self.peaks
@@ -65,20 +63,6 @@ def _load(directory: str, queue) -> None:
     peaks.phase = "search"
     place_map.search(np.eye(1, place_map.dim, dtype=np.float32), 5)
     queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, peaks.stop()))
-
-
-def in_fresh_process(target, *args) -> tuple[int, dict[str, int]]:
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited counts
-    queue = context.Queue()
-    process = context.Process(target=target, args=(*args, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
-
-
-def disk_bytes(directory: Path) -> int:
-    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
 def main() -> None:

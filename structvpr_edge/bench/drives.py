@@ -16,7 +16,7 @@ from ..runtime.edgevpr import EdgeVPR
 from ..runtime.mapping import describe_frames, describe_paths
 from ..runtime.preprocess import read_image
 from ..timing import time_calls
-from .soak import rss_mb
+from . import rss_mb
 
 FIXED_COST = "bag: fixed cost (check topics, read poses)"
 

@@ -14,14 +14,10 @@ from tqdm import tqdm
 from ..runtime.edgevpr import EdgeVPR
 from ..runtime.map import PlaceMap
 from ..timing import stage_stats, time_calls
+from . import rss_mb
 from .rig import camera_frames, synthetic_map
 
 SIZES = [(640, 480), (320, 240), (1280, 720)] + [(300 + 7 * i, 200 + 5 * i) for i in range(9)]  # width, height
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def open_files() -> int:
