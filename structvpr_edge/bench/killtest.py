@@ -48,9 +48,7 @@ def classify(directory: Path, old_ids: list[str], new_ids: list[str]) -> tuple[s
     except Exception:  # noqa: BLE001 - any failure to open is the outcome being counted
         return "unopenable", None
     ids = [p.id for p in found.places]
-    if ids == new_ids:
-        return "new-whole", found
-    return ("old-whole" if ids == old_ids else "partial"), found
+    return ("new-whole" if ids == new_ids else "old-whole" if ids == old_ids else "partial"), found
 
 
 def writer_seconds(directory: Path, append: int) -> float:
@@ -137,6 +135,17 @@ def file_sha(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
+def _outcome(open_output: Callable[[], object], opened: str) -> str:
+    """``opened`` when ``open_output()`` succeeds, else "refused" (our typed error) or "untyped-error"."""
+    try:
+        open_output()
+    except StructVPRError:
+        return "refused"
+    except Exception:  # noqa: BLE001 - any other failure to open is the outcome being counted
+        return "untyped-error"
+    return opened
+
+
 def inspect_export(out: Path, whole_sha: str) -> str:
     """An exported ONNX is whole when it is byte-identical to an uninterrupted export's;
     otherwise EdgeVPR must refuse it with a typed error."""
@@ -144,26 +153,14 @@ def inspect_export(out: Path, whole_sha: str) -> str:
         return "whole"
     from ..runtime.edgevpr import EdgeVPR  # noqa: PLC0415 - only for the export target
 
-    try:
-        EdgeVPR(out, backend="onnxruntime")
-    except StructVPRError:
-        return "refused"
-    except Exception:  # noqa: BLE001 - any other failure to open is the outcome being counted
-        return "untyped-error"
-    return "loads-mixed"
+    return _outcome(lambda: EdgeVPR(out, backend="onnxruntime"), "loads-mixed")
 
 
 def inspect_kit(out: Path) -> str:
     """A calibration kit is whole when check_kit finds every file the one its report describes."""
     from ..deploy.calibration import check_kit  # noqa: PLC0415 - needs the deploy extras
 
-    try:
-        check_kit(out)
-    except StructVPRError:
-        return "refused"
-    except Exception:  # noqa: BLE001
-        return "untyped-error"
-    return "whole"
+    return _outcome(lambda: check_kit(out), "whole")
 
 
 def run_seconds(argv: list[str]) -> float:
