@@ -181,32 +181,26 @@ def train_table(rows: list[Row], dataset: str, seeds: list[int], steps: int, run
     rows = [with_overrides(r, overrides) for r in rows]
     teacher = with_overrides(ROWS["teacher"], overrides)
 
-    def job(key: tuple[str, int]) -> Path:
-        command, out = planned[key]
-        return train_run(command, out, threads, deadline, stop)
-
-    def teacher_job(seed: int) -> Path:
-        return job((teacher.name, seed))
-
-    def student_job(row_seed: tuple[Row, int]) -> Path:
-        return job((row_seed[0].name, row_seed[1]))
+    def job(row: Row, seed: int) -> Path:
+        return train_run(*planned[row.name, seed], threads, deadline, stop)
 
     students = [(r, s) for s in seeds for r in rows if r != teacher]
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         uses_teacher = any(r.distils for r in rows) or teacher in rows
-        first = [pool.submit(teacher_job, seeds[0])] if uses_teacher else []
+        first = [pool.submit(job, teacher, seeds[0])] if uses_teacher else []
         builder = next((rs for rs in students if not rs[0].distils), None)  # needs no teacher
         if builder is not None:
             students.remove(builder)
-            first.append(pool.submit(student_job, builder))
+            first.append(pool.submit(job, *builder))
         for future in first:
             future.result()
-        teacher_runs = {seed: pool.submit(teacher_job, seed) for seed in seeds[1:]} if uses_teacher else {}
+        teacher_runs = {seed: pool.submit(job, teacher, seed) for seed in seeds[1:]} if uses_teacher else {}
 
         def after_teacher(row_seed: tuple[Row, int]) -> Path:
-            if row_seed[0].distils and row_seed[1] in teacher_runs:
-                teacher_runs[row_seed[1]].result()
-            return student_job(row_seed)
+            row, seed = row_seed
+            if row.distils and seed in teacher_runs:
+                teacher_runs[seed].result()
+            return job(row, seed)
 
         list(pool.map(after_teacher, students))
 
@@ -235,21 +229,21 @@ def real_val(model: Path, corridor: Path, camvid: Path) -> dict[str, float]:
     return figures
 
 
+def logged(out: Path, key: str) -> list:
+    """Every value of ``key`` in the run's ``log.jsonl``, in order ([] without a log)."""
+    log = out / "log.jsonl"
+    return [json.loads(line)[key] for line in log.read_text().splitlines() if key in line] if log.exists() else []
+
+
 def last_val_recall(out: Path) -> float | None:
     """R@1 on val at the run's last validation (what settings are chosen on)."""
-    log = out / "log.jsonl"
-    if not log.exists():
-        return None
-    recalls = [json.loads(line)["val_recall@1"] for line in log.read_text().splitlines() if "val_recall@1" in line]
+    recalls = logged(out, "val_recall@1")
     return recalls[-1] if recalls else None
 
 
 def median_kd_grad_ratio(out: Path) -> float | None:
     """Median, not mean: on a step where the metric loss mines no pair its gradient is 0."""
-    log = out / "log.jsonl"
-    if not log.exists():
-        return None
-    ratios = [json.loads(line)["kd_grad_ratio"] for line in log.read_text().splitlines() if "kd_grad_ratio" in line]
+    ratios = logged(out, "kd_grad_ratio")
     return float(np.median(ratios)) if ratios else None
 
 
@@ -268,7 +262,6 @@ def summarize(results: dict[str, list[dict]], columns: list[str]) -> str:
         seeds = f"{done} of {len(runs)}" if done < len(runs) else str(len(runs))
         lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
 
 
 def run_figures(out: Path, seed: int, real: tuple[Path, Path] | None = None, test=None) -> dict:
