@@ -15,6 +15,7 @@ from ..data.dataset import VPRDataset
 from ..errors import DatasetError, ModelError
 from ..eval.evaluate import evaluate
 from ..eval.models import load_extractor
+from ..eval.plots import pyplot
 from ..files import replace_whole
 from ..models.checkpoint import derived_extra, load_checkpoint, save_checkpoint
 from ..models.efficientnet_lite import EfficientNetLite0, blend_toward_imagenet, check_blend_share
@@ -68,11 +69,7 @@ def blend_table(rows: dict[str, Path], shares: list[float], out: Path, val: VPRD
 
 def plot_blend(results: dict[str, list[dict]], out_png: Path) -> Path:
     """Corridor R@1 and SynthCity val R@1 against the share, mean and std band per row."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
+    plt = pyplot()
     curves: dict[str, list[tuple[float, list[dict]]]] = {}
     for runs in results.values():
         curves.setdefault(runs[0]["row"], []).append((runs[0]["share"], runs))
