@@ -220,7 +220,7 @@ def test_a_label_map_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.setattr(segmentation.cv2, "imwrite", half_write)
     target = tmp_path / "labels" / "a.png"
     with pytest.raises(DatasetError, match="cannot write"):
-        segmentation._write_png(target, np.zeros((2, 2), np.uint8))
+        segmentation.write_whole(target, np.zeros((2, 2), np.uint8))
     assert not list(target.parent.iterdir())  # nor a partial file
 
 

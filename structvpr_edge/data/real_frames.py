@@ -11,7 +11,6 @@ so the trainer's caches and samplers treat them like any other place.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from ..images import imread
 from ..labels import check_scheme, to_cityscapes
 from .dataset import file_stamp
 from .places import PlaceGroups
+from .segmentation import write_whole
 
 FRAME_NAME = re.compile(r"^(?P<sequence>.+)_\D*(?P<frame>\d+)$")  # 0001TP_006690, 0006R0_f00930
 # A step between frames up to this many times the usual one is jitter (CamVid: 29 or 31 for 30), not a gap.
@@ -91,11 +91,8 @@ def write_view(image: np.ndarray, label: np.ndarray, box: tuple[int, int, int, i
     size = (image.shape[1], image.shape[0])
     view = cv2.resize(image[top : top + h, left : left + w], size, interpolation=cv2.INTER_AREA)
     view_label = cv2.resize(label[top : top + h, left : left + w], size, interpolation=cv2.INTER_NEAREST)
-    for target, pixels, params in ((image_out, view, [cv2.IMWRITE_JPEG_QUALITY, 92]), (label_out, view_label, [])):
-        partial = target.with_name(f".{target.name}.partial{target.suffix}")
-        if not cv2.imwrite(str(partial), pixels, params):
-            raise DatasetError(f"cannot write {target}")
-        os.replace(partial, target)  # a view is whole or absent: an interrupted run redoes only what is missing
+    write_whole(image_out, view, [cv2.IMWRITE_JPEG_QUALITY, 92], "image")  # whole or absent: an interrupted run redoes only what is missing
+    write_whole(label_out, view_label, what="label map")
 
 
 def window_position(sequence: int, frame_numbers: list[int], speed_mps: float) -> np.ndarray:
