@@ -286,30 +286,25 @@ def _in_time_order(messages: Iterable[Message], skipped: Skipped) -> Iterator[Me
     yield from release(0)
 
 
-def _topic_messages(reader: Any, path: Path, topic: str, types: tuple[str, ...], what: str,
-                    window: tuple[int, int] | None) -> Iterator[Message]:
-    """Every message of ``topic`` in bag order, deserialized one at a time (a zero stamp takes the
-    bag's time). Fewer messages than the bag's index lists is damage (a reader may pass over a
-    broken chunk)."""
-    count = 0
-    start, stop = window if window is not None else (None, None)
-    for connection, bag_time, raw in reader.messages(topic_connections(reader, path, topic, types, what), start, stop):
-        message = reader.deserialize(raw, connection.msgtype)
-        count += 1
-        yield stamp_ns(message.header) or bag_time, bag_time, connection.msgtype, message
-    if window is None and count < reader.topics[topic].msgcount:
-        raise DatasetError(f"{path} lists {reader.topics[topic].msgcount} messages on {topic} but only {count} could be read: the bag is damaged")
-
-
 def _messages(path: Path, topic: str, types: tuple[str, ...], what: str, skipped: Skipped,
               window: tuple[int, int] | None = None) -> Iterator[Message]:
-    """(header time, bag time, type, message) of one topic, one at a time, in time order (see
-    _in_time_order). ``window``: only the messages of bag times [start, stop), found through the
-    bag's index, and all of them: a stretch cannot tell which of its messages are out of order in
-    the whole topic, so its reader (a Ray worker) picks the frames a whole pass listed."""
+    """(header time, bag time, type, message) of one topic, deserialized one at a time (a zero stamp
+    takes the bag's time), in time order (see _in_time_order). Fewer messages than the bag's index
+    lists is damage (a reader may pass over a broken chunk). ``window``: only the messages of bag
+    times [start, stop), found through the bag's index, and all of them: a stretch cannot tell which
+    of its messages are out of order in the whole topic, so its reader (a Ray worker) picks the
+    frames a whole pass listed."""
+    def read(reader: Any) -> Iterator[Message]:
+        count = 0
+        for connection, bag_time, raw in reader.messages(topic_connections(reader, path, topic, types, what), *(window or (None, None))):
+            message = reader.deserialize(raw, connection.msgtype)
+            count += 1
+            yield stamp_ns(message.header) or bag_time, bag_time, connection.msgtype, message
+        if window is None and count < reader.topics[topic].msgcount:
+            raise DatasetError(f"{path} lists {reader.topics[topic].msgcount} messages on {topic} but only {count} could be read: the bag is damaged")
+
     with open_bag(path) as reader:
-        read = _topic_messages(reader, path, topic, types, what, window)
-        yield from (read if window is not None else _in_time_order(read, skipped))
+        yield from (read(reader) if window is not None else _in_time_order(read(reader), skipped))
 
 
 def image_of(message: Any, what: str) -> np.ndarray:
@@ -340,12 +335,6 @@ def read_frames(path: str | Path, topic: str, skipped: Skipped, pixels: bool = T
         yield DriveFrame(stamp, image, source, bag_ns=bag_time)
 
 
-def has_position(fix: Any) -> bool:
-    """Whether a NavSatFix has a fix and a place on the globe: receivers report none with status
-    -1, NaN, or a sentinel such as latitude 999 under an OK status."""
-    return bool(fix.status.status != NO_FIX and abs(fix.latitude) <= 90 and abs(fix.longitude) <= 180)
-
-
 def read_track(path: str | Path, topic: str, skipped: Skipped) -> Track:
     """All poses of ``topic``: fixes converted to UTM (zone of the data), Odometry and poses as
     they are, in their header's frame; a DatasetError when none is usable."""
@@ -354,7 +343,8 @@ def read_track(path: str | Path, topic: str, skipped: Skipped) -> Track:
     frame_id, kind = "", ""
     for stamp, _, kind, message in _messages(Path(path), topic, POSE_TYPES, "pose", skipped):
         if kind == FIX_TYPE:
-            if not has_position(message):
+            # receivers report no fix with status -1, NaN, or a sentinel such as latitude 999 under an OK status
+            if not (message.status.status != NO_FIX and abs(message.latitude) <= 90 and abs(message.longitude) <= 180):
                 skipped.no_fix += 1
                 continue
             rows.append((message.latitude, message.longitude, math.nan))
@@ -450,14 +440,6 @@ def _csv_number(row: dict[str, str], column: str, line: int, path: Path, optiona
     return value
 
 
-def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """The stripped header and the rows of a UTF-8 CSV, read as every dataset CSV is (read_csv)."""
-    reader = read_csv(path)
-    columns = [c.strip() for c in reader.fieldnames or []]
-    reader.fieldnames = columns
-    return columns, list(reader)
-
-
 def read_pose_csv(path: str | Path, images: str | Path, min_spacing_m: float = 0.0, skipped: Skipped | None = None) -> tuple[list[Path], Track]:
     """The image files a pose CSV names (see the module docstring for its columns) and their poses
     (``Track`` stamps: the time column in ns, else the row order); rows within ``min_spacing_m``
@@ -465,7 +447,9 @@ def read_pose_csv(path: str | Path, images: str | Path, min_spacing_m: float = 0
     path, images = Path(path), Path(images)
     if not path.is_file():
         raise DatasetError(f"no pose file at {path}")
-    columns, rows = _csv_rows(path)
+    reader = read_csv(path)
+    reader.fieldnames = columns = [c.strip() for c in reader.fieldnames or []]
+    rows = list(reader)
     positions = next((pair for pair in CSV_POSITIONS if set(pair) <= set(columns)), None)
     if "file" not in columns or positions is None:
         raise DatasetError(f"{path} needs the columns file and east, north (or lat, lon), optional heading and time; it has {columns}")
