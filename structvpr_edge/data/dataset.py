@@ -62,8 +62,7 @@ def list_images(folder: Path) -> list[Path]:
     """Images of one subset: from ``<folder>_images_paths.txt`` when present, else a sorted walk."""
     listing = listing_file(folder)
     if listing.exists():
-        lines = [line.strip() for line in read_text(listing).splitlines() if line.strip()]
-        paths = [folder / line for line in lines]
+        paths = [folder / line.strip() for line in read_text(listing).splitlines() if line.strip()]
         missing = [p for p in paths if not p.exists()]
         if missing:
             raise DatasetError(f"{listing} lists {len(missing)} missing images, e.g. {missing[0]}")

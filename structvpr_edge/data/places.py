@@ -62,8 +62,6 @@ def place_groups(dataset: VPRDataset, min_images: int = 4, cell_m: float = 10.0)
     groups = [g for g in np.split(order, boundaries) if len(g) >= min_images]
     if not groups:
         raise DatasetError(f"{dataset!r}: no place has >= {min_images} images")
-    labels = None
-    if dataset.has_labels:
-        labels = [p for s in subsets for p in s.label_paths]
+    labels = [p for s in subsets for p in s.label_paths] if dataset.has_labels else None
     positions = np.stack([utm[g].mean(axis=0) for g in groups])
     return PlaceGroups(paths=paths, label_paths=labels, places=groups, positions=positions)
