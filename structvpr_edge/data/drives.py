@@ -342,20 +342,19 @@ def read_track(path: str | Path, topic: str, skipped: Skipped) -> Track:
     rows: list[tuple[float, float, float]] = []  # lat, lon, NaN or x, y, heading
     frame_id, kind = "", ""
     for stamp, _, kind, message in _messages(Path(path), topic, POSE_TYPES, "pose", skipped):
-        if kind == FIX_TYPE:
-            # receivers report no fix with status -1, NaN, or a sentinel such as latitude 999 under an OK status
-            if not (message.status.status != NO_FIX and abs(message.latitude) <= 90 and abs(message.longitude) <= 180):
-                skipped.no_fix += 1
-                continue
-            rows.append((message.latitude, message.longitude, math.nan))
+        if kind == FIX_TYPE:  # receivers report no fix with status -1, NaN, or a sentinel such as latitude 999 under an OK status
+            row = (message.latitude, message.longitude, math.nan)
+            usable = message.status.status != NO_FIX and abs(row[0]) <= 90 and abs(row[1]) <= 180
         else:
             pose = message.pose if kind == "geometry_msgs/msg/PoseStamped" else message.pose.pose
-            if not (math.isfinite(pose.position.x) and math.isfinite(pose.position.y)):
-                skipped.no_fix += 1
-                continue
-            rows.append((pose.position.x, pose.position.y, compass_heading(pose.orientation)))
-            frame_id = frame_id or message.header.frame_id
+            row = (pose.position.x, pose.position.y, compass_heading(pose.orientation))
+            usable = math.isfinite(row[0]) and math.isfinite(row[1])
+        if not usable:
+            skipped.no_fix += 1
+            continue
         stamps.append(stamp)
+        rows.append(row)
+        frame_id = frame_id or message.header.frame_id  # a fix's: replaced by its UTM zone below
     if not stamps:
         raise DatasetError(f"{topic} in {path} has no usable pose ({skipped.summary()})")
     values = np.array(rows, dtype=np.float64)
@@ -458,8 +457,7 @@ def read_pose_csv(path: str | Path, images: str | Path, min_spacing_m: float = 0
     found: list[Path] = []
     numbers: list[list[float]] = []  # position pair, heading, time (the line number without a time column)
     for line, row in enumerate(rows, start=2):
-        file = Path((row.get("file") or "").strip())
-        file = file if file.is_absolute() else images / file
+        file = images / (row.get("file") or "").strip()  # an absolute path stays as it is
         if not file.is_file():
             raise DatasetError(f"{path}, line {line}: no image at {file}")
         found.append(file)
