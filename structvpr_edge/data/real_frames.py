@@ -122,10 +122,9 @@ def real_places(root: str | Path, split: str, scheme: str, out: Path, conf: Fram
     folder = Path(out) / f"real-views-{key}"
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "labels").mkdir(parents=True, exist_ok=True)
-    paths, label_paths, places = [], [], []
+    paths, label_paths = [], []
     windows = [(k, window) for k, frames in enumerate(sequences) for window in frame_windows(frames, conf.window)]
     for place, (_, frames) in enumerate(tqdm(windows, desc=f"real views {split}", unit="place", leave=False)):
-        members = []
         for view in range(conf.views):
             frame = frames[view % len(frames)]
             image_out = folder / "images" / f"{frame.stem}_v{view}.jpg"
@@ -139,10 +138,9 @@ def real_places(root: str | Path, split: str, scheme: str, out: Path, conf: Fram
                 box = crop_box(image.shape[:2], conf.crop_min, rng)
                 lit = photometric(image, rng) if conf.relight else image
                 write_view(lit, to_cityscapes(label, scheme), box, image_out, label_out)
-            members.append(len(paths))
             paths.append(image_out)
             label_paths.append(label_out)
-        places.append(np.array(members))
+    places = [np.arange(place * conf.views, (place + 1) * conf.views) for place in range(len(windows))]
     number = {path: n for frames in sequences for n, path in frames}
     positions = np.stack([window_position(sequence, [number[f] for f in frames], speed_mps) for sequence, frames in windows])
     return PlaceGroups(paths=paths, label_paths=label_paths, places=places, positions=positions)
