@@ -43,8 +43,7 @@ def environment() -> dict:
         imagenet_state_dict()
         info["imagenet_weights"] = True
     except Exception as exc:  # noqa: BLE001 - ModelError when the package is missing
-        info["imagenet_weights"] = False
-        info["imagenet_weights_note"] = str(exc)
+        info |= {"imagenet_weights": False, "imagenet_weights_note": str(exc)}
     return info
 
 
