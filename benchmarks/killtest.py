@@ -27,9 +27,9 @@ from functools import partial
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from structvpr_edge.bench.killtest import cli_kill_trials, file_sha, inspect_export, inspect_kit, kill_trials, make_map, race_trials, run_seconds
+from structvpr_edge.bench.rig import camera_frames
 
 CLI = [sys.executable, "-m", "structvpr_edge.cli"]
 
@@ -45,9 +45,8 @@ def cli_targets(tmp: Path, export: int, calibrate: int, seed: int) -> None:
     if calibrate:
         frames = tmp / "frames"
         frames.mkdir()
-        rng = np.random.default_rng(0)
-        for i in range(8):
-            cv2.imwrite(str(frames / f"{i}.png"), rng.integers(0, 256, (240, 320, 3), dtype=np.uint8))
+        for i, frame in enumerate(camera_frames(8, (320, 240))):
+            cv2.imwrite(str(frames / f"{i}.png"), frame)
         kit = tmp / "kit"
         argv = [*CLI, "calibrate", "--model", str(onnx), "--dataset", str(frames), "--num", "4", "--out", str(kit)]
         window = run_seconds(argv)
