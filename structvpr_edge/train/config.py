@@ -80,24 +80,18 @@ class OptimConfig:
 
 @dataclass
 class DistillConfig:
+    """Every option and what it did on val: docs/method.md, Training (0 = off for each extra weight)."""
+
     enabled: bool = True  # False: no teacher in the distilling modes (the student-nokd row)
-    # The weight of the relational KD (a KL divergence), chosen on val (docs/history/2026-11-26-to-12-04-results-log.md, issue 9):
-    # 100 tau^2 in config version 1; at a tenth of it the teacher changed nothing measurable.
-    weight: float = 1.0
+    weight: float = 1.0  # the relational KD, a plain KL (100 tau^2 in config version 1)
     temperature: float = 0.1
     per_group: bool = True  # also match each label group's similarity structure (the "label split")
     group_weight: float = 1.0
-    # Tried on val for a stronger signal (issue 9, train/distill.py); 0 = off. Each is a term of
-    # its own beside the relational one, with the same sample weights and schedule.
     feature_weight: float = 0.0  # cosine of projected sub-descriptors to the teacher's
     similarity_weight: float = 0.0  # squared error of the aligned similarities
     negative_weight: float = 0.0  # teacher-ranked hard negatives, teacher's margin
-    # The KD schedule, tried on val (issue 9): the whole KD term rises linearly from 0 over these
-    # steps, so the student's masks and metric space form before the teacher pulls; 0 = full from step 0.
-    warmup_steps: int = 0
-    # Every distillation term's weight on the anchors that are real frames (real.root); 0 = SynthCity anchors
-    # only. Tried on the real val (issue 23, row K): 0 did not move the corridor, so 1 stays.
-    real_weight: float = 1.0
+    warmup_steps: int = 0  # the whole KD term rises linearly from 0 over these steps
+    real_weight: float = 1.0  # every distillation term's weight on the anchors that are real frames
     samples: SampleWeightConfig = field(default_factory=SampleWeightConfig)
 
     def validate(self, distils: bool) -> None:
@@ -146,22 +140,11 @@ class TrainConfig:
     teacher_checkpoint: str | None = None  # for structvpr / structvpr++ when the teacher stage is skipped
     mask_loss_weight: float = 0.5
     mask_loss_decay: bool = False  # fall linearly to 0 by the last step: masks start semantic, end free
-    # Feature preservation (issue 23): the trainable backbone blocks' output kept near what the
-    # ImageNet blocks give on the same input (1 - cosine per location), so training on a synthetic
-    # city does not forget generic features; 0 = off. RGB students that start from ImageNet only.
-    preserve_weight: float = 0.0
-    # Style randomisation (issue 23): the share of the place dataset's training images cached under
-    # a random light (the real frames' gamma, contrast, brightness, channel gain and noise), so the
-    # student leans less on SynthCity's colours; the same images and light for every seed; 0 = off.
-    photometric: float = 0.0
-    # Backbone blend (issue 23): after the last step the trainable backbone blocks move this share of
-    # the way back to their ImageNet weights (WiSE-FT), keeping generic features the synthetic city
-    # would have trained away; the model is validated again after it; 0 = off. RGB students from ImageNet.
-    imagenet_blend: float = 0.0
-    # Neighbouring places (issue 23): two places closer than this many metres are neither positives
-    # nor negatives of each other, in the metric loss, the teacher-ranked negatives and the sample
-    # weights' ranks: the evaluation counts them as one place (25 m); 0 = every other place a negative.
-    neighbour_m: float = 0.0
+    # Issue 23's options, each 0 = off (docs/method.md, Training).
+    preserve_weight: float = 0.0  # feature preservation: the trained backbone's output kept near ImageNet's
+    photometric: float = 0.0  # the share of training images cached under a random light
+    imagenet_blend: float = 0.0  # the share of the way back to ImageNet the backbone moves after the last step
+    neighbour_m: float = 0.0  # places closer than this are neither positives nor negatives of each other
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     global_student: GlobalStudentConfig = field(default_factory=GlobalStudentConfig)
@@ -279,15 +262,6 @@ def upgrade(raw: dict, where: str) -> dict:
     return raw
 
 
-def read_config_file(path: Path) -> dict:
-    """A YAML file's mapping, or the config a checkpoint (``.pt``) was trained with."""
-    if not path.exists():
-        raise ConfigError(f"config file {path} not found")
-    if path.suffix == CHECKPOINT_SUFFIX:
-        return load_checkpoint(path)[1]["train_config"]
-    return yaml.safe_load(path.read_text()) or {}
-
-
 def _apply(config: TrainConfig, raw: dict, where: str) -> TrainConfig:
     if isinstance(raw, dict) and "feature_hw" in (raw.get("global_student") or {}):
         raise ConfigError(f"{where}: global_student.feature_hw is derived from image_size and global_student.backbone_stride; remove it")
@@ -295,10 +269,15 @@ def _apply(config: TrainConfig, raw: dict, where: str) -> TrainConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Defaults <- YAML file or checkpoint (older versions converted) <- overrides (current version)."""
+    """Defaults <- YAML file or the config a checkpoint (``.pt``) was trained with (older versions
+    converted) <- overrides (current version)."""
     config = TrainConfig()
     if path is not None:
-        config = _apply(config, upgrade(read_config_file(Path(path)), str(path)), str(path))
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} not found")
+        raw = load_checkpoint(path)[1]["train_config"] if path.suffix == CHECKPOINT_SUFFIX else yaml.safe_load(path.read_text()) or {}
+        config = _apply(config, upgrade(raw, str(path)), str(path))
     if overrides:
         config = _apply(config, overrides, "overrides")
     return config.validate()
