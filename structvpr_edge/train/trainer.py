@@ -1,12 +1,6 @@
-"""The two-stage trainer.
-
-Stage ``teacher``: the segmentation teacher learns place recognition from label maps alone.
-Stage ``student``: an RGB student learns with the metric loss; in the ``structvpr`` and
-``structvpr++`` modes it is also distilled from the frozen teacher, sample by sample weighted by
-how reliable the teacher is (see weights.py); ``structvpr++`` adds the mask loss and
-per-group distillation. ``baseline`` is the metric loss alone. What each mode uses is read from
-one :class:`~.config.Recipe`; the loss terms, their weights and schedules from one table
-(``objective.py``).
+"""The two-stage trainer: the ``teacher`` stage learns place recognition from label maps alone,
+the ``student`` stage an RGB student, distilled from the frozen teacher in the distilling modes.
+What each mode uses is read from one :class:`~.config.Recipe`, the loss terms from ``objective.py``.
 Runs on CPU, or CUDA with bfloat16 autocast on the forward passes (ranks and losses in float32);
 ``torchrun`` gives distributed data parallel.
 """
@@ -91,9 +85,7 @@ class PartsModule(nn.Module):
         self.model, self.from_frozen = model, from_frozen
 
     def forward(self, x: torch.Tensor):
-        if self.from_frozen:
-            return self.model.forward_parts(x, from_frozen=True)
-        return self.model.forward_parts(x)
+        return self.model.forward_parts(x, from_frozen=True) if self.from_frozen else self.model.forward_parts(x)  # the teacher has no from_frozen
 
 
 def frozen(module: nn.Module) -> nn.Module:
@@ -144,10 +136,6 @@ class RunLog:
         self.shares: Counter = Counter()
         self.current_epoch: int | None = None
 
-    @property
-    def open(self) -> bool:
-        return self.file is not None
-
     def write(self, row: dict) -> None:
         if self.file is not None:
             self.file.write(json.dumps(row) + "\n")
@@ -164,7 +152,7 @@ class RunLog:
             self.file.close()
 
     def _write_shares(self, step: int) -> None:
-        if self.current_epoch is not None and self.shares and self.open:
+        if self.current_epoch is not None and self.shares:
             total = sum(self.shares.values())
             self.write({"epoch": self.current_epoch, "step": step, "group_shares": {g: self.shares[g] / total for g in GROUPS}})
         self.shares.clear()
@@ -322,13 +310,11 @@ class Stage:
         if self.val is None:
             return None
         val, inputs, fractions = self.val
+        rows = np.arange(len(val.database) + len(val.queries))
         self.model.eval()
-        descs = []
-        for start in range(0, len(val.database) + len(val.queries), 128):
-            idx = np.arange(start, min(start + 128, len(val.database) + len(val.queries)))
-            descs.append(self.parts(self.model_input(inputs, fractions, idx)).descriptor.float().cpu().numpy())
+        descs = np.concatenate([self.parts(self.model_input(inputs, fractions, rows[start : start + 128])).descriptor.float().cpu().numpy()
+                                for start in range(0, len(rows), 128)])
         self.model.train()
-        descs = np.concatenate(descs)
         _, predictions = retrieve(descs[: len(val.database)], descs[len(val.database) :], 1)
         return recall_at_n(predictions, val.positives, (1,))["1"]
 
@@ -404,7 +390,7 @@ class Stage:
         parts, sample_group = self.losses(net, indices, labels, step)
         loss = sum(parts.values())
         record = None
-        if log.open and (step % self.optim.log_every == 0 or step == self.optim.steps - 1):
+        if self.ctx.is_main and (step % self.optim.log_every == 0 or step == self.optim.steps - 1):
             record = {name: value.item() for name, value in parts.items()} | {"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}  # the heads' rate this step
             ratio = gradient_ratio(parts["distill"], parts["metric"], self.model) if "distill" in parts else None
             if ratio is not None:
