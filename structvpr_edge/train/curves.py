@@ -4,24 +4,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..eval.plots import pyplot, save_figure
+
 
 def plot_training_curves(log_path: Path, out_png: Path) -> Path:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
     rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), dpi=100)
+    fig, axes = pyplot().subplots(1, 3, figsize=(14, 3.8), dpi=100)
     _losses(axes[0], [r for r in rows if "loss" in r])
     _recall(axes[1], [r for r in rows if "val_recall@1" in r])
     _shares(axes[2], [r for r in rows if "group_shares" in r])
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_png)
-    plt.close(fig)
-    return Path(out_png)
+    return save_figure(fig, out_png)
 
 
 def _losses(ax, steps: list[dict]) -> None:

@@ -169,9 +169,6 @@ class PlaceBatchSampler:
         self.places, self.p, self.k = places, places_per_batch, images_per_place
         self.seed, self.rank, self.world = seed, rank, world
 
-    def batches_per_epoch(self) -> int:
-        return len(self.places) // (self.p * self.world)
-
     def __iter__(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Yields (epoch, image indices, place labels)."""
         epoch = 0
@@ -179,13 +176,9 @@ class PlaceBatchSampler:
             rng = np.random.default_rng([self.seed, epoch])
             order = rng.permutation(len(self.places))
             span = self.p * self.world
-            for start in range(0, self.batches_per_epoch() * span, span):
+            for start in range(0, len(self.places) // span * span, span):  # whole batches only
                 chosen = order[start + self.rank * self.p : start + (self.rank + 1) * self.p]
-                indices, labels = [], []
-                for place in chosen:
-                    indices.append(draw(self.places[place], self.k, rng))
-                    labels.append(np.full(self.k, place))
-                yield epoch, np.concatenate(indices), np.concatenate(labels)
+                yield epoch, np.concatenate([draw(self.places[place], self.k, rng) for place in chosen]), np.repeat(chosen, self.k)
             epoch += 1
 
 

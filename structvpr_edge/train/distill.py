@@ -1,19 +1,9 @@
 """What the frozen teacher teaches the student, per anchor of a batch.
 
 The method's term is relational KD: the student's in-batch similarity structure of the aligned
-descriptor, and (label split) of each label group's aligned term, matched to the teacher's.
-Issue 9 asked what the field uses when relational KD is weak; three such terms are here, each
-with its own weight in ``DistillConfig`` (0 = off, the dataclass default; the StructVPR++ configs
-switch the teacher-ranked negatives on, the one that won on val), each (B,) so sample weights
-apply to it as to the relational term. Their weights and schedule are in ``objective.py``:
-
-- ``feature``: the student's global and per-group sub-descriptors, through a learned linear map
-  (:class:`FeatureProjector`, dropped after training), must point where the teacher's do
-  (cosine distance), each group weighted by the teacher's presence of it;
-- ``similarity``: the aligned similarity values themselves (squared error over the batch),
-  not only their softened ranking;
-- ``teacher_negatives``: among the negatives the teacher ranks below the anchor's true match,
-  the student's hardest one must be separated from that match by at least the teacher's margin.
+descriptor, and (label split) of each label group's aligned term, matched to the teacher's. The
+three terms after it were tried for a stronger signal (issue 9; docs/method.md, Training); each is
+(B,), so sample weights apply to it as to the relational term (weights and schedule: ``objective.py``).
 """
 from __future__ import annotations
 
