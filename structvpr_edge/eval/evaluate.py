@@ -46,13 +46,8 @@ class EvalResult:
     scores: np.ndarray
 
     def to_json(self) -> dict:
-        return {
-            "recall": self.recall,
-            "per_condition": self.per_condition,
-            "num_queries": self.num_queries,
-            "num_database": self.num_database,
-            "num_queries_without_positive": self.num_queries_without_positive,
-        }
+        """Every field but the retrievals."""
+        return {k: v for k, v in vars(self).items() if k not in ("predictions", "scores")}
 
 
 def _subset_inputs(extractor: Extractor, dataset: VPRDataset) -> tuple[list[Path], list[Path]]:

@@ -10,6 +10,8 @@ from torch import nn
 from ..errors import ConfigError
 from .efficientnet_lite import EfficientNetLite0, conv1x1_bn_relu
 from .gem import GeM
+from .mixvpr import MixVPR
+from .netvlad import NetVLAD
 from .teacher import AlignedOutput
 
 
@@ -39,17 +41,12 @@ class GeMHead(nn.Module):
 
 
 def build_aggregator(conf: GlobalStudentConfig, in_channels: int) -> nn.Module:
-    if conf.aggregator == "gem":
-        return GeMHead(in_channels, conf.dim, **conf.aggregator_args)
-    if conf.aggregator == "mixvpr":
-        from .mixvpr import MixVPR  # noqa: PLC0415
-
+    if conf.aggregator == "mixvpr":  # the one sized for the feature map
         return MixVPR(in_channels, conf.dim, tuple(conf.feature_hw), **conf.aggregator_args)
-    if conf.aggregator == "netvlad":
-        from .netvlad import NetVLAD  # noqa: PLC0415
-
-        return NetVLAD(in_channels, conf.dim, **conf.aggregator_args)
-    raise ConfigError(f"unknown aggregator {conf.aggregator!r}; choose gem, mixvpr or netvlad")
+    aggregators = {"gem": GeMHead, "netvlad": NetVLAD}
+    if conf.aggregator not in aggregators:
+        raise ConfigError(f"unknown aggregator {conf.aggregator!r}; choose gem, mixvpr or netvlad")
+    return aggregators[conf.aggregator](in_channels, conf.dim, **conf.aggregator_args)
 
 
 class GlobalStudent(nn.Module):
