@@ -70,9 +70,10 @@ def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
 
-def conv1x1_bn_relu(cin: int, cout: int) -> nn.Sequential:
-    """The light head both students put on the trunk (default BatchNorm: heads are trained from scratch)."""
-    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+def conv_bn_relu(cin: int, cout: int, kernel: int = 1, stride: int = 1) -> nn.Sequential:
+    """The light head both students put on the trunk, and the teacher's layers (default BatchNorm:
+    they are trained from scratch)."""
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
 
 
 class MBConv(nn.Module):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .efficientnet_lite import EfficientNetLite0, conv1x1_bn_relu
+from .efficientnet_lite import EfficientNetLite0, conv_bn_relu
 from .gem import GeM
 from .mixvpr import MixVPR
 from .netvlad import NetVLAD
@@ -55,7 +55,7 @@ class GlobalStudent(nn.Module):
         self.conf = conf = conf or GlobalStudentConfig()
         self.backbone = EfficientNetLite0(conf.backbone_stride, conf.frozen_blocks, imagenet=conf.imagenet, same_padding=conf.same_padding)
         channels = self.backbone.out_channels
-        self.local = conv1x1_bn_relu(channels, conf.local_dim) if conf.local_dim else nn.Identity()
+        self.local = conv_bn_relu(channels, conf.local_dim) if conf.local_dim else nn.Identity()
         self.aggregator = build_aggregator(conf, conf.local_dim or channels)
 
     def forward_parts(self, x: torch.Tensor, from_frozen: bool = False) -> AlignedOutput:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..labels import NUM_GROUPS
 from .alignment import GroupProjection, SemanticAlignment, masked_pool
-from .efficientnet_lite import EfficientNetLite0, conv1x1_bn_relu
+from .efficientnet_lite import EfficientNetLite0, conv_bn_relu
 from .gem import GeM
 from .teacher import AlignedOutput
 
@@ -39,8 +39,8 @@ class StructVPRStudent(nn.Module):
         self.conf = conf = conf or StudentConfig()
         self.backbone = EfficientNetLite0(conf.backbone_stride, conf.frozen_blocks, imagenet=conf.imagenet, same_padding=conf.same_padding)
         channels = self.backbone.out_channels
-        self.local = conv1x1_bn_relu(channels, conf.feature_dim)
-        self.mask_head = nn.Sequential(conv1x1_bn_relu(channels, conf.mask_hidden), nn.Conv2d(conf.mask_hidden, num_groups, 1))
+        self.local = conv_bn_relu(channels, conf.feature_dim)
+        self.mask_head = nn.Sequential(conv_bn_relu(channels, conf.mask_hidden), nn.Conv2d(conf.mask_hidden, num_groups, 1))
         self.pool = GeM()
         self.global_proj = nn.Linear(conf.feature_dim, conf.global_dim)
         self.group_proj = GroupProjection(num_groups, conf.feature_dim, conf.group_dim)

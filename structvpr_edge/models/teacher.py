@@ -16,6 +16,7 @@ from torch import nn
 
 from ..labels import NUM_GROUPS
 from .alignment import GroupProjection, SemanticAlignment, masked_pool
+from .efficientnet_lite import conv_bn_relu
 from .gem import GeM
 
 
@@ -51,17 +52,13 @@ def with_boundaries(fractions: torch.Tensor) -> torch.Tensor:
     return torch.cat([fractions, 1 - fractions.amax(dim=1, keepdim=True)], dim=1)
 
 
-def conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
-
-
 class SegTeacher(nn.Module):
     def __init__(self, conf: TeacherConfig | None = None, num_groups: int = NUM_GROUPS) -> None:
         super().__init__()
         self.conf = conf = conf or TeacherConfig()
         layers, cin = [], num_groups + 1
         for cout, stride in zip(conf.channels, conf.strides):
-            layers.append(conv_bn_relu(cin, cout, stride))
+            layers.append(conv_bn_relu(cin, cout, 3, stride))
             cin = cout
         self.encoder = nn.Sequential(*layers)
         self.pool = GeM()
