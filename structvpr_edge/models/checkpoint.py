@@ -1,15 +1,10 @@
-"""Checkpoints: weights plus everything needed to use them without the training config.
+"""Checkpoints: weights plus everything needed to use them without the training config (model
+type and config, state dict, descriptor layout, label-group map, input normalisation, training
+config). The shipped models are such checkpoints with float16 weights inside the package.
 
-A checkpoint holds the model type and config, the state dict, the descriptor layout, the
-label-group map, the input normalisation and the full training config. The shipped models
-(``structvprpp``, ``student-nokd``, ``baseline``) are such checkpoints with float16 weights inside the package.
-
-Opening a model file must be as safe as opening an image: a checkpoint (and training's resume
-file) holds only tensors and plain data, is written only if it does, and is read with
-``torch.load(weights_only=True)``, which refuses any other object before building it, so a
-crafted pickle runs no code. A file that needs more (another program's checkpoint, or a crafted
-one) is read only with ``trust_checkpoint=True`` (``--trust-checkpoint``). Every checkpoint this
-project has written, the shipped ones included, is already of the safe form. See docs/security.md.
+Opening a model file must be as safe as opening an image: a checkpoint (and training's resume file)
+holds only tensors and plain data and is read with ``torch.load(weights_only=True)``; anything else
+needs ``trust_checkpoint=True`` (``--trust-checkpoint``). See docs/security.md.
 """
 from __future__ import annotations
 
@@ -208,9 +203,7 @@ def load_checkpoint(name_or_path: str | Path, trust_checkpoint: bool = False) ->
     except RuntimeError as exc:
         raise ModelError(f"{path}: weights do not fit the model config: {exc}") from exc
     _check_tables(path, payload, model)
-    meta = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer")}
-    meta["path"] = str(path)
-    return model.eval(), meta
+    return model.eval(), {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer")} | {"path": str(path)}
 
 
 def _field(path: Path, payload: dict, name: str, kind: type) -> Any:
