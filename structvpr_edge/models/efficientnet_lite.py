@@ -202,11 +202,9 @@ def blend_toward_imagenet(model: EfficientNetLite0, share: float) -> None:
 
 
 def load_imagenet_weights(model: EfficientNetLite0) -> None:
-    """Strict load: every backbone tensor must come from the file, with the right shape.
+    """Strict load: every backbone tensor comes from the file; only the classifier head and the
+    blocks after the cut are skipped."""
 
-    The classifier head (``_conv_head``, ``_bn1``, ``_fc``) and blocks after the cut are the
-    only file entries we skip; anything else missing or unexpected is an error.
-    """
     def kept(key: str) -> bool:
         if key.startswith("_blocks."):
             return int(key.split(".")[1]) < len(model._blocks)

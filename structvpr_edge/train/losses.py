@@ -24,11 +24,8 @@ def _pair_masks(labels: torch.Tensor, near: torch.Tensor | None) -> tuple[torch.
 
 
 def multi_similarity_loss(descriptors: torch.Tensor, labels: torch.Tensor, conf: MultiSimilarityConfig, near: torch.Tensor | None = None) -> torch.Tensor:
-    """Wang et al. 2019: mine informative pairs, then soft-weight positives and negatives.
-
-    Miner: keep a negative if it is more similar than the hardest positive minus epsilon, and a
-    positive if it is less similar than the hardest negative plus epsilon.
-    """
+    """Wang et al. 2019: mine informative pairs (a negative more similar than the hardest positive
+    minus epsilon, a positive less similar than the hardest negative plus epsilon), then soft-weight them."""
     sim = descriptors @ descriptors.T
     pos_mask, neg_mask = _pair_masks(labels, near)
     with torch.no_grad():
@@ -61,12 +58,9 @@ def off_diagonal_log_softmax(sim: torch.Tensor, temperature: float) -> torch.Ten
 
 
 def relational_kd(student_sim: torch.Tensor, teacher_sim: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Per-anchor KL(teacher || student) between softened in-batch similarity distributions.
-
-    Teacher and student live in different spaces; only their similarity structures are compared.
-    Returns (B,) so each anchor can carry its own sample weight. No tau^2 factor (Hinton's, to keep
-    the gradient's size across temperatures): ``distill.weight`` alone scales the term.
-    """
+    """(B,) KL(teacher || student) of softened in-batch similarity distributions per anchor (each
+    carries its own sample weight): the two live in different spaces, only their structures compare.
+    No tau^2 factor (Hinton's, to keep the gradient's size across temperatures): ``distill.weight`` alone scales it."""
     log_p_teacher = off_diagonal_log_softmax(teacher_sim, temperature)
     log_p_student = off_diagonal_log_softmax(student_sim, temperature)
     terms = log_p_teacher.exp() * (log_p_teacher - log_p_student)
@@ -74,11 +68,8 @@ def relational_kd(student_sim: torch.Tensor, teacher_sim: torch.Tensor, temperat
 
 
 def mask_loss(mask_logits: torch.Tensor, target_fractions: torch.Tensor) -> torch.Tensor:
-    """Soft cross-entropy between predicted group masks and label-map group fractions per cell.
-
-    Target fractions come from the label map pooled to the mask resolution; cells that are
-    mostly ignore-label carry little weight because their fractions sum to less than one.
-    """
+    """Soft cross-entropy between predicted group masks and the label map's group fractions pooled
+    to the mask's cells: a mostly ignore-label cell weighs little (its fractions sum to under one)."""
     target = F.adaptive_avg_pool2d(target_fractions, mask_logits.shape[-2:])
     return -(target * mask_logits.log_softmax(dim=1)).sum(dim=1).mean()
 

@@ -9,8 +9,6 @@ nothing). The pair (x, y) puts the sample in one group:
     both_right                   x <= right_rank, y <= right_rank
     teacher_moderate             right_rank < x <= noisy_rank    teacher unsure: less weight
     noisy                        x > noisy_rank          teacher wrong: weight 0
-
-Weights are computed without gradient.
 """
 from __future__ import annotations
 
