@@ -29,7 +29,6 @@ STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
 )
 # Number of blocks that produce features at each output stride.
 BLOCKS_FOR_STRIDE = {16: 11, 32: 16}
-CHANNELS_FOR_STRIDE = {16: 112, 32: 320}
 # Lite0 was trained on inputs scaled as (x - 127) / 128, i.e. RGB in [-1, 1].
 MEAN_RGB = (0.5, 0.5, 0.5)
 STD_RGB = (0.5, 0.5, 0.5)
@@ -118,7 +117,7 @@ class EfficientNetLite0(nn.Module):
         if not 0 <= frozen_blocks <= num_blocks:
             raise ConfigError(f"frozen_blocks must be in [0, {num_blocks}], got {frozen_blocks}")
         self.stride = stride
-        self.out_channels = CHANNELS_FOR_STRIDE[stride]
+        self.out_channels = _block_specs()[num_blocks - 1][-1]  # the last block's
         self.frozen_blocks = frozen_blocks
         self.same_padding = same_padding
         self._conv_stem = StridedConv(3, 32, 3, same_padding)
