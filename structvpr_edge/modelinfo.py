@@ -8,7 +8,7 @@ import math
 from numbers import Integral, Real
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from . import __version__
 from .errors import ModelError
@@ -42,6 +42,8 @@ class ModelInfo:
     weights_sha256: str = ""  # fingerprint of the weights (weights_fingerprint at export): what a map answers to
     graph_sha256: str = ""  # graph_digest of the ONNX as written: weights edited after export are caught
     extra: dict = field(default_factory=dict)
+    input_name: ClassVar[str] = "images"
+    output_name: ClassVar[str] = "descriptor"
 
     def __post_init__(self) -> None:
         """Metadata is data from a file: every field typed and bounded when it is read, not on the first frame."""
@@ -73,14 +75,6 @@ class ModelInfo:
         for kind, got, want in zip(("input", "output"), (inputs, outputs), expected):
             if len(got) != 1 or not fits(got[0], want[0]):
                 raise ModelError(f"the model's graph {kind} {got} disagrees with its metadata, which expects {want}: re-export it with structvpr-edge export")
-
-    @property
-    def input_name(self) -> str:
-        return "images"
-
-    @property
-    def output_name(self) -> str:
-        return "descriptor"
 
     def to_props(self) -> dict[str, str]:
         """Flat string key/values for ONNX ``metadata_props``."""
@@ -114,6 +108,21 @@ def model_info(meta: dict, width: int, height: int, uint8_input: bool, weights_s
         layout=DescriptorLayout.from_dict(meta["layout"]), label_groups=tuple(meta["label_groups"]), model_type=meta["model_type"],
         model_version=meta.get("version", __version__), checkpoint_sha256=sha256_file(meta["path"]), weights_sha256=weights_sha256,
     )
+
+
+def proto_info(proto: onnx.ModelProto) -> ModelInfo:
+    """The ModelInfo stamped in a loaded ONNX ModelProto."""
+    return ModelInfo.from_props({p.key: p.value for p in proto.metadata_props})
+
+
+def stamp_info(proto: onnx.ModelProto, info: ModelInfo) -> None:
+    """Replace ``proto``'s structvpr metadata with ``info``'s; other metadata is kept."""
+    kept = [p for p in proto.metadata_props if not p.key.startswith(PREFIX)]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in info.to_props().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
 
 
 def graph_digest(data: bytes) -> str:

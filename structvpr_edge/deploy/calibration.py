@@ -38,7 +38,7 @@ from ..data.dataset import VPRDataset, list_images, load_dataset
 from ..errors import BackendError, ConfigError, DatasetError, ModelError
 from ..files import open_regular, remove_stale_temps, replace_whole, temp_beside
 from ..metrics import recall_at_n, retrieve
-from ..modelinfo import ModelInfo, info_digest, load_onnx, read_onnx_info, sha256_file
+from ..modelinfo import ModelInfo, info_digest, load_onnx, proto_info, read_onnx_info, sha256_file
 from ..runtime.edgevpr import EdgeVPR
 from ..runtime.ort_session import LOAD_SLACK, load_per_core
 from ..runtime.mapping import describe_paths
@@ -92,7 +92,6 @@ class CalibrationConfig:
 
 def candidate_root(images: Path) -> Path:
     """A dataset root calibrates on its train split (never on test); a plain folder on itself."""
-    images = Path(images)
     if (images / "images").is_dir():
         train = images / "images" / "train"
         if not train.is_dir():
@@ -441,9 +440,9 @@ def prepare_kit(folder: Path) -> Path:
 
 
 def _check(config: CalibrationConfig) -> tuple[Any, ModelInfo]:
-    """The FP32 model's proto and ModelInfo, after validating the options."""
+    """The FP32 model's proto and ModelInfo, once it is an FP32 graph."""
     proto = load_onnx(config.model)
-    info = ModelInfo.from_props({p.key: p.value for p in proto.metadata_props})
+    info = proto_info(proto)
     if info.extra.get("precision", "fp32") != "fp32":
         raise ConfigError(f"{config.model} is already {info.extra['precision']}; calibrate the FP32 export")
     return proto, info
@@ -581,8 +580,7 @@ def graph_identity(path: Path) -> dict[str, str]:
             for name in ("raw_data", "float_data", "double_data", "int32_data", "uint64_data"):
                 tensor.ClearField(name)
     structure = hashlib.sha256(graph.SerializeToString(deterministic=True)).hexdigest()
-    info = ModelInfo.from_props({p.key: p.value for p in model.metadata_props})
-    return {"structure": structure, "info": info_digest(info)}
+    return {"structure": structure, "info": info_digest(proto_info(model))}
 
 
 def tool_versions() -> dict[str, str]:

@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import ConfigError, ModelError
 from ..files import check_not_an_input, replace_whole
 from ..images import normalize
-from ..modelinfo import ModelInfo, graph_digest, model_info
+from ..modelinfo import ModelInfo, graph_digest, model_info, stamp_info
 from ..models.checkpoint import load_checkpoint, resolve_checkpoint, weights_fingerprint
 from ..models.efficientnet_lite import same_pads
 from ..runtime.preprocess import Preprocessor, read_image
@@ -176,10 +176,7 @@ def export_onnx(
             opset_version=opset, dynamic_axes=dynamic_axes, dynamo=False,
         )
         proto, done["tool"] = simplify(onnx.load(str(tmp)))
-        stamped = replace(info, graph_sha256=graph_digest(proto.SerializeToString()))
-        for key, value in stamped.to_props().items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
+        stamp_info(proto, replace(info, graph_sha256=graph_digest(proto.SerializeToString())))
         onnx.save(proto, str(tmp))
         done["parity"] = check_parity(model, tmp, info, parity_images or [], batch)
 

@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import BackendError, ConfigError, ModelError
-from ..modelinfo import PREFIX, ModelInfo, graph_digest, sha256_file
+from ..modelinfo import graph_digest, proto_info, sha256_file, stamp_info
 
 METHODS = ("entropy", "minmax", "percentile")
 CACHE_HEADER = re.compile(r"^TRT-(\d+)-EntropyCalibration2$")
@@ -140,15 +140,8 @@ def load_ranges(path: Path):
 def stamp_precision(proto, **extra) -> None:
     """Record the precision (and the layers kept in FP32) in the model's ModelInfo props, with the
     digest of this graph (its weights are no longer the FP32 export's)."""
-    props = {p.key: p.value for p in proto.metadata_props}
-    info = ModelInfo.from_props(props)
-    info = dataclasses.replace(info, extra={**info.extra, **extra}, graph_sha256=graph_digest(proto.SerializeToString()))
-    kept = [p for p in proto.metadata_props if not p.key.startswith(PREFIX)]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
-    for key, value in info.to_props().items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    info = proto_info(proto)
+    stamp_info(proto, dataclasses.replace(info, extra={**info.extra, **extra}, graph_sha256=graph_digest(proto.SerializeToString())))
 
 
 def quantize(onnx_path: Path, ranges_path: Path, out: Path, form: QuantForm, method: str, nodes_to_exclude: list[str]) -> Path:
