@@ -35,13 +35,9 @@ ALLOWED_OPS = frozenset(
 )
 
 REFUSED_BECAUSE = {
-    "NonZero": "its output shape depends on the data",
+    **dict.fromkeys(("NonZero", "NonMaxSuppression", "Compress"), "its output shape depends on the data"),
     "Unique": "not supported by the TensorRT ONNX parser",
-    "NonMaxSuppression": "its output shape depends on the data",
-    "Compress": "its output shape depends on the data",
-    "Loop": "control flow: engines here must be straight-line graphs",
-    "If": "control flow: engines here must be straight-line graphs",
-    "Scan": "control flow: engines here must be straight-line graphs",
+    **dict.fromkeys(("Loop", "If", "Scan"), "control flow: engines here must be straight-line graphs"),
 }
 
 
@@ -62,13 +58,7 @@ class TrtCheckReport:
 
 def _dims(value_info) -> list:
     """Dims of a graph input/output: int, the symbol's name, or None when unknown."""
-    dims = []
-    for dim in value_info.type.tensor_type.shape.dim:
-        if dim.HasField("dim_value"):
-            dims.append(dim.dim_value)
-        else:
-            dims.append(dim.dim_param or None)
-    return dims
+    return [dim.dim_value if dim.HasField("dim_value") else dim.dim_param or None for dim in value_info.type.tensor_type.shape.dim]
 
 
 def _node_label(node) -> str:
@@ -119,8 +109,10 @@ def _node_problem(node, shapes: dict[str, list], initializers: dict) -> str | No
     return None
 
 
-def _shape_problems(graph, consumers: dict, producers: dict) -> list[str]:
+def _shape_problems(graph) -> list[str]:
     problems = []
+    consumers = {name: node for node in reversed(graph.node) for name in node.input}  # the first consumer of each
+    producers = {name: node for node in graph.node for name in node.output}
     initializer_names = {i.name for i in graph.initializer}
     for kind, values, owners in (("input", graph.input, consumers), ("output", graph.output, producers)):
         for value in values:
@@ -155,17 +147,8 @@ def check_trt_friendly(model, max_opset: int = MAX_OPSET) -> TrtCheckReport:
         inferred = graph
     shapes = {v.name: _dims(v) for v in list(inferred.value_info) + list(inferred.input) + list(inferred.output)}
     initializers = {i.name: i for i in graph.initializer}
-    consumers: dict[str, object] = {}  # tensor name -> its first consuming node
-    producers: dict[str, object] = {}  # tensor name -> its node
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, node)
-        for name in node.output:
-            producers[name] = node
-        reason = _node_problem(node, shapes, initializers)
-        if reason:
-            problems.append(f"{_node_label(node)}: {reason}")
-    problems += _shape_problems(graph, consumers, producers)
+    problems += [f"{_node_label(node)}: {reason}" for node in graph.node if (reason := _node_problem(node, shapes, initializers))]
+    problems += _shape_problems(graph)
     if problems:
         shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
         raise ModelError(f"the graph is not TensorRT-friendly:\n  {shown}")
