@@ -7,8 +7,7 @@ the first conv's weights), so the runtime only resizes a camera frame into a pre
 from __future__ import annotations
 
 import copy
-import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError, ModelError
 from ..files import check_not_an_input, replace_whole
-from ..images import normalize
+from ..images import normalize, resize_area
 from ..modelinfo import ModelInfo, graph_digest, model_info, stamp_info
 from ..models.checkpoint import load_checkpoint, resolve_checkpoint, weights_fingerprint
 from ..models.efficientnet_lite import same_pads
@@ -123,18 +122,11 @@ class ExportReport:
     parity_max_abs_diff: float
     parity_images: int
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
 
 def read_parity_images(paths: list[Path], limit: int = 16) -> list[np.ndarray]:
     """Up to ``limit`` real BGR frames (spread over the list) for the parity check."""
     step = max(1, len(paths) // limit)
     return [read_image(p) for p in paths[::step][:limit]]
-
-
-def example_input(info: ModelInfo, batch: int, rng: np.random.Generator) -> np.ndarray:
-    return Preprocessor(info, max_batch=batch)(list(rng.integers(0, 256, (batch, info.height, info.width, 3), dtype=np.uint8)))
 
 
 def export_onnx(
@@ -162,8 +154,8 @@ def export_onnx(
         raise ConfigError(f"input size must be positive, width a multiple of 16 and height of 8; got {width}x{height}")
     info = model_info(meta, width, height, uint8_input, weights_fingerprint(model))
     net = Uint8Input(model.eval(), info.mean, info.std).eval() if uint8_input else model.eval()
-    rng = np.random.default_rng(0)
-    dummy = torch.from_numpy(example_input(info, 1, rng))
+    pixels = np.random.default_rng(0).integers(0, 256, (1, info.height, info.width, 3), dtype=np.uint8)
+    dummy = torch.from_numpy(Preprocessor(info, max_batch=1)(list(pixels)))
     dynamic_axes = {info.input_name: {0: "batch"}, info.output_name: {0: "batch"}} if batch == "dynamic" else None
     out = Path(out)
     done: dict = {}
@@ -178,21 +170,20 @@ def export_onnx(
         proto, done["tool"] = simplify(onnx.load(str(tmp)))
         stamp_info(proto, replace(info, graph_sha256=graph_digest(proto.SerializeToString())))
         onnx.save(proto, str(tmp))
-        done["parity"] = check_parity(model, tmp, info, parity_images or [], batch)
+        done["parity"] = check_parity(model, tmp, info, parity_images or [])
 
     replace_whole(out, write)
     return ExportReport(str(out), list(dummy.shape), done["tool"], *done["parity"])
 
 
-def check_parity(model: nn.Module, onnx_path: Path, info: ModelInfo, images: list[np.ndarray], batch: str) -> tuple[float, float, int]:
+def check_parity(model: nn.Module, onnx_path: Path, info: ModelInfo, images: list[np.ndarray]) -> tuple[float, float, int]:
     """Descriptors of the trained torch model (unfolded) and of ONNX Runtime on random frames
     plus ``images`` (BGR, any size): proves the export and the input folding exact."""
-    import cv2  # noqa: PLC0415
     import onnxruntime as ort  # noqa: PLC0415
 
     rng = np.random.default_rng(1)
     frames: list[np.ndarray] = [rng.integers(0, 256, (info.height, info.width, 3), dtype=np.uint8) for _ in range(4)]
-    frames += [cv2.resize(im, (info.width, info.height), interpolation=cv2.INTER_AREA) for im in images]
+    frames += [resize_area(im, (info.width, info.height)) for im in images]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     preprocess = Preprocessor(info)
     cosines, diffs = [], []
