@@ -27,6 +27,7 @@ import struct
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -97,11 +98,10 @@ def collect_ranges(onnx_path: Path, inputs: Iterable[np.ndarray], method: str, t
 
     class Chunk(CalibrationDataReader):
         def __init__(self, arrays: list[np.ndarray]) -> None:
-            self.arrays = iter(arrays)
+            self.feeds = iter([{input_name: array} for array in arrays])
 
         def get_next(self) -> dict | None:
-            array = next(self.arrays, None)
-            return None if array is None else {input_name: array}
+            return next(self.feeds, None)
 
     with tempfile.TemporaryDirectory(prefix="structvpr-calib-") as tmp, _quiet():
         calibrator = create_calibrator(
@@ -110,14 +110,9 @@ def collect_ranges(onnx_path: Path, inputs: Iterable[np.ndarray], method: str, t
             # tensors; the two-sided histogram spans [-max|x|, max|x|] and always has room.
             extra_options={"symmetric": False},
         )
-        buffer = []
-        for array in tqdm(inputs, total=total, desc=f"calibrate ({method})", unit="image", leave=False):
-            buffer.append(array)
-            if len(buffer) == chunk:
-                calibrator.collect_data(Chunk(buffer))
-                buffer = []
-        if buffer:
-            calibrator.collect_data(Chunk(buffer))
+        images = iter(tqdm(inputs, total=total, desc=f"calibrate ({method})", unit="image", leave=False))
+        while arrays := list(islice(images, chunk)):
+            calibrator.collect_data(Chunk(arrays))
         return calibrator.compute_data()
 
 
@@ -230,14 +225,10 @@ def trt_version_number(version: str) -> int:
 def trt_calibration_cache(ranges, trt_version: str = "8.6.1", skip_tensors: Iterable[str] = ()) -> str:
     """TensorRT calibration cache text from ORT ranges; tensors in ``skip_tensors`` get no scale,
     so TensorRT keeps the layers around them in higher precision."""
-    skip = set(skip_tensors)
     lines = [f"TRT-{trt_version_number(trt_version)}-EntropyCalibration2"]
-    for name in sorted(ranges.keys()):
-        if name in skip:
-            continue
-        low, high = (float(np.max(np.abs(v))) for v in ranges[name].range_value)
-        scale = max(low, high, 1e-8) / 127.0
-        lines.append(f"{name}: {struct.pack('>f', scale).hex()}")
+    for name in sorted(set(ranges.keys()) - set(skip_tensors)):
+        amax = max(float(np.max(np.abs(v))) for v in ranges[name].range_value)
+        lines.append(f"{name}: {struct.pack('>f', max(amax, 1e-8) / 127.0).hex()}")
     return "\n".join(lines) + "\n"
 
 
