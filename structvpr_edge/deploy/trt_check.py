@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError
-from ..safety import check_onnx
+from ..modelinfo import load_onnx
 
 # TensorRT 8.6 parses opsets up to 17; 10.x and 11.x parse more.
 MAX_OPSET = 17
@@ -43,7 +43,7 @@ REFUSED_BECAUSE = {
 
 @dataclass(frozen=True)
 class TrtCheckReport:
-    """What the check saw; printed by ``export`` and stored in calibration reports."""
+    """What the check saw; printed by ``export``."""
 
     nodes: int
     ops: dict[str, int]
@@ -134,10 +134,7 @@ def check_trt_friendly(model, max_opset: int = MAX_OPSET) -> TrtCheckReport:
     import onnx  # noqa: PLC0415
 
     if isinstance(model, (str, Path)):
-        try:
-            model = onnx.load(str(check_onnx(model)))
-        except Exception as exc:  # onnx raises DecodeError and friends
-            raise ModelError(f"cannot read ONNX model {model}: {exc}") from exc
+        model = load_onnx(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     problems = [] if opset <= max_opset else [f"opset {opset} > {max_opset}, the newest TensorRT 8.6 parses; export with --opset {max_opset}"]
     graph = model.graph
