@@ -147,13 +147,12 @@ def graph_digest(data: bytes) -> str:
     while pos < len(data):
         key = varint()
         kind = key & 7
-        size = {0: None, 1: 8, 2: -1, 5: 4}.get(kind, 0)
-        if size == 0:
-            raise ModelError(f"the ONNX file is not a protobuf model (wire type {kind})")
-        if size is None:
+        if kind == 0:  # a varint: no bytes of the graph
             varint()
             continue
-        size = varint() if size == -1 else size
+        if kind not in (1, 2, 5):
+            raise ModelError(f"the ONNX file is not a protobuf model (wire type {kind})")
+        size = varint() if kind == 2 else {1: 8, 5: 4}[kind]
         if key >> 3 == GRAPH_FIELD:
             digest.update(data[pos : pos + size])
         pos += size
