@@ -103,9 +103,8 @@ def candidate_root(images: Path) -> Path:
 
 
 def confined_images(images: list[Path], root: Path) -> list[Path]:
-    """``images``, once each lies inside ``root`` with links followed: the rule load_manifest reads a
-    manifest by, so a manifest written from them can be read back (a folder of `ln -s` links is
-    refused when the kit is written, not when it is first reused)."""
+    """``images``, once each lies inside ``root`` with links followed (load_manifest's rule): a folder
+    of `ln -s` links is refused when the kit is written, not when it is first reused."""
     for image in images:
         confined(image, root, DatasetError)
     return images
@@ -530,10 +529,8 @@ def _measure(run: _Quantizer, dataset: VPRDataset | None, images: list[Path], ca
 
 
 def cpu_inference_ms(paths: dict[str, Path], threads: int | str | None, frames: int = 200) -> dict[str, float]:
-    """Inference p50 of each artifact on this CPU, timed by benchmarks/latency.py's rule (each in
-    its own process, one at a time, rotating blocks, threads tuned for it alone): the two once
-    disagreed, 1.40x against 1.20x INT8 over FP32 on one machine, when this timed the sessions
-    alive together (none spinning)."""
+    """Inference p50 of each artifact on this CPU, timed as benchmarks/latency.py times it (each alone
+    in its own process, threads tuned for it): sessions timed alive together once disagreed with it."""
     specs = [SessionSpec(name, str(path), threads) for name, path in paths.items()]
     measured = measure_isolated(specs, frames, warmup=frames // 10)
     return {name: stage_stats(m["samples"]["inference"])["p50"] for name, m in measured.items()}
@@ -559,13 +556,11 @@ def _write_report(run: _Quantizer, report: CalibrationReport, start: float) -> N
 
 
 def graph_identity(path: Path) -> dict[str, str]:
-    """What a kit records of a graph instead of its bytes: ``structure``, the sha256 of its nodes,
-    names, shapes and int64 constants (shapes, axes) with every other tensor's values and doc
-    strings left out, and ``info``, the digest of its metadata (modelinfo.info_digest). The weights'
-    values are pinned by the checkpoint's sha256 in that metadata and by the export's parity check,
-    the Q/DQ scales by the ranges' sha256. Float weights' last bits differ from one CPU or onnxsim
-    release to another, and the INT8 weights and INT32 biases quantized from them follow (a kit
-    calibrated on an EPYC rebuilt on a Xeon to other INT8 values: CI failed on it)."""
+    """What a kit records of a graph instead of its bytes: ``structure``, the sha256 of the graph
+    less doc strings and all tensor values but int64 ones (shapes, axes), and ``info``, its metadata
+    digest (modelinfo.info_digest), which pins the weights (checkpoint sha256) and Q/DQ scales (ranges
+    sha256). Float weights' last bits, and the INT8 values quantized from them, differ from one CPU
+    or onnxsim release to another (a kit from an EPYC rebuilt on a Xeon failed CI on it)."""
     import onnx  # noqa: PLC0415
 
     model = load_onnx(path)

@@ -93,12 +93,10 @@ def find_graphs(config: EngineBuildConfig) -> dict[str, Path]:
 
 
 def check_kit_model(model: Path, info: ModelInfo, kit: Path, graphs: list[Path]) -> None:
-    """ConfigError unless calibration ``kit`` was made for ``model`` (``info``): the same weights
-    (its manifest's checkpoint sha256), by the metadata of its ``graphs`` the same weights
-    fingerprint, input size and format, and, graphs or none, the graph its report records. Else
-    build-engine would build the kit's graphs in the model's place, or apply its cache (TensorRT
-    8.6) to ranges of other weights or inputs, and the engine would answer for a model nobody
-    asked for."""
+    """ConfigError unless calibration ``kit`` was made for ``model`` (``info``): the same checkpoint
+    (its manifest), weights fingerprint, input size and format (its ``graphs``' metadata) and the
+    graph its report records. Else build-engine would build the kit's graphs in the model's place,
+    or apply its cache (TensorRT 8.6) to the ranges of other weights or inputs."""
     wanted = {name: getattr(info, name) for name in IDENTITY}
     recorded = {kit / MANIFEST: {"checkpoint_sha256": kit_manifest(kit, ("weights_sha256",))["weights_sha256"]}}
     for graph in graphs:
@@ -189,9 +187,8 @@ def engine_cache_path(engine: Path) -> Path:
 
 
 def trtexec_command(config: EngineBuildConfig, plan: BuildPlan, input_name: str, shapes: dict[str, list[int]]) -> str:
-    """The ``trtexec`` line that builds the same engine from the same graph (for comparing, or for a
-    machine without this package): same precision route, calibration cache, profile, workspace,
-    timing cache and DLA."""
+    """The ``trtexec`` line that builds the same engine from the same graph, with the same options
+    (for comparing, or for a machine without this package)."""
     args = ["trtexec", f"--onnx={plan.onnx}", f"--saveEngine={config.out}", f"--memPoolSize=workspace:{config.workspace_mb}"]
     args += ["--stronglyTyped"] * plan.strongly_typed + [{"FP16": "--fp16", "INT8": "--int8"}[flag] for flag in plan.flags]
     if plan.calibration_cache is not None:
