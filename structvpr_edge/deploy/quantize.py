@@ -118,10 +118,11 @@ def collect_ranges(onnx_path: Path, inputs: Iterable[np.ndarray], method: str, t
 
 def save_ranges(ranges, path: Path) -> Path:
     """ORT's own JSON calibration cache, which quantize_static reloads instead of recalibrating;
-    ranges only, without the histograms they came from (30x the size, and never read again)."""
+    ranges only, without the histograms they came from (30x the size, and never read again), in name
+    order so that one calibration always writes the same bytes."""
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data  # noqa: PLC0415
 
-    lean = {name: TensorData(lowest=ranges[name].range_value[0], highest=ranges[name].range_value[1]) for name in ranges.keys()}
+    lean = {name: TensorData(lowest=ranges[name].range_value[0], highest=ranges[name].range_value[1]) for name in sorted(ranges.keys())}
     save_tensors_data(TensorsData(ranges.calibration_method, lean), path)
     return path
 
