@@ -41,24 +41,6 @@ def test_netvlad_matches_the_per_cluster_definition():
         NetVLAD(in_channels=8, out_dim=12, num_clusters=1)
 
 
-def test_netvlad_init_finds_clusters_and_assigns_them_hard():
-    generator = torch.Generator().manual_seed(0)
-    centres = F.normalize(torch.randn(4, 16, generator=generator), dim=1)
-    truth = torch.arange(400) % 4
-    local = centres[truth] + 0.05 * torch.randn(400, 16, generator=generator)
-    maps = local.reshape(4, 10, 10, 16).permute(0, 3, 1, 2)  # (B, C, H, W) as a backbone gives
-    model = NetVLAD(in_channels=16, out_dim=8, num_clusters=4).init_from_features(maps)
-    with torch.no_grad():
-        soft = model.assign(F.normalize(maps, dim=1)).flatten(2).softmax(dim=1)  # (B, K, N)
-    soft = soft.permute(0, 2, 1).reshape(-1, 4)
-    found = soft.argmax(dim=1)
-    assert all(found[truth == k].unique().numel() == 1 for k in range(4))  # each true cluster -> one centroid
-    assert found.unique().numel() == 4
-    assert soft.max(dim=1).values.mean() > 0.9
-    with pytest.raises(ModelError):
-        model.init_from_features(torch.randn(3, 16))  # fewer features than clusters
-
-
 def _onnx_matches_torch(model, export_shape, run_shape, dynamic, path):
     model.eval()
     torch.onnx.export(
