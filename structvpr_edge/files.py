@@ -95,7 +95,7 @@ def temp_beside(path: Path) -> Path:
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: a number no process id can be
         return False
     except PermissionError:  # another user's process: running
         pass

@@ -272,3 +272,10 @@ def test_exact_duplicates_answer_alike_alone_and_in_a_batch():
         batch = place_map.search(np.repeat(rows[:1], 64, axis=0), k)[1]
         assert (batch == alone).all() and (alone == flat.search(rows[:1], k)[1]).all()
     assert place_map.scan.fallbacks == 0
+
+
+@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+def test_an_index_without_lists_needs_no_expected_size(index_type):
+    """Only the IVF types size their lists by the map; a flat or HNSW map may not know its size yet."""
+    built = PlaceMap(dim=16, layout_hash="x" * 16, model_sha256="0" * 64, index_type=index_type, expected_size=None)
+    assert built.factory == {"flat": "Flat", "hnsw": "HNSW32,SQfp16"}[index_type]

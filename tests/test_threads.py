@@ -123,6 +123,15 @@ def test_the_cache_keeps_the_newest_entries_only(tmp_path):
     assert cache.get("model4") == {"1/spin": 4.0, "1/nospin": 1.0} and cache.get("model0") is None
 
 
+def test_a_stray_temp_file_with_an_impossible_pid_cannot_stop_the_cache(tmp_path):
+    """The cache clears killed writers' temps before it writes; a name no process id can be is a dead writer's."""
+    stray = tmp_path / ".threads.json.tmp-99999999999-0123abcd"
+    stray.write_text("{")
+    cache = ThreadCache(tmp_path / "threads.json")
+    cache.put("model", {"1/spin": 1.0, "1/nospin": 2.0})
+    assert cache.get("model") == {"1/spin": 1.0, "1/nospin": 2.0} and not stray.exists()
+
+
 def test_explicit_threads_and_bad_values():
     assert parse_threads(None) == parse_threads("auto") == AUTO
     assert parse_threads(3) == parse_threads("3") == 3

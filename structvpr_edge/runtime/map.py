@@ -204,8 +204,10 @@ def index_string(index_type: str, count: int, dim: int) -> str:
         index_type = "flat" if count <= EXACT_LIMIT else "ivfpq" if dim % 8 == 0 else "ivf"
     if index_type == "ivfpq" and dim % 8:
         raise MapError(f"an ivfpq index needs a descriptor length divisible by 8, got {dim}: use --index ivf")
+    if index_type in ("flat", "hnsw"):  # no lists: the map's expected size may be unknown (None)
+        return {"flat": "Flat", "hnsw": "HNSW32,SQfp16"}[index_type]
     lists = ivf_lists(count)
-    return {"flat": "Flat", "hnsw": "HNSW32,SQfp16", "ivf": f"IVF{lists},SQ8", "ivfpq": f"IVF{lists},PQ{dim // 8}x4fs"}[index_type]
+    return f"IVF{lists},SQ8" if index_type == "ivf" else f"IVF{lists},PQ{dim // 8}x4fs"
 
 
 def files_of(factory: str) -> tuple[str, ...]:
