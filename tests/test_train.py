@@ -386,6 +386,11 @@ def test_dotted_overrides_and_shipped_configs():
     for wrong in ("distill.warmup_steps=abc", "distill.samples.enabled=1", "optim.steps=2.5"):  # typed, not a TypeError mid-run
         with pytest.raises(ConfigError, match="must be"):
             load_config(None, dotted_overrides([wrong]))
+    # YAML 1.1 (PyYAML) reads 5e-05 as a string; a float option takes it as the number everyone means, nowhere else
+    assert load_config(None, dotted_overrides(["optim.backbone_lr=5e-05", "optim.lr=2E3"])).optim.backbone_lr == 5e-05
+    for wrong in ("optim.steps=5e2", "optim.lr=5e", "optim.lr=e5"):
+        with pytest.raises(ConfigError, match="must be"):
+            load_config(None, dotted_overrides([wrong]))
     configs = Path(__file__).resolve().parents[1] / "structvpr_edge" / "configs"
     modes = {path.stem: load_config(path).mode for path in configs.glob("*.yaml")}
     assert modes["structvprpp"] == "structvpr++" and modes["teacher"] == "teacher" and modes["gpu"] == "structvpr++"

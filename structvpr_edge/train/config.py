@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +193,9 @@ class TrainConfig:
 
 
 # What a YAML or --set value may be for a default of each scalar type (an int is a valid float).
+# PyYAML reads YAML 1.1, where a float needs a dot: `lr: 5e-5` loads as the string "5e-5". YAML 1.2 and every
+# user read it as a number, so a float option takes it as one.
+YAML11_EXPONENT = re.compile(r"[-+]?[0-9]+[eE][-+]?[0-9]+")
 SCALAR_TYPES: dict[type, tuple[type, ...]] = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
 
 
@@ -209,6 +213,8 @@ def merge(instance: Any, updates: dict, where: str = "config") -> Any:
             changes[key] = merge(current, value, f"{where}.{key}")
         elif isinstance(current, tuple) and isinstance(value, list):
             changes[key] = tuple(value)
+        elif isinstance(current, float) and isinstance(value, str) and YAML11_EXPONENT.fullmatch(value):
+            changes[key] = float(value)
         elif current is not None and not isinstance(value, SCALAR_TYPES.get(type(current), object)):
             raise ConfigError(f"{where}.{key} must be {type(current).__name__}, got {value!r}")
         else:
