@@ -5,6 +5,7 @@ through these functions, so a model sees the same pixels whichever of them feeds
 """
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,19 @@ def imwrite(path: Path, image: np.ndarray, params: Sequence[int] = (), what: str
     or a file-size limit instead of raising, and a dataset missing files must not be called complete."""
     if not cv2.imwrite(str(path), image, list(params)):
         raise DatasetError(f"cannot write {what} {path}")
+
+
+def imwrite_whole(path: Path, image: np.ndarray, params: Sequence[int] = (), what: str = "image") -> None:
+    """:func:`imwrite` staged aside and renamed: whole or absent, so a rerun that keeps what is there
+    never keeps half of an image."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial{path.suffix}")  # the suffix tells OpenCV the format
+    try:
+        imwrite(partial, image, params, what)
+    except DatasetError:
+        partial.unlink(missing_ok=True)
+        raise DatasetError(f"cannot write {what} {path}") from None
+    os.replace(partial, path)
 
 
 def read_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:

@@ -20,7 +20,7 @@ from structvpr_edge.deploy import segmenter
 from structvpr_edge.deploy.segmenter import MEAN_RGB, STD_RGB, LabelGraph, export_segmenter, label_folder
 from structvpr_edge.errors import ConfigError, DatasetError, ModelError
 from structvpr_edge.eval.label_iou import folder_iou
-from structvpr_edge.images import normalize
+from structvpr_edge.images import imwrite_whole, normalize
 from structvpr_edge.labels import CAMVID_CLASSES, CLASS_ID, GROUP_ID, IGNORE, to_cityscapes, to_groups
 from structvpr_edge.models.espnet import WEIGHTS, ESPNet, load_espnet
 from tests.test_segmentation import CITYSCAPES_IDS, write_images, write_model
@@ -220,7 +220,7 @@ def test_a_label_map_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.setattr(segmentation.cv2, "imwrite", half_write)
     target = tmp_path / "labels" / "a.png"
     with pytest.raises(DatasetError, match="cannot write"):
-        segmentation.write_whole(target, np.zeros((2, 2), np.uint8))
+        imwrite_whole(target, np.zeros((2, 2), np.uint8))
     assert not list(target.parent.iterdir())  # nor a partial file
 
 

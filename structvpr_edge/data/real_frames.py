@@ -20,11 +20,10 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import DatasetError
-from ..images import imread
+from ..images import imread, imwrite_whole
 from ..labels import check_scheme, to_cityscapes
 from .dataset import file_stamp
 from .places import PlaceGroups
-from .segmentation import write_whole
 
 FRAME_NAME = re.compile(r"^(?P<sequence>.+)_\D*(?P<frame>\d+)$")  # 0001TP_006690, 0006R0_f00930
 # A step between frames up to this many times the usual one is jitter (CamVid: 29 or 31 for 30), not a gap.
@@ -91,8 +90,8 @@ def write_view(image: np.ndarray, label: np.ndarray, box: tuple[int, int, int, i
     size = (image.shape[1], image.shape[0])
     view = cv2.resize(image[top : top + h, left : left + w], size, interpolation=cv2.INTER_AREA)
     view_label = cv2.resize(label[top : top + h, left : left + w], size, interpolation=cv2.INTER_NEAREST)
-    write_whole(image_out, view, [cv2.IMWRITE_JPEG_QUALITY, 92], "image")  # whole or absent: an interrupted run redoes only what is missing
-    write_whole(label_out, view_label, what="label map")
+    imwrite_whole(image_out, view, [cv2.IMWRITE_JPEG_QUALITY, 92], "image")  # whole or absent: an interrupted run redoes only what is missing
+    imwrite_whole(label_out, view_label, what="label map")
 
 
 def window_position(sequence: int, frame_numbers: list[int], speed_mps: float) -> np.ndarray:

@@ -14,8 +14,6 @@ so an interrupted run never leaves half a label map that a rerun would keep.
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import BackendError, ConfigError, DatasetError, ModelError
-from ..images import header_size, imread, read_rgb
+from ..images import header_size, imread, imwrite_whole, read_rgb
 from ..labels import check_class_ids, check_scheme, model_class_counts, to_cityscapes
 from ..safety import check_onnx
 from .dataset import IMAGE_EXTENSIONS
@@ -116,16 +114,6 @@ def _as_uint8(ids: np.ndarray, error: type[Exception], source: str) -> np.ndarra
     return ids.astype(np.uint8)
 
 
-def write_whole(path: Path, pixels: np.ndarray, params: Sequence[int] = (), what: str = "label map") -> None:
-    """An image written aside and renamed: whole or absent, so a cache never keeps half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial{path.suffix}")
-    if not cv2.imwrite(str(partial), pixels, list(params)):
-        partial.unlink(missing_ok=True)
-        raise DatasetError(f"cannot write {what} {path}")
-    os.replace(partial, path)
-
-
 def convert_label_pngs(src_dir: Path, out_dir: Path, scheme: str) -> int:
     """Convert predicted class-id PNGs of ``scheme`` to Cityscapes-train-id PNGs at the same paths.
 
@@ -140,7 +128,7 @@ def convert_label_pngs(src_dir: Path, out_dir: Path, scheme: str) -> int:
             raise DatasetError(f"{src} is not a single-channel class-id PNG")
         ids = _as_uint8(ids, DatasetError, str(src))
         check_class_ids(ids, scheme, str(src))
-        write_whole(out_dir / src.relative_to(src_dir), to_cityscapes(ids, scheme))
+        imwrite_whole(out_dir / src.relative_to(src_dir), to_cityscapes(ids, scheme))
     return len(pngs)
 
 
@@ -247,6 +235,6 @@ def segment_folder(
                 raise ModelError(f"{onnx_model} failed on {paths[0]} (input {size[0]}x{size[1]}): {exc}") from exc
             for path, rgb, ids in zip(paths, rgbs, _class_ids(output, len(batch), onnx_model, scheme)):
                 ids = cv2.resize(ids, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
-                write_whole(label_path(path, images_root, out_root), to_cityscapes(ids, scheme))
+                imwrite_whole(label_path(path, images_root, out_root), to_cityscapes(ids, scheme))
             progress.update(len(paths))
     return SegmentSummary(written=len(todo), cached=len(images) - len(todo))
