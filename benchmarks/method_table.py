@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from structvpr_edge.bench.table import ROWS, parse_row, parse_seeds, summarize, table_results, train_table
+from structvpr_edge.bench.table import ROWS, parse_row, parse_seeds, provenance_warning, summarize, table_results, train_table
 from structvpr_edge.data.dataset import load_dataset
 
 DEFAULT_ROWS = "baseline,baseline-head,student-nokd,global-kd,group-kd,relational-kd,negatives-kd,structvprpp,structvpr"
@@ -60,9 +60,12 @@ def main() -> None:
     out = Path(args.json or runs / f"table-{args.steps}.json")
     earlier = json.loads(out.read_text()) if out.is_file() else {}  # rows of earlier calls into the same runs stay
     out.write_text(json.dumps(earlier | results, indent=2) + "\n")
-    columns = sorted({c for runs_ in results.values() for r in runs_ for c in r if c not in ("seed", "finished", "kd_grad_ratio")},
+    columns = sorted({c for runs_ in results.values() for r in runs_ for c in r if c not in ("seed", "finished", "kd_grad_ratio", "provenance")},
                      key=lambda c: (c != "val", c != "test", c))
     print(summarize(results, columns))
+    warning = provenance_warning(results)
+    if warning:
+        print(f"\n{warning}")
     print("\nKD share of the gradient (median over logged steps of ||grad KD|| / ||grad metric||):")
     for name, runs_ in results.items():
         ratios = [r["kd_grad_ratio"] for r in runs_ if r.get("kd_grad_ratio") is not None]

@@ -8,6 +8,7 @@ from structvpr_edge.labels import LABEL_GROUPS
 from structvpr_edge.layout import DescriptorLayout
 from structvpr_edge.models.alignment import SemanticAlignment
 from structvpr_edge.models.checkpoint import SHIPPED, SHIPPED_DIR, layout_of, load_checkpoint, save_checkpoint, ship
+from structvpr_edge.models.efficientnet_lite import MEAN_RGB
 from structvpr_edge.models.global_student import GlobalStudent, GlobalStudentConfig
 from structvpr_edge.models.student import StructVPRStudent, StudentConfig
 from structvpr_edge.models.teacher import SegTeacher, TeacherConfig
@@ -105,6 +106,24 @@ def test_a_checkpoint_whose_metadata_disagrees_with_its_model_or_this_code_is_re
     change(payload)
     torch.save(payload, path)
     with pytest.raises(ModelError, match=rf"t\.pt: .*{field}"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("change", [
+    lambda spec: spec.update(mean=[0.485, 0.456, 0.406]),  # every reader would normalise the pixels otherwise than training did
+    lambda spec: spec.update(colour="BGR"),
+    lambda spec: spec.update(kind="labels"),
+    lambda spec: spec.update(size=[64]),
+    lambda spec: spec.update(size=[64.0, 48]),
+    lambda spec: spec.pop("size"),
+])
+def test_a_checkpoint_whose_input_normalisation_is_not_the_models_is_refused(tmp_path, change):
+    path = save_checkpoint(tmp_path / "s.pt", StructVPRStudent(StudentConfig(imagenet=False)).eval(), (64, 48), {})
+    assert load_checkpoint(path)[1]["input"]["mean"] == list(MEAN_RGB)
+    payload = torch.load(path, weights_only=True)
+    change(payload["input"])
+    torch.save(payload, path)
+    with pytest.raises(ModelError, match=r"s\.pt: .*'input'"):
         load_checkpoint(path)
 
 

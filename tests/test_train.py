@@ -16,17 +16,21 @@ import torch
 import yaml
 from torch import nn
 
+from structvpr_edge import __version__
 from structvpr_edge.cli import main
 from structvpr_edge.data.dataset import load_dataset
 from structvpr_edge.errors import ConfigError, DatasetError, ModelError
 from structvpr_edge.eval.evaluate import evaluate
 from structvpr_edge.eval.models import load_extractor
-from structvpr_edge.models.checkpoint import build_model, load_checkpoint, load_resume_state, save_checkpoint, save_resume_state, shipped_path
+from structvpr_edge.data.places import place_groups
+from structvpr_edge.models.checkpoint import (build_model, load_checkpoint, load_resume_state, save_checkpoint, save_resume_state, shipped_path,
+                                              weights_fingerprint)
 from structvpr_edge.models.efficientnet_lite import EfficientNetLite0
 from structvpr_edge.models.student import StructVPRStudent
 from structvpr_edge.train.config import OldConfigWarning, Recipe, config_to_dict, load_config, recipe
 from structvpr_edge.images import read_rgb
 from structvpr_edge.train.data import PlaceBatchSampler, frozen_feature_array, normalize_images, read_many
+from structvpr_edge.train.provenance import content_digest
 from structvpr_edge.train.trainer import RunLog, Stage, gradient_ratio, setup_context, train
 
 FAST = {"steps": 24, "places_per_batch": 6, "val_every": 12, "log_every": 4, "warmup_steps": 4, "checkpoint_every": 12}
@@ -139,6 +143,19 @@ def test_other_modes_reuse_the_teacher(easy, place_dataset, mode):
     rows = log_rows(easy / mode)
     assert ("distill" in next(r for r in rows if "loss" in r)) == (mode == "structvpr")
     assert model.exists()
+
+
+def test_a_checkpoint_records_what_it_was_trained_from(easy, place_dataset, tmp_path):
+    """The same dataset files for the teacher and its student, the student's teacher by its weights."""
+    teacher_path = easy / "teacher" / "model.pt"
+    config = tiny_config(place_dataset, easy / "cache", mode="structvpr++", optim={**FAST, "steps": 2}, teacher_checkpoint=str(teacher_path))
+    student = load_checkpoint(train(load_config(None, config), easy / "provenance"))[1]["provenance"]
+    teacher_model, teacher_meta = load_checkpoint(teacher_path)
+    groups = place_groups(load_dataset(place_dataset, "train"), min_images=2)
+    train_files = content_digest([*groups.paths, *groups.label_paths], tmp_path)  # computed afresh, not read from the run's cache
+    assert student["train_files"] == teacher_meta["provenance"]["train_files"] == train_files
+    assert student["teacher_weights"] == weights_fingerprint(teacher_model) and teacher_meta["provenance"]["teacher_weights"] is None
+    assert student["real_views"] is None and student["code"].startswith(__version__)
 
 
 def test_no_gradient_reaches_the_teacher(easy, place_dataset):

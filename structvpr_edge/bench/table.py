@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..models.checkpoint import load_checkpoint
 from ..train.config import config_to_dict, differing_keys, dotted_overrides, flat_config, load_config, recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -264,10 +265,26 @@ def summarize(results: dict[str, list[dict]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def provenance_warning(results: dict[str, list[dict]]) -> str | None:
+    """A warning where the table's finished runs were trained from different dataset files (their
+    recorded digests differ, or some runs, older than the record, have none): their rows do not
+    compare like for like."""
+    digests: dict[str | None, list[str]] = {}
+    for name, runs in results.items():
+        for r in runs:
+            if r.get("finished", True):
+                digests.setdefault((r.get("provenance") or {}).get("train_files"), []).append(f"{name} s{r['seed']}")
+    if len(digests) < 2:
+        return None
+    groups = "; ".join(f"{(digest or 'no record')[:12]}: {', '.join(runs)}" for digest, runs in digests.items())
+    return f"warning: these runs were trained from different dataset files, so their rows do not compare like for like ({groups})"
+
+
 def run_figures(out: Path, seed: int, real: tuple[Path, Path] | None = None, test=None) -> dict:
     """One finished run's figures: last val R@1 and KD gradient share, with ``real`` (corridor,
     CamVid) the real val columns, with ``test`` (a loaded split) R@1 overall and per condition."""
-    figures = {"seed": seed, "finished": True, "val": last_val_recall(out), "kd_grad_ratio": median_kd_grad_ratio(out)}
+    figures = {"seed": seed, "finished": True, "val": last_val_recall(out), "kd_grad_ratio": median_kd_grad_ratio(out),
+               "provenance": load_checkpoint(out / "model.pt")[1].get("provenance")}
     if real is not None:
         figures |= real_val(out / "model.pt", *real)
     if test is not None:

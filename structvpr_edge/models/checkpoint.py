@@ -216,10 +216,15 @@ def _field(path: Path, payload: dict, name: str, kind: type) -> Any:
 
 
 def _check_tables(path: Path, payload: dict, model: nn.Module) -> None:
-    """The file's descriptor layout and label-group tables must be the model's and this code's: the
-    runtime and maps slice descriptors by the layout, and group ids index LABEL_GROUPS, so another
-    table (a layout of other sizes, groups in another order) would give wrong matches silently."""
-    expected = {"layout": layout_of(model).to_dict(), "label_groups": list(LABEL_GROUPS), "class_to_group": dict(CLASS_TO_GROUP)}
+    """The file's descriptor layout, label-group tables and input normalisation must be the model's
+    and this code's: the runtime and maps slice descriptors by the layout, group ids index
+    LABEL_GROUPS, and every reader normalises pixels by the file's mean and std, so another table (a
+    layout of other sizes, groups in another order, another mean) would give wrong matches silently."""
+    size = _field(path, payload, "input", dict).get("size")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise ModelError(f"{path}: checkpoint field 'input' must give its size as [width, height] in pixels, got {size!r}")
+    expected = {"layout": layout_of(model).to_dict(), "label_groups": list(LABEL_GROUPS), "class_to_group": dict(CLASS_TO_GROUP),
+                "input": input_spec(model, (size[0], size[1]))}
     for name, ours in expected.items():
         theirs = _field(path, payload, name, type(ours))
         if theirs != ours:
@@ -240,8 +245,8 @@ def ship(run_checkpoint: str | Path, name: str, weights_dir: Path = SHIPPED_DIR,
 
 
 def derived_extra(meta: dict, **source: str | Path) -> dict:
-    """The run facts a checkpoint made from another keeps (its stage and steps), and where it came from."""
-    return {k: meta[k] for k in ("stage", "steps_done") if k in meta} | {k: str(v) for k, v in source.items()}
+    """The run facts a checkpoint made from another keeps (its stage, steps and provenance), and where it came from."""
+    return {k: meta[k] for k in ("stage", "steps_done", "provenance") if k in meta} | {k: str(v) for k, v in source.items()}
 
 
 def weights_fingerprint(model: nn.Module) -> str:

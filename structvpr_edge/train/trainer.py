@@ -36,6 +36,7 @@ from .curves import plot_training_curves
 from .data import MixedPlaceSampler, PlaceBatchSampler, RowStack, fraction_array, frozen_feature_array, near_places, to_model_input
 from .distill import FeatureProjector
 from .objective import Batch, objective, part_values
+from .provenance import run_provenance
 from .weights import GROUPS, Keys, RankMemory, sample_groups
 
 
@@ -178,6 +179,8 @@ class Stage:
             raise DatasetError(f"mode {self.mode!r} needs label maps, and {train!r} has none; train mode 'baseline' instead")
         self.inputs, self.fractions = self._arrays(self.groups.paths, self.groups.label_paths, config.photometric)
         real = self._add_real_frames() if config.real.root is not None else None
+        train_files = [*self.groups.paths, *(self.groups.label_paths or [])]
+        self.provenance = run_provenance(Path(config.cache_dir), train_files, real.paths + (real.label_paths or []) if real else [], self.teacher)
         self.real_places = real.places if real is not None else None
         self.place_positions = self._place_positions(real)
         self.val = self._load_val()
@@ -427,7 +430,8 @@ class Stage:
                 recall = self.validate()
                 log.write({"step": step, "imagenet_blend": self.config.imagenet_blend} | ({} if recall is None else {"val_recall@1": recall}))
             log.close(step + 1)
-            save_checkpoint(final, self.model.cpu(), self.config.image_size, config_to_dict(self.config), {"stage": self.stage, "steps_done": step + 1})
+            save_checkpoint(final, self.model.cpu(), self.config.image_size, config_to_dict(self.config),
+                            {"stage": self.stage, "steps_done": step + 1, "provenance": self.provenance})
             plot_training_curves(self.out / "log.jsonl", self.out / "curves.png")
         self.ctx.barrier()
         return final

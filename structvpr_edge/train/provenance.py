@@ -1,0 +1,64 @@
+"""What a run was trained from, by content: the code, the dataset files it read, the real frames'
+views and the teacher's weights. Training is deterministic on one machine, so two runs of one
+config that differ must differ in one of these; a figure that does not reproduce in another
+checkout names its cause by comparing them (issue 23: a row trained again read 56.8 where its
+first training read 65.8, and nothing recorded which input had changed)."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+from torch import nn
+
+from .. import __version__
+from ..data.dataset import file_stamp
+from ..files import replace_whole
+from ..models.checkpoint import weights_fingerprint
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+CHUNK = 1 << 20
+
+
+def content_digest(paths: Iterable[Path], cache_dir: Path) -> str:
+    """sha256 over every file's name and bytes, in the order given. Kept in ``cache_dir`` under the
+    files' stamps (size and time), so a dataset is read once per generation, not once per run."""
+    paths = [Path(p) for p in paths]
+    stamps = hashlib.sha256("\n".join(f"{p.resolve()}|{file_stamp(p)}" for p in paths).encode()).hexdigest()[:20]
+    kept = Path(cache_dir) / f"digest-{stamps}.txt"
+    if kept.is_file():
+        return kept.read_text().strip()
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{path.name}|".encode())
+        with path.open("rb") as handle:
+            while block := handle.read(CHUNK):
+                digest.update(block)
+    replace_whole(kept, lambda tmp: tmp.write_text(digest.hexdigest() + "\n"))
+    return digest.hexdigest()
+
+
+def code_version() -> str:
+    """The package version, with the git commit of its checkout (and ``.dirty`` when tracked
+    files differ from it) where the package runs from one."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(PACKAGE_DIR), *args], capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "--short=12", "HEAD")
+    if commit is None:
+        return __version__
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    return f"{__version__}+git.{commit}" + (".dirty" if dirty else "")
+
+
+def run_provenance(cache_dir: Path, train_files: list[Path], real_views: list[Path], teacher: nn.Module | None) -> dict[str, str | None]:
+    """The record a checkpoint keeps: what the weights were trained from (the val split, which only
+    reports, is left out). ``real_views``: the real frames' views as read (their crops follow the seed)."""
+    return {"code": code_version(), "train_files": content_digest(train_files, cache_dir),
+            "real_views": content_digest(real_views, cache_dir) if real_views else None,
+            "teacher_weights": weights_fingerprint(teacher) if teacher is not None else None}
