@@ -3,8 +3,11 @@ does not reproduce names the input that changed (issue 23's reproduction gap).""
 import os
 import subprocess
 
+import pytest
+
 from structvpr_edge import __version__
 from structvpr_edge.bench.table import provenance_warning
+from structvpr_edge.errors import DatasetError
 from structvpr_edge.train import provenance
 from structvpr_edge.train.provenance import code_version, content_digest
 
@@ -26,6 +29,11 @@ def test_the_digest_is_of_names_and_bytes_and_follows_a_file_remade_in_place(tmp
     assert first != content_digest(files[::-1], tmp_path / "cache")
     write(files[1], b"pixelz", 10**18 + 1)  # same size, re-made in place
     assert content_digest(files, tmp_path / "cache") != first
+
+
+def test_a_file_that_cannot_be_read_is_named(tmp_path):
+    with pytest.raises(DatasetError, match="gone.png"):
+        content_digest([tmp_path / "gone.png"], tmp_path / "cache")
 
 
 def test_the_digest_of_unchanged_files_is_read_from_the_cache(tmp_path):

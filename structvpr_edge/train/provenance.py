@@ -14,6 +14,7 @@ from torch import nn
 
 from .. import __version__
 from ..data.dataset import file_stamp
+from ..errors import DatasetError
 from ..files import replace_whole
 from ..models.checkpoint import weights_fingerprint
 
@@ -31,10 +32,13 @@ def content_digest(paths: Iterable[Path], cache_dir: Path) -> str:
         return kept.read_text().strip()
     digest = hashlib.sha256()
     for path in paths:
-        digest.update(f"{path.name}|".encode())
-        with path.open("rb") as handle:
-            while block := handle.read(CHUNK):
-                digest.update(block)
+        try:
+            with path.open("rb") as handle:
+                digest.update(f"{path.name}|{path.stat().st_size}|".encode())  # the size: no two lists of files hash alike
+                while block := handle.read(CHUNK):
+                    digest.update(block)
+        except OSError as exc:
+            raise DatasetError(f"cannot read {path} for the run's provenance record: {exc}") from exc
     replace_whole(kept, lambda tmp: tmp.write_text(digest.hexdigest() + "\n"))
     return digest.hexdigest()
 
