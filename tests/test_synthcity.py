@@ -54,6 +54,7 @@ def test_layout_and_label_files(smoke: Path, rows: list[dict]):
     manifest = json.loads((smoke / "synthcity.json").read_text())
     assert (manifest["seed"], manifest["preset"], manifest["version"]) == (3, "smoke", gen.VERSION)
     assert manifest["config"]["train_places"] == 40
+    assert manifest["opencv"] == cv2.__version__  # the renderer's bytes follow the OpenCV version
 
 
 def test_traversals_conditions_and_headings(rows: list[dict]):

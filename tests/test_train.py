@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -156,6 +157,7 @@ def test_a_checkpoint_records_what_it_was_trained_from(easy, place_dataset, tmp_
     assert student["train_files"] == teacher_meta["provenance"]["train_files"] == train_files
     assert student["teacher_weights"] == weights_fingerprint(teacher_model) and teacher_meta["provenance"]["teacher_weights"] is None
     assert student["real_views"] is None and student["code"].startswith(__version__)
+    assert student["libraries"] == f"torch {torch.__version__}, numpy {np.__version__}, opencv {cv2.__version__}"
 
 
 def test_no_gradient_reaches_the_teacher(easy, place_dataset):

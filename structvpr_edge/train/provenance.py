@@ -10,6 +10,9 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+import cv2
+import numpy as np
+import torch
 from torch import nn
 
 from .. import __version__
@@ -60,9 +63,15 @@ def code_version() -> str:
     return f"{__version__}+git.{commit}" + (".dirty" if dirty else "")
 
 
+def libraries() -> str:
+    """The versions of the libraries every pixel and step passes through: OpenCV decodes and resizes
+    (and draws SynthCity: 5.0 and 5.1 render some views otherwise), numpy and torch compute."""
+    return f"torch {torch.__version__}, numpy {np.__version__}, opencv {cv2.__version__}"
+
+
 def run_provenance(cache_dir: Path, train_files: list[Path], real_views: list[Path], teacher: nn.Module | None) -> dict[str, str | None]:
     """The record a checkpoint keeps: what the weights were trained from (the val split, which only
     reports, is left out). ``real_views``: the real frames' views as read (their crops follow the seed)."""
-    return {"code": code_version(), "train_files": content_digest(train_files, cache_dir),
+    return {"code": code_version(), "libraries": libraries(), "train_files": content_digest(train_files, cache_dir),
             "real_views": content_digest(real_views, cache_dir) if real_views else None,
             "teacher_weights": weights_fingerprint(teacher) if teacher is not None else None}

@@ -315,5 +315,6 @@ def generate_dataset(out: Path, seed: int, preset: str = "benchmark", workers: i
         "cities": {s: {"seed": city_seed(seed, s), **asdict(wd.CityConfig(blocks=city_blocks(config, s)))} for s in SPLITS},
         "origin": ORIGIN, "heading": "compass degrees, 0 = north, 90 = east", "counts": counts,
         "columns": list(COLUMNS), "query_groups": list(cond.QUERY_GROUPS),
+        "opencv": cv2.__version__,  # the renderer's bytes follow it: 5.0 and 5.1 draw 4 of the smoke preset's 250 views otherwise
     }
     return _finish(out, rows, json.dumps(manifest, indent=2))
