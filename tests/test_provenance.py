@@ -53,8 +53,12 @@ def test_code_version_names_the_commit_and_a_dirty_tree(tmp_path, monkeypatch):
     assert code_version() == __version__  # not in a git checkout
     git(tmp_path, "init", "-q")
     (tmp_path / "module.py").write_text("A = 1\n")
+    (tmp_path / "__init__.py").write_text("")
     git(tmp_path, "add", "module.py")
     git(tmp_path, "commit", "-q", "-m", "one")
+    assert code_version() == __version__  # a repository that does not track the package is not its checkout
+    git(tmp_path, "add", "__init__.py")
+    git(tmp_path, "commit", "-q", "-m", "two")
     commit = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert code_version() == f"{__version__}+git.{commit}"
     (tmp_path / "module.py").write_text("A = 2\n")

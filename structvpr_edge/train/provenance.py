@@ -48,7 +48,8 @@ def content_digest(paths: Iterable[Path], cache_dir: Path) -> str:
 
 def code_version() -> str:
     """The package version, with the git commit of its checkout (and ``.dirty`` when tracked
-    files differ from it) where the package runs from one."""
+    files differ from it) where the package runs from one: a repository that does not track the
+    package (an environment installed inside another project) is not its checkout."""
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", "-C", str(PACKAGE_DIR), *args], capture_output=True, text=True, timeout=30, check=False)
@@ -57,7 +58,7 @@ def code_version() -> str:
         return done.stdout.strip() if done.returncode == 0 else None
 
     commit = git("rev-parse", "--short=12", "HEAD")
-    if commit is None:
+    if commit is None or not git("ls-files", "--", "__init__.py"):
         return __version__
     dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
     return f"{__version__}+git.{commit}" + (".dirty" if dirty else "")
