@@ -30,7 +30,7 @@ def normalize_images(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(normalize(images, MEAN_RGB, STD_RGB))
 
 
-def _cache_path(cache_dir: Path, kind: str, paths: list[Path], params: str) -> Path:
+def cache_path(cache_dir: Path, kind: str, paths: list[Path], params: str) -> Path:
     """Keyed by each path and its file's size and time: a file re-made in place is not read stale."""
     digest = hashlib.sha256()
     for p in paths:
@@ -43,7 +43,7 @@ def cached_array(
     cache_dir: Path, kind: str, paths: list[Path], params: str, compute: Callable[[list[Path]], np.ndarray], batch_size: int = 64
 ) -> np.ndarray:
     """Compute ``compute(batch_of_paths)`` for all paths once, keep it as a .npy, memory-map it after."""
-    target = _cache_path(Path(cache_dir), kind, paths, params)
+    target = cache_path(Path(cache_dir), kind, paths, params)
     if target.exists():
         return np.load(target, mmap_mode="r")
     target.parent.mkdir(parents=True, exist_ok=True)

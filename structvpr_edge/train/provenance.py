@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..data.dataset import file_stamp
 from ..errors import DatasetError
 from ..files import replace_whole
 from ..models.checkpoint import weights_fingerprint
+from .data import cache_path
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 CHUNK = 1 << 20
@@ -29,8 +29,7 @@ def content_digest(paths: Iterable[Path], cache_dir: Path) -> str:
     """sha256 over every file's name and bytes, in the order given. Kept in ``cache_dir`` under the
     files' stamps (size and time), so a dataset is read once per generation, not once per run."""
     paths = [Path(p) for p in paths]
-    stamps = hashlib.sha256("\n".join(f"{p.resolve()}|{file_stamp(p)}" for p in paths).encode()).hexdigest()[:20]
-    kept = Path(cache_dir) / f"digest-{stamps}.txt"
+    kept = cache_path(Path(cache_dir), "digest", paths, "sha256").with_suffix(".txt")  # keyed as the training caches are
     if kept.is_file():
         return kept.read_text().strip()
     digest = hashlib.sha256()
