@@ -1,7 +1,7 @@
 """The shipped street segmenter (ESPNet, Cityscapes) on real street frames: how right, how fast.
 
     python benchmarks/segmenter_iou.py --camvid ../shared/data/camvid [--sizes 320x240,480x360] [--frames 1000]
-        [--split train --every 3]
+        [--split train --every 3] [--weights tuned.pth]
 
 1. Per network input size: ESPNet labels CamVid val (or every ``--every``-th frame of ``--split``)
    through ``deploy.segmenter.label_folder``, graded against CamVid's own labels on our six label
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from structvpr_edge.bench.quality import segmenter_rows, time_labels_command
 from structvpr_edge.deploy.segmenter import SIZE
+from structvpr_edge.models.espnet import WEIGHTS
 from structvpr_edge.labels import LABEL_GROUPS
 
 SHARED_CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
@@ -37,15 +38,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/segmenter-iou"))
     parser.add_argument("--split", choices=("train", "val"), default="val")
     parser.add_argument("--every", type=int, default=1, help="grade every N-th frame of the split, in name order")
+    parser.add_argument("--weights", type=Path, default=WEIGHTS, help="ESPNet weights (default: the shipped Cityscapes ones)")
     args = parser.parse_args()
     if args.every < 1:
         parser.error(f"--every must be >= 1, got {args.every}")
 
     frames = len(list((args.camvid / "images" / args.split).glob("*.jpg"))[::args.every])
-    print(f"ESPNet (Cityscapes) on CamVid {args.split} ({frames} frames), IoU per label group, void ignored")
+    print(f"ESPNet ({args.weights.name}) on CamVid {args.split} ({frames} frames), IoU per label group, void ignored")
     print("| input | decision | " + " | ".join(LABEL_GROUPS) + " | mean | s/frame |")
     print("|" + " --- |" * (len(LABEL_GROUPS) + 4))
-    for (width, height), decision, result, seconds in segmenter_rows(args.camvid, args.sizes, args.work, args.split, args.every):
+    for (width, height), decision, result, seconds in segmenter_rows(args.camvid, args.sizes, args.work, args.split, args.every, args.weights):
         print(f"| {width}x{height} | {decision.tag} | "
               + " | ".join(f"{v:.3f}" for v in result.iou.values()) + f" | {result.mean:.3f} | {seconds:.3f} |", flush=True)
     if args.frames:

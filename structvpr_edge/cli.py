@@ -135,7 +135,7 @@ def _check_output(path: str | None, suffixes: tuple[str, ...] = ()) -> None:
 
 
 OUTPUTS = ("out", "json", "plot", "retrievals")  # the options naming what a command writes
-INPUTS = ("model", "onnx", "checkpoint", "config", "dataset", "val_dataset", "images", "pngs", "parity_images", "calibration", "map", "frames",
+INPUTS = ("model", "onnx", "checkpoint", "config", "dataset", "val_dataset", "images", "pngs", "weights", "root", "parity_images", "calibration", "map", "frames",
           "bag", "poses", "timing_cache")  # the options naming what a command reads (--timing-cache: also written back)
 
 
@@ -270,6 +270,7 @@ def cmd_synth_preview(args: argparse.Namespace) -> None:
                      arg("--onnx", help="your ONNX model: (B,3,H,W) RGB -> logits (B,C,h,w) or class ids (B,h,w)"),
                      arg("--pngs", help="folder of predicted class-id PNGs mirroring --images")), required=False),
          arg("--scheme", choices=SCHEMES, help="the classes of --onnx or --pngs (default cityscapes)"),
+         arg("--weights", help="--segmenter: ESPNet weights of your own, from `tune-segmenter` (.pth)"),
          size("network input (default: ESPNet's 480x360; --onnx: the model's, else the image's)"),
          arg("--batch-size", type=_batch, default=4, help="images per segmenter call"),
          arg("--mean", type=float, nargs=3, help="--onnx: RGB mean in [0, 1] (default: ImageNet)"),
@@ -279,6 +280,8 @@ def cmd_labels(args: argparse.Namespace) -> None:
     from .data.segmentation import IMAGENET_MEAN, IMAGENET_STD, convert_label_pngs, missing_labels, segment_folder
 
     images, out, scheme = Path(args.images), Path(args.out), args.scheme or "cityscapes"
+    if args.weights and (args.onnx or args.pngs):
+        raise ConfigError("--weights are ESPNet weights for --segmenter, not for --onnx or --pngs")
     if args.pngs:
         print(f"{convert_label_pngs(Path(args.pngs), out, scheme=scheme)} label maps written to {out}")
     else:
@@ -288,13 +291,42 @@ def cmd_labels(args: argparse.Namespace) -> None:
         else:
             if scheme != "cityscapes" or args.mean or args.std:
                 raise ConfigError(f"--scheme, --mean and --std describe your --onnx model; {args.segmenter} brings its own")
-            from .deploy.segmenter import SIZE, label_folder
+            from .deploy.segmenter import SIZE, label_folder, segmenter_weights
 
-            summary = label_folder(images, out, size=args.size or SIZE, batch_size=args.batch_size, overwrite=args.overwrite)
+            summary = label_folder(images, out, size=args.size or SIZE, batch_size=args.batch_size, overwrite=args.overwrite,
+                                   weights=args.weights or segmenter_weights(args.segmenter))
         print(f"{summary.written} label maps written to {out} ({summary.cached} already there, kept)")
     missing = missing_labels(images, out)
     if missing:  # the dataset loader uses labels only when every image has one
         print(f"warning: {len(missing)} images have no label map, e.g. {missing[0]}", file=sys.stderr)
+
+
+@command("tune-segmenter", "tune the street segmenter (ESPNet) on your labelled street frames, for `labels --weights`",
+         arg("--root", required=True, help="ROOT with images/SPLIT/*.jpg and labels/SPLIT/*.png (one size)"),
+         arg("--split", default="train", help="the split to tune on"),
+         arg("--scheme", choices=SCHEMES, default="cityscapes", help="the classes of the label PNGs"),
+         arg("--hold-out", nargs="+", metavar="PREFIX", help="frames whose names start with these are graded, not trained on"),
+         arg("--out", required=True, help="the tuned weights (.pth), its log beside it (.pth.log.jsonl)"),
+         arg("--steps", type=_count(100_000), default=400, help="training steps (batches of 8)"),
+         arg("--lr", type=_positive_float, default=1e-4, help="Adam's learning rate (constant)"),
+         arg("--seed", type=_seed, default=0, help="random crops and their order"), needs="torch")
+def cmd_tune_segmenter(args: argparse.Namespace) -> None:
+    from .train.segmenter import TuneConfig, labelled_pairs, load_frames, tune_segmenter
+
+    _check_output(args.out, (".pth",))
+    pairs = labelled_pairs(args.root, args.split)
+    held_out = [pair for pair in pairs if args.hold_out and pair[0].name.startswith(tuple(args.hold_out))]
+    if args.hold_out and not held_out:
+        raise ConfigError(f"no frame of {args.root}/images/{args.split} starts with {' or '.join(args.hold_out)}")
+    train = [pair for pair in pairs if pair not in held_out]
+    if not train:
+        raise ConfigError("--hold-out holds out every frame: nothing is left to tune on")
+    log = tune_segmenter(load_frames(train, args.scheme), args.out, TuneConfig(steps=args.steps, lr=args.lr, seed=args.seed),
+                         held_out=load_frames(held_out, args.scheme) if held_out else None)
+    graded = [entry for entry in log if "held_out" in entry]
+    if graded:
+        print(f"held-out mean IoU over the label groups: {graded[0]['held_out']['mean']:.3f} before, {graded[-1]['held_out']['mean']:.3f} after")
+    print(f"weights written to {args.out}")
 
 
 @command("train", "train a teacher, baseline or StructVPR(++) student",

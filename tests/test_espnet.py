@@ -17,12 +17,12 @@ from structvpr_edge.bench.quality import camvid_subset
 from structvpr_edge.data import segmentation
 from structvpr_edge.data.segmentation import convert_label_pngs, segment_folder
 from structvpr_edge.deploy import segmenter
-from structvpr_edge.deploy.segmenter import MEAN_RGB, STD_RGB, LabelGraph, export_segmenter, label_folder
+from structvpr_edge.deploy.segmenter import export_segmenter, label_folder
 from structvpr_edge.errors import ConfigError, DatasetError, ModelError
 from structvpr_edge.eval.label_iou import folder_iou
 from structvpr_edge.images import imwrite_whole, normalize
 from structvpr_edge.labels import CAMVID_CLASSES, CLASS_ID, GROUP_ID, IGNORE, to_cityscapes, to_groups
-from structvpr_edge.models.espnet import WEIGHTS, ESPNet, load_espnet
+from structvpr_edge.models.espnet import MEAN_RGB, STD_RGB, WEIGHTS, Decision, ESPNet, LabelGraph, load_espnet
 from tests.test_segmentation import CITYSCAPES_IDS, write_images, write_model
 
 CAMVID_FRAMES = ("0016E5_07959", "0016E5_08097", "0016E5_08159")  # val frames far apart in the sequence
@@ -95,15 +95,15 @@ def test_the_group_decision_picks_the_likeliest_group_then_its_best_class(tmp_pa
     probs[0, [car, truck, bus, building], 0, 1] = torch.tensor([0.2, 0.2, 0.2, 0.4])  # dynamic 0.6 against building 0.4
     logits = probs.log()
     image = torch.zeros(1, 3, 1, 2)
-    as_classes = LabelGraph(FixedLogits(logits), segmenter.Decision(mirror=False))(image)[0]
-    as_groups = LabelGraph(FixedLogits(logits), segmenter.Decision(mirror=False, groups=True))(image)[0]
+    as_classes = LabelGraph(FixedLogits(logits), Decision(mirror=False))(image)[0]
+    as_groups = LabelGraph(FixedLogits(logits), Decision(mirror=False, groups=True))(image)[0]
     assert as_classes.tolist() == [[[building, building]]]
     assert as_groups[0, 0, 0] == sidewalk and as_groups[0, 0, 1] in (car, truck, bus)
     assert to_groups(as_groups.numpy(), "cityscapes").tolist() == [[[GROUP_ID["ground"], GROUP_ID["dynamic"]]]]
-    report = export_segmenter(tmp_path / "groups.onnx", decision=segmenter.Decision(groups=True))  # exact in ONNX too
+    report = export_segmenter(tmp_path / "groups.onnx", decision=Decision(groups=True))  # exact in ONNX too
     assert report.parity_ids_equal == 1.0
     with pytest.raises(ConfigError, match="cannot let void win"):
-        LabelGraph(FixedLogits(logits), segmenter.Decision(void=True, groups=True))
+        LabelGraph(FixedLogits(logits), Decision(void=True, groups=True))
 
 
 def test_camvid_ids_map_to_cityscapes_and_groups():

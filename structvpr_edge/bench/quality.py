@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..data.dataset import load_dataset
-from ..deploy.segmenter import SIZE, Decision, label_folder
+from ..deploy.segmenter import SIZE, label_folder
+from ..models.espnet import WEIGHTS, Decision
 from ..errors import DatasetError, ModelError
 from ..eval.label_iou import folder_iou
 from ..eval.masks import mask_scores, summarise
@@ -43,15 +44,15 @@ OTHER_DECISIONS = (Decision(mirror=False), Decision(void=True), Decision(groups=
 
 
 def segmenter_rows(camvid: Path, sizes: list[tuple[int, int]], work: Path, split: str = "val",
-                   every: int = 1) -> Iterator[tuple[tuple[int, int], Decision, object, float]]:
+                   every: int = 1, weights: Path = WEIGHTS) -> Iterator[tuple[tuple[int, int], Decision, object, float]]:
     """(input size, decision, IoU result, s/frame) per size, then the other decisions (no mirror, void
-    allowed, the best group) at the default size; CamVid's ``split`` (every ``every``-th frame) labelled through
-    ``label_folder``, graded by ``folder_iou``."""
+    allowed, the best group) at the default size; CamVid's ``split`` (every ``every``-th frame) labelled
+    with ``weights`` through ``label_folder``, graded by ``folder_iou``."""
     images, labels = camvid_subset(camvid, split, every, work)
     for (width, height), decision in [(size, Decision()) for size in sizes] + [(SIZE, decision) for decision in OTHER_DECISIONS]:
         out = work / f"{split}-every{every}-{width}x{height}-{decision.tag.replace(' ', '-')}"
         start = time.perf_counter()
-        summary = label_folder(images, out, size=(width, height), overwrite=True, decision=decision)
+        summary = label_folder(images, out, size=(width, height), overwrite=True, decision=decision, weights=weights)
         seconds = (time.perf_counter() - start) / summary.written  # the ONNX export (a few s) included
         yield (width, height), decision, folder_iou(out, labels, label_scheme="camvid"), seconds
 

@@ -23,15 +23,17 @@ train ids, then one channel for the pixels Cityscapes leaves unlabelled (``IGNOR
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import reduce
 from itertools import accumulate
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
+from ..labels import CITYSCAPES_TO_GROUP, IGNORE, NUM_GROUPS
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "espnet-cityscapes.pth"
 MEAN_BGR = (72.3923111, 82.90893555, 73.15840149)  # the authors' Cityscapes statistics, 0..255 units
@@ -215,3 +217,63 @@ def load_espnet(path: str | Path = WEIGHTS, conf: ESPNetConfig = ESPNetConfig())
         raise ModelError(f"{path} does not match ESPNet{conf}: {len(problems)} mismatches, first: {'; '.join(problems[:4])}")
     model.load_state_dict(state, strict=True)  # BatchNorm fills in num_batches_tracked, absent from older state dicts
     return model.eval()
+
+
+# segment_folder feeds RGB as (x / 255 - mean) / std; the authors' input is (bgr - MEAN_BGR) / STD_BGR / 255
+# (their ToTensor divides by 255 after normalising), which is that with these values, channels swapped:
+MEAN_RGB = (MEAN_BGR[2] / 255, MEAN_BGR[1] / 255, MEAN_BGR[0] / 255)
+STD_RGB = (STD_BGR[2], STD_BGR[1], STD_BGR[0])
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How logits become class ids (the defaults are the shipped choice; the others are its ablations)."""
+
+    mirror: bool = True  # average with the mirrored image's logits (twice the compute)
+    void: bool = False  # let the 20th channel win, as IGNORE
+    groups: bool = False  # the label group with the highest summed probability, then its best class
+
+    def __post_init__(self) -> None:
+        if self.groups and self.void:
+            raise ConfigError("the group decision sums the 19 classes' probabilities: it cannot let void win")
+
+    @property
+    def tag(self) -> str:
+        """Every field and its value, e.g. ``mirror=True void=False groups=False``: names a benchmark row."""
+        return " ".join(f"{field.name}={getattr(self, field.name)}" for field in fields(self))
+
+
+def group_membership() -> torch.Tensor:
+    """(groups, 19) 0/1: which Cityscapes classes make up each label group (labels.CLASS_TO_GROUP)."""
+    groups = torch.from_numpy(CITYSCAPES_TO_GROUP[:IGNORE_CHANNEL].astype(np.int64))
+    return nn.functional.one_hot(groups, NUM_GROUPS).T.float()
+
+
+class LabelGraph(nn.Module):
+    """Normalised RGB (B, 3, H, W) -> (Cityscapes train ids (B, H, W) uint8, logits (B, 20, H, W))."""
+
+    membership: torch.Tensor
+
+    def __init__(self, net: ESPNet, decision: Decision = Decision()) -> None:
+        super().__init__()
+        self.net, self.decision = net, decision
+        self.register_buffer("membership", group_membership(), persistent=False)
+
+    def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bgr = rgb.flip(1)  # the weights take BGR
+        logits = self.net(bgr)
+        if self.decision.mirror:
+            logits = (logits + self.net(bgr.flip(3)).flip(3)) / 2
+        if self.decision.groups:
+            return self._best_group_class(logits[:, :IGNORE_CHANNEL]), logits
+        if not self.decision.void:
+            return logits[:, :IGNORE_CHANNEL].argmax(dim=1).to(torch.uint8), logits
+        ids = logits.argmax(dim=1)
+        return torch.where(ids == IGNORE_CHANNEL, IGNORE, ids).to(torch.uint8), logits
+
+    def _best_group_class(self, logits: torch.Tensor) -> torch.Tensor:
+        """The best class of the group whose classes hold the most probability (a 1x1 convolution of
+        the softmax sums each group; the classes of the other groups are then pushed out of reach)."""
+        group_probability = nn.functional.conv2d(logits.softmax(dim=1), self.membership[:, :, None, None])
+        in_group = self.membership[group_probability.argmax(dim=1)].permute(0, 3, 1, 2)  # (B, 19, H, W)
+        return (logits - 1e4 * (1 - in_group)).argmax(dim=1).to(torch.uint8)
