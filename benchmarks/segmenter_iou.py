@@ -1,4 +1,4 @@
-"""The shipped street segmenter (ESPNet, Cityscapes) on real street frames: how right, how fast.
+"""The shipped street segmenter (ESPNet) on real street frames: how right, how fast.
 
     python benchmarks/segmenter_iou.py --camvid ../shared/data/camvid [--sizes 320x240,480x360] [--frames 1000]
         [--split train --every 3] [--weights tuned.pth]
@@ -19,8 +19,7 @@ import os
 from pathlib import Path
 
 from structvpr_edge.bench.quality import segmenter_rows, time_labels_command
-from structvpr_edge.deploy.segmenter import SIZE
-from structvpr_edge.models.espnet import WEIGHTS
+from structvpr_edge.deploy.segmenter import DEFAULT_WEIGHTS, SIZE
 from structvpr_edge.labels import LABEL_GROUPS
 
 SHARED_CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
@@ -38,7 +37,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/segmenter-iou"))
     parser.add_argument("--split", choices=("train", "val"), default="val")
     parser.add_argument("--every", type=int, default=1, help="grade every N-th frame of the split, in name order")
-    parser.add_argument("--weights", type=Path, default=WEIGHTS, help="ESPNet weights (default: the shipped Cityscapes ones)")
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="ESPNet weights (default: the default of structvpr-edge labels)")
     args = parser.parse_args()
     if args.every < 1:
         parser.error(f"--every must be >= 1, got {args.every}")

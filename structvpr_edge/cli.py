@@ -23,7 +23,7 @@ from .labels import SCHEMES
 from .files import IMAGE_SUFFIXES, check_not_an_input, output_format, replace_whole
 
 SYNTH_PRESETS = ("smoke", "benchmark", "benchmark-hard")  # data/synthcity/generate.PRESETS, not imported to parse (tests/test_cli.py)
-SEGMENTERS = ("espnet-cityscapes",)  # deploy/segmenter.SEGMENTERS, not imported to parse: torch (tests/test_espnet.py)
+SEGMENTERS = ("espnet-camvid", "espnet-cityscapes")  # deploy/segmenter.SEGMENTERS, not imported to parse: torch (tests/test_espnet.py)
 DEFAULT_MAX_RECALL_DROP, DEFAULT_MIN_COSINE = 1.0, 0.95  # deploy/calibration's, not imported to parse: onnx (tests/test_cli.py)
 
 
@@ -266,7 +266,8 @@ def cmd_synth_preview(args: argparse.Namespace) -> None:
          arg("--images", required=True, help="images root, e.g. ROOT/images (walked recursively)"),
          arg("--out", required=True, help="label root, e.g. ROOT/labels (same relative paths, .png)"),
          arg(one_of=(arg("--segmenter", choices=SEGMENTERS, default=SEGMENTERS[0],
-                         help="the shipped segmenter (default): ESPNet trained on Cityscapes, MIT"),
+                         help="the shipped segmenter: ESPNet trained on Cityscapes (espnet-cityscapes, MIT) and tuned on CamVid "
+                              "train (espnet-camvid, research use only, as CamVid)"),
                      arg("--onnx", help="your ONNX model: (B,3,H,W) RGB -> logits (B,C,h,w) or class ids (B,h,w)"),
                      arg("--pngs", help="folder of predicted class-id PNGs mirroring --images")), required=False),
          arg("--scheme", choices=SCHEMES, help="the classes of --onnx or --pngs (default cityscapes)"),
@@ -291,10 +292,10 @@ def cmd_labels(args: argparse.Namespace) -> None:
         else:
             if scheme != "cityscapes" or args.mean or args.std:
                 raise ConfigError(f"--scheme, --mean and --std describe your --onnx model; {args.segmenter} brings its own")
-            from .deploy.segmenter import SIZE, label_folder, segmenter_weights
+            from .deploy.segmenter import SEGMENTER_WEIGHTS, SIZE, label_folder
 
             summary = label_folder(images, out, size=args.size or SIZE, batch_size=args.batch_size, overwrite=args.overwrite,
-                                   weights=args.weights or segmenter_weights(args.segmenter))
+                                   weights=args.weights or SEGMENTER_WEIGHTS[args.segmenter])
         print(f"{summary.written} label maps written to {out} ({summary.cached} already there, kept)")
     missing = missing_labels(images, out)
     if missing:  # the dataset loader uses labels only when every image has one

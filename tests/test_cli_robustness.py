@@ -50,10 +50,10 @@ def options_of_every_command() -> set[str]:
 
 # Every option that names no file or folder; a new option is classified here, or in cli.INPUTS / OUTPUTS.
 NOT_PATHS = {
-    "append", "backend", "batch", "batch_size", "dla_core", "format", "from_bags", "height", "image_topic", "index", "max_batch",
-    "max_pose_gap", "max_recall_drop", "mean", "method", "min_batch", "min_cosine", "name", "num", "opset", "opt_batch", "overlap",
+    "append", "backend", "batch", "batch_size", "dla_core", "format", "from_bags", "height", "hold_out", "image_topic", "index", "max_batch",
+    "max_pose_gap", "max_recall_drop", "mean", "lr", "method", "min_batch", "min_cosine", "name", "num", "opset", "opt_batch", "overlap",
     "overwrite", "overwrite_shipped", "places", "pose_topic", "precision", "preset", "radius", "ray", "ray_gpus", "ray_workers",
-    "reselect", "resume", "scheme", "seed", "segmenter", "set", "size", "spacing", "split", "splits", "stages", "std", "temporal",
+    "reselect", "resume", "scheme", "seed", "segmenter", "set", "size", "spacing", "split", "splits", "stages", "std", "steps", "temporal",
     "threads", "tile_size", "top_k", "trust_checkpoint", "uint8_input", "val_split", "width", "workers", "workspace",
 }
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..data.dataset import load_dataset
-from ..deploy.segmenter import SIZE, label_folder
-from ..models.espnet import WEIGHTS, Decision
+from ..deploy.segmenter import DEFAULT_WEIGHTS, SIZE, label_folder
+from ..models.espnet import Decision
 from ..errors import DatasetError, ModelError
 from ..eval.label_iou import folder_iou
 from ..eval.masks import mask_scores, summarise
@@ -44,7 +44,7 @@ OTHER_DECISIONS = (Decision(mirror=False), Decision(void=True), Decision(groups=
 
 
 def segmenter_rows(camvid: Path, sizes: list[tuple[int, int]], work: Path, split: str = "val",
-                   every: int = 1, weights: Path = WEIGHTS) -> Iterator[tuple[tuple[int, int], Decision, object, float]]:
+                   every: int = 1, weights: Path = DEFAULT_WEIGHTS) -> Iterator[tuple[tuple[int, int], Decision, object, float]]:
     """(input size, decision, IoU result, s/frame) per size, then the other decisions (no mirror, void
     allowed, the best group) at the default size; CamVid's ``split`` (every ``every``-th frame) labelled
     with ``weights`` through ``label_folder``, graded by ``folder_iou``."""
@@ -59,7 +59,7 @@ def segmenter_rows(camvid: Path, sizes: list[tuple[int, int]], work: Path, split
 
 def camvid_subset(camvid: Path, split: str, every: int, work: Path) -> tuple[Path, Path]:
     """The image and label folders of CamVid's ``split``, or of every ``every``-th frame of it in name
-    order (links under ``work``): ESPNet never saw CamVid, so a train subset is a fair place to choose."""
+    order (links under ``work``): the Cityscapes weights never saw CamVid, so for them a train subset is a fair place to choose."""
     images, labels = camvid / "images" / split, camvid / "labels" / split
     if every == 1:
         return images, labels

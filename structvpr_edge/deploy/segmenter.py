@@ -1,4 +1,4 @@
-"""The shipped street segmenter (ESPNet, Cityscapes) as an ONNX graph, and label maps from it.
+"""The shipped street segmenter (ESPNet) as an ONNX graph, and label maps from it.
 
 ``structvpr-edge labels`` runs it by default: the graph is exported from the shipped weights
 into a temporary folder for each run (a few seconds; always the weights and code installed, no
@@ -26,8 +26,11 @@ from ..images import normalize
 from ..models.espnet import MEAN_RGB, STD_RGB, STRIDE, WEIGHTS, Decision, LabelGraph, load_espnet
 from .export import simplify
 
-SEGMENTER_WEIGHTS = {"espnet-cityscapes": WEIGHTS}  # --segmenter name -> shipped weights, the default first
+# --segmenter name -> shipped weights, the default first: the Cityscapes weights tuned on CamVid train
+# (`tune-segmenter`, chosen by issue 23's rules; research use only, as CamVid), and the authors' (MIT)
+SEGMENTER_WEIGHTS = {"espnet-camvid": WEIGHTS.with_name("espnet-camvid.pth"), "espnet-cityscapes": WEIGHTS}
 SEGMENTERS = tuple(SEGMENTER_WEIGHTS)
+DEFAULT_WEIGHTS = SEGMENTER_WEIGHTS[SEGMENTERS[0]]
 SIZE = (480, 360)  # network input (W, H), chosen on CamVid val (benchmarks/segmenter_iou.py)
 PARITY_MAX_ABS_DIFF = 1e-3  # logits, ONNX Runtime against torch
 @dataclass
@@ -45,7 +48,7 @@ def check_size(size: tuple[int, int]) -> None:
         raise ConfigError(f"ESPNet needs an input size with both sides positive multiples of {STRIDE}, got {size[0]}x{size[1]}")
 
 
-def export_segmenter(out: str | Path, weights: str | Path = WEIGHTS, decision: Decision = Decision(), opset: int = 17,
+def export_segmenter(out: str | Path, weights: str | Path = DEFAULT_WEIGHTS, decision: Decision = Decision(), opset: int = 17,
                      parity_size: tuple[int, int] = (64, 48)) -> SegmenterExport:
     """ESPNet -> ONNX with dynamic batch and size (sides multiples of 8), simplified; input
     ``image``, outputs ``ids`` then ``logits``. Raises ModelError if ONNX Runtime's logits on
@@ -76,20 +79,13 @@ def export_segmenter(out: str | Path, weights: str | Path = WEIGHTS, decision: D
     return SegmenterExport(str(out), opset, tool, parity_size, diff, float((onnx_ids == ids).mean()))
 
 
-def segmenter_weights(name: str) -> Path:
-    """The shipped weights file of ``--segmenter name``."""
-    if name not in SEGMENTER_WEIGHTS:
-        raise ConfigError(f"unknown segmenter {name!r}; shipped: {', '.join(SEGMENTERS)}")
-    return SEGMENTER_WEIGHTS[name]
-
-
 def label_folder(images_root: str | Path, out_root: str | Path, size: tuple[int, int] = SIZE, batch_size: int = 4,
-                 overwrite: bool = False, weights: str | Path = WEIGHTS, decision: Decision = Decision()) -> SegmentSummary:
+                 overwrite: bool = False, weights: str | Path = DEFAULT_WEIGHTS, decision: Decision = Decision()) -> SegmentSummary:
     """Cityscapes-train-id label PNGs for every image under ``images_root`` from the shipped ESPNet
     at input ``size`` (W, H), written under ``out_root`` (kept as a cache, see segment_folder)."""
     check_size(size)
     image_files(Path(images_root), Path(out_root))  # a wrong folder fails before the export
     with tempfile.TemporaryDirectory(prefix="structvpr-edge-espnet-") as tmp:
-        onnx_path = Path(export_segmenter(Path(tmp) / "espnet-cityscapes.onnx", weights, decision).path)
+        onnx_path = Path(export_segmenter(Path(tmp) / "espnet.onnx", weights, decision).path)
         return segment_folder(Path(images_root), onnx_path, Path(out_root), "cityscapes", input_size=size,
                               mean=MEAN_RGB, std=STD_RGB, batch_size=batch_size, overwrite=overwrite)
