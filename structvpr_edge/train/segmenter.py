@@ -22,7 +22,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..data.dataset import IMAGE_EXTENSIONS
 from ..errors import ConfigError, DatasetError
+from ..files import replace_whole
 from ..eval.label_iou import group_counts
 from ..images import normalize, read_label, read_rgb
 from ..labels import IGNORE, LABEL_GROUPS, NUM_GROUPS, check_class_ids, check_scheme, to_groups
@@ -58,9 +60,9 @@ class Frames:
 
 
 def labelled_pairs(root: str | Path, split: str, sequences: tuple[str, ...] | None = None) -> list[tuple[Path, Path]]:
-    """(image, label PNG) of ``ROOT/images/SPLIT/*.jpg`` and ``ROOT/labels/SPLIT/*.png``, name order;
-    with ``sequences``, only frames whose name starts with one of them (CamVid: ``SEQ_FRAME.jpg``)."""
-    images = sorted((Path(root) / "images" / split).glob("*.jpg"))
+    """(image, label PNG) of ``ROOT/images/SPLIT/NAME.jpg`` (or .png) and ``ROOT/labels/SPLIT/NAME.png``, name
+    order; with ``sequences``, only frames whose name starts with one of them (CamVid: ``SEQ_FRAME.jpg``)."""
+    images = sorted(p for p in (Path(root) / "images" / split).glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     images = [p for p in images if sequences is None or p.name.startswith(sequences)]
     if not images:
         raise DatasetError(f"no frames under {Path(root) / 'images' / split}" + (f" of {sequences}" if sequences else ""))
@@ -157,9 +159,7 @@ def tune_segmenter(train: Frames, out: str | Path, config: TuneConfig = TuneConf
             entry["held_out"] = grade(net, held_out)
         log.append(entry)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    torch.save(net.state_dict(), partial)
-    partial.replace(out)
-    out.with_name(out.name + ".log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in [{"config": asdict(config)}] + log))
+    replace_whole(out, lambda tmp: torch.save(net.state_dict(), tmp))
+    text = "".join(json.dumps(entry) + "\n" for entry in [{"config": asdict(config)}] + log)
+    replace_whole(out.with_name(out.name + ".log.jsonl"), lambda tmp: tmp.write_text(text))
     return log
