@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import cv2
@@ -8,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from structvpr_edge.cli import main
 from structvpr_edge.data.dataset import load_dataset
-from structvpr_edge.data.segmentation import convert_label_pngs, segment_folder
+from structvpr_edge.data.segmentation import LABELLER_FILE, convert_label_pngs, segment_folder
 from structvpr_edge.errors import ConfigError, DatasetError, ModelError
 from structvpr_edge.labels import (
     ADE20K_CLASSES, ADE20K_TO_CITYSCAPES, CITYSCAPES_TO_GROUP, GROUP_ID, IGNORE, to_cityscapes,
@@ -136,6 +137,27 @@ def test_label_pngs_are_a_cache(tmp_path):
     np.testing.assert_array_equal(read_label(cached), expected_label(0))
 
 
+def test_kept_label_maps_of_another_labeller_are_refused_and_nothing_is_written(tmp_path):
+    """A rerun into a label root keeps its maps only for the labeller that wrote them (recorded in
+    labeller.json): another model, or maps with no record, would mix two labellers in one dataset."""
+    model = write_model(tmp_path / "seg.onnx", ADE20K_IDS, 150)
+    other = write_model(tmp_path / "other.onnx", {**ADE20K_IDS, "red": 21}, 150)
+    write_images(tmp_path / "images")
+    segment_folder(tmp_path / "images", model, tmp_path / "labels", "ade20k", **NO_NORMALISATION)
+    record = json.loads((tmp_path / "labels" / LABELLER_FILE).read_text())
+    assert record["scheme"] == "ade20k" and record["mean"] == [0, 0, 0] and len(record["onnx_sha256"]) == 64
+    (tmp_path / "labels/test/queries/c.png").unlink()  # one map to write, two kept
+    before = {p: p.read_bytes() for p in (tmp_path / "labels").rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"2 label maps under .*labels were written by \{.*, not by this run's .*--overwrite"):
+        segment_folder(tmp_path / "images", other, tmp_path / "labels", "ade20k", **NO_NORMALISATION)
+    assert {p: p.read_bytes() for p in (tmp_path / "labels").rglob("*") if p.is_file()} == before
+    assert segment_folder(tmp_path / "images", other, tmp_path / "labels", "ade20k", **NO_NORMALISATION, overwrite=True).written == 3
+    assert json.loads((tmp_path / "labels" / LABELLER_FILE).read_text())["onnx_sha256"] != record["onnx_sha256"]
+    (tmp_path / "labels" / LABELLER_FILE).unlink()  # maps written before the record was kept
+    with pytest.raises(ConfigError, match="3 label maps under .* by a segmenter not recorded"):
+        segment_folder(tmp_path / "images", other, tmp_path / "labels", "ade20k", **NO_NORMALISATION)
+
+
 def test_a_kept_label_map_of_another_size_than_its_image_is_refused(tmp_path):
     model = write_model(tmp_path / "seg.onnx", ADE20K_IDS, 150)
     write_images(tmp_path / "images")
@@ -210,11 +232,16 @@ def test_labels_command_makes_a_dataset_with_labels(tmp_path, capsys):
     model = write_model(tmp_path / "seg.onnx", ADE20K_IDS, 150)
     assert not load_dataset(root).has_labels
     args = ["labels", "--images", str(root / "images"), "--out", str(root / "labels"), "--scheme", "ade20k"]
-    assert main(args + ["--onnx", str(model), "--size", "16x12", "--mean", "0", "0", "0", "--std", "1", "1", "1"]) == 0
+    options = ["--onnx", str(model), "--size", "16x12", "--mean", "0", "0", "0", "--std", "1", "1", "1"]
+    assert main(args + options) == 0
     assert "6 label maps written" in capsys.readouterr().out
     assert load_dataset(root).has_labels
-    assert main(args + ["--onnx", str(model)]) == 0
-    assert "0 label maps written" in capsys.readouterr().out
+    assert main(args + options) == 0
+    assert "(6 already there, kept)" in capsys.readouterr().out
+    assert main(args + ["--onnx", str(model)]) == 2  # another input size and normalisation: not the maps' labeller
+    assert "6 label maps under" in capsys.readouterr().err
+    assert main(args + ["--onnx", str(model), "--overwrite"]) == 0
+    assert "6 label maps written" in capsys.readouterr().out
     assert main(args + ["--onnx", str(tmp_path / "missing.onnx")]) == 2
     assert "labels: error:" in capsys.readouterr().err
 

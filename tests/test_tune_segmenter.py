@@ -74,6 +74,8 @@ def test_the_command_tunes_and_labels_take_its_weights(tmp_path, capsys):
     assert f"{log[1]['held_out']['mean']:.3f} before, {log[-1]['held_out']['mean']:.3f} after" in capsys.readouterr().out
     assert cli.main(["labels", "--images", str(tmp_path / "street" / "images"), "--out", str(tmp_path / "labels"), "--weights", str(out)]) == 0
     with_tuned = cv2.imread(str(tmp_path / "labels" / "train" / "b_1.png"), cv2.IMREAD_UNCHANGED)
+    assert cli.main(["labels", "--images", str(tmp_path / "street" / "images"), "--out", str(tmp_path / "labels")]) == 2
+    assert "2 label maps under" in capsys.readouterr().err  # the default weights are another labeller: not mixed in
     label_folder(tmp_path / "street" / "images", tmp_path / "by-hand", weights=out)
     np.testing.assert_array_equal(with_tuned, cv2.imread(str(tmp_path / "by-hand" / "train" / "b_1.png"), cv2.IMREAD_UNCHANGED))
 

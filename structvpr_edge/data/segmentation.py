@@ -9,11 +9,14 @@ standard VPR layout pass the two roots, and every split and subset is covered:
     structvpr-edge labels --images ROOT/images --out ROOT/labels --pngs PREDICTIONS --scheme ade20k
 
 Label PNGs already written are kept (a cache): segmenting a dataset on a CPU takes long, and a
-rerun after an interruption carries on where it stopped. Each PNG is written aside and renamed,
+rerun after an interruption carries on where it stopped. Only maps of the same labeller are kept:
+``labeller.json`` in the label root records the one that wrote them (model or weights, input size,
+normalisation), and a rerun with another is refused unless it writes every map again (--overwrite). Each PNG is written aside and renamed,
 so an interrupted run never leaves half a label map that a rerun would keep.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +25,10 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import BackendError, ConfigError, DatasetError, ModelError
+from ..files import replace_whole
 from ..images import header_size, imread, imwrite_whole, read_rgb
 from ..labels import check_class_ids, check_scheme, model_class_counts, to_cityscapes
+from ..modelinfo import sha256_file
 from ..safety import check_onnx
 from .dataset import IMAGE_EXTENSIONS
 
@@ -31,6 +36,7 @@ from .dataset import IMAGE_EXTENSIONS
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+LABELLER_FILE = "labeller.json"  # in a label root: what wrote its label maps (segment_folder)
 HEADER_BYTES = 1 << 18  # where a PNG's or JPEG's size is read first (the whole file only if it lies further)
 
 
@@ -100,6 +106,20 @@ def _to_segment(images: list[Path], images_root: Path, labels_root: Path, overwr
             raise DatasetError(f"{label} is {sizes[1][0]}x{sizes[1][1]}, its image {image} {sizes[0][0]}x{sizes[0][1]}: "
                                "a label map of another frame; write them again with --overwrite")
     return todo
+
+
+def _check_labeller(labels_root: Path, labeller: dict, kept: int) -> None:
+    """Label maps kept from an earlier run must be this run's labeller's (model, weights, input size,
+    normalisation): kept maps of another, or of an unrecorded one, would mix two labellers in one
+    dataset without a word."""
+    if not kept:
+        return
+    stamp = labels_root / LABELLER_FILE
+    recorded = json.loads(stamp.read_text()) if stamp.is_file() else None
+    if recorded != labeller:
+        origin = f"by {recorded}" if recorded else f"by a segmenter not recorded ({LABELLER_FILE} absent)"
+        raise ConfigError(f"{kept} label maps under {labels_root} were written {origin}, not by this run's {labeller}: "
+                          "write them again with --overwrite, or choose another --out")
 
 
 def missing_labels(images_root: Path, labels_root: Path) -> list[Path]:
@@ -191,6 +211,7 @@ def segment_folder(
     std: tuple[float, float, float] = IMAGENET_STD,
     batch_size: int = 4,
     overwrite: bool = False,
+    labeller: dict | None = None,
 ) -> SegmentSummary:
     """Segment every image under ``images_root`` and write Cityscapes-train-id PNGs under ``out_root``.
 
@@ -201,7 +222,9 @@ def segment_folder(
     image's size, so frames of mixed sizes share one input; ids are resized back to each image's
     size with nearest neighbour. A model exported with a fixed batch runs at that batch.
     Existing label PNGs are kept unless ``overwrite`` (one of another size than its image is
-    refused: it was made for another frame).
+    refused: it was made for another frame), and only when ``labeller`` (default: the model file's
+    sha256, ``scheme``, ``input_size``, ``mean`` and ``std``) is the one recorded in ``LABELLER_FILE``
+    by the run that wrote them; a ConfigError otherwise.
     """
     check_scheme(scheme)
     if batch_size <= 0:
@@ -221,6 +244,10 @@ def segment_folder(
         batch_size = batch_dim
     mean_, std_ = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     todo = _to_segment(images, images_root, out_root, overwrite)
+    labeller = json.loads(json.dumps(labeller or {"onnx_sha256": sha256_file(onnx_model), "scheme": scheme, "input_size": input_size,
+                                                  "mean": mean, "std": std}))  # as the record reads back
+    _check_labeller(out_root, labeller, len(images) - len(todo))
+    recorded = False
     with tqdm(total=len(todo), desc="segment", unit="image", leave=False) as progress:
         for start in range(0, len(todo), batch_size):
             paths = todo[start : start + batch_size]
@@ -233,7 +260,11 @@ def segment_folder(
                 output = session.run([first_output], {model_input.name: batch.astype(_INPUT_DTYPES[model_input.type])})[0]
             except Exception as exc:  # onnxruntime's own types: a shape the model cannot take, mostly
                 raise ModelError(f"{onnx_model} failed on {paths[0]} (input {size[0]}x{size[1]}): {exc}") from exc
-            for path, rgb, ids in zip(paths, rgbs, _class_ids(output, len(batch), onnx_model, scheme)):
+            class_ids = _class_ids(output, len(batch), onnx_model, scheme)
+            if not recorded:  # before the first map: a run cut short leaves maps its record names
+                replace_whole(out_root / LABELLER_FILE, lambda tmp: tmp.write_text(json.dumps(labeller, sort_keys=True) + "\n"))
+                recorded = True
+            for path, rgb, ids in zip(paths, rgbs, class_ids):
                 ids = cv2.resize(ids, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
                 imwrite_whole(label_path(path, images_root, out_root), to_cityscapes(ids, scheme))
             progress.update(len(paths))

@@ -23,6 +23,7 @@ import torch
 from ..data.segmentation import SegmentSummary, image_files, segment_folder
 from ..errors import ConfigError, ModelError
 from ..images import normalize
+from ..modelinfo import sha256_file
 from ..models.espnet import MEAN_RGB, STD_RGB, STRIDE, WEIGHTS, Decision, LabelGraph, load_espnet
 from .export import simplify
 
@@ -87,5 +88,6 @@ def label_folder(images_root: str | Path, out_root: str | Path, size: tuple[int,
     image_files(Path(images_root), Path(out_root))  # a wrong folder fails before the export
     with tempfile.TemporaryDirectory(prefix="structvpr-edge-espnet-") as tmp:
         onnx_path = Path(export_segmenter(Path(tmp) / "espnet.onnx", weights, decision).path)
-        return segment_folder(Path(images_root), onnx_path, Path(out_root), "cityscapes", input_size=size,
-                              mean=MEAN_RGB, std=STD_RGB, batch_size=batch_size, overwrite=overwrite)
+        labeller = {"espnet_weights_sha256": sha256_file(weights), "decision": decision.tag, "input_size": size}
+        return segment_folder(Path(images_root), onnx_path, Path(out_root), "cityscapes", input_size=size, mean=MEAN_RGB,
+                              std=STD_RGB, batch_size=batch_size, overwrite=overwrite, labeller=labeller)
