@@ -265,13 +265,13 @@ def cmd_synth_preview(args: argparse.Namespace) -> None:
 @command("labels", "label maps for a dataset: the shipped street segmenter, your ONNX model or your PNGs",
          arg("--images", required=True, help="images root, e.g. ROOT/images (walked recursively)"),
          arg("--out", required=True, help="label root, e.g. ROOT/labels (same relative paths, .png)"),
-         arg(one_of=(arg("--segmenter", choices=SEGMENTERS, default=SEGMENTERS[0],
-                         help="the shipped segmenter: ESPNet trained on Cityscapes (espnet-cityscapes, MIT) and tuned on CamVid "
-                              "train (espnet-camvid, research use only, as CamVid)"),
+         arg(one_of=(arg("--segmenter", choices=SEGMENTERS,
+                         help=f"a shipped segmenter (default {SEGMENTERS[0]}): ESPNet trained on Cityscapes (espnet-cityscapes, MIT) "
+                              "and tuned on CamVid train (espnet-camvid, research use only, as CamVid)"),
                      arg("--onnx", help="your ONNX model: (B,3,H,W) RGB -> logits (B,C,h,w) or class ids (B,h,w)"),
                      arg("--pngs", help="folder of predicted class-id PNGs mirroring --images")), required=False),
          arg("--scheme", choices=SCHEMES, help="the classes of --onnx or --pngs (default cityscapes)"),
-         arg("--weights", help="--segmenter: ESPNet weights of your own, from `tune-segmenter` (.pth)"),
+         arg("--weights", help="ESPNet weights of your own instead of a shipped --segmenter, from `tune-segmenter` (.pth)"),
          size("network input (default: ESPNet's 480x360; --onnx: the model's, else the image's)"),
          arg("--batch-size", type=_batch, default=4, help="images per segmenter call"),
          arg("--mean", type=float, nargs=3, help="--onnx: RGB mean in [0, 1] (default: ImageNet)"),
@@ -281,8 +281,8 @@ def cmd_labels(args: argparse.Namespace) -> None:
     from .data.segmentation import IMAGENET_MEAN, IMAGENET_STD, convert_label_pngs, missing_labels, segment_folder
 
     images, out, scheme = Path(args.images), Path(args.out), args.scheme or "cityscapes"
-    if args.weights and (args.onnx or args.pngs):
-        raise ConfigError("--weights are ESPNet weights for --segmenter, not for --onnx or --pngs")
+    if args.weights and (args.onnx or args.pngs or args.segmenter):
+        raise ConfigError("--weights are ESPNet weights of your own, instead of a shipped --segmenter; not for --onnx or --pngs")
     if args.pngs:
         print(f"{convert_label_pngs(Path(args.pngs), out, scheme=scheme)} label maps written to {out}")
     else:
@@ -291,11 +291,11 @@ def cmd_labels(args: argparse.Namespace) -> None:
                                      std=tuple(args.std or IMAGENET_STD), batch_size=args.batch_size, overwrite=args.overwrite)
         else:
             if scheme != "cityscapes" or args.mean or args.std:
-                raise ConfigError(f"--scheme, --mean and --std describe your --onnx model; {args.segmenter} brings its own")
+                raise ConfigError("--scheme, --mean and --std describe your --onnx model; ESPNet brings its own")
             from .deploy.segmenter import SEGMENTER_WEIGHTS, SIZE, label_folder
 
             summary = label_folder(images, out, size=args.size or SIZE, batch_size=args.batch_size, overwrite=args.overwrite,
-                                   weights=args.weights or SEGMENTER_WEIGHTS[args.segmenter])
+                                   weights=args.weights or SEGMENTER_WEIGHTS[args.segmenter or SEGMENTERS[0]])
         print(f"{summary.written} label maps written to {out} ({summary.cached} already there, kept)")
     missing = missing_labels(images, out)
     if missing:  # the dataset loader uses labels only when every image has one

@@ -131,8 +131,9 @@ def test_the_command_refuses_a_hold_out_that_matches_nothing_or_everything_and_w
     assert not list(tmp_path.glob("w.*"))
     write_street(tmp_path / "images", ["c_1"])
     labels = ["labels", "--images", str(tmp_path / "images"), "--out", str(tmp_path / "out"), "--weights", str(tmp_path / "w.pth")]
-    assert cli.main(labels + ["--onnx", str(tmp_path / "m.onnx")]) == 2
-    assert "--weights are ESPNet weights for --segmenter" in capsys.readouterr().err
+    for other in (["--onnx", str(tmp_path / "m.onnx")], ["--segmenter", "espnet-cityscapes"]):
+        assert cli.main(labels + other) == 2
+        assert "--weights are ESPNet weights of your own, instead of a shipped --segmenter" in capsys.readouterr().err
 
 
 @pytest.mark.slow
