@@ -308,7 +308,7 @@ def cmd_labels(args: argparse.Namespace) -> None:
          arg("--scheme", choices=SCHEMES, default="cityscapes", help="the classes of the label PNGs"),
          arg("--hold-out", nargs="+", metavar="PREFIX", help="frames whose names start with these are graded, not trained on"),
          arg("--out", required=True, help="the tuned weights (.pth), its log beside it (.pth.log.jsonl)"),
-         arg("--steps", type=_count(100_000), default=400, help="training steps (batches of 8)"),
+         arg("--steps", type=_count(100_000), default=800, help="training steps (batches of 8)"),
          arg("--lr", type=_positive_float, default=1e-4, help="Adam's learning rate (constant)"),
          arg("--seed", type=_seed, default=0, help="random crops and their order"), needs="torch")
 def cmd_tune_segmenter(args: argparse.Namespace) -> None:

@@ -33,7 +33,7 @@ from ..models.espnet import IGNORE_CHANNEL, MEAN_RGB, STD_RGB, STRIDE, WEIGHTS, 
 
 @dataclass
 class TuneConfig:
-    steps: int = 400
+    steps: int = 800  # with lr 1e-4: the choice on CamVid (docs/history/2026-12-07-espnet-camvid-tuning.md)
     lr: float = 1e-4
     batch_size: int = 8
     crop: tuple[int, int] = (320, 240)  # (W, H) of the random crops
