@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from structvpr_edge.cli import main
 from structvpr_edge.data.dataset import load_dataset
+from structvpr_edge.data import segmentation
 from structvpr_edge.data.segmentation import LABELLER_FILE, convert_label_pngs, segment_folder
 from structvpr_edge.errors import ConfigError, DatasetError, ModelError
 from structvpr_edge.labels import (
@@ -137,7 +138,7 @@ def test_label_pngs_are_a_cache(tmp_path):
     np.testing.assert_array_equal(read_label(cached), expected_label(0))
 
 
-def test_kept_label_maps_of_another_labeller_are_refused_and_nothing_is_written(tmp_path):
+def test_kept_label_maps_of_another_labeller_are_refused_and_nothing_is_written(tmp_path, monkeypatch):
     """A rerun into a label root keeps its maps only for the labeller that wrote them (recorded in
     labeller.json): another model, or maps with no record, would mix two labellers in one dataset."""
     model = write_model(tmp_path / "seg.onnx", ADE20K_IDS, 150)
@@ -153,6 +154,23 @@ def test_kept_label_maps_of_another_labeller_are_refused_and_nothing_is_written(
     assert {p: p.read_bytes() for p in (tmp_path / "labels").rglob("*") if p.is_file()} == before
     assert segment_folder(tmp_path / "images", other, tmp_path / "labels", "ade20k", **NO_NORMALISATION, overwrite=True).written == 3
     assert json.loads((tmp_path / "labels" / LABELLER_FILE).read_text())["onnx_sha256"] != record["onnx_sha256"]
+    def cut_short(path, label, *args):  # a kill after the first map of a run over another labeller's maps
+        if written:
+            raise KeyboardInterrupt
+        written.append(path)
+        return real_write(path, label, *args)
+
+    written: list = []
+    real_write = segmentation.imwrite_whole
+    monkeypatch.setattr(segmentation, "imwrite_whole", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        segment_folder(tmp_path / "images", model, tmp_path / "labels", "ade20k", **NO_NORMALISATION, overwrite=True, batch_size=1)
+    assert not (tmp_path / "labels" / LABELLER_FILE).exists()  # one map of `model`, two of `other`: nothing vouches for them
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="3 label maps under .* by a segmenter not recorded"):
+        segment_folder(tmp_path / "images", model, tmp_path / "labels", "ade20k", **NO_NORMALISATION)
+    assert segment_folder(tmp_path / "images", model, tmp_path / "labels", "ade20k", **NO_NORMALISATION, overwrite=True).written == 3
+    assert json.loads((tmp_path / "labels" / LABELLER_FILE).read_text()) == record
     (tmp_path / "labels" / LABELLER_FILE).unlink()  # maps written before the record was kept
     with pytest.raises(ConfigError, match="3 label maps under .* by a segmenter not recorded"):
         segment_folder(tmp_path / "images", other, tmp_path / "labels", "ade20k", **NO_NORMALISATION)

@@ -11,8 +11,9 @@ standard VPR layout pass the two roots, and every split and subset is covered:
 Label PNGs already written are kept (a cache): segmenting a dataset on a CPU takes long, and a
 rerun after an interruption carries on where it stopped. Only maps of the same labeller are kept:
 ``labeller.json`` in the label root records the one that wrote them (model or weights, input size,
-normalisation), and a rerun with another is refused unless it writes every map again (--overwrite). Each PNG is written aside and renamed,
-so an interrupted run never leaves half a label map that a rerun would keep.
+normalisation), and a rerun with another is refused unless it writes every map again (--overwrite).
+Each PNG is written aside and renamed, so an interrupted run never leaves half a label map that a
+rerun would keep.
 """
 from __future__ import annotations
 
@@ -108,18 +109,22 @@ def _to_segment(images: list[Path], images_root: Path, labels_root: Path, overwr
     return todo
 
 
-def _check_labeller(labels_root: Path, labeller: dict, kept: int) -> None:
+def _claim_labels(labels_root: Path, labeller: dict, kept: int, present: int) -> bool:
     """Label maps kept from an earlier run must be this run's labeller's (model, weights, input size,
     normalisation): kept maps of another, or of an unrecorded one, would mix two labellers in one
-    dataset without a word."""
-    if not kept:
-        return
+    dataset without a word. Returns whether the record may be written before the first map: not when
+    this run writes over ``present`` maps of another labeller (--overwrite), whose record is then
+    removed before the first map and written again after the last, so a run cut short leaves no record
+    to vouch for maps of two labellers."""
     stamp = labels_root / LABELLER_FILE
     recorded = json.loads(stamp.read_text()) if stamp.is_file() else None
-    if recorded != labeller:
+    if recorded == labeller or not present:
+        return True
+    if kept:
         origin = f"by {recorded}" if recorded else f"by a segmenter not recorded ({LABELLER_FILE} absent)"
         raise ConfigError(f"{kept} label maps under {labels_root} were written {origin}, not by this run's {labeller}: "
                           "write them again with --overwrite, or choose another --out")
+    return False
 
 
 def missing_labels(images_root: Path, labels_root: Path) -> list[Path]:
@@ -246,8 +251,13 @@ def segment_folder(
     todo = _to_segment(images, images_root, out_root, overwrite)
     labeller = json.loads(json.dumps(labeller or {"onnx_sha256": sha256_file(onnx_model), "scheme": scheme, "input_size": input_size,
                                                   "mean": mean, "std": std}))  # as the record reads back
-    _check_labeller(out_root, labeller, len(images) - len(todo))
-    recorded = False
+    present = sum(label_path(image, images_root, out_root).exists() for image in images)
+    record_first = _claim_labels(out_root, labeller, len(images) - len(todo), present)
+    started = False
+
+    def record() -> None:
+        replace_whole(out_root / LABELLER_FILE, lambda tmp: tmp.write_text(json.dumps(labeller, sort_keys=True) + "\n"))
+
     with tqdm(total=len(todo), desc="segment", unit="image", leave=False) as progress:
         for start in range(0, len(todo), batch_size):
             paths = todo[start : start + batch_size]
@@ -261,11 +271,13 @@ def segment_folder(
             except Exception as exc:  # onnxruntime's own types: a shape the model cannot take, mostly
                 raise ModelError(f"{onnx_model} failed on {paths[0]} (input {size[0]}x{size[1]}): {exc}") from exc
             class_ids = _class_ids(output, len(batch), onnx_model, scheme)
-            if not recorded:  # before the first map: a run cut short leaves maps its record names
-                replace_whole(out_root / LABELLER_FILE, lambda tmp: tmp.write_text(json.dumps(labeller, sort_keys=True) + "\n"))
-                recorded = True
+            if not started:  # before the first map, once the model has answered
+                record() if record_first else (out_root / LABELLER_FILE).unlink(missing_ok=True)
+                started = True
             for path, rgb, ids in zip(paths, rgbs, class_ids):
                 ids = cv2.resize(ids, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
                 imwrite_whole(label_path(path, images_root, out_root), to_cityscapes(ids, scheme))
             progress.update(len(paths))
+    if not record_first:
+        record()
     return SegmentSummary(written=len(todo), cached=len(images) - len(todo))
