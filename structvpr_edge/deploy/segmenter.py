@@ -34,6 +34,8 @@ SEGMENTERS = tuple(SEGMENTER_WEIGHTS)
 DEFAULT_WEIGHTS = SEGMENTER_WEIGHTS[SEGMENTERS[0]]
 SIZE = (480, 360)  # network input (W, H), chosen on CamVid val (benchmarks/segmenter_iou.py)
 PARITY_MAX_ABS_DIFF = 1e-3  # logits, ONNX Runtime against torch
+
+
 @dataclass
 class SegmenterExport:
     path: str

@@ -34,6 +34,13 @@ def group_counts(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, 
     return inter, union
 
 
+def counts_iou(inter: np.ndarray, union: np.ndarray, frames: int) -> GroupIoU:
+    """Per-group IoU of summed (intersection, union) counts (NaN where the group is in neither map), and their mean."""
+    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+    present = iou[union > 0]
+    return GroupIoU(dict(zip(LABEL_GROUPS, iou.tolist())), float(present.mean()) if present.size else 0.0, frames)
+
+
 def folder_iou(predictions: str | Path, labels: str | Path, label_scheme: str = "camvid",
                prediction_scheme: str = "cityscapes") -> GroupIoU:
     """Per-group IoU of the label PNGs under ``predictions`` against those under ``labels`` (same
@@ -58,6 +65,4 @@ def folder_iou(predictions: str | Path, labels: str | Path, label_scheme: str = 
         i, u = group_counts(to_groups(pred, prediction_scheme), to_groups(truth, label_scheme))
         inter += i
         union += u
-    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
-    present = iou[union > 0]
-    return GroupIoU(dict(zip(LABEL_GROUPS, iou.tolist())), float(present.mean()) if present.size else 0.0, len(truths))
+    return counts_iou(inter, union, len(truths))

@@ -23,11 +23,12 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.dataset import IMAGE_EXTENSIONS
+from ..data.segmentation import label_path
 from ..errors import ConfigError, DatasetError
 from ..files import replace_whole
-from ..eval.label_iou import group_counts
+from ..eval.label_iou import counts_iou, group_counts
 from ..images import normalize, read_label, read_rgb
-from ..labels import IGNORE, LABEL_GROUPS, NUM_GROUPS, check_class_ids, check_scheme, to_groups
+from ..labels import IGNORE, NUM_GROUPS, check_class_ids, check_scheme, to_groups
 from ..models.espnet import IGNORE_CHANNEL, MEAN_RGB, STD_RGB, STRIDE, WEIGHTS, Decision, LabelGraph, group_membership, load_espnet
 
 
@@ -62,11 +63,12 @@ class Frames:
 def labelled_pairs(root: str | Path, split: str, sequences: tuple[str, ...] | None = None) -> list[tuple[Path, Path]]:
     """(image, label PNG) of ``ROOT/images/SPLIT/NAME.jpg`` (or .png) and ``ROOT/labels/SPLIT/NAME.png``, name
     order; with ``sequences``, only frames whose name starts with one of them (CamVid: ``SEQ_FRAME.jpg``)."""
-    images = sorted(p for p in (Path(root) / "images" / split).glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    images_root, labels_root = Path(root) / "images" / split, Path(root) / "labels" / split
+    images = sorted(p for p in images_root.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     images = [p for p in images if sequences is None or p.name.startswith(sequences)]
     if not images:
-        raise DatasetError(f"no frames under {Path(root) / 'images' / split}" + (f" of {sequences}" if sequences else ""))
-    pairs = [(p, Path(root) / "labels" / split / f"{p.stem}.png") for p in images]
+        raise DatasetError(f"no frames under {images_root}" + (f" of {sequences}" if sequences else ""))
+    pairs = [(p, label_path(p, images_root, labels_root)) for p in images]
     missing = [str(label) for _, label in pairs if not label.is_file()]
     if missing:
         raise DatasetError(f"{len(missing)} frames have no label PNG, e.g. {missing[0]}")
@@ -129,8 +131,8 @@ def grade(net: nn.Module, frames: Frames) -> dict[str, float]:
         ids = graph(torch.from_numpy(normalize(rgb[None], MEAN_RGB, STD_RGB)))[0][0].numpy()
         i, u = group_counts(to_groups(ids, "cityscapes"), truth)
         inter, union = inter + i, union + u
-    iou = {group: float(i / u) for group, i, u in zip(LABEL_GROUPS, inter, union) if u > 0}
-    return {**iou, "mean": float(np.mean(list(iou.values())))}
+    result = counts_iou(inter, union, len(frames.rgb))
+    return {**{group: iou for group, iou in result.iou.items() if not np.isnan(iou)}, "mean": result.mean}
 
 
 def tune_segmenter(train: Frames, out: str | Path, config: TuneConfig = TuneConfig(), held_out: Frames | None = None,
