@@ -271,6 +271,58 @@ def test_imagenet_blend_moves_the_trained_blocks_that_share_back_to_imagenet(pla
         load_config(None, {"imagenet_blend": 0.5, "student": {"imagenet": False}})
 
 
+def test_average_from_saves_the_mean_of_the_last_steps_weights(easy, place_dataset, monkeypatch):
+    """optim.average_from: model.pt holds the mean of the weights after each step from that share of the
+    steps on (parameters and BatchNorm statistics), validated again; last.pt keeps the last step's."""
+    after_step = []
+    take_step = Stage._train_step
+
+    def recording(self, *args):
+        record = take_step(self, *args)
+        after_step.append({k: v.clone() for k, v in self.model.state_dict().items()})
+        return record
+
+    monkeypatch.setattr(Stage, "_train_step", recording)
+    optim = {**FAST, "steps": 8, "lr": 1e-2, "backbone_lr": 1e-2, "average_from": 0.5}
+    config = load_config(None, tiny_config(place_dataset, easy / "cache", mode="baseline", optim=optim))
+    model, _ = load_checkpoint(train(config, easy / "averaged"))
+    assert len(after_step) == 8
+    moved = 0
+    for key, saved in model.state_dict().items():
+        if saved.is_floating_point():
+            torch.testing.assert_close(saved, torch.stack([w[key] for w in after_step[4:]]).mean(0), rtol=1e-5, atol=1e-6)
+            moved += not torch.allclose(saved, after_step[-1][key])
+    assert moved > 0  # the mean is not the last step's weights
+    last = load_resume_state(easy / "averaged" / "last.pt")["state_dict"]
+    assert all(torch.equal(last[k], v) for k, v in after_step[-1].items())
+    plain = load_config(None, tiny_config(place_dataset, easy / "cache", mode="baseline", optim={**optim, "average_from": None}))
+    unaveraged, _ = load_checkpoint(train(plain, easy / "plain"))  # averaging only reads the weights: same trajectory
+    assert all(torch.equal(v, after_step[-1][k]) for k, v in unaveraged.state_dict().items())
+    averaged = [r for r in log_rows(easy / "averaged") if "averaged_steps" in r]
+    assert [r["averaged_steps"] for r in averaged] == [4] and 0 <= averaged[0]["val_recall@1"] <= 1
+    for bad in (-0.1, 1.0, "half", True):
+        with pytest.raises(ConfigError, match="average_from"):
+            load_config(None, {"optim": {"average_from": bad}})
+
+
+def test_a_resumed_average_is_the_unbroken_runs(easy, place_dataset):
+    """The running mean travels in last.pt: a run stopped by its time budget and resumed saves the
+    unbroken run's model; resuming with another step count once averaging began is refused."""
+    def run(out: Path, **extra) -> dict:
+        optim = {**FAST, "steps": 6, "lr": 1e-2, "backbone_lr": 1e-2, "average_from": 0.0, **extra}
+        model, _ = load_checkpoint(train(load_config(None, tiny_config(place_dataset, easy / "cache", mode="baseline", optim=optim)),
+                                         out, resume=(out / "last.pt").exists()))
+        return model.state_dict()
+
+    unbroken = run(easy / "avg-unbroken")
+    run(easy / "avg-broken", time_budget_min=1e-9)  # stops after its first step
+    assert [r["averaged_steps"] for r in log_rows(easy / "avg-broken") if "averaged_steps" in r] == [1]
+    resumed = run(easy / "avg-broken")
+    assert all(torch.equal(resumed[k], v) for k, v in unbroken.items())
+    with pytest.raises(ConfigError, match="averaged the weights"):
+        run(easy / "avg-broken", steps=8)
+
+
 def test_kd_shares_reports_every_distillation_term(easy, place_dataset):
     """benchmarks/kd_shares.py: a positive gradient share for each term and the matching weight."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "kd_shares.py"

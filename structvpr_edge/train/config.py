@@ -66,6 +66,7 @@ class OptimConfig:
     multi_similarity: MultiSimilarityConfig = field(default_factory=MultiSimilarityConfig)
     triplet_margin: float = 0.1
     time_budget_min: float | None = None  # stop early once training has run this long
+    average_from: float | None = None  # the model saved is the mean of the weights after every step from this share of steps on (SWA)
     log_every: int = 20
     val_every: int = 250
     checkpoint_every: int = 500
@@ -77,6 +78,9 @@ class OptimConfig:
             raise ConfigError(f"{where}.places_per_batch must be >= 2: a batch needs other places as negatives, got {self.places_per_batch}")
         if self.images_per_place < 2:
             raise ConfigError(f"{where}.images_per_place must be >= 2: a place needs a positive pair, got {self.images_per_place}")
+        share = self.average_from
+        if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1):
+            raise ConfigError(f"{where}.average_from is a share of the steps, in [0, 1), or null for the last step's weights; got {self.average_from}")
 
 
 @dataclass

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from ..data.dataset import load_dataset
@@ -189,6 +190,8 @@ class Stage:
         # the backbone as built, before any step: the ImageNet weights feature preservation keeps near
         self.imagenet = frozen(copy.deepcopy(self.model.backbone)) if self.recipe.rgb and config.preserve_weight > 0 else None
         self.memory = RankMemory(config.distill.samples.memory_batches)
+        # the running mean of the weights (parameters and BatchNorm statistics) over the last steps: optim.average_from
+        self.average = AveragedModel(self.model, use_buffers=True) if self.optim.average_from is not None else None
         self.terms = objective(config, self.recipe, self.optim, self.model, self.teacher, self.projector)
 
     def _build_model(self) -> nn.Module:
@@ -340,6 +343,8 @@ class Stage:
             log.epoch(epoch, step)
             record = self._train_step(net, optimizer, scheduler, indices, torch.from_numpy(place_labels).to(self.ctx.device), step, log)
             elapsed = time.time() - began
+            if self.average is not None and step >= self.optim.average_from * self.optim.steps:
+                self.average.update_parameters(self.model)
             if record is not None:
                 log.write({"step": step, "epoch": epoch, "time_s": round(elapsed, 1), **record})
                 progress.set_postfix(loss=f"{record['loss']:.3f}")
@@ -360,11 +365,18 @@ class Stage:
             self.model.load_state_dict(state["state_dict"])
             if self.projector is not None:
                 self.projector.load_state_dict(state["projector"])
+            if self.average is not None:
+                self.average.load_state_dict(state["average"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             step = int(state["step"])
         except (KeyError, RuntimeError, ValueError) as exc:  # what load_state_dict raises for another model
             raise ModelError(f"{path} does not hold a resumable state of this run's model ({type(exc).__name__}: {exc})") from exc
+        section = "teacher_optim" if self.stage == "teacher" else "optim"
+        saved_steps = (state.get("config") or {}).get(section, {}).get("steps", self.optim.steps)
+        if self.average is not None and self.average.n_averaged > 0 and saved_steps != self.optim.steps:
+            raise ConfigError(f"{path} has averaged the weights from {section}.average_from of {saved_steps} steps: "
+                              f"resume it with {section}.steps={saved_steps}, or train into another folder")
         if self.ctx.is_main:  # only the main rank's memory is saved; other ranks start with an empty one
             self.memory.restore(state.get("memory", []), self.ctx.device)
         return step
@@ -416,15 +428,21 @@ class Stage:
             if recall is not None:
                 log.write({"step": step, "val_recall@1": recall})
         if (step + 1) % self.optim.checkpoint_every == 0 or done:
-            projector = {"projector": self.projector.state_dict()} if self.projector is not None else {}
+            extras = {"projector": self.projector} if self.projector is not None else {}
+            extras |= {"average": self.average} if self.average is not None else {}
             save_resume_state(self.out / "last.pt", {"state_dict": self.model.state_dict(), "optimizer": optimizer.state_dict(),
-                                                     "scheduler": scheduler.state_dict(), "step": step + 1, **projector,
+                                                     "scheduler": scheduler.state_dict(), "step": step + 1,
+                                                     **{name: module.state_dict() for name, module in extras.items()},
                                                      "config": config_to_dict(self.config), "memory": self.memory.state()})
 
     def _finish(self, step: int, log: RunLog) -> Path:
         """The model, its config and the curves (main rank); every rank waits for them."""
         final = self.out / "model.pt"
         if self.ctx.is_main:
+            if self.average is not None and self.average.n_averaged > 0:
+                self.model.load_state_dict(self.average.module.state_dict())
+                recall = self.validate()
+                log.write({"step": step, "averaged_steps": int(self.average.n_averaged)} | ({} if recall is None else {"val_recall@1": recall}))
             if self.recipe.rgb and self.config.imagenet_blend > 0:
                 blend_toward_imagenet(self.model.backbone, self.config.imagenet_blend)
                 recall = self.validate()
