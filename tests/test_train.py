@@ -321,6 +321,9 @@ def test_a_resumed_average_is_the_unbroken_runs(easy, place_dataset):
     assert all(torch.equal(resumed[k], v) for k, v in unbroken.items())
     with pytest.raises(ConfigError, match="averaged the weights"):
         run(easy / "avg-broken", steps=8)
+    with pytest.warns(UserWarning, match="before average_from's first step"):
+        run(easy / "avg-early", average_from=0.5, time_budget_min=1e-9)
+    assert [r["averaged_steps"] for r in log_rows(easy / "avg-early") if "averaged_steps" in r] == [0]
 
 
 def test_kd_shares_reports_every_distillation_term(easy, place_dataset):

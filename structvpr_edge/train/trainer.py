@@ -439,10 +439,8 @@ class Stage:
         """The model, its config and the curves (main rank); every rank waits for them."""
         final = self.out / "model.pt"
         if self.ctx.is_main:
-            if self.average is not None and self.average.n_averaged > 0:
-                self.model.load_state_dict(self.average.module.state_dict())
-                recall = self.validate()
-                log.write({"step": step, "averaged_steps": int(self.average.n_averaged)} | ({} if recall is None else {"val_recall@1": recall}))
+            if self.average is not None:
+                self._load_average(step, log)
             if self.recipe.rgb and self.config.imagenet_blend > 0:
                 blend_toward_imagenet(self.model.backbone, self.config.imagenet_blend)
                 recall = self.validate()
@@ -453,6 +451,18 @@ class Stage:
             plot_training_curves(self.out / "log.jsonl", self.out / "curves.png")
         self.ctx.barrier()
         return final
+
+    def _load_average(self, step: int, log: RunLog) -> None:
+        """The mean weights into the model, validated; a run stopped before its averaging began keeps its last step's, with a warning."""
+        count = int(self.average.n_averaged)
+        recall = None
+        if count:
+            self.model.load_state_dict(self.average.module.state_dict())
+            recall = self.validate()
+        else:
+            warnings.warn(f"{self.out}: the run stopped at step {step + 1}, before average_from's first step: model.pt holds the last step's weights",
+                          stacklevel=2)
+        log.write({"step": step, "averaged_steps": count} | ({} if recall is None else {"val_recall@1": recall}))
 
 
 def default_stages(config: TrainConfig) -> list[str]:
