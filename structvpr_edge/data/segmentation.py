@@ -272,7 +272,10 @@ def segment_folder(
                 raise ModelError(f"{onnx_model} failed on {paths[0]} (input {size[0]}x{size[1]}): {exc}") from exc
             class_ids = _class_ids(output, len(batch), onnx_model, scheme)
             if not started:  # before the first map, once the model has answered
-                record() if record_first else (out_root / LABELLER_FILE).unlink(missing_ok=True)
+                if record_first:
+                    record()
+                else:
+                    (out_root / LABELLER_FILE).unlink(missing_ok=True)
                 started = True
             for path, rgb, ids in zip(paths, rgbs, class_ids):
                 ids = cv2.resize(ids, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)

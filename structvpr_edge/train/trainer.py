@@ -167,7 +167,8 @@ class Stage:
         self.config, self.stage, self.out, self.ctx = config, stage, out, ctx
         self.mode = "teacher" if stage == "teacher" else config.mode
         self.recipe = recipe(self.mode, config.distill.enabled)
-        self.optim = config.teacher_optim if stage == "teacher" else config.optim
+        self.optim_section = "teacher_optim" if stage == "teacher" else "optim"  # the config section self.optim is read from
+        self.optim = getattr(config, self.optim_section)
         torch.manual_seed(config.seed)
         self.model = self._build_model()
         self.teacher = self._load_teacher(teacher_path) if self.recipe.distill else None
@@ -372,7 +373,7 @@ class Stage:
             step = int(state["step"])
         except (KeyError, RuntimeError, ValueError) as exc:  # what load_state_dict raises for another model
             raise ModelError(f"{path} does not hold a resumable state of this run's model ({type(exc).__name__}: {exc})") from exc
-        section = "teacher_optim" if self.stage == "teacher" else "optim"
+        section = self.optim_section
         saved_steps = (state.get("config") or {}).get(section, {}).get("steps", self.optim.steps)
         if self.average is not None and self.average.n_averaged > 0 and saved_steps != self.optim.steps:
             raise ConfigError(f"{path} has averaged the weights from {section}.average_from of {saved_steps} steps: "
