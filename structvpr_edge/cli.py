@@ -358,6 +358,9 @@ def cmd_train(args: argparse.Namespace) -> None:
          arg("--batch-size", type=_batch, default=32, help="images per model call"), arg("--json", help="write the report here"),
          arg("--plot", help="write the Recall@N curve PNG here (with --bag: the error along the route)"),
          arg("--retrievals", help="write a PNG of queries with their top-5 here"),
+         arg("--temporal", action="store_true",
+             help="the queries are one traversal (ordered by the names' timestamps, else pano ids): also report Recall@1 of the "
+                  "runtime's temporal filter; with --bag, the localization (error, within_radius) is the filter's"),
          TRUST, renamed={"--image-size": "--size"}, needs="torch for a checkpoint, a shipped name or imagenet-gem")
 def cmd_eval(args: argparse.Namespace) -> None:
     from .eval.plots import FIGURE_SUFFIXES
@@ -374,19 +377,22 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def _eval_dataset(args: argparse.Namespace) -> dict:
     from .data.dataset import load_dataset
-    from .eval.evaluate import evaluate
+    from .eval.evaluate import evaluate, temporal_recall, traversal_order
     from .eval.models import load_extractor
     from .eval.plots import plot_recall_curves, plot_retrievals
 
     if args.map:
         raise ConfigError("--map goes with --bag (a dataset is evaluated database against queries)")
     data = load_dataset(args.dataset, split=args.split, positive_radius=args.radius)
+    if args.temporal:  # an unordered split fails before any image is read
+        traversal_order(data.queries)
     result = evaluate(load_extractor(args.model, image_size=args.size, trust_checkpoint=args.trust_checkpoint), data, batch_size=args.batch_size)
     if args.plot:
         plot_recall_curves({args.model: result.recall}, Path(args.plot), title=f"{Path(args.dataset).name}/{args.split}")
     if args.retrievals:
         plot_retrievals(data, result.predictions, Path(args.retrievals))
-    return {"model": args.model, "dataset": str(args.dataset), "split": args.split, **result.to_json()}
+    temporal = {"temporal": temporal_recall(result, data)} if args.temporal else {}
+    return {"model": args.model, "dataset": str(args.dataset), "split": args.split, **result.to_json(), **temporal}
 
 
 def _eval_drive(args: argparse.Namespace) -> dict:
@@ -399,7 +405,8 @@ def _eval_drive(args: argparse.Namespace) -> dict:
         raise ConfigError("--bag needs --map, and takes neither --retrievals nor --size")
     skipped = Skipped()
     frames, frame_id, total = read_drive(args.bag, args.image_topic, args.pose_topic, skipped, args.max_pose_gap)
-    with EdgeVPR(args.model, map=args.map, top_k=max(DRIVE_NS), max_batch=16, trust_checkpoint=args.trust_checkpoint) as vpr:
+    with EdgeVPR(args.model, map=args.map, top_k=max(DRIVE_NS), max_batch=16, temporal=args.temporal,
+                 trust_checkpoint=args.trust_checkpoint) as vpr:
         report = evaluate_drive(vpr, frames, frame_id=frame_id, radius=args.radius, total=total)
     if args.plot:
         plot_drive_errors(report, args.plot, title=f"{Path(args.bag).name} in {Path(args.map).name}")

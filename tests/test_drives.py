@@ -144,6 +144,24 @@ def test_eval_of_a_drive_reports_recall_error_and_plots_the_route(synth: Path, c
     assert cv2.imread(str(tmp_path / "r.png")) is not None
 
 
+def test_eval_of_a_drive_with_temporal_localizes_through_the_filter(synth: Path, cli_runs: dict, tmp_path: Path, monkeypatch):
+    from structvpr_edge.eval import drive
+
+    filters = []
+
+    def spy(vpr, *args, **kwargs):
+        filters.append(vpr.filter)
+        return evaluate_drive(vpr, *args, **kwargs)
+
+    evaluate_drive = drive.evaluate_drive
+    monkeypatch.setattr(drive, "evaluate_drive", spy)
+    base = ["eval", "--model", "structvprpp", "--map", str(cli_runs["map"]), "--bag", str(synth / "drive2"), "--image-topic", CAMERA_TOPIC,
+            "--pose-topic", FIX_TOPIC, "--json", str(tmp_path / "r.json")]
+    assert main(base) == 0 and main([*base, "--temporal"]) == 0
+    assert filters[0] is None and filters[1] is not None and len(filters[1].rows) > 0  # the filter saw the drive's frames
+    assert json.loads((tmp_path / "r.json").read_text())["frames"] == PLACES
+
+
 # ---- reading drives --------------------------------------------------------------------------
 
 

@@ -7,11 +7,13 @@ from typing import Protocol
 
 import numpy as np
 
-from ..data.dataset import VPRDataset
+from ..data.dataset import Subset, VPRDataset
+from ..data.names import parse_name
 from ..errors import ConfigError, DatasetError
 from ..images import read_label, read_rgb
-from ..runtime.preprocess import describe_files
 from ..metrics import RECALL_NS, per_group_recall, recall_at_n, retrieve
+from ..runtime.preprocess import describe_files
+from ..runtime.temporal import PlaceFilter, TemporalConfig
 
 
 class Extractor(Protocol):
@@ -77,3 +79,36 @@ def evaluate(extractor: Extractor, dataset: VPRDataset, ns: tuple[int, ...] = RE
         predictions=predictions,
         scores=scores,
     )
+
+
+def traversal_order(queries: Subset) -> tuple[np.ndarray, str]:
+    """The queries' indices in the order they were recorded, and the name field that gave it: the
+    timestamp where every name has a numeric one, else the pano id where every name has its own."""
+    names = [parse_name(p) for p in queries.paths]
+    try:
+        stamps = [float(n.timestamp) for n in names]
+    except ValueError:
+        stamps = []
+    if stamps:
+        return np.argsort(stamps, kind="stable"), "timestamp"
+    panos = [n.pano_id for n in names]
+    if all(panos) and len(set(panos)) == len(panos):
+        return np.argsort(panos, kind="stable"), "pano_id"
+    raise DatasetError(f"the queries of {queries.paths[0].parent} are not one traversal: a temporal reading needs a numeric "
+                       "timestamp, or a pano id of its own, in every query's name")
+
+
+def temporal_recall(result: EvalResult, dataset: VPRDataset, config: TemporalConfig | None = None, top_k: int = 5) -> dict:
+    """Recall@1 of the place the runtime's temporal filter chooses, the queries fed in traversal order,
+    each with its first ``top_k`` retrievals (EdgeVPR's default): what a vehicle driving the query
+    route would be told, beside the single-frame Recall@N."""
+    if result.predictions.shape[1] < top_k:
+        raise ConfigError(f"the temporal filter sees the first {top_k} retrievals; the evaluation kept {result.predictions.shape[1]}")
+    order, field = traversal_order(dataset.queries)
+    place_filter = PlaceFilter(config)
+    hits = []
+    for q in order:
+        rows, scores = result.predictions[q, :top_k], result.scores[q, :top_k]
+        posterior = place_filter.update(rows, scores, dataset.database.utm)
+        hits.append(bool(np.isin(place_filter.rows[int(np.argmax(posterior))], dataset.positives[q])))
+    return {"recall@1": float(np.mean(hits)), "order": field, "top_k": top_k}
