@@ -305,6 +305,43 @@ def test_average_from_saves_the_mean_of_the_last_steps_weights(easy, place_datas
             load_config(None, {"optim": {"average_from": bad}})
 
 
+def test_heads_first_keeps_the_backbone_still_until_its_share_of_the_steps(easy, place_dataset, monkeypatch):
+    """optim.heads_first (LP-FT): the trainable backbone blocks' weights stay as loaded while the heads
+    train alone, and move from that share of the steps on; 0 moves them from the first step."""
+    def weights_before_and_after_each_step(heads_first: float, out: str) -> list[dict]:
+        """[before step 0, after step 0, after step 1, ...]: the trainable weights."""
+        seen = []
+        take_step = Stage._train_step
+
+        def recording(self, *args):
+            if not seen:
+                seen.append({k: v.clone() for k, v in self.model.named_parameters() if v.requires_grad})
+            record = take_step(self, *args)
+            seen.append({k: v.clone() for k, v in self.model.named_parameters() if v.requires_grad})
+            return record
+
+        monkeypatch.setattr(Stage, "_train_step", recording)
+        optim = {**FAST, "steps": 8, "lr": 1e-2, "backbone_lr": 1e-2, "heads_first": heads_first}
+        train(load_config(None, tiny_config(place_dataset, easy / "cache", mode="baseline", optim=optim)), easy / out)
+        return seen
+
+    def moved(a: dict, b: dict, backbone: bool) -> bool:
+        keys = [k for k in a if k.startswith("backbone.") == backbone]
+        assert keys
+        return not all(torch.equal(a[k], b[k]) for k in keys)
+
+    seen = weights_before_and_after_each_step(0.5, "heads-first")
+    assert len(seen) == 9
+    assert not any(moved(seen[0], after, backbone=True) for after in seen[1:5])  # steps 0-3: the heads alone
+    assert moved(seen[0], seen[5], backbone=True)  # step 4 on: the backbone too
+    assert moved(seen[0], seen[1], backbone=False)
+    from_start = weights_before_and_after_each_step(0.0, "all-from-start")
+    assert moved(from_start[0], from_start[1], backbone=True)
+    for bad in (-0.1, 1.0, "half", True):
+        with pytest.raises(ConfigError, match="heads_first"):
+            load_config(None, {"optim": {"heads_first": bad}})
+
+
 def test_a_resumed_average_is_the_unbroken_runs(easy, place_dataset):
     """The running mean travels in last.pt: a run stopped by its time budget and resumed saves the
     unbroken run's model; resuming with another step count once averaging began is refused."""

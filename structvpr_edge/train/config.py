@@ -67,6 +67,7 @@ class OptimConfig:
     triplet_margin: float = 0.1
     time_budget_min: float | None = None  # stop early once training has run this long
     average_from: float | None = None  # the model saved is the mean of the weights after every step from this share of steps on (SWA)
+    heads_first: float = 0.0  # share of the steps the heads train alone, the backbone's rate 0 (LP-FT); 0: all from the start
     log_every: int = 20
     val_every: int = 250
     checkpoint_every: int = 500
@@ -81,6 +82,8 @@ class OptimConfig:
         share = self.average_from
         if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1):
             raise ConfigError(f"{where}.average_from is a share of the steps, in [0, 1), or null for the last step's weights; got {self.average_from}")
+        if isinstance(self.heads_first, bool) or not isinstance(self.heads_first, (int, float)) or not 0 <= self.heads_first < 1:
+            raise ConfigError(f"{where}.heads_first is a share of the steps, in [0, 1); got {self.heads_first}")
 
 
 @dataclass

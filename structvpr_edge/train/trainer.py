@@ -125,7 +125,10 @@ def make_optimizer(model: nn.Module, optim: OptimConfig, extra: nn.Module | None
         progress = (step - optim.warmup_steps) / max(1, optim.steps - optim.warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    def backbone_schedule(step: int) -> float:  # still until the heads have trained alone for heads_first of the steps
+        return 0.0 if step < optim.heads_first * optim.steps else schedule(step)
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule, backbone_schedule][: len(groups)])
 
 
 class RunLog:
