@@ -105,9 +105,8 @@ def temporal_recall(result: EvalResult, dataset: VPRDataset, config: TemporalCon
     top_k = min(top_k, result.predictions.shape[1])
     order, field = traversal_order(dataset.queries)
     place_filter = PlaceFilter(config)
-    hits = []
+    chosen = np.zeros((len(order), 1), np.int64)  # per query, in the dataset's order
     for q in order:
-        rows, scores = result.predictions[q, :top_k], result.scores[q, :top_k]
-        posterior = place_filter.update(rows, scores, dataset.database.utm)
-        hits.append(bool(np.isin(place_filter.rows[int(np.argmax(posterior))], dataset.positives[q])))
-    return {"recall@1": float(np.mean(hits)), "order": field, "top_k": top_k}
+        place_filter.update(result.predictions[q, :top_k], result.scores[q, :top_k], dataset.database.utm)
+        chosen[q] = place_filter.choice
+    return {"recall@1": recall_at_n(chosen, dataset.positives, (1,))["1"], "order": field, "top_k": top_k}

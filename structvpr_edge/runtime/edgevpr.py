@@ -306,8 +306,8 @@ class EdgeVPR:
         ]
         chosen = 0  # the candidate whose pose is returned; the confidence is about that pose
         if self.filter is not None:
-            posterior = self.filter.update(top_rows, top_scores, poses)
-            chosen = int(np.flatnonzero(top_rows == self.filter.rows[int(np.argmax(posterior))])[0])
+            self.filter.update(top_rows, top_scores, poses)
+            chosen = int(np.flatnonzero(top_rows == self.filter.choice)[0])
         margin = margin_to_other_places(scores, rows, poses, chosen)
         threshold = place_map.manifest.threshold
         confident = threshold is not None and bool(scores[chosen] >= threshold.score and margin >= threshold.margin)

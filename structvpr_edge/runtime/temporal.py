@@ -71,3 +71,8 @@ class PlaceFilter:
         posterior /= posterior.sum()
         self.rows, self.belief, self.poses = rows, posterior, here
         return posterior
+
+    @property
+    def choice(self) -> int:
+        """The map row the belief holds most likely (after an update)."""
+        return int(self.rows[int(np.argmax(self.belief))])

@@ -53,6 +53,11 @@ def recipe(mode: str, teacher: bool) -> Recipe:
     return Recipe("global", rgb=True, labels=distill, mask_loss=False, distill=distill)
 
 
+def _is_share(value: object) -> bool:
+    """A share of the steps: a number in [0, 1) (a bool is not one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+
+
 @dataclass
 class OptimConfig:
     steps: int = 3000
@@ -79,10 +84,9 @@ class OptimConfig:
             raise ConfigError(f"{where}.places_per_batch must be >= 2: a batch needs other places as negatives, got {self.places_per_batch}")
         if self.images_per_place < 2:
             raise ConfigError(f"{where}.images_per_place must be >= 2: a place needs a positive pair, got {self.images_per_place}")
-        share = self.average_from
-        if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1):
+        if self.average_from is not None and not _is_share(self.average_from):
             raise ConfigError(f"{where}.average_from is a share of the steps, in [0, 1), or null for the last step's weights; got {self.average_from}")
-        if isinstance(self.heads_first, bool) or not isinstance(self.heads_first, (int, float)) or not 0 <= self.heads_first < 1:
+        if not _is_share(self.heads_first):
             raise ConfigError(f"{where}.heads_first is a share of the steps, in [0, 1); got {self.heads_first}")
 
 
