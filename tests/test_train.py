@@ -31,6 +31,7 @@ from structvpr_edge.models.student import StructVPRStudent
 from structvpr_edge.train.config import OldConfigWarning, Recipe, config_to_dict, load_config, recipe
 from structvpr_edge.images import read_rgb
 from structvpr_edge.train.data import PlaceBatchSampler, frozen_feature_array, normalize_images, read_many
+from structvpr_edge.train.mixstyle import attach_mixstyle, mix_styles
 from structvpr_edge.train.provenance import content_digest
 from structvpr_edge.train.trainer import RunLog, Stage, gradient_ratio, setup_context, train
 
@@ -340,6 +341,56 @@ def test_heads_first_keeps_the_backbone_still_until_its_share_of_the_steps(easy,
     for bad in (-0.1, 1.0, "half", True):
         with pytest.raises(ConfigError, match="heads_first"):
             load_config(None, {"optim": {"heads_first": bad}})
+
+
+def test_mix_styles_moves_statistics_between_images_and_keeps_content():
+    """MixStyle: each image keeps its normalised content, and its per-channel mean and std become a
+    mix of its own and a partner's, between the two; over a few draws some image's really move."""
+    torch.manual_seed(0)
+    base = torch.randn(2, 5, 4, 6)
+    x = torch.stack([base[0], 3 * base[1] + 10])  # image 1 has another "style"
+    moved = 0.0
+    for _ in range(20):
+        y = mix_styles(x)
+        assert y.shape == x.shape
+        for image in range(2):
+            def normalised(t: torch.Tensor) -> torch.Tensor:
+                return (t - t.mean(dim=(1, 2), keepdim=True)) / t.std(dim=(1, 2), keepdim=True)
+            assert torch.allclose(normalised(y[image]), normalised(x[image]), atol=1e-4)
+        means, own = y.mean(dim=(2, 3)), x.mean(dim=(2, 3))
+        low, high = own.min(dim=0).values, own.max(dim=0).values
+        assert bool(((means >= low - 1e-4) & (means <= high + 1e-4)).all())
+        moved = max(moved, float((means - own).abs().max()))
+    assert moved > 1.0
+
+
+def test_mixstyle_hooks_mix_only_in_training_and_training_uses_them(easy, place_dataset):
+    """The hooks sit on the trainable blocks but the last and act only in train mode; a run with
+    ``mixstyle`` 1 trains other weights than the same run without, and saves no extra tensor."""
+    backbone = EfficientNetLite0(16, frozen_blocks=8)
+    x = torch.randn(4, 80, 8, 10)  # the frozen part's output
+    backbone.eval()
+    plain = backbone.forward_trainable(x)
+    handles = attach_mixstyle(backbone, 1.0)
+    assert len(handles) == 2  # blocks 8 and 9 of 11
+    assert torch.equal(backbone.forward_trainable(x), plain)
+    backbone.train()
+    mixed = backbone.forward_trainable(x)
+    for handle in handles:
+        handle.remove()
+    assert not torch.allclose(mixed, backbone.forward_trainable(x))
+
+    def trained(mixstyle: float, out: str) -> dict:
+        config = tiny_config(place_dataset, easy / "cache", mode="baseline", optim={**FAST, "steps": 4}, mixstyle=mixstyle)
+        model, _ = load_checkpoint(train(load_config(None, config), easy / out))
+        return model.state_dict()
+
+    with_mix, without = trained(1.0, "mixstyle"), trained(0.0, "no-mixstyle")
+    assert with_mix.keys() == without.keys()
+    assert not all(torch.equal(with_mix[k], without[k]) for k in without if k.startswith("backbone."))
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(ConfigError, match="mixstyle"):
+            load_config(None, {"mixstyle": bad})
 
 
 def test_a_resumed_average_is_the_unbroken_runs(easy, place_dataset):

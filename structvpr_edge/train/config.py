@@ -157,6 +157,7 @@ class TrainConfig:
     photometric: float = 0.0  # the share of training images cached under a random light
     imagenet_blend: float = 0.0  # the share of the way back to ImageNet the backbone moves after the last step
     neighbour_m: float = 0.0  # places closer than this are neither positives nor negatives of each other
+    mixstyle: float = 0.0  # the chance, per batch and trainable backbone block, that images swap feature statistics (MixStyle)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     global_student: GlobalStudentConfig = field(default_factory=GlobalStudentConfig)
@@ -187,6 +188,8 @@ class TrainConfig:
         self.distill.validate(recipe(self.mode, self.distill.enabled).distill)
         if not 0 <= self.photometric <= 1:
             raise ConfigError(f"photometric is a share of the training images, in [0, 1], got {self.photometric}")
+        if isinstance(self.mixstyle, bool) or not 0 <= self.mixstyle <= 1:
+            raise ConfigError(f"mixstyle is a probability, in [0, 1], got {self.mixstyle}")
         check_blend_share(self.imagenet_blend)
         if not self.preserve_weight >= 0:
             raise ConfigError(f"preserve_weight must be >= 0, got {self.preserve_weight}")

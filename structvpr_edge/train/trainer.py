@@ -36,6 +36,7 @@ from .config import OptimConfig, TrainConfig, config_to_dict, differing_keys, me
 from .curves import plot_training_curves
 from .data import MixedPlaceSampler, PlaceBatchSampler, RowStack, fraction_array, frozen_feature_array, near_places, to_model_input
 from .distill import FeatureProjector
+from .mixstyle import attach_mixstyle
 from .objective import Batch, objective, part_values
 from .provenance import run_provenance
 from .weights import GROUPS, Keys, RankMemory, sample_groups
@@ -197,6 +198,8 @@ class Stage:
         # the running mean of the weights (parameters and BatchNorm statistics) over the last steps: optim.average_from
         self.average = AveragedModel(self.model, use_buffers=True) if self.optim.average_from is not None else None
         self.terms = objective(config, self.recipe, self.optim, self.model, self.teacher, self.projector)
+        if self.recipe.rgb and config.mixstyle > 0:  # after the copies above: they must not mix
+            attach_mixstyle(self.model.backbone, config.mixstyle)
 
     def _build_model(self) -> nn.Module:
         section = {"teacher": "teacher", "structvpr++": "student", "global": "global_student"}[self.recipe.model_type]
