@@ -306,16 +306,21 @@ def report_interrupt_handling(queue) -> None:
 def test_worker_processes_start_with_ctrl_c_ignored():
     """A Ctrl-C while a worker is still importing must not print its traceback: the worker is started
     with SIGINT ignored, and the parent's own handler is back afterwards."""
-    context = get_context("spawn")
-    queue = context.Queue()
-    handler = signal.getsignal(signal.SIGINT)
-    with interrupts_ignored():
-        worker = context.Process(target=report_interrupt_handling, args=(queue,))
-        worker.start()
-    assert signal.getsignal(signal.SIGINT) is handler
-    assert queue.get(timeout=120) is True
-    worker.join()
-    started_plainly = context.Process(target=report_interrupt_handling, args=(queue,))
-    started_plainly.start()
-    assert queue.get(timeout=120) is False  # what a worker started outside it sees: the check can fail
-    started_plainly.join()
+    # Python's own handler, as in a terminal: pytest run as a background shell job inherits SIGINT
+    # ignored, and every worker would then see it ignored whatever the code does.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        context = get_context("spawn")
+        queue = context.Queue()
+        with interrupts_ignored():
+            worker = context.Process(target=report_interrupt_handling, args=(queue,))
+            worker.start()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert queue.get(timeout=120) is True
+        worker.join()
+        started_plainly = context.Process(target=report_interrupt_handling, args=(queue,))
+        started_plainly.start()
+        assert queue.get(timeout=120) is False  # what a worker started outside it sees: the check can fail
+        started_plainly.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
