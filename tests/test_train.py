@@ -388,7 +388,7 @@ def test_mixstyle_hooks_mix_only_in_training_and_training_uses_them(easy, place_
     with_mix, without = trained(1.0, "mixstyle"), trained(0.0, "no-mixstyle")
     assert with_mix.keys() == without.keys()
     assert not all(torch.equal(with_mix[k], without[k]) for k in without if k.startswith("backbone."))
-    for bad in (-0.1, 1.5, True):
+    for bad in (-0.1, 1.5, True, "half"):
         with pytest.raises(ConfigError, match="mixstyle"):
             load_config(None, {"mixstyle": bad})
 
