@@ -53,9 +53,10 @@ def recipe(mode: str, teacher: bool) -> Recipe:
     return Recipe("global", rgb=True, labels=distill, mask_loss=False, distill=distill)
 
 
-def _is_share(value: object) -> bool:
-    """A share of the steps: a number in [0, 1) (a bool is not one)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+def _is_share(value: object, one_included: bool = False) -> bool:
+    """A share of the steps, a number in [0, 1), or with ``one_included`` a probability in [0, 1]
+    (a bool is neither)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (0 <= value < 1 or (one_included and value == 1))
 
 
 @dataclass
@@ -188,7 +189,7 @@ class TrainConfig:
         self.distill.validate(recipe(self.mode, self.distill.enabled).distill)
         if not 0 <= self.photometric <= 1:
             raise ConfigError(f"photometric is a share of the training images, in [0, 1], got {self.photometric}")
-        if isinstance(self.mixstyle, bool) or not 0 <= self.mixstyle <= 1:
+        if not _is_share(self.mixstyle, one_included=True):
             raise ConfigError(f"mixstyle is a probability, in [0, 1], got {self.mixstyle}")
         check_blend_share(self.imagenet_blend)
         if not self.preserve_weight >= 0:
